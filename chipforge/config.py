@@ -1,0 +1,136 @@
+"""Typed job configs: pydantic models mirrored by YAML files, overridable from the CLI.
+
+Every job owns one ``Config`` subclass. Its YAML files start with a header naming the
+launch command (``# launch: python -m jobs.X --config path.yaml``). Values are resolved in
+this order, later wins: model defaults → YAML → ``key.sub=value`` overrides → named flags
+(``--output DIR``). Validation happens before any work starts; a bad value exits with a
+message naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from chipforge import fs
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "jobs" / "configs"
+LAUNCH_RE = re.compile(r"^#\s*launch:\s*(?P<cmd>.+)$", re.IGNORECASE)
+
+
+class Config(BaseModel):
+    """Base for job and stage configs: unknown keys are errors, assignments re-validate."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+C = TypeVar("C", bound=Config)
+
+
+class ConfigError(SystemExit):
+    """Raised (as a clean exit with a message) when a config cannot be loaded or validated."""
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``dotted == 'a.b'``, creating dicts on the way."""
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from a local path or URI; an empty file is an empty mapping."""
+    try:
+        text = fs.read_text(str(path))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level, got {type(data).__name__}")
+    return data
+
+
+def launch_command(path: str | Path) -> str | None:
+    """The command named in a YAML file's ``# launch:`` header, if any."""
+    for line in Path(path).read_text().splitlines()[:10]:
+        m = LAUNCH_RE.match(line.strip())
+        if m:
+            return m.group("cmd").strip()
+    return None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw != "" else ""
+
+
+def load_config(
+    cls: type[C],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str,
+    default_config: str | Path | None = None,
+    flags: Mapping[str, str] | None = None,
+    description: str | None = None,
+) -> C:
+    """Build ``cls`` from ``--config YAML``, ``key=value`` overrides and named flags.
+
+    ``flags`` maps a CLI flag (``--output``) to the dotted config field it sets (``output_dir``).
+    """
+    flags = dict(flags or {})
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--config",
+        default=str(default_config) if default_config else None,
+        help=f"YAML config (default: {default_config})" if default_config else "YAML config",
+    )
+    for flag, field in flags.items():
+        parser.add_argument(flag, dest="flag__" + field.replace(".", "__"), default=None, help=f"sets {field}")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override any config field")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+
+    data: dict[str, Any] = read_yaml(args.config) if args.config else {}
+    for item in args.overrides:
+        key, value = parse_override(item)
+        set_dotted(data, key, value)
+    for field in flags.values():
+        value = getattr(args, "flag__" + field.replace(".", "__"))
+        if value is not None:
+            set_dotted(data, field, value)
+    return validate(cls, data, source=args.config or "<defaults>")
+
+
+def validate(cls: type[C], data: Mapping[str, Any], *, source: str) -> C:
+    """Validate ``data`` as ``cls``; errors name the source file and each bad field."""
+    try:
+        return cls.model_validate(dict(data))
+    except ValidationError as exc:
+        lines = [f"invalid config {source} for {cls.__name__}:"]
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from exc
+
+
+def dump_yaml(cfg: BaseModel) -> str:
+    """The resolved config as YAML (for run outputs)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

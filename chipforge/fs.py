@@ -1,0 +1,118 @@
+"""Filesystem helpers over pyarrow.fs so local paths and ``s3://`` URIs look the same.
+
+Writes are atomic at the granularity of a file or a directory: data goes to a temporary
+sibling first and is renamed into place on success, so a crashed run never leaves a
+half-written output that a rerun would mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow.fs as pafs
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path, ``file://`` or any pyarrow-supported URI."""
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    if not is_uri(path):
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    return pafs.FileSystem.from_uri(path)
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def exists(path: str) -> bool:
+    filesystem, p = resolve(path)
+    return filesystem.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def makedirs(path: str) -> None:
+    filesystem, p = resolve(path)
+    filesystem.create_dir(p, recursive=True)
+
+
+def read_bytes(path: str) -> bytes:
+    filesystem, p = resolve(path)
+    if filesystem.get_file_info(p).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(path)
+    with filesystem.open_input_stream(p) as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def read_json(path: str) -> Any:
+    return json.loads(read_text(path))
+
+
+def delete(path: str) -> None:
+    """Remove a file or directory tree; missing paths are fine."""
+    filesystem, p = resolve(path)
+    info = filesystem.get_file_info(p)
+    if info.type == pafs.FileType.Directory:
+        filesystem.delete_dir(p)
+    elif info.type == pafs.FileType.File:
+        filesystem.delete_file(p)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a file atomically (temporary sibling, then rename)."""
+    filesystem, p = resolve(path)
+    parent = p.rsplit("/", 1)[0]
+    if parent:
+        filesystem.create_dir(parent, recursive=True)
+    tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
+    with filesystem.open_output_stream(tmp) as f:
+        f.write(data)
+    filesystem.move(tmp, p)
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+    """Yield a temporary sibling directory; on success it replaces ``path``.
+
+    On an exception the temporary directory is removed and ``path`` is left as it was.
+    """
+    tmp = f"{path.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+    makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        delete(tmp)
+        raise
+    delete(path)
+    filesystem, src = resolve(tmp)
+    _, dst = resolve(path)
+    filesystem.move(src, dst)
+
+
+def listdir(path: str, *, recursive: bool = False) -> list[str]:
+    """Paths (in the filesystem's own form) below ``path``; empty when it does not exist."""
+    filesystem, p = resolve(path)
+    if filesystem.get_file_info(p).type == pafs.FileType.NotFound:
+        return []
+    infos = filesystem.get_file_info(pafs.FileSelector(p, recursive=recursive))
+    return sorted(i.path for i in infos)

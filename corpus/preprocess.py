@@ -1,0 +1,463 @@
+"""A line-preserving Verilog/SystemVerilog preprocessing pass, run before tree-sitter.
+
+tree-sitter parses the text as written, so conditional compilation that splits an expression,
+a port list or a sensitivity list, and macros used as widths or whole ranges, produce ERROR
+nodes that can swallow whole modules (see ``shared/notes/verilog-parsers.md``, P1-P10). This
+pass rewrites the text so that it parses, while keeping every newline, so that line ``n`` of
+the output is line ``n`` of the input and records can keep line numbers and source text from
+the original file:
+
+- compiler-directive lines are blanked (``define``, ``include``, ``timescale``, ...);
+- of each ``ifdef``/``ifndef``/``elsif``/``else`` chain one branch is kept, evaluated against
+  the macros defined so far (in this file and in the ``include``-d files that ``resolve``
+  returns); the other branches are blanked, newlines kept;
+- uses of macros defined that way are expanded (object-like and function-like, recursively,
+  a multi-line call is replaced on its first line and followed by its newlines);
+- uses of unknown macros are left to the grammar (it accepts ``\\`NAME`` and ``\\`NAME(args)``
+  in expressions, items and statements) except where it does not: a macro as the size or the
+  digits of a based literal, as a whole range ``[\\`R]``, as a type at the start of a
+  declaration, or a call whose arguments hold a property (``|->``, ``##``): those get a neutral
+  token (``32``, ``0``, ``0:0``, ``logic``) or are blanked.
+
+Unbalanced or malformed directives never raise: an unmatched ``else``/``endif`` is blanked and an
+unterminated ``ifdef`` runs to the end of the text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["Macro", "Preprocessed", "preprocess", "strip_comments"]
+
+# Comments, strings and backtick words, in the order they must be recognised.
+_TOKEN = re.compile(r'//[^\n]*|/\*.*?(?:\*/|\Z)|"(?:\\.|[^"\\\n])*"?|`[A-Za-z_][\w$]*', re.S)
+_IDENT = re.compile(r"[ \t]*([A-Za-z_][\w$]*)")
+_NAME = re.compile(r"[A-Za-z_][\w$]*")
+_COMMENT = re.compile(r'//[^\n]*|/\*.*?(?:\*/|\Z)|("(?:\\.|[^"\\\n])*")', re.S)
+_PROPERTY_OPS = re.compile(r"\|->|\|=>|##|\bdisable\s+iff\b|\biff\b|\bs_eventually\b|\bthroughout\b")
+_BASED_DIGITS = re.compile(r"'[sS]?[bBoOdDhH][ \t]*$")
+_TYPE_USE = re.compile(r"[ \t]+[A-Za-z_][\w$]*[ \t]*(?:[;,=)]|\[)")
+_PARAM_WORD = re.compile(r"\b[A-Za-z_]\w*\b")
+
+# Directives whose argument runs to the end of the line; all are blanked.
+_LINE_DIRECTIVES = frozenset(
+    {
+        "timescale", "default_nettype", "pragma", "line", "begin_keywords", "unconnected_drive",
+        "default_decay_time", "default_trireg_strength", "delay_mode_distributed",
+        "delay_mode_path", "delay_mode_unit", "delay_mode_zero", "protect", "endprotect",
+        "protected", "endprotected", "resetall", "celldefine", "endcelldefine",
+        "nounconnected_drive", "end_keywords", "undefineall", "accelerate", "noaccelerate",
+        "expand_vectornets", "noexpand_vectornets", "remove_gatename", "noremove_gatenames",
+        "remove_netname", "noremove_netnames", "suppress_faults", "nosuppress_faults",
+        "enable_portfaults", "disable_portfaults", "autoexpand_vectornets",
+    }
+)
+_CONDITIONALS = frozenset({"ifdef", "ifndef", "elsif", "else", "endif"})
+_MAX_DEPTH = 16  # macro expansion and include nesting
+
+
+@dataclass(frozen=True)
+class Macro:
+    """A ``define``: ``params`` is None for an object-like macro."""
+
+    name: str
+    body: str
+    params: tuple[str, ...] | None = None
+    defaults: tuple[str | None, ...] = ()
+
+
+@dataclass
+class Preprocessed:
+    """The rewritten text (same number of lines as the input) and what the pass saw."""
+
+    text: str
+    defines: dict[str, Macro] = field(default_factory=dict)
+    n_conditionals: int = 0  # ifdef/ifndef chains met
+    n_expanded: int = 0  # macro uses expanded from known defines
+    n_neutralised: int = 0  # unknown macro uses replaced by a neutral token or blanked
+    includes: list[str] = field(default_factory=list)  # include names met in active text
+    unresolved_includes: list[str] = field(default_factory=list)
+
+
+def _newlines(s: str) -> str:
+    return "\n" * s.count("\n")
+
+
+def _blank(s: str) -> str:
+    """Keep only the newlines of ``s`` (a space keeps tokens on either side apart)."""
+    n = s.count("\n")
+    return " " + "\n" * n if n else " "
+
+
+def strip_comments(text: str) -> str:
+    """Remove // and /* */ comments (not inside strings); block comments keep their newlines."""
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group(1) is not None:
+            return m.group(1)
+        return _blank(m.group(0))
+
+    return _COMMENT.sub(repl, text)
+
+
+def _line_end(text: str, i: int) -> int:
+    """Index of the newline ending the line at ``i`` (or len), honouring backslash continuations."""
+    n = len(text)
+    while True:
+        j = text.find("\n", i)
+        if j < 0:
+            return n
+        k = j - 1
+        if k >= 0 and text[k] == "\r":
+            k -= 1
+        if k >= 0 and text[k] == "\\":
+            i = j + 1
+            continue
+        return j
+
+
+def _balanced(text: str, i: int) -> tuple[list[str], int] | None:
+    """Parse ``(a, b, ...)`` starting at ``text[i] == '('``; return (args, end) or None."""
+    depth = 0
+    args: list[str] = []
+    start = i + 1
+    j = i
+    n = len(text)
+    closers = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    while j < n:
+        c = text[j]
+        if c == '"':
+            k = j + 1
+            while k < n and text[k] != '"':
+                k += 2 if text[k] == "\\" else 1
+            j = k + 1
+            continue
+        if c == "/" and j + 1 < n and text[j + 1] in "/*":
+            if text[j + 1] == "/":
+                k = text.find("\n", j)
+                j = n if k < 0 else k
+            else:
+                k = text.find("*/", j + 2)
+                j = n if k < 0 else k + 2
+            continue
+        if c in "([{":
+            stack.append(c)
+            depth += 1
+        elif c in ")]}":
+            if not stack or stack[-1] != closers[c]:
+                return None
+            stack.pop()
+            depth -= 1
+            if depth == 0:
+                args.append(text[start:j])
+                return args, j + 1
+        elif c == "," and depth == 1:
+            args.append(text[start:j])
+            start = j + 1
+        j += 1
+    return None
+
+
+def _parse_define(rest: str) -> Macro | None:
+    """Parse the text after ``define`` (continuations already joined)."""
+    m = _IDENT.match(rest)
+    if not m:
+        return None
+    name = m.group(1)
+    i = m.end()
+    params: tuple[str, ...] | None = None
+    defaults: tuple[str | None, ...] = ()
+    if i < len(rest) and rest[i] == "(":
+        parsed = _balanced(rest, i)
+        if parsed is None:
+            return None
+        raw, i = parsed
+        names: list[str] = []
+        dflt: list[str | None] = []
+        for a in raw:
+            if not a.strip() and len(raw) == 1:
+                break
+            pname, eq, dv = a.partition("=")
+            names.append(pname.strip())
+            dflt.append(dv.strip() if eq else None)
+        params, defaults = tuple(names), tuple(dflt)
+    body = strip_comments(rest[i:]).replace("\\\r\n", " ").replace("\\\n", " ")
+    body = " ".join(body.split())
+    return Macro(name, body, params, defaults)
+
+
+class _Pass:
+    def __init__(
+        self,
+        defines: dict[str, Macro],
+        resolve: Callable[[str], str | None] | None,
+        depth: int,
+        result: Preprocessed,
+    ) -> None:
+        self.defines = defines
+        self.resolve = resolve
+        self.depth = depth
+        self.result = result
+
+    # -- macro expansion inside macro bodies and arguments (no line bookkeeping needed) --
+    def expand(self, s: str, depth: int) -> str:
+        if "`" not in s or depth > _MAX_DEPTH:
+            return s
+        out: list[str] = []
+        pos = 0
+        for m in re.finditer(r'"(?:\\.|[^"\\\n])*"|`[A-Za-z_][\w$]*', s):
+            tok = m.group(0)
+            if tok[0] == '"' or m.start() < pos:
+                continue
+            mac = self.defines.get(tok[1:])
+            if mac is None:
+                continue
+            end = m.end()
+            if mac.params is None:
+                rep = self.expand(mac.body, depth + 1)
+            else:
+                k = end
+                while k < len(s) and s[k] in " \t":
+                    k += 1
+                if k >= len(s) or s[k] != "(":
+                    continue
+                parsed = _balanced(s, k)
+                if parsed is None:
+                    continue
+                args, end = parsed
+                rep = self.expand(self.substitute(mac, args), depth + 1)
+            out.append(s[pos : m.start()])
+            out.append(rep)
+            pos = end
+        out.append(s[pos:])
+        return "".join(out)
+
+    @staticmethod
+    def substitute(mac: Macro, args: list[str]) -> str:
+        assert mac.params is not None
+        values: dict[str, str] = {}
+        for idx, pname in enumerate(mac.params):
+            if idx < len(args) and args[idx].strip():
+                values[pname] = " ".join(args[idx].split())
+            else:
+                dv = mac.defaults[idx] if idx < len(mac.defaults) else None
+                values[pname] = dv or ""
+        body = _PARAM_WORD.sub(lambda m: values.get(m.group(0), m.group(0)), mac.body)
+        return body.replace("``", "").replace('`\\`"', '\\"').replace('`"', '"')
+
+    def defined(self, expr: str) -> bool:
+        """Evaluate an ``ifdef`` operand: a name or a parenthesised &&/||/! expression."""
+        expr = expr.strip()
+        if re.fullmatch(r"[A-Za-z_][\w$]*", expr):
+            return expr in self.defines
+        py: list[str] = []
+        for tok in re.findall(r"[A-Za-z_][\w$]*|&&|\|\||<->|->|!|\(|\)", expr):
+            if tok == "&&":
+                py.append(" and ")
+            elif tok == "||":
+                py.append(" or ")
+            elif tok == "!":
+                py.append(" not ")
+            elif tok in ("(", ")"):
+                py.append(tok)
+            elif tok in ("->", "<->"):
+                return False  # rare; treat as undefined
+            else:
+                py.append(" True " if tok in self.defines else " False ")
+        try:
+            return bool(eval("".join(py), {"__builtins__": {}}, {}))  # noqa: S307 - only True/False/and/or/not/()
+        except Exception:
+            return False
+
+    def include(self, name: str) -> None:
+        self.result.includes.append(name)
+        text = self.resolve(name) if self.resolve is not None else None
+        if text is None:
+            self.result.unresolved_includes.append(name)
+            return
+        if self.depth >= _MAX_DEPTH:
+            return
+        # Only the include's defines matter: its text is not inserted (line numbers stay).
+        sub = _Pass(self.defines, self.resolve, self.depth + 1, Preprocessed(""))
+        sub.run(text)
+
+    # -- the main pass --
+    def run(self, text: str) -> str:
+        res = self.result
+        out: list[str] = []
+        pos = 0  # text[:pos] has been emitted
+        active = True
+        stack: list[list[bool]] = []  # [parent_active, taken]
+        n = len(text)
+        i = 0
+        search = _TOKEN.search
+        while True:
+            m = search(text, i)
+            if m is None:
+                break
+            tok = m.group(0)
+            s, e = m.start(), m.end()
+            i = e
+            if tok[0] != "`":
+                continue
+            word = tok[1:]
+            if word in _CONDITIONALS:
+                arg_end = e
+                arg = ""
+                if word in ("ifdef", "ifndef", "elsif"):
+                    k = e
+                    while k < n and text[k] in " \t\r\n":
+                        k += 1
+                    if k < n and text[k] == "(":
+                        parsed = _balanced(text, k)
+                        if parsed is not None:
+                            arg, arg_end = "(" + ",".join(parsed[0]) + ")", parsed[1]
+                    else:
+                        im = _NAME.match(text, k)
+                        if im:
+                            arg, arg_end = im.group(0), im.end()
+                out.append(text[pos:s] if active else _newlines(text[pos:s]))
+                out.append(_blank(text[s:arg_end]))
+                pos = i = arg_end
+                if word in ("ifdef", "ifndef"):
+                    res.n_conditionals += 1
+                    cond = self.defined(arg) if active else False
+                    if word == "ifndef":
+                        cond = not cond if active else False
+                    stack.append([active, cond])
+                    active = active and cond
+                elif not stack:
+                    continue  # unmatched elsif/else/endif: blanked
+                elif word == "elsif":
+                    parent, taken = stack[-1]
+                    cond = parent and not taken and self.defined(arg)
+                    stack[-1][1] = taken or cond
+                    active = cond
+                elif word == "else":
+                    parent, taken = stack[-1]
+                    active = parent and not taken
+                    stack[-1][1] = True
+                else:  # endif
+                    active = stack.pop()[0]
+                continue
+            if not active:
+                continue  # inactive text is blanked when the branch ends
+            if word == "define":
+                end = _line_end(text, e)
+                mac = _parse_define(text[e:end])
+                if mac is not None:
+                    self.defines[mac.name] = mac
+                out.append(text[pos:s])
+                out.append(_blank(text[s:end]))
+                pos = i = end
+            elif word == "undef":
+                im = _IDENT.match(text, e)
+                end = im.end() if im else e
+                if im:
+                    self.defines.pop(im.group(1), None)
+                out.append(text[pos:s])
+                out.append(" ")
+                pos = i = end
+            elif word == "include":
+                end = text.find("\n", e)
+                end = n if end < 0 else end
+                line = text[e:end]
+                im = re.match(r'\s*(?:"([^"]+)"|<([^>]+)>|`([A-Za-z_][\w$]*))', line)
+                if im:
+                    name = im.group(1) or im.group(2)
+                    if im.group(3):
+                        mac = self.defines.get(im.group(3))
+                        name = mac.body.strip('"<> ') if mac is not None else None
+                    if name:
+                        self.include(name)
+                out.append(text[pos:s])
+                out.append(" ")
+                pos = i = end
+            elif word in _LINE_DIRECTIVES:
+                end = text.find("\n", e)
+                end = n if end < 0 else end
+                out.append(text[pos:s])
+                out.append(" ")
+                pos = i = end
+            elif word == "__FILE__" or word == "__LINE__":
+                out.append(text[pos:s])
+                out.append('"file"' if word == "__FILE__" else "0")
+                pos = e
+            else:
+                rep, end = self.macro_use(text, s, e, word)
+                if rep is not None:
+                    out.append(text[pos:s])
+                    out.append(rep)
+                    pos = i = end
+        out.append(text[pos:] if active else _newlines(text[pos:]))
+        return "".join(out)
+
+    def macro_use(self, text: str, s: int, e: int, word: str) -> tuple[str | None, int]:
+        """Replacement for the macro use ``text[s:e]`` (None: leave it to the grammar)."""
+        mac = self.defines.get(word)
+        n = len(text)
+        if mac is not None:
+            if mac.params is None:
+                self.result.n_expanded += 1
+                return self.expand(mac.body, 1), e
+            k = e
+            while k < n and text[k] in " \t":
+                k += 1
+            if k < n and text[k] == "(":
+                parsed = _balanced(text, k)
+                if parsed is not None:
+                    args, end = parsed
+                    self.result.n_expanded += 1
+                    body = self.expand(self.substitute(mac, args), 1)
+                    return body.replace("\n", " ") + _newlines(text[s:end]), end
+            return None, e
+        # An unknown macro: neutral tokens only where the grammar rejects a macro use.
+        nxt = text[e] if e < n else ""
+        if nxt == "'":  # `W'h1f: the size of a based literal
+            self.result.n_neutralised += 1
+            return "32", e
+        line_start = text.rfind("\n", 0, s) + 1
+        before = text[line_start:s]
+        if _BASED_DIGITS.search(before):  # 32'h`ADDR: the digits of a based literal
+            self.result.n_neutralised += 1
+            return "0", e
+        if before.rstrip().endswith("["):
+            k = e
+            while k < n and text[k] in " \t":
+                k += 1
+            if k < n and text[k] == "]":  # [`R]: a whole range
+                self.result.n_neutralised += 1
+                return "0:0", e
+        if nxt == "(" or (nxt in " \t" and text[e:e + 80].lstrip(" \t")[:1] == "("):
+            k = text.index("(", e)
+            parsed = _balanced(text, k)
+            if parsed is not None:
+                args, end = parsed
+                if _PROPERTY_OPS.search(" ".join(args)):  # an assertion macro: blank it
+                    self.result.n_neutralised += 1
+                    return _blank(text[s:end]), end
+            return None, e
+        if not before.strip() and _TYPE_USE.match(text, e):  # `T name;  a macro as a type
+            self.result.n_neutralised += 1
+            return "logic", e
+        return None, e
+
+
+def preprocess(
+    text: str,
+    defines: dict[str, Macro] | None = None,
+    resolve: Callable[[str], str | None] | None = None,
+) -> Preprocessed:
+    """Rewrite ``text`` for parsing; the result has exactly as many newlines as ``text``.
+
+    ``defines`` seeds the macro table (copied, not modified); ``resolve(name)`` returns the
+    text of an ``include``-d file or None, and is used only to collect that file's defines.
+    """
+    result = Preprocessed(text, dict(defines or {}))
+    if "`" not in text:
+        return result
+    result.text = _Pass(result.defines, resolve, 0, result).run(text)
+    return result

@@ -1,0 +1,128 @@
+"""Strict parsing of a model's structured answer.
+
+The model must reply with exactly one JSON object — bare, or as the only content of one
+```` ```json ```` fence — with string fields ``instruction`` and ``answer`` and, for tasks
+that carry one, ``testbench``. Code inside ``answer`` sits in fenced blocks tagged with a
+language (```` ```verilog ````, ```` ```yosys ````, ```` ```tcl ````, ```` ```sdc ````).
+Anything else (prose around the JSON, unknown keys, empty fields, an unterminated or
+untagged fence) is malformed: ``ParseError.reason`` names why, and the job counts it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+REQUIRED_KEYS = ("instruction", "answer")
+OPTIONAL_KEYS = ("testbench",)
+MAX_FIELD_CHARS = 20_000
+FENCE_OPEN = re.compile(r"^\s*```\s*([A-Za-z0-9_+.-]*)\s*$")
+FENCE_CLOSE = re.compile(r"^\s*```\s*$")
+JSON_FENCE = re.compile(r"^```(?:json)?[ \t]*\n(?P<body>.*)\n```$", re.DOTALL)
+
+LANG_ALIASES = {
+    "verilog": "verilog", "systemverilog": "verilog", "sv": "verilog", "v": "verilog",
+    "yosys": "yosys", "ys": "yosys",
+    "tcl": "tcl", "sdc": "sdc",
+}
+
+
+class ParseError(ValueError):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class CodeBlock:
+    lang: str  # as tagged, lower case ('' when untagged)
+    kind: str  # verilog | yosys | tcl | sdc | other
+    code: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    instruction: str
+    answer: str
+    testbench: str | None = None
+    blocks: list[CodeBlock] = field(default_factory=list)
+
+    def blocks_of(self, kind: str) -> list[CodeBlock]:
+        return [b for b in self.blocks if b.kind == kind]
+
+
+def code_blocks(text: str) -> list[CodeBlock]:
+    """Fenced blocks of ``text`` in order; an unterminated fence is a ``ParseError``."""
+    blocks: list[CodeBlock] = []
+    lang: str | None = None
+    body: list[str] = []
+    for line in text.splitlines():
+        if lang is None:
+            m = FENCE_OPEN.match(line)
+            if m:
+                lang, body = m.group(1).lower(), []
+        elif FENCE_CLOSE.match(line):
+            blocks.append(CodeBlock(lang=lang, kind=LANG_ALIASES.get(lang, "other"), code="\n".join(body) + "\n"))
+            lang = None
+        else:
+            body.append(line)
+    if lang is not None:
+        raise ParseError("unterminated_fence", f"a ```{lang} block is never closed")
+    return blocks
+
+
+def _unwrap_testbench(text: str) -> str:
+    blocks = code_blocks(text)
+    if not blocks:
+        return text.strip() + "\n"
+    if len(blocks) != 1 or blocks[0].kind != "verilog":
+        raise ParseError("bad_testbench", "testbench must be Verilog, bare or in one ```verilog fence")
+    return blocks[0].code
+
+
+def parse_answer(text: str | None, *, require_testbench: bool = False) -> Answer:
+    """Parse a model reply; raise ``ParseError`` (with a ``reason``) when it is malformed."""
+    if text is None or not text.strip():
+        raise ParseError("empty")
+    raw = text.strip()
+    m = JSON_FENCE.match(raw)
+    if m:
+        raw = m.group("body").strip()
+    if not raw.startswith("{"):
+        raise ParseError("not_json", "reply must be one JSON object")
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ParseError("not_json", str(exc)) from exc
+    if not isinstance(obj, dict):
+        raise ParseError("not_object")
+    extra = sorted(set(obj) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+    if extra:
+        raise ParseError("extra_keys", ", ".join(extra))
+    for key in REQUIRED_KEYS:
+        if key not in obj:
+            raise ParseError("missing_key", key)
+    for key, value in obj.items():
+        if value is None and key in OPTIONAL_KEYS:
+            continue
+        if not isinstance(value, str):
+            raise ParseError("not_string", key)
+        if not value.strip():
+            raise ParseError("empty_field", key)
+        if len(value) > MAX_FIELD_CHARS:
+            raise ParseError("too_long", f"{key} has {len(value)} chars")
+    testbench = obj.get("testbench")
+    if require_testbench and not testbench:
+        raise ParseError("missing_testbench")
+    blocks = code_blocks(obj["answer"])
+    if any(b.lang == "" for b in blocks):
+        raise ParseError("untagged_fence", "every code block needs a language tag")
+    code_blocks(obj["instruction"])  # fences in the question must at least be closed
+    return Answer(
+        instruction=obj["instruction"].strip(),
+        answer=obj["answer"].strip(),
+        testbench=_unwrap_testbench(testbench) if testbench else None,
+        blocks=blocks,
+    )

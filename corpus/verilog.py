@@ -1,0 +1,727 @@
+"""Parse Verilog/SystemVerilog files into design-unit records with tree-sitter.
+
+One record per module (``macromodule`` included), interface, package, program and primitive
+(UDP). Line numbers and ``source`` always refer to the original text: parsing runs on the
+line-preserving rewrite of ``corpus.preprocess`` (ifdef branches chosen, known macros expanded,
+unknown macros neutralised where the grammar rejects them).
+
+Units the main parse cannot see are recovered from a scan of the raw text for unit keywords:
+units that exist only in an inactive ``ifdef`` branch, and units swallowed by an ERROR node.
+Each is parsed again on its own (keyword line to end keyword, preprocessed the same way); if
+even that fails it still gets a record (name, lines, source, ``parse_ok=False``) so no module
+is lost.
+
+Speed: the tree is never walked node by node in Python. Units and instantiations come from
+tree-sitter queries (run in C), ERROR nodes from a descent through ``has_error`` subtrees only,
+and the per-unit extraction looks at the header and the unit's top-level items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import posixpath
+import re
+import textwrap
+from bisect import bisect_left
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Any
+
+import pyarrow as pa
+
+from corpus.preprocess import Macro, preprocess, strip_comments
+from corpus.schema import FILES_SCHEMA, PARSED_MODULES_SCHEMA, conform, from_rows
+
+__all__ = ["GRAMMARS", "ParseStage", "VerilogParser", "detect_language", "normalize"]
+
+log = logging.getLogger(__name__)
+
+# grammar option -> (python module, name recorded in the ``grammar`` column)
+GRAMMARS: dict[str, tuple[str, str]] = {
+    "systemverilog": ("tree_sitter_systemverilog", "tree-sitter-systemverilog"),
+    "verilog": ("tree_sitter_verilog", "tree-sitter-verilog"),
+}
+
+_UNIT_KINDS = {
+    "module_declaration": "module",
+    "interface_declaration": "interface",
+    "package_declaration": "package",
+    "program_declaration": "program",
+    "udp_declaration": "primitive",
+}
+_INSTANCE_TYPES = (
+    "module_instantiation",
+    "udp_instantiation",
+    "interface_instantiation",
+    "program_instantiation",
+    "checker_instantiation",
+)
+_IDENT_TYPES = frozenset({"simple_identifier", "escaped_identifier"})
+_HEADERS = frozenset(
+    {
+        "module_header", "module_ansi_header", "module_nonansi_header",
+        "interface_ansi_header", "interface_nonansi_header",
+        "program_ansi_header", "program_nonansi_header",
+        "udp_ansi_declaration", "udp_nonansi_declaration",
+    }
+)
+# Nodes that only wrap the items of a unit body (the two grammars name them differently).
+_WRAPPERS = frozenset(
+    {
+        "module_item", "module_or_generate_item", "non_port_module_item", "module_common_item",
+        "module_or_generate_item_declaration", "package_or_generate_item_declaration",
+        "interface_item", "non_port_interface_item", "interface_or_generate_item",
+        "package_item", "program_item", "non_port_program_item",
+    }
+)
+_PORT_HEADERS = frozenset(
+    {"net_port_header", "net_port_header1", "variable_port_header", "interface_port_header"}
+)
+_DIRECTION_DECLS = {
+    "input_declaration": "input",
+    "output_declaration": "output",
+    "inout_declaration": "inout",
+    "ref_declaration": "ref",
+    "udp_output_declaration": "output",
+    "udp_input_declaration": "input",
+}
+_BUILTIN_TYPE = re.compile(
+    r"(?:wire|reg|logic|bit|byte|shortint|int|longint|integer|time|real|realtime|shortreal|"
+    r"string|chandle|event|tri|tri0|tri1|triand|trior|trireg|wand|wor|supply0|supply1|uwire|"
+    r"var|signed|unsigned|interconnect|type)\b"
+)
+_DIRECTION_WORD = re.compile(r"^\s*(?:input|output|inout|ref)\b")
+_SV_HINT = re.compile(
+    r"\b(?:logic|always_ff|always_comb|always_latch|endinterface|endpackage|endprogram|typedef|"
+    r"modport|import\s+\w+::|unique\s+case|priority\s+case|bit\s*\[|int\s+unsigned|endclass)\b"
+)
+_EXT_LANGUAGE = {".v": "verilog", ".vh": "verilog", ".sv": "systemverilog", ".svh": "systemverilog"}
+
+# A unit keyword at the start of a line, in raw text (used to find units the tree lost).
+_UNIT_LINE = re.compile(
+    r"^[ \t]*(?:\(\*[^\n]*?\*\)[ \t]*)?(module|macromodule|interface|package|program|primitive)\b"
+    r"(?![ \t]+class\b)\s+(?:(?:static|automatic)\s+)?([A-Za-z_][\w$]*)(?=\s*(?:[;(#]|import\b))",
+    re.M,
+)
+_END_KEYWORD = {
+    "module": "endmodule",
+    "macromodule": "endmodule",
+    "interface": "endinterface",
+    "package": "endpackage",
+    "program": "endprogram",
+    "primitive": "endprimitive",
+}
+_MAX_QUERY_DEPTH = 16
+# Expression/type subtrees never hold parameter assignments; ``collect`` does not descend into them.
+_LEAF_SUBTREES = frozenset(
+    {
+        "constant_param_expression", "param_expression", "constant_expression", "expression",
+        "data_type", "data_type_or_implicit", "data_type_or_implicit1", "packed_dimension",
+        "unpacked_dimension", "constant_mintypmax_expression", "mintypmax_expression",
+    }
+)
+_UNIT_START_BYTES = re.compile(rb"\n[ \t]*(?:module|macromodule|interface|package|program|primitive)\b")
+_NORM_TOKEN = re.compile(r'"(?:\\.|[^"\\\n])*"|[\w$]+|\S')
+_DECORATION = re.compile(r"^[\s\-=*#~_+/\\|.<>]*$")
+_LINE_MARK = re.compile(r"^//+[!/<]?")
+_BLOCK_OPEN = re.compile(r"^/\*+!?")
+_BLOCK_CLOSE = re.compile(r"\s*\*+/$")
+_COMMENT_SKIP = re.compile(r"^\s*`(?:timescale|default_nettype|resetall|celldefine|begin_keywords)\b")
+
+
+def detect_language(path: str, text: str) -> str:
+    """``verilog`` for .v/.vh, ``systemverilog`` for .sv/.svh; otherwise guessed from content."""
+    ext = posixpath.splitext(path.lower())[1]
+    if ext in _EXT_LANGUAGE:
+        return _EXT_LANGUAGE[ext]
+    return "systemverilog" if _SV_HINT.search(text) else "verilog"
+
+
+def normalize(source: str) -> str:
+    """Comments removed and every token separated by one space (whitespace-insensitive).
+
+    Two texts that differ only in comments, indentation, line breaks or spacing around
+    operators normalise to the same string; used for ``norm_sha256`` and MinHash shingles.
+    """
+    return " ".join(_NORM_TOKEN.findall(strip_comments(source)))
+
+
+def _sha256(s: str) -> str:
+    return hashlib.sha256(s.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _squash(s: str) -> str:
+    return " ".join(s.split())
+
+
+def _clean_comment(lines: list[str]) -> str:
+    """Strip comment markers and decoration lines, dedent, trim blank lines."""
+    out: list[str] = []
+    for raw in lines:
+        s = raw.rstrip()
+        stripped = s.lstrip()
+        if stripped.startswith("//"):
+            s = _LINE_MARK.sub("", stripped)
+            s = s[1:] if s.startswith(" ") else s
+        else:
+            if stripped.startswith("/*"):
+                s = _BLOCK_OPEN.sub("", stripped)
+                s = s[1:] if s.startswith(" ") else s
+            elif stripped.startswith("*") and not stripped.startswith("*/"):
+                s = stripped[1:]
+                s = s[1:] if s.startswith(" ") else s
+            s = _BLOCK_CLOSE.sub("", s)
+        if _DECORATION.match(s):
+            s = ""
+        out.append(s.rstrip())
+    text = textwrap.dedent("\n".join(out)).strip("\n")
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def _comment_before(lines: list[str], row: int) -> str:
+    """The comment block just before line ``row`` (0-based): blank and `timescale lines skipped."""
+    i = row - 1
+    while i >= 0 and (not lines[i].strip() or _COMMENT_SKIP.match(lines[i])):
+        i -= 1
+    block: list[str] = []
+    while i >= 0:
+        s = lines[i].strip()
+        if s.startswith("//"):
+            block.append(lines[i])
+            i -= 1
+        elif s.endswith("*/"):
+            j = i
+            while j >= 0 and "/*" not in lines[j]:
+                j -= 1
+            if j < 0:
+                break
+            part = lines[j:i + 1]
+            head = part[0]
+            code = head[: head.index("/*")]
+            part[0] = head[head.index("/*"):]
+            block.extend(reversed(part))
+            if code.strip():
+                break
+            i = j - 1
+        else:
+            break
+    block.reverse()
+    return _clean_comment(block)
+
+
+def _in_block_comment(text: str, pos: int) -> bool:
+    """Whether ``pos`` lies inside a /* */ comment (approximate; used only on rare paths)."""
+    open_ = text.rfind("/*", 0, pos)
+    if open_ < 0 or text.rfind("*/", 0, pos) > open_:
+        return False
+    line_start = text.rfind("\n", 0, open_) + 1
+    return "//" not in text[line_start:open_]
+
+
+def _mark(marks: bytearray, node: Any) -> None:
+    """Flag the rows ``node`` spans (a node ending at column 0 does not reach its last row)."""
+    a, b = node.start_point.row, node.end_point.row
+    if b > a and node.end_point.column == 0:
+        b -= 1
+    marks[a : b + 1] = b"\x01" * (b - a + 1)
+
+
+@dataclass
+class _Unit:
+    kind: str
+    name: str
+    start_row: int  # 0-based, in the text that was parsed
+    end_row: int
+    parse_ok: bool
+    error_rows: int = 0
+    parameters: list[dict[str, str]] = field(default_factory=list)
+    ports: list[dict[str, str]] = field(default_factory=list)
+    instances: list[str] = field(default_factory=list)
+
+
+class _Extractor:
+    """Field extraction for one parsed text; ``src`` is the UTF-8 text tree-sitter saw."""
+
+    def __init__(self, src: bytes) -> None:
+        self.src = src
+
+    def text(self, node: Any) -> str:
+        return self.src[node.start_byte : node.end_byte].decode("utf-8", "replace")
+
+    def between(self, start: int, end: int) -> str:
+        return self.src[start:end].decode("utf-8", "replace")
+
+    @staticmethod
+    def first_ident(node: Any) -> Any | None:
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            t = n.type
+            if t in _IDENT_TYPES:
+                return n
+            if t == "attribute_instance" or n.is_missing:
+                continue
+            stack.extend(reversed(n.named_children))
+        return None
+
+    @staticmethod
+    def collect(node: Any, types: frozenset[str]) -> list[Any]:
+        """Descendants of ``types`` in document order, not descending into matches."""
+        found: list[Any] = []
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            t = n.type
+            if t in types:
+                found.append(n)
+                continue
+            if t in _LEAF_SUBTREES:
+                continue
+            stack.extend(reversed(n.named_children))
+        return found
+
+    def unit_name(self, unit: Any) -> str | None:
+        n = unit.child_by_field_name("name")
+        if n is not None:
+            return self.text(n)
+        for c in unit.named_children:
+            t = c.type
+            if t in _IDENT_TYPES:
+                return self.text(c)
+            if t.endswith("_identifier"):
+                ident = self.first_ident(c)
+                return self.text(ident) if ident is not None else None
+            if t in _HEADERS:
+                n = c.child_by_field_name("name")
+                if n is not None:
+                    return self.text(n)
+                for cc in c.named_children:
+                    if cc.type in _IDENT_TYPES:
+                        return self.text(cc)
+                    if cc.type.endswith("_identifier"):
+                        ident = self.first_ident(cc)
+                        return self.text(ident) if ident is not None else None
+        return None
+
+    @staticmethod
+    def items(node: Any) -> list[Any]:
+        if node.type not in _WRAPPERS:
+            return [node]
+        out: list[Any] = []
+        for c in node.named_children:
+            out.extend(_Extractor.items(c))
+        return out
+
+    # -- parameters --
+    def params(self, decl: Any, kind: str) -> list[dict[str, str]]:
+        out = []
+        for a in self.collect(decl, frozenset({"param_assignment", "type_assignment"})):
+            ident = self.first_ident(a)
+            if ident is None or not self.text(ident):
+                continue
+            default = ""
+            for c in a.children:
+                if c.type == "=":
+                    default = _squash(self.between(c.end_byte, a.end_byte))
+                    break
+            out.append({"name": self.text(ident), "default": default, "kind": kind})
+        return out
+
+    def param_port_list(self, plist: Any) -> list[dict[str, str]]:
+        out: list[dict[str, str]] = []
+        kind = "parameter"
+        for decl in plist.named_children:
+            if decl.type == "ERROR":
+                continue
+            inner = decl.type
+            if inner == "parameter_port_declaration" and decl.named_child_count:
+                inner = decl.named_child(0).type
+            if inner == "local_parameter_declaration":
+                kind = "localparam"
+            elif inner == "parameter_declaration":
+                kind = "parameter"
+            out.extend(self.params(decl, kind))
+        return out
+
+    # -- ports --
+    def ansi_ports(self, plist: Any) -> list[dict[str, str]]:
+        out: list[dict[str, str]] = []
+        direction, type_ = "", ""
+        for decl in plist.named_children:
+            if decl.type not in ("ansi_port_declaration", "interface_port_declaration"):
+                continue
+            header = None
+            name = None
+            for c in decl.named_children:
+                if c.type in _PORT_HEADERS and header is None:
+                    header = c
+                elif name is None and (c.type in _IDENT_TYPES or c.type.endswith("port_identifier")):
+                    name = c if c.type in _IDENT_TYPES else self.first_ident(c)
+            if name is None:
+                continue
+            if header is not None:
+                if header.type == "interface_port_header":
+                    type_ = _squash(self.text(header))
+                    direction = "modport" if "." in type_ else "interface"
+                else:
+                    dnode = header.named_child(0)
+                    if dnode is not None and dnode.type != "port_direction":
+                        dnode = None
+                    type_ = _squash(self.text(header))
+                    if dnode is not None and self.text(dnode):
+                        direction = _squash(self.text(dnode))
+                        type_ = _squash(self.between(dnode.end_byte, header.end_byte))
+                    elif type_ and not _BUILTIN_TYPE.match(type_) and not type_.startswith("["):
+                        direction = "interface"  # `bus_if port`: a user type with no direction
+            out.append({"name": self.text(name), "direction": direction, "type": type_})
+        return out
+
+    def decl_names(self, lst: Any) -> list[str]:
+        names = []
+        for c in lst.named_children:
+            if c.type in _IDENT_TYPES:
+                names.append(self.text(c))
+            elif c.type.endswith("_identifier") or c.type.endswith("_assignment"):
+                ident = self.first_ident(c)
+                if ident is not None:
+                    names.append(self.text(ident))
+        return [n for n in names if n]
+
+    def typed_decl(self, decl: Any) -> tuple[str, list[str]] | None:
+        """(type text, names) of a declaration whose names sit in a list_of_* child."""
+        lst = next((c for c in decl.named_children if c.type.startswith("list_of_")), None)
+        if lst is None:
+            names = self.decl_names(decl)
+            return ("", names) if names else None
+        type_ = self.between(decl.start_byte, lst.start_byte)
+        return _squash(_DIRECTION_WORD.sub("", type_)), self.decl_names(lst)
+
+    def extend_to_end_keyword(self, node: Any, kind: str, end_row: int) -> int:
+        """A broken unit that tree-sitter closed early ends at its end keyword, if one follows."""
+        keyword = _END_KEYWORD[kind].encode()
+        last = node.children[-1] if node.child_count else None
+        if last is not None and last.type == _END_KEYWORD[kind] and not last.is_missing:
+            return end_row
+        m = re.compile(rb"\b" + keyword + rb"\b").search(self.src, node.end_byte)
+        if m is None or _UNIT_START_BYTES.search(self.src, node.end_byte, m.start()):
+            return end_row
+        return end_row + self.src.count(b"\n", node.end_byte, m.end()) - (
+            1 if node.end_point.column == 0 and end_row < node.end_point.row else 0
+        )
+
+    # -- a whole unit --
+    def unit(self, node: Any, kind: str, name: str) -> _Unit:
+        end = node.end_point
+        end_row = end.row - 1 if end.column == 0 and end.row > node.start_point.row else end.row
+        if node.has_error:
+            end_row = self.extend_to_end_keyword(node, kind, end_row)
+        u = _Unit(kind, name, node.start_point.row, end_row, not node.has_error)
+        nonansi: list[str] | None = None
+        body_ports: dict[str, dict[str, str]] = {}
+        body_types: dict[str, str] = {}
+        for child in node.named_children:
+            t = child.type
+            if t == "ERROR":
+                continue
+            if t in _HEADERS:
+                for c in child.named_children:
+                    ct = c.type
+                    if ct == "parameter_port_list":
+                        u.parameters.extend(self.param_port_list(c))
+                    elif ct == "list_of_port_declarations":
+                        u.ports.extend(self.ansi_ports(c))
+                    elif ct in ("list_of_ports", "udp_port_list"):
+                        nonansi = nonansi or []
+                        for p in c.named_children:
+                            ident = p if p.type in _IDENT_TYPES else self.first_ident(p)
+                            if ident is not None and self.text(ident):
+                                nonansi.append(self.text(ident))
+                    elif ct == "udp_declaration_port_list":
+                        for d in c.named_children:
+                            info = self.typed_decl(d)
+                            if info is not None:
+                                typ = "reg" if re.search(r"\breg\b", self.text(d)) else ""
+                                for n in info[1]:
+                                    direction = _DIRECTION_DECLS.get(d.type, "")
+                                    u.ports.append({"name": n, "direction": direction, "type": typ})
+                continue
+            for item in self.items(child):
+                it = item.type
+                if it == "parameter_declaration":
+                    u.parameters.extend(self.params(item, "parameter"))
+                elif it == "local_parameter_declaration":
+                    u.parameters.extend(self.params(item, "localparam"))
+                elif it in ("port_declaration", "udp_port_declaration"):
+                    for d in item.named_children:
+                        if d.type == "attribute_instance":
+                            continue
+                        info = self.typed_decl(d)
+                        if info is None:
+                            continue
+                        typ, names = info
+                        if d.type == "interface_port_declaration":
+                            direction = "modport" if "." in typ else "interface"
+                        elif d.type == "udp_reg_declaration":
+                            for n in names:
+                                body_types[n] = "reg"
+                            continue
+                        else:
+                            direction = _DIRECTION_DECLS.get(d.type, "")
+                            if d.type == "udp_output_declaration":
+                                typ = "reg" if re.search(r"\breg\b", self.text(d)) else ""
+                        for n in names:
+                            body_ports[n] = {"name": n, "direction": direction, "type": typ}
+                elif nonansi is not None and it in ("net_declaration", "data_declaration"):
+                    info = self.typed_decl(item)
+                    if info is not None and info[0]:
+                        for n in info[1]:
+                            body_types.setdefault(n, info[0])
+        if nonansi is not None:
+            for n in nonansi:
+                p = body_ports.pop(n, None) or {"name": n, "direction": "", "type": ""}
+                u.ports.append(p)
+            u.ports.extend(body_ports.values())
+            for p in u.ports:
+                extra = body_types.get(p["name"])
+                if extra and (not p["type"] or p["type"].startswith(("[", "signed"))):
+                    p["type"] = extra if "[" in extra else _squash(f"{extra} {p['type']}")
+        return u
+
+
+class VerilogParser:
+    """Parse one file's text into unit records; build once, call per file.
+
+    ``grammar``: ``systemverilog`` (tree-sitter-systemverilog, default) or ``verilog``
+    (tree-sitter-verilog).
+    """
+
+    def __init__(self, grammar: str = "systemverilog") -> None:
+        if grammar not in GRAMMARS:
+            raise ValueError(f"unknown grammar {grammar!r}: expected one of {sorted(GRAMMARS)}")
+        from tree_sitter import Language, Parser, Query, QueryCursor
+
+        module_name, self.grammar = GRAMMARS[grammar]
+        self.language = Language(importlib.import_module(module_name).language())
+        self._parser = Parser(self.language)
+        has = self.language.id_for_node_kind
+        units = " ".join(f"({t})" for t in _UNIT_KINDS if has(t, True) is not None)
+        insts = " ".join(f"({t})" for t in _INSTANCE_TYPES if has(t, True) is not None)
+        self._query = Query(self.language, f"[{units}] @unit [{insts}] @inst")
+        self._cursor_cls = QueryCursor
+
+    # -- one parse of one text --
+    def _parse_units(self, text: str, defines: Mapping[str, Macro] | None,
+                     resolve: Callable[[str], str | None] | None, use_pp: bool,
+                     ) -> tuple[list[_Unit], list[int], dict[str, Macro]]:
+        """Units of ``text`` (rows relative to it), cumulative error-row counts, final defines."""
+        if use_pp:
+            pp = preprocess(text, dict(defines or {}), resolve)
+            ptext, final_defines = pp.text, pp.defines
+        else:
+            ptext, final_defines = text, dict(defines or {})
+        src = ptext.encode("utf-8", "replace")
+        tree = self._parser.parse(src)
+        root = tree.root_node
+        n_rows = ptext.count("\n") + 1
+        marks = bytearray(n_rows + 1)
+        if root.has_error:
+            # Mark the rows of ERROR/MISSING nodes; a whole unit that sits inside an ERROR
+            # node (tree-sitter wraps the file in one when it gives up) is not an error itself.
+            stack = [root]
+            while stack:
+                n = stack.pop()
+                if n.is_error or n.is_missing:
+                    children = n.children
+                    if not children:
+                        _mark(marks, n)
+                    for c in children:
+                        if c.type in _UNIT_KINDS:
+                            if c.has_error:
+                                stack.append(c)
+                        else:
+                            _mark(marks, c)
+                    continue
+                stack.extend(c for c in n.children if c.has_error)
+        cum = [0, *accumulate(marks)]  # cum[r] = error rows before row r
+        cursor = self._cursor_cls(self._query)
+        cursor.set_max_start_depth(_MAX_QUERY_DEPTH)  # units and instances are never inside expressions
+        captures = cursor.captures(root)
+        unit_nodes = sorted(captures.get("unit", []), key=lambda n: n.start_byte)
+        inst_nodes = sorted(captures.get("inst", []), key=lambda n: n.start_byte)
+        inst_starts = [n.start_byte for n in inst_nodes]
+        ex = _Extractor(src)
+        units: list[_Unit] = []
+        for node in unit_nodes:
+            name = ex.unit_name(node)
+            if not name:
+                continue
+            kind = _UNIT_KINDS[node.type]
+            u = ex.unit(node, kind, name)
+            u.error_rows = cum[u.end_row + 1] - cum[u.start_row]
+            u.parse_ok = u.parse_ok and u.error_rows == 0
+            lo = bisect_left(inst_starts, node.start_byte)
+            hi = bisect_left(inst_starts, node.end_byte)
+            seen: dict[str, None] = {}
+            for inst in inst_nodes[lo:hi]:
+                tnode = inst.child_by_field_name("instance_type")
+                ident = tnode if tnode is not None else ex.first_ident(inst)
+                if ident is not None:
+                    seen.setdefault(ex.text(ident), None)
+            u.instances = [k for k in seen if k]
+            units.append(u)
+        return units, cum, final_defines
+
+    def parse(self, text: str, path: str = "", *,
+              resolve: Callable[[str], str | None] | None = None,
+              defines: Mapping[str, Macro | str] | None = None,
+              preprocess: bool = True, recover: bool = True) -> list[dict[str, Any]]:
+        """One record per design unit in ``text`` (see the module docstring for the keys).
+
+        ``resolve(name)`` returns the text of an ``include``-d file (for its defines) or None;
+        ``defines`` seeds the macro table (name -> body text, as with ``+define+``).
+        ``preprocess=False`` parses the raw text and
+        ``recover=False`` skips the recovery of units the main parse lost (both for
+        measurements only).
+        """
+        if not text:
+            return []
+        if defines is not None:
+            defines = {k: v if isinstance(v, Macro) else Macro(k, str(v)) for k, v in defines.items()}
+        lines = text.split("\n")
+        units, cum, final_defines = self._parse_units(text, defines, resolve, preprocess)
+        found = {u.name for u in units}
+        extra: list[_Unit] = []
+        row_pos, row = 0, 0  # incremental line counting: text[:row_pos] has ``row`` newlines
+        for m in _UNIT_LINE.finditer(text) if recover else ():
+            name = m.group(2)
+            if name in found or _in_block_comment(text, m.start(1)):
+                continue
+            found.add(name)
+            row += text.count("\n", row_pos, m.start(1))
+            row_pos = m.start(1)
+            start_row = row
+            end_m = re.compile(rf"\b{_END_KEYWORD[m.group(1)]}\b").search(text, m.end())
+            end = end_m.end() if end_m else len(text)
+            end_row = start_row + text.count("\n", m.start(1), end)
+            extra.append(self._recover(lines, start_row, end_row, m.group(1), name,
+                                       final_defines, resolve, preprocess))
+        units.extend(extra)
+        units.sort(key=lambda u: u.start_row)
+        language = detect_language(path, text)
+        records = []
+        for u in units:
+            start, end = u.start_row, min(u.end_row, len(lines) - 1)
+            n_lines = end - start + 1
+            records.append(
+                {
+                    "language": language,
+                    "kind": u.kind,
+                    "name": u.name,
+                    "start_line": start + 1,
+                    "end_line": end + 1,
+                    "comment": _comment_before(lines, start),
+                    "parameters": u.parameters,
+                    "ports": u.ports,
+                    "instances": u.instances,
+                    "source": "\n".join(lines[start : end + 1]),
+                    "n_lines": n_lines,
+                    "parse_ok": u.parse_ok,
+                    "error_line_share": round(min(u.error_rows, n_lines) / n_lines, 6),
+                    "grammar": self.grammar,
+                }
+            )
+        return records
+
+    def _recover(self, lines: list[str], start_row: int, end_row: int, keyword: str, name: str,
+                 defines: Mapping[str, Macro], resolve: Callable[[str], str | None] | None,
+                 use_pp: bool) -> _Unit:
+        """Parse lines ``start_row..end_row`` alone to rebuild a unit the main parse lost."""
+        piece = "\n".join(lines[start_row : end_row + 1])
+        units, cum, _ = self._parse_units(piece, defines, resolve, use_pp)
+        for u in units:
+            if u.name == name:
+                u.start_row += start_row
+                u.end_row += start_row
+                return u
+        kind = "module" if keyword == "macromodule" else keyword
+        return _Unit(kind, name, start_row, end_row, False, error_rows=cum[-1] or (end_row - start_row + 1))
+
+
+def _basenames(files: Mapping[str, str]) -> dict[str, str]:
+    by_base: dict[str, str] = {}
+    for p in sorted(files):
+        by_base.setdefault(posixpath.basename(p), p)
+    return by_base
+
+
+def _resolver(files: Mapping[str, str], by_base: Mapping[str, str], path: str) -> Callable[[str], str | None]:
+    """Resolve ``include`` names against the files of the same repository in the batch:
+    relative to the including file, then to the repository root, then by file name."""
+
+    def resolve(name: str) -> str | None:
+        name = name.strip()
+        for cand in (posixpath.normpath(posixpath.join(posixpath.dirname(path), name)), posixpath.normpath(name)):
+            if cand in files:
+                return files[cand]
+        p = by_base.get(posixpath.basename(name))
+        return files[p] if p is not None else None
+
+    return resolve
+
+
+class ParseStage:
+    """Ray Data stage: FILES_SCHEMA rows in, PARSED_MODULES_SCHEMA rows out.
+
+    The parser is built once per instance (once per actor). ``include``s are resolved against
+    files of the same repository in the same batch that hold ``define``s. A file that makes the
+    parser raise is logged and yields no rows; it never fails the batch.
+    """
+
+    def __init__(self, grammar: str = "systemverilog") -> None:
+        self.parser = VerilogParser(grammar)
+        self.n_files = 0
+        self.n_failed = 0
+
+    def __call__(self, batch: pa.Table | pa.RecordBatch | Mapping[str, Any]) -> pa.Table:
+        if isinstance(batch, Mapping):
+            batch = pa.table({k: list(v) for k, v in batch.items()})
+        table = conform(batch, FILES_SCHEMA, stage="parse")
+        files = table.to_pylist()
+        headers: dict[str, dict[str, str]] = {}
+        for f in files:
+            if f["text"] and "`define" in f["text"]:
+                headers.setdefault(f["repo"], {})[f["path"]] = f["text"]
+        bases = {repo: _basenames(h) for repo, h in headers.items()}
+        rows: list[dict[str, Any]] = []
+        for f in files:
+            self.n_files += 1
+            text = f["text"]
+            if not text:
+                continue
+            try:
+                resolve = _resolver(headers.get(f["repo"], {}), bases.get(f["repo"], {}), f["path"])
+                records = self.parser.parse(text, f["path"], resolve=resolve)
+            except Exception as exc:  # one bad file never fails the batch
+                self.n_failed += 1
+                log.warning("parse: skipped %s:%s (%s: %s)", f["repo"], f["path"], type(exc).__name__, exc)
+                continue
+            for r in records:
+                rows.append(
+                    {
+                        "id": _sha256(f"{f['url']}|{f['commit']}|{f['path']}|{r['start_line']}"),
+                        "repo": f["repo"],
+                        "url": f["url"],
+                        "commit": f["commit"],
+                        "path": f["path"],
+                        "license": f["license"],
+                        **r,
+                        "sha256": _sha256(r["source"]),
+                        "norm_sha256": _sha256(normalize(r["source"])),
+                        "encoding": f["encoding"],
+                        "manifest_index": f["manifest_index"],
+                    }
+                )
+        return from_rows(rows, PARSED_MODULES_SCHEMA, stage="parse")

@@ -1,0 +1,3 @@
+#ifdef X
+module p11; endmodule
+#endif

@@ -1,0 +1,7 @@
+module p4(
+  input a
+`ifdef F
+  , input b
+`endif
+  );
+endmodule

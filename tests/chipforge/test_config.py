@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import Field
+
+from chipforge.config import Config, ConfigError, launch_command, load_config, set_dotted
+
+
+class Stage(Config):
+    num_cpus: float = 1.0
+    batch_size: int = 8
+
+
+class JobConfig(Config):
+    output_dir: str = "out"
+    manifest: str = "m.yaml"
+    stage: Stage = Field(default_factory=Stage)
+    tags: list[str] = Field(default_factory=list)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_precedence_defaults_yaml_overrides_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, "# launch: python -m jobs.x --config job.yaml\noutput_dir: from_yaml\nstage:\n  batch_size: 4\n")
+    cfg = load_config(JobConfig, ["--config", str(path)], prog="t", flags={"--output": "output_dir"})
+    assert (cfg.output_dir, cfg.stage.batch_size, cfg.stage.num_cpus) == ("from_yaml", 4, 1.0)
+
+    cfg = load_config(
+        JobConfig,
+        ["--config", str(path), "stage.batch_size=16", "tags=[a, b]", "output_dir=ov", "--output", "flag"],
+        prog="t",
+        flags={"--output": "output_dir"},
+    )
+    assert cfg.stage.batch_size == 16
+    assert cfg.tags == ["a", "b"]
+    assert cfg.output_dir == "flag"  # named flags win over key=value overrides
+
+
+def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "stage:\n  batch_sise: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(JobConfig, ["--config", str(path)], prog="t")
+    assert str(path) in str(err.value) and "stage.batch_sise" in str(err.value)
+
+
+def test_bad_type_and_bad_override(tmp_path: Path) -> None:
+    path = write(tmp_path, "stage:\n  batch_size: many\n")
+    with pytest.raises(ConfigError, match="stage.batch_size"):
+        load_config(JobConfig, ["--config", str(path)], prog="t")
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(JobConfig, ["novalue"], prog="t")
+
+
+def test_missing_and_non_mapping_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(JobConfig, ["--config", str(tmp_path / "nope.yaml")], prog="t")
+    path = write(tmp_path, "- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(JobConfig, ["--config", str(path)], prog="t")
+
+
+def test_default_config_used_without_flag(tmp_path: Path) -> None:
+    path = write(tmp_path, "manifest: default.yaml\n")
+    cfg = load_config(JobConfig, [], prog="t", default_config=path)
+    assert cfg.manifest == "default.yaml"
+
+
+def test_set_dotted_and_launch_header(tmp_path: Path) -> None:
+    data: dict = {"a": 1}
+    set_dotted(data, "a.b.c", 2)
+    assert data == {"a": {"b": {"c": 2}}}
+    path = write(tmp_path, "# launch: python -m jobs.build_corpus --config x.yaml\nk: 1\n")
+    assert launch_command(path) == "python -m jobs.build_corpus --config x.yaml"

@@ -1,0 +1,63 @@
+"""Strict answer parsing: what is accepted, and every way a reply is malformed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from corpus.synthesis.parsing import ParseError, code_blocks, parse_answer
+
+GOOD = {"instruction": "Write a 2-input AND gate.",
+        "answer": "Here:\n```verilog\nmodule a(input x, y, output z);\n  assign z = x & y;\nendmodule\n```\nDone."}
+
+
+def test_good_answer_and_code_blocks() -> None:
+    a = parse_answer(json.dumps(GOOD))
+    assert a.instruction == GOOD["instruction"]
+    assert [b.kind for b in a.blocks] == ["verilog"]
+    assert "assign z = x & y;" in a.blocks[0].code
+    assert a.testbench is None
+
+
+def test_json_fence_around_the_whole_reply_is_accepted() -> None:
+    a = parse_answer("```json\n" + json.dumps(GOOD) + "\n```")
+    assert a.blocks_of("verilog")
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        ("", "empty"),
+        ("Sure! " + json.dumps(GOOD), "not_json"),
+        (json.dumps(GOOD) + " trailing prose", "not_json"),
+        ("[1, 2]", "not_json"),
+        (json.dumps({**GOOD, "notes": "x"}), "extra_keys"),
+        (json.dumps({"answer": "x"}), "missing_key"),
+        (json.dumps({**GOOD, "instruction": "  "}), "empty_field"),
+        (json.dumps({**GOOD, "answer": 3}), "not_string"),
+        (json.dumps({**GOOD, "answer": "```verilog\nmodule m; endmodule\n"}), "unterminated_fence"),
+        (json.dumps({**GOOD, "answer": "```\nmodule m; endmodule\n```"}), "untagged_fence"),
+        (json.dumps({**GOOD, "answer": "x" * 30_000}), "too_long"),
+    ],
+)
+def test_malformed_replies_name_their_reason(reply: str, reason: str) -> None:
+    with pytest.raises(ParseError) as err:
+        parse_answer(reply)
+    assert err.value.reason == reason
+
+
+def test_testbench_is_unwrapped_and_can_be_required() -> None:
+    tb = "module tb; initial $finish; endmodule"
+    a = parse_answer(json.dumps({**GOOD, "testbench": f"```verilog\n{tb}\n```"}), require_testbench=True)
+    assert a.testbench.strip() == tb
+    assert parse_answer(json.dumps({**GOOD, "testbench": tb})).testbench.strip() == tb
+    with pytest.raises(ParseError, match="missing_testbench"):
+        parse_answer(json.dumps(GOOD), require_testbench=True)
+    with pytest.raises(ParseError, match="bad_testbench"):
+        parse_answer(json.dumps({**GOOD, "testbench": "```tcl\nputs hi\n```"}))
+
+
+def test_language_aliases() -> None:
+    text = "```SystemVerilog\nmodule m; endmodule\n```\n```ys\nstat\n```\n```sdc\ncreate_clock\n```\n```bash\nls\n```"
+    assert [b.kind for b in code_blocks(text)] == ["verilog", "yosys", "sdc", "other"]

@@ -1,0 +1,51 @@
+"""Tiny instruction datasets for the training tests, in the dataset job's on-disk layout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from corpus.schema import EXAMPLES_SCHEMA, from_rows
+
+SYSTEM = "You write small synthesizable Verilog modules."
+
+
+def example(phase: str, split: str, user: str, assistant: str, system: str | None = SYSTEM) -> dict:
+    msgs = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": assistant},
+    ]
+    eid = hashlib.sha256(f"{phase}|t|{json.dumps(msgs)}".encode()).hexdigest()
+    return {"id": eid, "phase": phase, "task": "write_module", "messages": msgs, "source": "verilog_code",
+            "split": split, "license": "MIT"}
+
+
+def register_module(k: int) -> tuple[str, str]:
+    w = 2 + k % 6
+    name = f"reg_{k}"
+    code = (f"module {name} (input wire clk, input wire [{w - 1}:0] d, output reg [{w - 1}:0] q);\n"
+            f"  always @(posedge clk) q <= d;\nendmodule")
+    return f"Write a {w}-bit register named {name}.", code
+
+
+def rows(phase: str = "rtl_design", n_train: int = 32, n_val: int = 6) -> list[dict]:
+    out = []
+    for k in range(n_train + n_val):
+        user, code = register_module(k)
+        out.append(example(phase, "train" if k < n_train else "validation", user, code))
+    return out
+
+
+def write_dataset(root: Path, examples: list[dict]) -> Path:
+    """DIR/examples/phase=<p>/split=<s>/part-00000.parquet, full EXAMPLES_SCHEMA rows."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in examples:
+        groups.setdefault((r["phase"], r["split"]), []).append(r)
+    for (phase, split), rs in groups.items():
+        d = root / "examples" / f"phase={phase}" / f"split={split}"
+        d.mkdir(parents=True, exist_ok=True)
+        pq.write_table(from_rows(rs, EXAMPLES_SCHEMA, stage="test"), d / "part-00000.parquet")
+    return root

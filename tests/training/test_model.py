@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+
+from chipforge.config import ConfigError, validate
+from training.config import DeepSpeedSettings, FinetuneConfig, OptimSettings
+from training.model import build_lora_model, deepspeed_config, prepare_base, warmup_steps
+
+
+def test_deepspeed_config_cpu_zero2():
+    cfg = deepspeed_config(DeepSpeedSettings(), OptimSettings(micro_batch_size=2, grad_accum=3, lr=1e-3),
+                           world_size=2, total_steps=100, warmup_steps=5)
+    assert cfg["train_batch_size"] == 12 and cfg["gradient_accumulation_steps"] == 3
+    assert cfg["zero_optimization"]["stage"] == 2 and "offload_optimizer" not in cfg["zero_optimization"]
+    assert cfg["bf16"]["enabled"] is False and cfg["fp16"]["enabled"] is False
+    assert cfg["optimizer"]["params"]["torch_adam"] is True and cfg["optimizer"]["params"]["lr"] == 1e-3
+    sched = cfg["scheduler"]
+    assert sched["type"] == "WarmupCosineLR" and sched["params"]["total_num_steps"] == 100
+    assert sched["params"]["warmup_num_steps"] == 5
+
+
+def test_deepspeed_config_gpu_zero3_offload():
+    ds = DeepSpeedSettings(zero_stage=3, bf16=True, offload_optimizer=True, offload_param=True)
+    cfg = deepspeed_config(ds, OptimSettings(), world_size=8, total_steps=10, warmup_steps=1)
+    z = cfg["zero_optimization"]
+    assert z["stage"] == 3 and z["offload_optimizer"]["device"] == "cpu" and z["offload_param"]["device"] == "cpu"
+    assert cfg["bf16"]["enabled"] is True
+    assert "torch_adam" not in cfg["optimizer"]["params"]  # CPU offload uses DeepSpeedCPUAdam
+
+
+def test_config_rejects_inconsistent_settings():
+    with pytest.raises(ConfigError, match="offload_param"):
+        validate(FinetuneConfig, {"deepspeed": {"zero_stage": 2, "offload_param": True}}, source="x.yaml")
+    with pytest.raises(ConfigError, match="phase"):
+        validate(FinetuneConfig, {"phase": "layout"}, source="x.yaml")
+    with pytest.raises(ConfigError, match="output_dir"):
+        validate(FinetuneConfig, {"base_model": "tiny", "output_dir": "s3://b/x"}, source="x.yaml")
+
+
+def test_warmup_steps_rounds_up():
+    assert warmup_steps(OptimSettings(warmup_ratio=0.05), 30) == 2
+    assert warmup_steps(OptimSettings(warmup_ratio=0.0), 30) == 0
+
+
+def test_tiny_base_and_lora_train_only_adapter_weights(tmp_path):
+    cfg = FinetuneConfig(output_dir=str(tmp_path), tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2},
+                         lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    base = prepare_base(cfg, ["module m (input a); endmodule"] * 10)
+    assert base == str(tmp_path / "base_model") and (tmp_path / "base_model" / "config.json").exists()
+    assert prepare_base(cfg, None) == base  # reused, not rebuilt
+    model = build_lora_model(base, cfg)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("q_proj" in n for n in trainable) and not any("k_proj" in n for n in trainable)

@@ -1,0 +1,132 @@
+"""Typed settings of a fine-tuning run (``jobs.finetune``) and of a sweep (``jobs.tune``).
+
+One ``FinetuneConfig`` drives both the Ray Train job and the torchrun path
+(``python -m training.loop``); the sweep config embeds one as its base and overrides the
+searched fields per trial.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from chipforge import fs
+from chipforge.config import Config
+
+Phase = Literal["triage", "rtl_design", "synthesis", "placement", "routing", "timing_analysis", "power_analysis"]
+PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
+
+TINY = "tiny"  # base_model value: build a tiny random Llama + tokenizer trained on the dataset
+
+
+class TinyModelSettings(Config):
+    """Shape of the in-process tiny model used when ``base_model: tiny`` (CPU quickstart, tests)."""
+
+    vocab_size: int = 512
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    seed: int = 0
+
+
+class LoraSettings(Config):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class OptimSettings(Config):
+    """AdamW + linear warmup + cosine decay (DeepSpeed ``WarmupCosineLR``); steps are optimizer steps."""
+
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)  # cosine floor as a share of lr
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # cap on optimizer steps (after epochs)
+    micro_batch_size: int = Field(4, ge=1)  # sequences per worker per forward
+    grad_accum: int = Field(1, ge=1)
+    grad_clip: float = 1.0
+
+
+class DeepSpeedSettings(Config):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    bf16: bool = False  # GPU: true. CPU: fp32 or bf16 (fp16 is not supported on CPU)
+    offload_optimizer: bool = False  # ZeRO-2/3 optimizer state in CPU memory (builds cpu_adam)
+    offload_param: bool = False  # ZeRO-3 only
+    torch_adam: bool = True  # torch AdamW instead of DeepSpeed's JIT-built fused op
+
+
+class ScalingSettings(Config):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None  # default 1 when use_gpu
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    accelerator_type: str | None = None  # e.g. "H100"
+
+
+class TrackingSettings(Config):
+    tensorboard: bool = True  # rank 0 writes events, copied to OUTPUT/tensorboard at the end
+    mlflow_tracking_uri: str | None = None  # set to log params/metrics to MLflow (pip install mlflow)
+    mlflow_experiment: str = "chipforge-finetune"
+
+
+class FinetuneConfig(Config):
+    dataset_dir: str = "sample/dataset"  # DIR/examples/phase=<phase>/split=<split>/*.parquet
+    phase: Phase = "rtl_design"
+    output_dir: str = "out/finetune"
+    overwrite: bool = False  # False: an output dir holding report.json is a finished run, skipped
+
+    base_model: str = TINY  # Hugging Face id, local path, or "tiny"
+    tiny: TinyModelSettings = Field(default_factory=TinyModelSettings)
+    trust_remote_code: bool = False
+
+    max_length: int = Field(512, ge=16)  # tokens per packed sequence / per example
+    packing: bool = True  # True: whole examples packed into rows ≤ max_length; False: length bucketing
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # held out of train when no validation split
+    max_train_examples: int | None = None
+    tokenize_batch_size: int = 256
+    tokenize_num_cpus: float = 1.0
+    tokenize_concurrency: int = 1
+
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    optim: OptimSettings = Field(default_factory=OptimSettings)
+    deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)
+
+    eval_every_steps: int = Field(20, ge=1)  # evaluation + checkpoint + Ray report interval
+    eval_max_batches: int | None = None
+    log_every_steps: int = Field(5, ge=1)
+    seed: int = 0
+
+    run_name: str | None = None  # default finetune-<phase>; same name + storage_path resumes
+    storage_path: str | None = None  # local dir or s3://; default OUTPUT/checkpoints
+    max_failures: int = Field(2, ge=0)
+    num_to_keep: int = Field(2, ge=1)
+
+    registry: str | None = None  # when set, the finished run is registered for its phase
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+
+    fail_at_step: int | None = None  # test hook: rank 0 raises once at this optimizer step
+    fail_marker: str | None = None  # local file marking that the failure was injected already
+
+    @model_validator(mode="after")
+    def _check(self) -> "FinetuneConfig":
+        if self.deepspeed.offload_param and self.deepspeed.zero_stage != 3:
+            raise ValueError("deepspeed.offload_param needs deepspeed.zero_stage: 3")
+        if self.base_model == TINY and fs.is_uri(self.output_dir):
+            raise ValueError("base_model: tiny builds its base model into output_dir, which must be a local path")
+        return self
+
+    def resolved_run_name(self) -> str:
+        return self.run_name or f"finetune-{self.phase}"
+
+    def resolved_storage_path(self) -> str:
+        """Absolute local path or URI (Ray needs absolute local storage paths)."""
+        path = self.storage_path or fs.join(self.output_dir, "checkpoints")
+        return path if fs.is_uri(path) else os.path.abspath(os.path.expanduser(path))

@@ -1,0 +1,539 @@
+"""The training loop as plain functions, run by Ray Train workers or by ``torchrun`` without Ray.
+
+``run_training`` does the work (DeepSpeed engine over a PEFT LoRA model, gradient accumulation,
+warmup + cosine, eval loss/perplexity every ``eval_every_steps`` optimizer steps, a checkpoint
+at every evaluation, resume from the latest checkpoint). Where data, checkpoints and reports
+come from is a ``Session``:
+
+- ``RaySession`` (inside ``train_loop_per_worker``): ``get_dataset_shard``, ``get_checkpoint``,
+  ``ray.train.report`` (every rank reports; per-rank DeepSpeed files merge into one checkpoint
+  in ``RunConfig.storage_path``).
+- ``LocalSession`` (``python -m training.loop`` / ``torchrun -m training.loop``): parquet read with
+  pyarrow, the same ``TokenizeStage``, rows sharded by rank, checkpoints under
+  OUTPUT/checkpoints/local/step_N.
+
+A checkpoint directory holds ``ds/`` (DeepSpeed state of the trainable parameters and the
+optimizer, one file per rank), ``adapter/`` (PEFT format), ``meta.json`` (step, epoch, micro
+batches done in the epoch, loss history, token and time counters) and ``tensorboard/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from chipforge import fs
+from chipforge.config import dump_yaml
+from training.config import FinetuneConfig
+from training.data import IGNORE, collate
+from training.model import build_engine, build_lora_model, deepspeed_config, save_adapter, warmup_steps
+
+DS_TAG = "ckpt"
+
+
+@dataclass
+class Plan:
+    """Schedule fixed before training (identical on every rank)."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    pad_id: int
+    base_path: str
+
+    @classmethod
+    def make(cls, cfg: FinetuneConfig, train_rows: int, world_size: int, pad_id: int, base_path: str) -> "Plan":
+        per_step = world_size * cfg.optim.micro_batch_size * cfg.optim.grad_accum
+        steps_per_epoch = train_rows // per_step
+        if steps_per_epoch < 1:
+            raise ValueError(
+                f"{train_rows} training rows are fewer than one optimizer step needs ({per_step} = "
+                f"{world_size} workers x micro_batch_size {cfg.optim.micro_batch_size} x grad_accum {cfg.optim.grad_accum})"
+            )
+        total = steps_per_epoch * cfg.optim.epochs
+        if cfg.optim.max_steps:
+            total = min(total, cfg.optim.max_steps)
+        return cls(steps_per_epoch, total, warmup_steps(cfg.optim, total), pad_id, base_path)
+
+
+@dataclass
+class State:
+    step: int = 0
+    epoch: int = 0
+    micro_in_epoch: int = 0  # micro batches consumed in ``epoch`` (skipped on resume)
+    train_loss_first: float | None = None
+    train_loss_last: float | None = None
+    eval_loss: float | None = None
+    eval_perplexity: float | None = None
+    tokens: int = 0  # non-pad tokens trained on, all ranks
+    train_time_s: float = 0.0
+    resumed_from_step: list[int] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per evaluation
+
+
+class Session(Protocol):
+    rank: int
+    world_size: int
+
+    def latest_checkpoint(self) -> contextlib.AbstractContextManager[str | None]: ...
+    def train_batches(self, batch_size: int) -> Iterator[dict[str, Any]]: ...
+    def eval_batches(self, batch_size: int) -> Iterator[dict[str, Any]]: ...
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str) -> None: ...
+
+
+class RaySession:
+    """Data, checkpoints and reports of a Ray Train V2 worker."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as d:
+            yield d
+
+    def _iter(self, name: str, batch_size: int) -> Iterator[dict[str, Any]]:
+        import ray.train
+
+        shard = ray.train.get_dataset_shard(name)
+        yield from shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=False)
+
+    def train_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
+        return self._iter("train", batch_size)
+
+    def eval_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
+        return self._iter("validation", batch_size)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir))
+
+
+class LocalSession:
+    """torchrun / single-process session: pyarrow data, checkpoints in a local directory."""
+
+    def __init__(self, train_table: Any, eval_table: Any, checkpoint_root: str, rank: int, world_size: int):
+        self.train_table, self.eval_table = train_table, eval_table
+        self.root = checkpoint_root
+        self.rank, self.world_size = rank, world_size
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        yield latest_local_checkpoint(self.root)
+
+    def train_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
+        from training.data import iter_table_batches
+
+        return iter_table_batches(self.train_table, batch_size, self.rank, self.world_size)
+
+    def eval_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
+        from training.data import iter_table_batches
+
+        return iter_table_batches(self.eval_table, batch_size, self.rank, self.world_size)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str) -> None:
+        import torch.distributed as dist
+
+        step = int(metrics["step"])
+        dst = os.path.join(self.root, f"step_{step:08d}")
+        shutil.copytree(checkpoint_dir, dst + ".partial", dirs_exist_ok=True)
+        dist.barrier()
+        if self.rank == 0:
+            os.replace(dst + ".partial", dst)
+        dist.barrier()
+        print(json.dumps({"report": metrics}), flush=True) if self.rank == 0 else None
+
+
+def latest_local_checkpoint(root: str) -> str | None:
+    if not os.path.isdir(root):
+        return None
+    steps = sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".partial"))
+    return os.path.join(root, steps[-1]) if steps else None
+
+
+class Tracker:
+    """Rank-0 metrics: TensorBoard events (kept inside checkpoints) and MLflow when configured."""
+
+    def __init__(self, cfg: FinetuneConfig, rank: int, resume_dir: str | None):
+        self.enabled = rank == 0
+        self.logdir = tempfile.mkdtemp(prefix="cf-tb-")
+        self.writer = None
+        self.mlflow = None
+        if not self.enabled:
+            return
+        if resume_dir and os.path.isdir(os.path.join(resume_dir, "tensorboard")):
+            shutil.copytree(os.path.join(resume_dir, "tensorboard"), self.logdir, dirs_exist_ok=True)
+        if cfg.tracking.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(self.logdir)
+        if cfg.tracking.mlflow_tracking_uri:
+            import mlflow  # optional dependency: pip install mlflow
+
+            mlflow.set_tracking_uri(cfg.tracking.mlflow_tracking_uri)
+            mlflow.set_experiment(cfg.tracking.mlflow_experiment)
+            mlflow.start_run(run_name=cfg.resolved_run_name())
+            mlflow.log_params({k: str(v) for k, v in flatten(cfg.model_dump(mode="json")).items()})
+            self.mlflow = mlflow
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        if self.writer is not None:
+            for k, v in metrics.items():
+                self.writer.add_scalar(k, v, step)
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({k.replace("/", "_"): float(v) for k, v in metrics.items()}, step=step)
+
+    def snapshot(self, dst: str) -> None:
+        if self.enabled and self.writer is not None:
+            self.writer.flush()
+            shutil.copytree(self.logdir, os.path.join(dst, "tensorboard"), dirs_exist_ok=True)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.mlflow is not None:
+            self.mlflow.end_run()
+        shutil.rmtree(self.logdir, ignore_errors=True)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def all_reduce_sum(values: Sequence[float]) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(list(values), dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train_step(engine: Any, batch: dict[str, Any]) -> float:
+    """One micro batch: forward, backward, ``engine.step`` (steps the optimizer at accumulation boundaries)."""
+    loss = engine(**batch).loss
+    engine.backward(loss)
+    engine.step()
+    return float(loss.detach().float().item())
+
+
+def evaluate(engine: Any, batches: Iterator[dict[str, Any]], pad_id: int, max_batches: int | None) -> tuple[float, float]:
+    """Token-weighted eval loss over every rank's shard, and its perplexity."""
+    import torch
+
+    engine.eval()
+    total, count = 0.0, 0.0
+    with torch.no_grad():
+        for k, raw in enumerate(batches):
+            if max_batches is not None and k >= max_batches:
+                break
+            b = to_device(collate(raw, pad_id), engine.device)
+            n = float((b["labels"][:, 1:] != IGNORE).sum().item())
+            if n == 0:
+                continue
+            total += float(engine(**b).loss.float().item()) * n
+            count += n
+    engine.train()
+    total, count = all_reduce_sum([total, count])
+    loss = total / count if count else float("nan")
+    return loss, math.exp(min(loss, 50.0)) if count else float("nan")
+
+
+def save_checkpoint(engine: Any, d: str, state: State, *, rank: int, zero_stage: int, tracker: Tracker) -> None:
+    """Collective: DeepSpeed state (trainable params + optimizer) on every rank, adapter and meta on rank 0."""
+    engine.save_checkpoint(os.path.join(d, "ds"), tag=DS_TAG, exclude_frozen_parameters=True)
+    save_adapter(engine, os.path.join(d, "adapter"), rank=rank, zero_stage=zero_stage)
+    if rank == 0:
+        with open(os.path.join(d, "meta.json"), "w") as f:
+            json.dump(asdict(state), f, indent=2)
+        tracker.snapshot(d)
+
+
+def load_checkpoint(engine: Any, d: str) -> State:
+    engine.load_checkpoint(os.path.join(d, "ds"), tag=DS_TAG, load_module_strict=False)
+    with open(os.path.join(d, "meta.json")) as f:
+        return State(**json.load(f))
+
+
+def maybe_fail(cfg: FinetuneConfig, step: int, rank: int) -> None:
+    """Test hook: rank 0 raises once at ``fail_at_step`` (a marker file makes it once per run)."""
+    if cfg.fail_at_step is None or step != cfg.fail_at_step or rank != 0:
+        return
+    marker = cfg.fail_marker or os.path.join(os.path.abspath(cfg.output_dir), ".fail_injected")
+    if os.path.exists(marker):
+        return
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    with open(marker, "w") as f:
+        f.write(str(step))
+    raise RuntimeError(f"injected failure at step {step} (fail_at_step)")
+
+
+def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
+    """Train to ``plan.total_steps`` optimizer steps, resuming from the session's latest checkpoint."""
+    import torch
+
+    rank, world = session.rank, session.world_size
+    torch.manual_seed(cfg.seed)
+    ds_cfg = deepspeed_config(
+        cfg.deepspeed, cfg.optim, world_size=world, total_steps=plan.total_steps, warmup_steps=plan.warmup_steps
+    )
+    model = build_lora_model(plan.base_path, cfg, ds_cfg)
+    engine, scheduler = build_engine(model, ds_cfg)
+    state = State()
+    with session.latest_checkpoint() as d:
+        if d is not None:
+            state = load_checkpoint(engine, d)
+            state.resumed_from_step.append(state.step)
+        tracker = Tracker(cfg, rank, d)
+    if rank == 0:
+        print(f"[train] world={world} steps/epoch={plan.steps_per_epoch} total={plan.total_steps} "
+              f"warmup={plan.warmup_steps} start_step={state.step}", flush=True)
+    accum = cfg.optim.grad_accum
+    micro_per_epoch = plan.steps_per_epoch * accum
+
+    def checkpoint_and_report() -> None:
+        state.eval_loss, state.eval_perplexity = evaluate(
+            engine, session.eval_batches(cfg.optim.micro_batch_size), plan.pad_id, cfg.eval_max_batches
+        )
+        metrics = {
+            "step": state.step,
+            "epoch": state.epoch,
+            "train_loss": state.train_loss_last,
+            "eval_loss": state.eval_loss,
+            "eval_perplexity": state.eval_perplexity,
+            "tokens_per_s": state.tokens / state.train_time_s if state.train_time_s else 0.0,
+            "lr": float(scheduler.get_last_lr()[0]) if scheduler is not None else cfg.optim.lr,
+        }
+        state.history.append({k: float(v) for k, v in metrics.items() if v is not None})
+        tracker.log({"eval/loss": state.eval_loss, "eval/perplexity": state.eval_perplexity}, state.step)
+        with tempfile.TemporaryDirectory(prefix="cf-ckpt-") as tmp:
+            save_checkpoint(engine, tmp, state, rank=rank, zero_stage=cfg.deepspeed.zero_stage, tracker=tracker)
+            session.report(metrics, tmp)
+
+    losses: list[float] = []
+    tokens = 0
+    while state.step < plan.total_steps:
+        micro = 0
+        t0 = time.perf_counter()
+        for raw in session.train_batches(cfg.optim.micro_batch_size):
+            if micro >= micro_per_epoch:
+                break
+            micro += 1
+            if micro <= state.micro_in_epoch:  # consumed before the checkpoint we resumed from
+                continue
+            batch = collate(raw, plan.pad_id)
+            tokens += int(batch["attention_mask"].sum())
+            losses.append(train_step(engine, to_device(batch, engine.device)))
+            if micro % accum:
+                continue
+            state.step += 1
+            state.micro_in_epoch = micro
+            if micro == micro_per_epoch:
+                state.epoch, state.micro_in_epoch = state.epoch + 1, 0
+            loss, n_tok = all_reduce_sum([sum(losses) / len(losses), tokens])
+            loss /= world
+            state.train_time_s += time.perf_counter() - t0
+            state.tokens += int(n_tok)
+            losses, tokens = [], 0
+            if state.train_loss_first is None:
+                state.train_loss_first = loss
+            state.train_loss_last = loss
+            if state.step % cfg.log_every_steps == 0 or state.step == 1:
+                lr = float(scheduler.get_last_lr()[0]) if scheduler is not None else cfg.optim.lr
+                tracker.log({"train/loss": loss, "train/lr": lr}, state.step)
+                if rank == 0:
+                    print(f"[train] step {state.step}/{plan.total_steps} loss {loss:.4f} lr {lr:.2e}", flush=True)
+            maybe_fail(cfg, state.step, rank)
+            if state.step % cfg.eval_every_steps == 0 or state.step == plan.total_steps:
+                checkpoint_and_report()
+            if state.step >= plan.total_steps:
+                break
+            t0 = time.perf_counter()
+        else:
+            if micro < micro_per_epoch:
+                raise RuntimeError(f"rank {rank}: data shard ended after {micro} of {micro_per_epoch} micro batches")
+    tracker.close()
+    return state
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train V2 entry: ``config = {"cfg": FinetuneConfig dump, "plan": Plan fields}``."""
+    import torch
+
+    cfg = FinetuneConfig.model_validate(config["cfg"])
+    plan = Plan(**config["plan"])
+    if cfg.scaling.use_gpu:
+        import ray.train.torch
+
+        torch.cuda.set_device(ray.train.torch.get_device())
+    run_training(cfg, plan, RaySession())
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def upload_dir(local: str, dest: str) -> None:
+    for root, _, files in os.walk(local):
+        for name in files:
+            src = os.path.join(root, name)
+            rel = os.path.relpath(src, local).replace(os.sep, "/")
+            with open(src, "rb") as f:
+                fs.write_bytes(fs.join(dest, rel), f.read())
+
+
+def write_outputs(cfg: FinetuneConfig, checkpoint_dir: str, base_path: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """OUTPUT/adapter (PEFT), OUTPUT/tokenizer, OUTPUT/config.yaml, OUTPUT/tensorboard, OUTPUT/report.json."""
+    from training.data import load_tokenizer
+
+    with open(os.path.join(checkpoint_dir, "meta.json")) as f:
+        meta = json.load(f)
+    out = cfg.output_dir
+    upload_dir(os.path.join(checkpoint_dir, "adapter"), fs.join(out, "adapter"))
+    if os.path.isdir(os.path.join(checkpoint_dir, "tensorboard")):
+        upload_dir(os.path.join(checkpoint_dir, "tensorboard"), fs.join(out, "tensorboard"))
+    with tempfile.TemporaryDirectory() as tmp:
+        load_tokenizer(base_path, cfg.trust_remote_code).save_pretrained(tmp)
+        upload_dir(tmp, fs.join(out, "tokenizer"))
+    fs.write_text(fs.join(out, "config.yaml"), dump_yaml(cfg))
+    report = {
+        "phase": cfg.phase,
+        "base_model": base_path,
+        "adapter_path": fs.join(out if fs.is_uri(out) else os.path.abspath(out), "adapter"),
+        "train_loss_first": meta["train_loss_first"],
+        "train_loss_last": meta["train_loss_last"],
+        "eval_loss": meta["eval_loss"],
+        "eval_perplexity": meta["eval_perplexity"],
+        "steps": meta["step"],
+        "epochs_done": meta["epoch"],
+        "tokens": meta["tokens"],
+        "train_time_s": round(meta["train_time_s"], 3),
+        "tokens_per_s": round(meta["tokens"] / meta["train_time_s"], 2) if meta["train_time_s"] else 0.0,
+        "resumed_from_step": meta["resumed_from_step"],
+        "history": meta["history"],
+        **extra,
+    }
+    fs.write_json(fs.join(out, "report.json"), report)
+    return report
+
+
+# ----------------------------------------------------------------------------- torchrun path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(use_gpu: bool) -> tuple[int, int]:
+    """torchrun env (or a 1-process default) → a process group DeepSpeed reuses."""
+    import deepspeed
+    import torch
+
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if use_gpu:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+def run_local(cfg: FinetuneConfig) -> dict[str, Any] | None:
+    """The whole fine-tune without Ray (every rank calls it; rank 0 writes the outputs)."""
+    import pyarrow as pa
+    import torch.distributed as dist
+
+    from training.data import TokenizeStage, check_split, dataset_texts, holdout_mask, load_tokenizer, read_examples
+    from training.model import prepare_base
+
+    t0 = time.perf_counter()
+    rank, world = init_distributed(cfg.scaling.use_gpu)
+    check_split(cfg.dataset_dir, cfg.phase, "train")
+    train = read_examples(cfg.dataset_dir, cfg.phase, "train")
+    evals = read_examples(cfg.dataset_dir, cfg.phase, "validation")
+    if evals.num_rows == 0:
+        mask = holdout_mask(train.column("id").to_pylist(), cfg.validation_fraction)
+        evals, train = train.filter(pa.array(mask)), train.filter(pa.array(~mask))
+    if cfg.max_train_examples:
+        train = train.slice(0, cfg.max_train_examples)
+    if rank == 0:
+        base_path = prepare_base(cfg, dataset_texts(train))
+    dist.barrier()
+    base_path = prepare_base(cfg, None) if cfg.base_model == "tiny" else cfg.base_model
+    stage = TokenizeStage(base_path, cfg.max_length, cfg.packing, cfg.trust_remote_code)
+    train_tok = pa.concat_tables([stage(b) for b in train.to_batches(cfg.tokenize_batch_size)])
+    eval_tok = pa.concat_tables([stage(b) for b in evals.to_batches(cfg.tokenize_batch_size)])
+    pad_id = load_tokenizer(base_path, cfg.trust_remote_code).pad_token_id
+    plan = Plan.make(cfg, train_tok.num_rows, world, pad_id, base_path)
+    root = os.path.join(os.path.abspath(cfg.output_dir), "checkpoints", "local")
+    run_training(cfg, plan, LocalSession(train_tok, eval_tok, root, rank, world))
+    dist.barrier()
+    report = None
+    if rank == 0:
+        latest = latest_local_checkpoint(root)
+        assert latest is not None
+        report = write_outputs(cfg, latest, base_path, {
+            "runner": "torchrun", "world_size": world, "train_rows": train_tok.num_rows,
+            "eval_rows": eval_tok.num_rows, "plan": asdict(plan), "wall_s": round(time.perf_counter() - t0, 2)})
+        print(json.dumps({k: report[k] for k in ("steps", "train_loss_first", "train_loss_last", "eval_loss")}))
+    dist.barrier()
+    dist.destroy_process_group()
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``torchrun --nproc_per_node N -m training.loop --config X.yaml [--dataset D --phase P --output O]``."""
+    from chipforge.config import load_config
+
+    cfg = load_config(
+        FinetuneConfig,
+        argv,
+        prog="python -m training.loop",
+        flags={"--dataset": "dataset_dir", "--phase": "phase", "--output": "output_dir"},
+        description=main.__doc__,
+    )
+    run_local(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

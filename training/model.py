@@ -1,0 +1,162 @@
+"""Base model + PEFT LoRA, the DeepSpeed config, and the DeepSpeed engine: plain functions.
+
+Nothing here imports Ray: the same functions run inside Ray Train workers and under
+``torchrun`` (``python -m training.loop``). ``deepspeed`` is imported inside the functions
+(importing it on the Ray controller has broken before, ray#50406).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from chipforge import fs
+from training.config import TINY, DeepSpeedSettings, FinetuneConfig, LoraSettings, OptimSettings
+
+
+def deepspeed_config(
+    ds: DeepSpeedSettings, optim: OptimSettings, *, world_size: int, total_steps: int, warmup_steps: int
+) -> dict[str, Any]:
+    """A DeepSpeed config dict: ZeRO stage, bf16, offload, AdamW, WarmupCosineLR."""
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage in (2, 3):
+        zero.update(overlap_comm=True, contiguous_gradients=True, reduce_bucket_size=5e7)
+    if ds.offload_optimizer and ds.zero_stage > 0:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if ds.offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    if ds.zero_stage == 3:
+        zero.update(stage3_gather_16bit_weights_on_model_save=False)
+    adam: dict[str, Any] = {
+        "lr": optim.lr,
+        "betas": list(optim.betas),
+        "eps": 1e-8,
+        "weight_decay": optim.weight_decay,
+    }
+    if ds.torch_adam and not ds.offload_optimizer:
+        adam["torch_adam"] = True
+    return {
+        "train_micro_batch_size_per_gpu": optim.micro_batch_size,
+        "gradient_accumulation_steps": optim.grad_accum,
+        "train_batch_size": optim.micro_batch_size * optim.grad_accum * world_size,
+        "gradient_clipping": optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": ds.bf16},
+        "fp16": {"enabled": False},
+        "optimizer": {"type": "AdamW", "params": adam},
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": max(total_steps, 1),
+                "warmup_num_steps": warmup_steps,
+                "warmup_min_ratio": 0.0,
+                "cos_min_ratio": optim.min_lr_ratio,
+                "warmup_type": "linear",
+            },
+        },
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def warmup_steps(optim: OptimSettings, total_steps: int) -> int:
+    return int(math.ceil(optim.warmup_ratio * total_steps))
+
+
+def lora_config(lora: LoraSettings) -> Any:
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type=TaskType.CAUSAL_LM,
+    )
+
+
+def load_base_model(path: str, *, bf16: bool, trust_remote_code: bool = False) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def build_lora_model(base_path: str, cfg: FinetuneConfig, ds_config: dict[str, Any] | None = None) -> Any:
+    """Base model from ``base_path`` with a fresh LoRA adapter; only adapter weights train.
+
+    Under ZeRO-3 the base is loaded through ``HfDeepSpeedConfig`` so its weights are partitioned
+    while loading (a 7-8B base never sits whole on one GPU).
+    """
+    keep = None
+    if ds_config is not None and cfg.deepspeed.zero_stage == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keep = HfDeepSpeedConfig(ds_config)  # noqa: F841  (must stay alive while loading)
+    from peft import get_peft_model
+
+    model = load_base_model(base_path, bf16=cfg.deepspeed.bf16, trust_remote_code=cfg.trust_remote_code)
+    model.config.use_cache = False
+    model = get_peft_model(model, lora_config(cfg.lora))
+    del keep
+    return model
+
+
+def build_engine(model: Any, ds_config: dict[str, Any]) -> tuple[Any, Any]:
+    """``deepspeed.initialize`` over the trainable (LoRA) parameters; reuses an existing process group."""
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, scheduler = deepspeed.initialize(model=model, config=ds_config, model_parameters=params)
+    return engine, scheduler
+
+
+def save_adapter(engine: Any, path: str, *, rank: int, zero_stage: int) -> None:
+    """Write the LoRA adapter in PEFT format (adapter_config.json + adapter_model.safetensors).
+
+    Collective under ZeRO-3 (every rank must call it: the adapter weights are gathered first).
+    """
+    model = engine.module
+    if zero_stage == 3:
+        import deepspeed
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            if rank == 0:
+                model.save_pretrained(path, safe_serialization=True)
+        return
+    if rank == 0:
+        model.save_pretrained(path, safe_serialization=True)
+
+
+def prepare_base(cfg: FinetuneConfig, texts: list[str] | None = None) -> str:
+    """Path the workers load the base model (and tokenizer) from.
+
+    ``base_model: tiny`` builds a tiny random Llama and a tokenizer trained on ``texts`` into
+    OUTPUT/base_model (reused when already there, so a resumed run sees the same base).
+    """
+    if cfg.base_model != TINY:
+        return cfg.base_model
+    from training.tiny import save_tiny_model
+
+    path = os.path.abspath(fs.join(cfg.output_dir, "base_model"))
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    if not texts:
+        raise ValueError("base_model: tiny needs dataset text to train its tokenizer")
+    t = cfg.tiny
+    with fs.atomic_dir(path) as tmp:
+        save_tiny_model(
+            tmp,
+            texts,
+            vocab_size=t.vocab_size,
+            hidden_size=t.hidden_size,
+            num_layers=t.num_layers,
+            num_heads=t.num_heads,
+            seed=t.seed,
+            max_position_embeddings=max(2048, cfg.max_length),
+        )
+    return path
