@@ -24,3 +24,16 @@ def init_ray(**kwargs: Any) -> None:
     ctx = DataContext.get_current()
     if os.environ.get("CHIPFORGE_PROGRESS", "1") == "0":
         ctx.enable_progress_bars = False
+
+
+def compute(concurrency: int | None, actors: bool) -> Any:
+    """Ray Data ``compute=`` for a stage's configured concurrency (``concurrency=`` is deprecated since 2.51).
+
+    Callable classes run on an actor pool (fixed size, or autoscaling from one actor when None);
+    functions run as tasks (at most ``concurrency`` at once, unbounded when None).
+    """
+    import ray.data
+
+    if actors:
+        return ray.data.ActorPoolStrategy(size=concurrency) if concurrency else ray.data.ActorPoolStrategy(min_size=1)
+    return ray.data.TaskPoolStrategy(size=concurrency)

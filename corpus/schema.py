@@ -131,6 +131,11 @@ def conform(batch: pa.Table | pa.RecordBatch, schema: pa.Schema, *, stage: str) 
     columns and uncastable types raise ``SchemaError`` naming ``stage``.
     """
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    if table.schema.equals(schema):  # fast path: only the nullability check is left to do
+        for field in schema:
+            if not field.nullable and table.column(field.name).null_count:
+                raise SchemaError(f"{stage}: column {field.name!r} has {table.column(field.name).null_count} nulls")
+        return table
     extra = [n for n in table.column_names if schema.get_field_index(n) < 0]
     if extra:
         raise SchemaError(f"{stage}: unexpected columns {extra}")

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from chipforge import fs
 from chipforge.config import load_config
-from chipforge.ray_utils import init_ray
+from chipforge.ray_utils import compute, init_ray
 from training.config import TINY, FinetuneConfig
 
 CONFIG_CLASS = FinetuneConfig
@@ -34,7 +35,7 @@ def read_split(cfg: FinetuneConfig, split: str) -> Any:
 
     from training.data import parquet_files
 
-    files = parquet_files(cfg.dataset_dir, cfg.phase, split)
+    files = parquet_files(cfg.dataset_dirs(), cfg.phase, split)
     if not files:
         return None
     filesystem, _ = fs.resolve(cfg.dataset_dir)
@@ -45,7 +46,7 @@ def load_splits(cfg: FinetuneConfig) -> tuple[Any, Any, dict[str, Any]]:
     """Train and validation datasets of the phase; no validation split → hold out a share of train."""
     from training.data import check_split, is_holdout
 
-    check_split(cfg.dataset_dir, cfg.phase, "train")
+    check_split(cfg.dataset_dirs(), cfg.phase, "train")
     train = read_split(cfg, "train")
     evals = read_split(cfg, "validation")
     info: dict[str, Any] = {"validation": "validation split"}
@@ -74,7 +75,7 @@ def tokenize(cfg: FinetuneConfig, ds: Any, tokenizer_path: str) -> Any:
         batch_format="pyarrow",
         batch_size=cfg.tokenize_batch_size,
         num_cpus=cfg.tokenize_num_cpus,
-        concurrency=cfg.tokenize_concurrency,
+        compute=compute(cfg.tokenize_concurrency, actors=True),
     ).materialize()
 
 
@@ -91,8 +92,11 @@ def prepare(cfg: FinetuneConfig) -> tuple[dict[str, Any], str, dict[str, Any]]:
     train_tok = tokenize(cfg, train, base_path)
     eval_tok = tokenize(cfg, evals, base_path)
     info.update(train_rows=train_tok.count(), eval_rows=eval_tok.count())
-    if info["eval_rows"] == 0:
-        raise ValueError(f"dataset {cfg.dataset_dir}: no validation rows for phase {cfg.phase!r} after tokenisation")
+    for split, n in (("train", info["train_rows"]), ("validation", info["eval_rows"])):
+        if n == 0:
+            raise ValueError(
+                f"dataset {cfg.dataset_dir}: no {split} rows for phase {cfg.phase!r} after tokenisation: every "
+                f"example's assistant reply starts beyond max_length={cfg.max_length} tokens (raise max_length)")
     return {"train": train_tok, "validation": eval_tok}, base_path, info
 
 
@@ -160,7 +164,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         from training.registry import dataset_version, register
 
         register(cfg.registry, cfg.phase, base_model=base_path, adapter_path=report["adapter_path"],
-                 dataset_version=dataset_version(cfg.dataset_dir, cfg.phase),
+                 dataset_version=dataset_version(cfg.dataset_dirs(), cfg.phase),
                  metrics={k: report[k] for k in ("eval_loss", "eval_perplexity", "train_loss_last", "steps")},
                  config=cfg.model_dump(mode="json"), run=cfg.resolved_run_name())
     return report
@@ -173,6 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if fs.exists(done) and not cfg.overwrite:
         print(f"{done} exists: run already finished (set overwrite=true to train again)")
         return 0
+    from training.data import DatasetError, check_split
+
+    try:
+        check_split(cfg.dataset_dirs(), cfg.phase, "train")
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     init_ray()
     report = run(cfg)

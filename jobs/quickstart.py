@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -69,8 +70,14 @@ def run(cfg: QuickstartConfig, runner: Callable[[str, list[str]], int] | None = 
         module, argv = commands[step]
         print(f"\n=== quickstart: {step}: python -m {module} {' '.join(argv)}", flush=True)
         t0 = time.perf_counter()
-        rc = runner(module, argv)
-        results[step] = {"module": module, "argv": argv, "exit_code": rc, "wall_s": round(time.perf_counter() - t0, 2)}
+        error = None
+        try:
+            rc = runner(module, argv)
+        except Exception as exc:  # the step's own message is what the user needs; later steps cannot run
+            traceback.print_exc()
+            rc, error = 1, f"{type(exc).__name__}: {exc}"
+        results[step] = {"module": module, "argv": argv, "exit_code": rc, "error": error,
+                         "wall_s": round(time.perf_counter() - t0, 2)}
         if rc != 0:
             print(f"=== quickstart: step {step} failed with exit code {rc}; stopping", flush=True)
             break
@@ -88,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n=== quickstart summary")
     for step, r in report["steps"].items():
         status = "ok" if r["exit_code"] == 0 else f"FAILED (exit {r['exit_code']})"
-        print(f"  {step:<9} {status:<22} {r['wall_s']:>8.1f} s")
+        print(f"  {step:<9} {status:<22} {r['wall_s']:>8.1f} s" + (f"  {r['error']}" if r.get("error") else ""))
     print(json.dumps({"ok": report["ok"], "output_dir": cfg.output_dir}))
     return 0 if report["ok"] else 1
 

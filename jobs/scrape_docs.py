@@ -90,7 +90,7 @@ def _fetch_all(cfg: ScrapeDocsConfig) -> tuple[list[pa.Table], list[dict[str, An
 def run(cfg: ScrapeDocsConfig) -> dict[str, Any]:
     import ray
 
-    from chipforge.ray_utils import init_ray
+    from chipforge.ray_utils import compute, init_ray
 
     t0 = time.perf_counter()
     init_ray()
@@ -100,7 +100,7 @@ def run(cfg: ScrapeDocsConfig) -> dict[str, Any]:
     if pages.num_rows:
         ds = ray.data.from_arrow(pages).map_batches(
             ExtractChunk, fn_constructor_kwargs={"max_chars": cfg.chunk.max_chars, "min_chars": cfg.chunk.min_chars},
-            batch_format="pyarrow", batch_size=cfg.chunk.batch_size, concurrency=cfg.chunk.concurrency,
+            batch_format="pyarrow", batch_size=cfg.chunk.batch_size, compute=compute(cfg.chunk.concurrency, actors=True),
             num_cpus=cfg.chunk.num_cpus)
         staged = pa.concat_tables([staged, *ray.get(ds.to_arrow_refs())])
     chunks, too_short, extract_errors = split_status(staged)
@@ -155,7 +155,7 @@ def summary(report: dict[str, Any]) -> str:
              f"{t['too_short_dropped']} too short dropped, {t['extract_errors']} pages failed extraction"]
     for s in report["sources"]:
         reasons = ", ".join(f"{k} {v}" for k, v in s["failure_reasons"].items()) or "none"
-        lines.append(f"  {s['source']:<16} {s['kind']:<5} pages {s['pages']:>4}  chunks {s['chunks']:>5}  "
+        lines.append(f"  {s['source']:<18} {s['kind']:<5} pages {s['pages']:>4}  chunks {s['chunks']:>5}  "
                      f"failed {s['failed']:>3} ({reasons})")
     return "\n".join(lines)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -120,7 +121,7 @@ def run(cfg: TuneJobConfig) -> dict[str, Any]:
     fs.write_json(fs.join(out, "sweep.json"), {"metric": cfg.metric, "best_trial": report["best_trial"], "trials": trials})
     if cfg.registry:
         entry = register(cfg.registry, base.phase, base_model=base_path, adapter_path=report["adapter_path"],
-                         dataset_version=dataset_version(base.dataset_dir, base.phase),
+                         dataset_version=dataset_version(base.dataset_dirs(), base.phase),
                          metrics={k: report[k] for k in ("eval_loss", "eval_perplexity", "train_loss_last", "steps")},
                          config=winner.model_dump(mode="json"), run=f"tune-{base.phase}/{report['best_trial']}")
         report["registry_entry"] = entry
@@ -130,6 +131,13 @@ def run(cfg: TuneJobConfig) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(TuneJobConfig, argv, prog="python -m jobs.tune", default_config=DEFAULT_CONFIG, flags=FLAGS,
                       description=__doc__)
+    from training.data import DatasetError, check_split
+
+    try:
+        check_split(cfg.finetune.dataset_dirs(), cfg.finetune.phase, "train")
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     init_ray()
     report = run(cfg)

@@ -77,7 +77,9 @@ class TrackingSettings(Config):
 
 
 class FinetuneConfig(Config):
-    dataset_dir: str = "sample/dataset"  # DIR/examples/phase=<phase>/split=<split>/*.parquet
+    dataset_dir: str = "sample/dataset"  # DIR/{examples,synthetic}/phase=<phase>/split=<split>/*.parquet
+    # More directories read the same way and merged, e.g. the synthesis job's output (DIR/synthetic/).
+    extra_dataset_dirs: list[str] = Field(default_factory=list)
     phase: Phase = "rtl_design"
     output_dir: str = "out/finetune"
     overwrite: bool = False  # False: an output dir holding report.json is a finished run, skipped
@@ -122,6 +124,10 @@ class FinetuneConfig(Config):
         if self.base_model == TINY and fs.is_uri(self.output_dir):
             raise ValueError("base_model: tiny builds its base model into output_dir, which must be a local path")
         return self
+
+    def dataset_dirs(self) -> list[str]:
+        """Every directory the phase's examples are read from: ``dataset_dir`` first."""
+        return [self.dataset_dir, *self.extra_dataset_dirs]
 
     def resolved_run_name(self) -> str:
         return self.run_name or f"finetune-{self.phase}"

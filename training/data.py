@@ -46,37 +46,51 @@ class DatasetError(ValueError):
     """The instruction dataset has no usable rows for a phase/split."""
 
 
-def split_dir(dataset_dir: str, phase: str, split: str) -> str:
-    return fs.join(dataset_dir, "examples", f"phase={phase}", f"split={split}")
+# Subdirectories of a dataset directory that hold example rows: the dataset job's and the synthesis job's.
+EXAMPLE_SUBDIRS = ("examples", "synthetic")
+DatasetDirs = str | Sequence[str]
 
 
-def parquet_files(dataset_dir: str, phase: str, split: str) -> list[str]:
-    return [p for p in fs.listdir(split_dir(dataset_dir, phase, split), recursive=True) if p.endswith(".parquet")]
+def dataset_roots(dataset_dir: DatasetDirs) -> list[str]:
+    return [dataset_dir] if isinstance(dataset_dir, str) else list(dataset_dir)
 
 
-def available_phases(dataset_dir: str) -> list[str]:
-    return [p.rsplit("phase=", 1)[1] for p in fs.listdir(fs.join(dataset_dir, "examples")) if "phase=" in p]
+def split_dirs(dataset_dir: DatasetDirs, phase: str, split: str) -> list[str]:
+    """``ROOT/{examples,synthetic}/phase=<phase>/split=<split>`` for every root."""
+    return [fs.join(root, sub, f"phase={phase}", f"split={split}")
+            for root in dataset_roots(dataset_dir) for sub in EXAMPLE_SUBDIRS]
 
 
-def check_split(dataset_dir: str, phase: str, split: str) -> list[str]:
-    """The split's parquet files; raises ``DatasetError`` naming path and phase when there are none."""
+def parquet_files(dataset_dir: DatasetDirs, phase: str, split: str) -> list[str]:
+    return [p for d in split_dirs(dataset_dir, phase, split) for p in fs.listdir(d, recursive=True)
+            if p.endswith(".parquet")]
+
+
+def available_phases(dataset_dir: DatasetDirs) -> list[str]:
+    return sorted({p.rsplit("phase=", 1)[1] for root in dataset_roots(dataset_dir) for sub in EXAMPLE_SUBDIRS
+                   for p in fs.listdir(fs.join(root, sub)) if "phase=" in p})
+
+
+def check_split(dataset_dir: DatasetDirs, phase: str, split: str) -> list[str]:
+    """The split's parquet files; raises ``DatasetError`` naming paths and phase when there are none."""
     files = parquet_files(dataset_dir, phase, split)
     if not files:
         raise DatasetError(
-            f"dataset {dataset_dir}: no {split} examples for phase {phase!r} "
-            f"(looked in {split_dir(dataset_dir, phase, split)}); phases present: {available_phases(dataset_dir) or 'none'}"
+            f"dataset {', '.join(dataset_roots(dataset_dir))}: no {split} examples for phase {phase!r} "
+            f"(looked in {', '.join(split_dirs(dataset_dir, phase, split))}); "
+            f"phases present: {available_phases(dataset_dir) or 'none'}"
         )
     return files
 
 
-def read_examples(dataset_dir: str, phase: str, split: str) -> pa.Table:
+def read_examples(dataset_dir: DatasetDirs, phase: str, split: str) -> pa.Table:
     """All rows of one phase/split as an ``EXAMPLES_SCHEMA`` table (empty when absent)."""
     import pyarrow.dataset as pads
 
     files = parquet_files(dataset_dir, phase, split)
     if not files:
         return EXAMPLES_SCHEMA.empty_table()
-    filesystem, _ = fs.resolve(dataset_dir)
+    filesystem, _ = fs.resolve(dataset_roots(dataset_dir)[0])
     table = pads.dataset(files, format="parquet", filesystem=filesystem).to_table()
     return conform(table, EXAMPLES_SCHEMA, stage=f"finetune.read[{phase}/{split}]")
 

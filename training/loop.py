@@ -77,6 +77,8 @@ class State:
     eval_perplexity: float | None = None
     tokens: int = 0  # non-pad tokens trained on, all ranks
     train_time_s: float = 0.0
+    data_wait_s: float = 0.0  # share of train_time_s spent waiting for the next batch
+    epoch_start_wait_s: float = 0.0  # part of data_wait_s spent on each epoch's first batch (pipeline start)
     resumed_from_step: list[int] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per evaluation
 
@@ -93,6 +95,8 @@ class Session(Protocol):
 
 class RaySession:
     """Data, checkpoints and reports of a Ray Train V2 worker."""
+
+    fetch_factor = 8
 
     def __init__(self) -> None:
         import ray.train
@@ -115,8 +119,14 @@ class RaySession:
     def _iter(self, name: str, batch_size: int) -> Iterator[dict[str, Any]]:
         import ray.train
 
+        # Fetch several micro batches per Ray Data batch: the per-batch cost of the streaming
+        # split is fixed, so small micro batches would otherwise wait on it every step.
         shard = ray.train.get_dataset_shard(name)
-        yield from shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=False)
+        for big in shard.iter_batches(batch_size=batch_size * self.fetch_factor, batch_format="numpy",
+                                      drop_last=False, prefetch_batches=2):
+            n = len(next(iter(big.values())))
+            for start in range(0, n, batch_size):
+                yield {k: v[start : start + batch_size] for k, v in big.items()}
 
     def train_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
         return self._iter("train", batch_size)
@@ -322,7 +332,7 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
             state.resumed_from_step.append(state.step)
         tracker = Tracker(cfg, rank, d)
     if rank == 0:
-        print(f"[train] world={world} steps/epoch={plan.steps_per_epoch} total={plan.total_steps} "
+        print(f"[train] world={world} threads={torch.get_num_threads()} steps/epoch={plan.steps_per_epoch} total={plan.total_steps} "
               f"warmup={plan.warmup_steps} start_step={state.step}", flush=True)
     accum = cfg.optim.grad_accum
     micro_per_epoch = plan.steps_per_epoch * accum
@@ -351,7 +361,11 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
     while state.step < plan.total_steps:
         micro = 0
         t0 = time.perf_counter()
+        t_wait = time.perf_counter()
         for raw in session.train_batches(cfg.optim.micro_batch_size):
+            state.data_wait_s += time.perf_counter() - t_wait
+            if micro == 0:
+                state.epoch_start_wait_s += time.perf_counter() - t_wait
             if micro >= micro_per_epoch:
                 break
             micro += 1
@@ -361,6 +375,7 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
             tokens += int(batch["attention_mask"].sum())
             losses.append(train_step(engine, to_device(batch, engine.device)))
             if micro % accum:
+                t_wait = time.perf_counter()
                 continue
             state.step += 1
             state.micro_in_epoch = micro
@@ -384,7 +399,7 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
                 checkpoint_and_report()
             if state.step >= plan.total_steps:
                 break
-            t0 = time.perf_counter()
+            t0 = t_wait = time.perf_counter()
         else:
             if micro < micro_per_epoch:
                 raise RuntimeError(f"rank {rank}: data shard ended after {micro} of {micro_per_epoch} micro batches")
@@ -402,6 +417,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         import ray.train.torch
 
         torch.cuda.set_device(ray.train.torch.get_device())
+    else:  # intra-op threads = the CPUs this worker holds
+        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     run_training(cfg, plan, RaySession())
 
 
@@ -487,9 +504,9 @@ def run_local(cfg: FinetuneConfig) -> dict[str, Any] | None:
 
     t0 = time.perf_counter()
     rank, world = init_distributed(cfg.scaling.use_gpu)
-    check_split(cfg.dataset_dir, cfg.phase, "train")
-    train = read_examples(cfg.dataset_dir, cfg.phase, "train")
-    evals = read_examples(cfg.dataset_dir, cfg.phase, "validation")
+    check_split(cfg.dataset_dirs(), cfg.phase, "train")
+    train = read_examples(cfg.dataset_dirs(), cfg.phase, "train")
+    evals = read_examples(cfg.dataset_dirs(), cfg.phase, "validation")
     if evals.num_rows == 0:
         mask = holdout_mask(train.column("id").to_pylist(), cfg.validation_fraction)
         evals, train = train.filter(pa.array(mask)), train.filter(pa.array(~mask))

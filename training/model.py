@@ -61,7 +61,8 @@ def deepspeed_config(
 
 
 def warmup_steps(optim: OptimSettings, total_steps: int) -> int:
-    return int(math.ceil(optim.warmup_ratio * total_steps))
+    """Warmup length in optimizer steps (at least 1: DeepSpeed's WarmupCosineLR rejects 0)."""
+    return max(1, int(math.ceil(optim.warmup_ratio * total_steps)))
 
 
 def lora_config(lora: LoraSettings) -> Any:

@@ -20,7 +20,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from chipforge import fs
@@ -28,19 +28,23 @@ from chipforge import fs
 VERSION = 1
 
 
-def dataset_version(dataset_dir: str, phase: str) -> str:
-    """sha256 over (relative path, bytes) of every parquet file of the phase, all splits."""
-    base = fs.join(dataset_dir, "examples", f"phase={phase}")
-    _, root = fs.resolve(base)
+def dataset_version(dataset_dir: str | Sequence[str], phase: str) -> str:
+    """sha256 over (relative path, bytes) of every parquet file of the phase, all splits, every directory."""
+    from training.data import EXAMPLE_SUBDIRS, dataset_roots
+
     h = hashlib.sha256()
-    files = [p for p in fs.listdir(base, recursive=True) if p.endswith(".parquet")]
-    if not files:
-        raise FileNotFoundError(f"dataset {dataset_dir}: no parquet files for phase {phase!r} under {base}")
-    scheme = base.split("://", 1)[0] + "://" if fs.is_uri(base) else ""
-    for p in files:
-        rel = p[len(root):].lstrip("/")
-        h.update(rel.encode() + b"\0")
-        h.update(hashlib.sha256(fs.read_bytes(scheme + p if scheme else p)).digest())
+    n = 0
+    for root in dataset_roots(dataset_dir):
+        for sub in EXAMPLE_SUBDIRS:
+            base = fs.join(root, sub, f"phase={phase}")
+            _, resolved = fs.resolve(base)
+            scheme = base.split("://", 1)[0] + "://" if fs.is_uri(base) else ""
+            for p in (p for p in fs.listdir(base, recursive=True) if p.endswith(".parquet")):
+                n += 1
+                h.update(f"{sub}/phase={phase}/".encode() + p[len(resolved):].lstrip("/").encode() + b"\0")
+                h.update(hashlib.sha256(fs.read_bytes(scheme + p if scheme else p)).digest())
+    if not n:
+        raise FileNotFoundError(f"dataset {', '.join(dataset_roots(dataset_dir))}: no parquet files for phase {phase!r}")
     return "sha256:" + h.hexdigest()
 
 

@@ -320,7 +320,9 @@ class SiteCrawler:
         if cached and cached.get("last_modified"):
             headers["If-Modified-Since"] = cached["last_modified"]
         current = url
-        for _hop in range(self.cfg.max_redirects + 1):
+        for hop in range(self.cfg.max_redirects + 1):
+            if hop and not await self._allowed(session, current):
+                raise _Failed(f"robots_disallowed:{current}")
             host = self._host(current)
             async with host.sem:
                 await host.wait_turn()
@@ -339,8 +341,6 @@ class SiteCrawler:
                     raise _Retryable(f"payload_error:{exc}") from exc
                 except aiohttp.ClientConnectionError as exc:
                     raise _Retryable(f"connection_error:{type(exc).__name__}") from exc
-            if not await self._allowed(session, current):
-                raise _Failed(f"robots_disallowed:{current}")
         raise _Failed("too_many_redirects")
 
     async def _response(self, resp: Any, url: str, final: str, cached: dict[str, Any] | None) -> dict[str, Any]:

@@ -78,6 +78,11 @@ def _is_boilerplate(tag: Any) -> bool:
 
 
 def _code_language(pre: Any) -> str:
+    classes = pre.get("class") or []
+    if "code" in classes and "literal-block" in classes:  # docutils: <pre class="code LANG literal-block">
+        rest = [c for c in classes if c not in ("code", "literal-block")]
+        if rest:
+            return LANG_ALIASES.get(rest[0].lower(), rest[0].lower())
     for node in (pre.find("code"), pre, pre.parent, pre.parent.parent if pre.parent else None):
         if node is None or node.attrs is None:
             continue
@@ -249,7 +254,7 @@ def rst_html(text: str, url: str) -> str:
     from docutils.core import publish_parts
 
     parts = publish_parts(
-        source=text, source_path=url, writer_name="html5",
+        source=text, source_path=url, writer="html5",
         settings_overrides={"report_level": 5, "halt_level": 5, "file_insertion_enabled": False,
                             "raw_enabled": False, "doctitle_xform": True, "syntax_highlight": "none",
                             "input_encoding": "unicode", "warning_stream": False},

@@ -68,7 +68,9 @@ def test_job_on_sample_docs(ray_session, tmp_path: Path, monkeypatch: pytest.Mon
 @pytest.mark.integration
 def test_job_crawls_a_site_and_reuses_its_cache(ray_session, doc_site: DocSite, tmp_path: Path) -> None:  # noqa: F811
     (tmp_path / "local").mkdir()
-    (tmp_path / "local" / "sta.md").write_text("# STA\n\nTiming notes.\n\n```tcl\nreport_checks -path_delay max\n```\n")
+    note = "# STA\n\nTiming notes for the test.\n\n```tcl\nreport_checks -path_delay max\n```\n"
+    (tmp_path / "local" / "sta.md").write_text(note)
+    (tmp_path / "local" / "sta_copy.md").write_text(note)  # same text, other URL: an exact duplicate
     cfg = tmp_path / "site.yaml"
     cfg.write_text(
         "# launch: python -m jobs.scrape_docs --config site.yaml\n"
@@ -83,14 +85,16 @@ def test_job_crawls_a_site_and_reuses_its_cache(ray_session, doc_site: DocSite, 
     assert scrape_docs.main(["--config", str(cfg), "--output", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     site = next(s for s in report["sources"] if s["source"] == "testsite")
-    assert site["pages"] == 7 and site["fetched"] == 7 and site["failed"] == 7
+    assert site["pages"] == 7 and site["fetched"] == 7 and site["failed"] == 9
     assert site["failure_reasons"] == {"content_type": 1, "http_404": 1, "redirect_outside_prefix": 1,
-                                       "robots_disallowed": 1, "timeout": 1, "too_large": 2}
+                                       "robots_disallowed": 2, "timeout": 1, "too_large": 2,
+                                       "too_many_redirects": 1}
     table = _read_docs(out)
     assert set(table.column("source").to_pylist()) == {"testsite", "local"}
     nav_free = [t for t in table.column("text").to_pylist() if "Home" in t or "site footer" in t]
     assert nav_free == []
-    # Two loop pages and others share no text; the yosys code block is kept with its language
+    assert report["totals"]["dedup_dropped"] == 1
+    assert sum(u.endswith("/sta.md") for u in table.column("url").to_pylist()) == 1  # first in URL order kept
     assert any("```yosys\nread_verilog top.v" in t for t in table.column("text").to_pylist())
 
     assert scrape_docs.main(["--config", str(cfg), "--output", str(out)]) == 0

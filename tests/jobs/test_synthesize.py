@@ -4,9 +4,7 @@ vllm (fails fast here, never executed). The report's counts must add up."""
 from __future__ import annotations
 
 import json
-import sys
 import time
-import types
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,57 +21,6 @@ from tests.corpus.synthesis.conftest import canned_server  # noqa: F401 — fixt
 from tests.corpus.synthesis.test_seeds import module_row, write_docs
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("jobs", "configs").glob("synthesize_*.yaml"))
-
-
-@pytest.fixture(autouse=True)
-def near_dup_index(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until corpus.dedup lands, an exact-text stand-in with the same interface."""
-    try:
-        import corpus.dedup  # noqa: F401
-    except ImportError:
-        class NearDupIndex:
-            def __init__(self, threshold: float = 0.8, num_perm: int = 128) -> None:
-                self.keys: dict[str, str] = {}
-
-            def add(self, key: str, text: str) -> None:
-                self.keys[" ".join(text.split())] = key
-
-            def query(self, text: str) -> list[str]:
-                k = self.keys.get(" ".join(text.split()))
-                return [k] if k else []
-
-        monkeypatch.setitem(sys.modules, "corpus.dedup", types.SimpleNamespace(NearDupIndex=NearDupIndex))
-
-
-@pytest.fixture(autouse=True)
-def benchmark_index(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until corpus.decontam lands, a word n-gram stand-in with the same interface."""
-    try:
-        import corpus.decontam  # noqa: F401
-    except ImportError:
-        def grams(text: str, n: int) -> set[tuple[str, ...]]:
-            words = text.split()
-            return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-        class BenchmarkIndex:
-            def __init__(self, grams_: set, n: int) -> None:
-                self.grams, self.n = grams_, n
-
-            @classmethod
-            def from_paths(cls, paths: list[str], n: int = 13) -> "BenchmarkIndex":
-                found: set = set()
-                for p in paths:
-                    for f in [Path(p)] if Path(p).is_file() else sorted(Path(p).rglob("*.*")):
-                        found |= grams(f.read_text(), n)
-                return cls(found, n)
-
-            def hits(self, text: str) -> list:
-                return sorted(grams(text, self.n) & self.grams)
-
-            def contaminated(self, text: str) -> bool:
-                return bool(self.hits(text))
-
-        monkeypatch.setitem(sys.modules, "corpus.decontam", types.SimpleNamespace(BenchmarkIndex=BenchmarkIndex))
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +113,10 @@ def test_openai_engine_end_to_end_keeps_only_validated(ray_session, canned_serve
     dataset = tmp_path / "dataset"
     sdc_answer = "Use this script:\n\n" + fenced("sdc", SDC[0][1])
     write_dataset(dataset, SDC[0][0], sdc_answer)
-    bench = tmp_path / "benchmarks" / "Prob001_counter"
+    bench = tmp_path / "benchmarks" / "dataset_spec-to-rtl"  # VerilogEval v2 layout
     bench.mkdir(parents=True)
-    (bench / "ref.sv").write_text(VERILOG[1][1])  # one canned design is "a benchmark solution"
+    (bench / "Prob001_counter_prompt.txt").write_text("Build a counter.\n")
+    (bench / "Prob001_counter_ref.sv").write_text(VERILOG[1][1])  # one canned design is "a benchmark solution"
     write_docs(tmp_path / "docs")
     modules = tmp_path / "corpus" / "modules" / "repo=r"
     modules.mkdir(parents=True)

@@ -39,13 +39,13 @@ def rows(phase: str = "rtl_design", n_train: int = 32, n_val: int = 6) -> list[d
     return out
 
 
-def write_dataset(root: Path, examples: list[dict]) -> Path:
-    """DIR/examples/phase=<p>/split=<s>/part-00000.parquet, full EXAMPLES_SCHEMA rows."""
+def write_dataset(root: Path, examples: list[dict], subdir: str = "examples") -> Path:
+    """DIR/<subdir>/phase=<p>/split=<s>/part-00000.parquet, full EXAMPLES_SCHEMA rows (subdir: examples or synthetic)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in examples:
         groups.setdefault((r["phase"], r["split"]), []).append(r)
     for (phase, split), rs in groups.items():
-        d = root / "examples" / f"phase={phase}" / f"split={split}"
+        d = root / subdir / f"phase={phase}" / f"split={split}"
         d.mkdir(parents=True, exist_ok=True)
         pq.write_table(from_rows(rs, EXAMPLES_SCHEMA, stage="test"), d / "part-00000.parquet")
     return root

@@ -6,6 +6,7 @@ import pytest
 from corpus.schema import EXAMPLES_SCHEMA, from_rows
 from tests.training._data import example, rows, write_dataset
 from training.data import (
+    available_phases,
     IGNORE,
     TOKENS_SCHEMA,
     DatasetError,
@@ -114,6 +115,21 @@ def test_read_and_missing_split_errors_name_path_and_phase(tmp_path):
         check_split(str(root), "placement", "train")
     msg = str(err.value)
     assert str(root) in msg and "'placement'" in msg and "rtl_design" in msg and "routing" in msg
+
+
+def test_examples_and_synthetic_dirs_merge(tmp_path):
+    real = write_dataset(tmp_path / "ds", rows(n_train=4, n_val=2))
+    synth = [dict(r, source="synthetic") for r in rows("routing", n_train=3, n_val=1)]
+    write_dataset(tmp_path / "synth", synth, subdir="synthetic")
+    write_dataset(real, [example("routing", "train", "real routing q", "a")])
+    both = [str(real), str(tmp_path / "synth")]
+    got = read_examples(both, "routing", "train")
+    assert got.num_rows == 4 and sorted(got.column("source").to_pylist()).count("synthetic") == 3
+    assert read_examples(str(real), "routing", "train").num_rows == 1
+    assert read_examples(both, "rtl_design", "validation").num_rows == 2
+    assert available_phases(both) == ["routing", "rtl_design"]
+    with pytest.raises(DatasetError, match="synthetic/phase=placement/split=train"):
+        check_split(both, "placement", "train")
 
 
 def test_holdout_is_deterministic_and_never_empty():

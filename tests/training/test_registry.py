@@ -24,6 +24,9 @@ def test_dataset_version_is_stable_and_tracks_content(tmp_path):
     assert dataset_version(str(root), "rtl_design") != v1
     with pytest.raises(FileNotFoundError, match="routing"):
         dataset_version(str(root), "routing")
+    write_dataset(tmp_path / "synth", rows(n_train=2, n_val=0), subdir="synthetic")
+    v2 = dataset_version(str(root), "rtl_design")
+    assert dataset_version([str(root), str(tmp_path / "synth")], "rtl_design") not in (v2, v1)
 
 
 def test_register_replaces_phase_and_keeps_others(tmp_path):

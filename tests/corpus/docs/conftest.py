@@ -10,6 +10,7 @@ Layout (every HTML page carries an ETag and honours If-None-Match with a 304):
 - ``/docs/slow.html`` answers after ``SLOW_S`` (longer than the tests' timeout)
 - ``/docs/file.bin`` application/octet-stream; ``/docs/big.html`` larger than the tests' size cap
   (Content-Length set); ``/docs/stream.html`` larger than the cap, chunked, no Content-Length
+- ``/docs/sneaky.html`` 302 → the forbidden page; ``/docs/redirect-loop.html`` redirects to itself forever
 - ``/docs/private/secret.html`` exists but robots.txt forbids it; ``/other/page.html`` is outside the prefix
 """
 
@@ -42,7 +43,8 @@ PAGES = {
         <a href="index.html#top">self</a> <a href="old.html">old</a> <a href="escape.html">escape</a>
         <a href="missing.html">missing</a> <a href="flaky.html">flaky</a> <a href="slow.html">slow</a>
         <a href="file.bin">binary</a> <a href="big.html">big</a> <a href="stream.html">stream</a>
-        <a href="private/secret.html">secret</a> <a href="/other/page.html">outside</a>
+        <a href="private/secret.html">secret</a> <a href="sneaky.html">sneaky</a>
+        <a href="redirect-loop.html">redirect loop</a> <a href="/other/page.html">outside</a>
         <a href="mailto:someone@example.invalid">mail</a>"""),
     "/docs/guide.html": _html("Guide", """
         <h2>Synthesis</h2><p>Run yosys with a script.</p><pre><code class="language-yosys">read_verilog top.v
@@ -102,6 +104,10 @@ def _make_app(site: DocSite) -> web.Application:
         path = request.path
         if path == "/docs/old.html":
             raise web.HTTPFound("/docs/moved.html")
+        if path == "/docs/sneaky.html":
+            raise web.HTTPFound("/docs/private/secret.html")
+        if path == "/docs/redirect-loop.html":
+            raise web.HTTPFound("/docs/redirect-loop.html?again=" + str(site.hits[path]))
         if path == "/docs/escape.html":
             raise web.HTTPFound("/other/outside.html")
         if path == "/docs/flaky.html" and site.hits[path] == 1:

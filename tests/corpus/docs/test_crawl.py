@@ -52,9 +52,11 @@ def test_crawl_pages_and_failures(doc_site: DocSite, tmp_path: Path) -> None:
         "big.html": by_url["big.html"],
         "stream.html": "too_large:>50000",
         "private/secret.html": "robots_disallowed",
+        "sneaky.html": f"robots_disallowed:{doc_site.base}/docs/private/secret.html",
+        "redirect-loop.html": "too_many_redirects",
     }
     assert by_url["big.html"].startswith("too_large:") and int(by_url["big.html"].split(":")[1]) > 50_000
-    assert stats["failed"] == 7 and stats["fetched"] == 7 and stats["revalidated"] == 0
+    assert stats["failed"] == 9 and stats["fetched"] == 7 and stats["revalidated"] == 0
     # retries: 5xx and timeouts are retried (with backoff), 4xx is not
     assert doc_site.hits["/docs/flaky.html"] == 2
     assert doc_site.hits["/docs/slow.html"] == 3
@@ -62,6 +64,8 @@ def test_crawl_pages_and_failures(doc_site: DocSite, tmp_path: Path) -> None:
     assert stats["retries"] == 1 + 2
     # robots.txt honoured, prefix respected, loop and fragments fetched once
     assert doc_site.hits["/docs/private/secret.html"] == 0
+    assert doc_site.hits["/docs/sneaky.html"] == 1
+    assert doc_site.hits["/docs/redirect-loop.html"] == 6  # the request and max_redirects=5 hops
     assert doc_site.hits["/other/page.html"] == 0
     assert doc_site.hits["/robots.txt"] == 1
     assert doc_site.hits["/docs/loop-a.html"] == 1 and doc_site.hits["/docs/index.html"] == 1
@@ -90,8 +94,8 @@ def test_second_run_revalidates_from_cache(doc_site: DocSite, tmp_path: Path) ->
     before = sum(doc_site.hits.values())
     third, s3 = crawl_site(_source(doc_site), _cfg(tmp_path, retries=0, cache_max_age_s=3600))
     assert s3["cached"] == len(EXPECTED_PAGES)
-    # requests: robots.txt + the failing pages, except the one robots.txt forbids
-    assert sum(doc_site.hits.values()) - before == 1 + s3["failed"] - 1
+    # requests: robots.txt + the failing pages (the redirect loop: 6), except the one robots.txt forbids
+    assert sum(doc_site.hits.values()) - before == 1 + (s3["failed"] - 1) + 5
 
 
 def test_max_depth_and_max_pages(doc_site: DocSite, tmp_path: Path) -> None:

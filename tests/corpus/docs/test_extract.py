@@ -66,13 +66,14 @@ def test_markdown() -> None:
 
 def test_restructuredtext() -> None:
     rst = ("Timing\n======\n\nUse ``report_checks`` often.\n\nPaths\n-----\n\n.. code-block:: tcl\n\n"
-           "   report_checks -path_delay max\n\n* one\n* two\n")
+           "   report_checks -path_delay max\n\n.. code-block:: bash\n\n   sta -exit run.tcl\n\n* one\n* two\n")
     page = extract(rst, "rst", "file:///d/timing.rst")
     assert page.title == "Timing"
     assert [s.path for s in page.sections] == [["Timing"], ["Timing", "Paths"]]
     text = _all_text(page)
     assert "Use `report_checks` often." in text
     assert "```tcl\nreport_checks -path_delay max\n```" in text and "- one\n- two" in text
+    assert "```shell\nsta -exit run.tcl\n```" in text
 
 
 def test_broken_rst_does_not_raise() -> None:

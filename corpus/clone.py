@@ -1,0 +1,320 @@
+"""Clone (or snapshot) one manifest repository into a local cache, then read its files.
+
+``CloneAndRead`` is the Ray Data stage: one manifest row per batch (``batch_size=1``) →
+clone or cache hit → read files in the same task → FILES_SCHEMA rows. Cloning and reading
+happen in one task because a checkout lives on one node's local disk, invisible to others.
+
+The per-repository status (ok/failed + reason, commit, file counts) leaves the task through a
+side channel: an atomic JSON file ``status_dir/<sha256(name)[:16]>.json`` that the driver
+reads at the end. On a cluster ``status_dir`` must be shared storage (s3://, NFS): it sits
+under the job's output directory, which has to be shared anyway.
+
+Network git commands run through ``git()`` (not GitPython's ``execute``) so that a timeout kills
+the whole process group, helpers such as git-remote-https included; GitPython reads the result.
+Git runs with credential prompts disabled, in its own process group that is killed on
+timeout (``os.killpg`` on that group only). Only transient failures are retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import pyarrow as pa
+from git import Repo as GitRepo
+
+from chipforge import fs
+from corpus.files import DEFAULT_EXTENSIONS, read_repo
+from corpus.licenses import detect_repo
+from corpus.manifest import Repository
+from corpus.schema import FILES_SCHEMA, from_rows
+
+GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ASKPASS": "/bin/echo",
+    "SSH_ASKPASS": "/bin/echo",
+    "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=20",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GCM_INTERACTIVE": "never",
+}
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+_CREDENTIALS = ("could not read username", "could not read password", "terminal prompts disabled",
+                "authentication failed", "permission denied (publickey", "host key verification failed",
+                "invalid username or password")
+_MISSING_REF = ("remote branch", "couldn't find remote ref", "not our ref", "did not match any",
+                "unknown revision", "reference is not a tree", "invalid refspec", "pathspec")
+_NOT_FOUND = ("does not appear to be a git repository", "repository not found", "not found",
+              "does not exist", "no such file or directory", "unable to find remote helper")
+_TRANSIENT = ("could not resolve host", "connection reset", "connection timed out", "timed out",
+              "the remote end hung up unexpectedly", "early eof", "rpc failed", "connection refused",
+              "temporary failure", "returned error: 5", "http 5", "internal server error", "bad gateway",
+              "service unavailable", "gateway time", "failed to connect", "couldn't connect", "gnutls_handshake", "ssl_read", "unexpected disconnect")
+
+
+class CloneError(Exception):
+    """A repository that cannot be cloned; ``reason`` is the short reason for the report."""
+
+    def __init__(self, reason: str, message: str, transient: bool = False, detail: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.transient = transient
+        self.detail = detail or message
+
+
+@dataclass
+class CloneSettings:
+    cache_dir: str
+    timeout_s: float = 600.0
+    retries: int = 3
+    backoff_s: float = 2.0
+    max_repo_bytes: int = 2_000_000_000
+    shallow: bool = True
+
+
+def classify(stderr: str) -> CloneError:
+    low = stderr.lower()
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    msg = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), lines[-1] if lines else "git failed")
+    for reason, needles, transient in (("needs credentials", _CREDENTIALS, False), ("missing ref", _MISSING_REF, False),
+                                       ("bad url", _NOT_FOUND, False), ("network", _TRANSIENT, True)):
+        if any(n in low for n in needles):
+            return CloneError(reason, msg, transient, stderr)
+    return CloneError("git error", msg, False, stderr)
+
+
+def git(args: list[str], *, cwd: str | None = None, timeout_s: float) -> str:
+    """Run git in its own session; on timeout kill that process group. Returns stdout."""
+    env = {**os.environ, **GIT_ENV}
+    proc = subprocess.Popen(["git", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        raise CloneError("timeout", f"git {args[0]} exceeded {timeout_s:.0f}s", transient=True) from None
+    if proc.returncode != 0:
+        raise classify(err or out)
+    return out
+
+
+def url_key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def snapshot_id(root: str) -> str:
+    """``dir:`` + sha256 over sorted relative paths and contents (links hashed by target)."""
+    h = hashlib.sha256()
+    entries: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if d != ".git"]
+        entries += [os.path.relpath(os.path.join(dirpath, n), root) for n in filenames]
+    for rel in sorted(entries):
+        path = os.path.join(root, rel)
+        h.update(rel.replace(os.sep, "/").encode() + b"\0")
+        if os.path.islink(path):
+            h.update(b"link:" + os.readlink(path).encode())
+        else:
+            with open(path, "rb") as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+    return "dir:" + h.hexdigest()[:16]
+
+
+def tree_bytes(root: str) -> int:
+    total = 0
+    for dirpath, _dirs, filenames in os.walk(root, followlinks=False):
+        for n in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, n)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _normalise_url(url: str) -> tuple[str, bool]:
+    """(git URL, is a plain local directory snapshot)."""
+    if "://" in url or re.match(r"^[\w.-]+@[\w.-]+:", url):
+        return url, False
+    path = os.path.abspath(url)
+    if not os.path.isdir(path):
+        raise CloneError("bad url", f"local path {url} does not exist")
+    if os.path.exists(os.path.join(path, ".git")) or os.path.isfile(os.path.join(path, "HEAD")):
+        return "file://" + path, False  # file:// so --depth/--filter apply
+    return path, True
+
+
+def remote_commit(url: str, ref: str | None, timeout_s: float) -> str:
+    """Commit the remote ``ref`` (or HEAD) points at; CloneError("missing ref") if absent."""
+    if ref and _HEX40.match(ref):
+        return ref
+    pattern = ref or "HEAD"
+    out = git(["ls-remote", url, pattern], timeout_s=timeout_s)
+    found: dict[str, str] = {}
+    for line in out.splitlines():
+        sha, _, name = line.partition("\t")
+        found[name] = sha
+    if ref:
+        for name in (f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", f"refs/heads/{ref}", ref):
+            if name in found:
+                return found[name]
+        for name, sha in found.items():  # e.g. ref given as "heads/x"
+            if name.endswith("/" + ref):
+                return sha
+        raise CloneError("missing ref", f"ref {ref!r} not found at {url}")
+    if "HEAD" not in found:
+        raise CloneError("bad url", f"{url} has no HEAD (empty repository?)")
+    return found["HEAD"]
+
+
+def _fetch(url: str, ref: str | None, dest: str, submodules: bool, s: CloneSettings) -> None:
+    filters = [["--filter=blob:none"], []] if s.shallow else [[]]
+    depth = ["--depth", "1"] if s.shallow else []
+    last: CloneError | None = None
+    for flt in filters:
+        shutil.rmtree(dest, ignore_errors=True)
+        try:
+            if ref and _HEX40.match(ref):
+                os.makedirs(dest)
+                git(["init", "-q"], cwd=dest, timeout_s=60)
+                git(["remote", "add", "origin", url], cwd=dest, timeout_s=60)
+                try:
+                    git(["fetch", "-q", *depth, *flt, "origin", ref], cwd=dest, timeout_s=s.timeout_s)
+                    git(["checkout", "-q", "FETCH_HEAD"], cwd=dest, timeout_s=s.timeout_s)
+                except CloneError as exc:
+                    if exc.transient:
+                        raise
+                    git(["fetch", "-q", *flt, "origin"], cwd=dest, timeout_s=s.timeout_s)
+                    git(["checkout", "-q", ref], cwd=dest, timeout_s=s.timeout_s)
+                if submodules:
+                    git(["submodule", "update", "--init", "--recursive", *depth], cwd=dest, timeout_s=s.timeout_s)
+            else:
+                args = ["clone", "-q", *depth, *flt]
+                if ref:
+                    args += ["--branch", ref]
+                if submodules:
+                    args += ["--recurse-submodules"] + (["--shallow-submodules"] if s.shallow else [])
+                git([*args, url, dest], timeout_s=s.timeout_s)
+            return
+        except CloneError as exc:
+            last = exc
+            if exc.transient or not flt or "filter" not in exc.detail.lower():
+                raise
+    assert last is not None
+    raise last
+
+
+def clone(repo: Repository, s: CloneSettings) -> tuple[str, str, bool]:
+    """Return (checkout dir, commit, cache hit). Raises CloneError."""
+    url, is_dir = _normalise_url(repo.url)
+    if is_dir:
+        size = tree_bytes(url)
+        if size > s.max_repo_bytes:
+            raise CloneError("too big", f"{size} bytes > max_repo_bytes {s.max_repo_bytes}")
+        return url, snapshot_id(url), False
+    base = os.path.join(s.cache_dir, url_key(url))
+    commit = _retry(lambda: remote_commit(url, repo.ref, min(s.timeout_s, 120)), s)
+    done = os.path.join(base, commit)
+    if os.path.exists(os.path.join(done, ".complete")):
+        return done, commit, True
+    os.makedirs(base, exist_ok=True)
+    tmp = os.path.join(base, f".tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        _retry(lambda: _fetch(url, repo.ref, tmp, repo.submodules, s), s)
+        commit = GitRepo(tmp).head.commit.hexsha
+        size = tree_bytes(tmp)
+        if size > s.max_repo_bytes:
+            raise CloneError("too big", f"{size} bytes > max_repo_bytes {s.max_repo_bytes}")
+        done = os.path.join(base, commit)
+        if os.path.exists(os.path.join(done, ".complete")):
+            return done, commit, True
+        shutil.rmtree(done, ignore_errors=True)
+        os.rename(tmp, done)
+        Path(done, ".complete").write_text(f"{url}\n{repo.ref or 'HEAD'}\n{commit}\n")
+        return done, commit, False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _retry(fn: Any, s: CloneSettings) -> Any:
+    for attempt in range(s.retries + 1):
+        try:
+            return fn()
+        except CloneError as exc:
+            if not exc.transient or attempt == s.retries:
+                raise
+            time.sleep(s.backoff_s * 2**attempt)
+
+
+def status_path(status_dir: str, name: str) -> str:
+    return fs.join(status_dir, hashlib.sha256(name.encode()).hexdigest()[:16] + ".json")
+
+
+class CloneAndRead:
+    """Ray Data stage: manifest rows (``manifest_index``, ``repository`` JSON) → FILES_SCHEMA rows.
+
+    Never raises for a bad repository: it emits no rows and writes a status with the reason.
+    """
+
+    def __init__(
+        self,
+        *,
+        status_dir: str,
+        cache_dir: str,
+        extensions: list[str] | tuple[str, ...] = DEFAULT_EXTENSIONS,
+        max_file_bytes: int = 1_000_000,
+        max_repo_bytes: int = 2_000_000_000,
+        timeout_s: float = 600.0,
+        retries: int = 3,
+        backoff_s: float = 2.0,
+        shallow: bool = True,
+    ) -> None:
+        self.status_dir = status_dir
+        self.settings = CloneSettings(os.path.abspath(os.path.expanduser(cache_dir)), timeout_s, retries, backoff_s,
+                                      max_repo_bytes, shallow)
+        self.extensions = tuple(extensions)
+        self.max_file_bytes = max_file_bytes
+
+    def __call__(self, batch: pa.Table | Mapping[str, Any]) -> pa.Table:
+        if isinstance(batch, Mapping):
+            batch = pa.table({k: list(v) for k, v in batch.items()})
+        rows: list[dict[str, Any]] = []
+        for item in batch.to_pylist():
+            rows += self.one(int(item["manifest_index"]), Repository.model_validate_json(item["repository"]))
+        return from_rows(rows, FILES_SCHEMA, stage="clone_and_read")
+
+    def one(self, index: int, repo: Repository) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        status: dict[str, Any] = {"repo": repo.name, "url": repo.url, "ref": repo.ref, "manifest_index": index,
+                                  "status": "failed", "reason": None, "error": None, "commit": None,
+                                  "license": None, "cached": False, "files_read": 0, "skipped": {},
+                                  "encodings": {}, "bytes": 0}
+        rows: list[dict[str, Any]] = []
+        try:
+            root, commit, cached = clone(repo, self.settings)
+            license = repo.license or detect_repo(root)
+            result = read_repo(root, repo=repo.name, url=repo.url, commit=commit, license=license,
+                               manifest_index=index, extensions=self.extensions, include=repo.include,
+                               exclude=repo.exclude, max_file_bytes=self.max_file_bytes)
+            rows = result.rows
+            status.update(status="ok", commit=commit, license=license, cached=cached, files_read=len(rows),
+                          skipped=dict(result.skipped), encodings=dict(result.encodings), bytes=result.n_bytes)
+        except CloneError as exc:
+            status.update(reason=exc.reason, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - one bad repository never fails the job
+            status.update(reason="error", error=f"{type(exc).__name__}: {exc}")
+        status["seconds"] = round(time.perf_counter() - t0, 3)
+        fs.write_json(status_path(self.status_dir, repo.name), status)
+        return rows

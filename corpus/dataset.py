@@ -1,0 +1,301 @@
+"""Instruction-example builders: module rows → examples, doc chunks → examples; per-group caps.
+
+Stages are pure functions over pyarrow tables (Ray-free); ``jobs/build_dataset.py`` maps them.
+Rows are EXAMPLES_SCHEMA minus ``split`` (assigned later by group, see corpus/splits.py); the
+split column is filled with "" here and overwritten by the split stage.
+
+Token counts default to a cheap deterministic approximation: ceil(chars / 4) over the message
+contents (prompt = system + user, completion = assistant), the usual rule of thumb for BPE
+tokenisers on English and code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from corpus.schema import DOCS_SCHEMA, EXAMPLES_SCHEMA, MODULES_SCHEMA, conform, from_rows
+
+SYSTEM = {
+    "rtl_design": "You are an expert RTL designer writing synthesisable Verilog/SystemVerilog.",
+    "synthesis": "You are an expert in logic synthesis with Yosys and ABC.",
+    "placement": "You are an expert in floorplanning and placement (OpenROAD, RePlAce, DREAMPlace).",
+    "routing": "You are an expert in global and detailed routing (FastRoute, TritonRoute, Magic).",
+    "timing_analysis": "You are an expert in static timing analysis (OpenSTA, SDC).",
+    "power_analysis": "You are an expert in power analysis, power intent and power grids.",
+    "triage": "Route the user's question to the phase specialist. Answer with JSON {\"phase\": ...}.",
+}
+
+
+def approx_tokens(text: str) -> int:
+    return math.ceil(len(text) / 4)
+
+
+def example_id(phase: str, task: str, messages: Sequence[dict[str, str]]) -> str:
+    blob = json.dumps([phase, task, list(messages)], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def make_example(phase: str, task: str, user: str, assistant: str, source: str,
+                 provenance: dict[str, Any], license: str | None) -> dict[str, Any]:
+    messages = [{"role": "system", "content": SYSTEM[phase]}, {"role": "user", "content": user},
+                {"role": "assistant", "content": assistant}]
+    return {
+        "id": example_id(phase, task, messages), "phase": phase, "task": task, "messages": messages,
+        "source": source, "provenance": provenance, "license": license, "split": "",
+        "prompt_tokens": approx_tokens(SYSTEM[phase] + user), "completion_tokens": approx_tokens(assistant),
+    }
+
+
+def _spec(row: dict[str, Any]) -> str:
+    ports = "\n".join(f"- {p['direction'] or ''} {p['type'] or ''} {p['name']}".replace("  ", " ")
+                      for p in row.get("ports") or [])
+    params = "\n".join(f"- {p['name']} (default {p['default']})" for p in row.get("parameters") or [])
+    parts = [f"Module name: {row['name']}", f"Description:\n{row['comment'].strip()}"]
+    if params:
+        parts.append(f"Parameters:\n{params}")
+    if ports:
+        parts.append(f"Ports:\n{ports}")
+    return "\n\n".join(parts)
+
+
+def _explanation(row: dict[str, Any]) -> str:
+    """Answer for explain_module: the author's comment, then the interface and the submodules."""
+    parts = [f"`{row['name']}`: {row['comment'].strip()}"]
+    ins = [p for p in row.get("ports") or [] if (p.get("direction") or "").startswith("in")]
+    outs = [p for p in row.get("ports") or [] if (p.get("direction") or "").startswith("out")]
+    other = [p for p in row.get("ports") or [] if p not in ins and p not in outs]
+    for label, ps in (("Inputs", ins), ("Outputs", outs), ("Other ports", other)):
+        if ps:
+            parts.append(f"{label}: " + ", ".join(f"`{p['name']}`" + (f" ({p['type']})" if p.get("type") else "") for p in ps) + ".")
+    if row.get("parameters"):
+        parts.append("Parameters: " + ", ".join(f"`{p['name']}` (default {p['default']})" for p in row["parameters"]) + ".")
+    if row.get("instances"):
+        parts.append("It instantiates: " + ", ".join(f"`{i}`" for i in sorted(set(row["instances"]))) + ".")
+    return "\n\n".join(parts)
+
+
+def module_skip_reason(row: dict[str, Any], min_comment_chars: int, max_error_share: float) -> str | None:
+    if not row.get("keep"):
+        return "not_kept_by_dedup"
+    if not row.get("parse_ok") or (row.get("error_line_share") or 0.0) > max_error_share:
+        return "parse_error"
+    if len((row.get("comment") or "").strip()) < min_comment_chars:
+        return "description_too_short"
+    return None
+
+
+def module_examples(row: dict[str, Any], phase: str = "rtl_design") -> list[dict[str, Any]]:
+    """write_module / explain_module / complete_module for one kept, described module."""
+    src = row["source"]
+    prov = {"repo": row["repo"], "commit": row.get("commit"), "path": row["path"],
+            "start_line": row.get("start_line"), "end_line": row.get("end_line"), "url": row.get("url"),
+            "section": None, "generator": None}
+    spec = _spec(row)
+    lines = src.splitlines()
+    header_end = next((i for i, ln in enumerate(lines) if ");" in ln), 0) + 1
+    header, body = "\n".join(lines[:header_end]), "\n".join(lines[header_end:])
+    out = [
+        make_example(phase, "write_module", f"Write a Verilog module from this specification.\n\n{spec}",
+                     f"```verilog\n{src}\n```", "verilog_code", prov, row.get("license")),
+        make_example(phase, "explain_module", f"Explain what this module does.\n\n```verilog\n{src}\n```",
+                     _explanation(row), "verilog_code", prov, row.get("license")),
+    ]
+    if body.strip():
+        out.append(make_example(phase, "complete_module",
+                                f"Complete the body of this module.\n\n{spec}\n\n```verilog\n{header}\n```",
+                                f"```verilog\n{body}\n```", "verilog_code", prov, row.get("license")))
+    return out
+
+
+def doc_examples(row: dict[str, Any], phase: str) -> list[dict[str, Any]]:
+    """doc_qa grounded in the chunk, plus a triage (router) example for the same question."""
+    path = [s for s in (row.get("section_path") or []) if s]
+    topic = " > ".join(path) or (row.get("title") or row["source"])
+    tool = row.get("tool") or row["source"]
+    first = row["text"].strip().split("\n", 1)[0][:160]
+    question = f"In {tool}, what does the documentation say about \"{topic}\"? (context: {first})"
+    prov = {"repo": None, "commit": None, "path": None, "start_line": None, "end_line": None,
+            "url": row.get("url"), "section": topic, "generator": None}
+    return [
+        make_example(phase, "doc_qa", question, row["text"].strip(), "documentation", prov, row.get("license")),
+        make_example("triage", "route", question, json.dumps({"phase": phase}), "documentation", prov,
+                     row.get("license")),
+    ]
+
+
+def cap_per_group(rows: list[dict[str, Any]], key: str, max_share: float) -> tuple[list[dict[str, Any]], int]:
+    """Within each phase keep at most ``cap`` examples from one group, lowest ids first (deterministic).
+
+    ``cap = max(1, floor(max_share * n), ceil(n / n_groups))`` with ``n`` the phase's examples before
+    capping. The second term is the floor: with fewer than ``1 / max_share`` groups the share
+    cannot be met, so each group may keep an equal part (a 1-repository corpus keeps everything,
+    2 repositories keep up to half each). Returns (kept, n_dropped).
+    """
+    by_phase: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_phase[r["phase"]].append(r)
+    kept: list[dict[str, Any]] = []
+    for phase_rows in by_phase.values():
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in phase_rows:
+            groups[r[key]].append(r)
+        n = len(phase_rows)
+        cap = max(1, math.floor(max_share * n), math.ceil(n / len(groups)))
+        for g in groups.values():
+            kept.extend(sorted(g, key=lambda r: r["id"])[:cap])
+    return kept, len(rows) - len(kept)
+
+
+def to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return from_rows(rows, EXAMPLES_SCHEMA, stage="dataset.examples")
+
+
+class ModuleStage:
+    """Batch of MODULES_SCHEMA rows → example rows (+ a ``group`` column = repo, ``skip`` reasons).
+
+    Phase: ``rtl_design`` unless a classifier is given (``classify=True``) and it assigns another
+    phase (e.g. power_analysis for a clock-gating cell) with probability ≥ ``min_confidence``
+    over the module's name + header comment: a module is RTL first, so only a confident call
+    moves it. Each kept module also yields one triage (router) example from its spec.
+    """
+
+    def __init__(self, min_comment_chars: int = 20, max_error_share: float = 0.05, classify: bool = False,
+                 model_path: str | None = None, min_confidence: float = 0.6) -> None:
+        self.min_comment_chars, self.max_error_share, self.min_confidence = min_comment_chars, max_error_share, min_confidence
+        self.clf = None
+        if classify:
+            from corpus.phases import PhaseClassifier
+
+            self.clf = PhaseClassifier.load(model_path)
+
+    def phases(self, rows: list[dict[str, Any]]) -> list[str]:
+        if self.clf is None or not rows:
+            return ["rtl_design"] * len(rows)
+        return module_phases(self.clf, [f"{r['name']}: {r['comment']}" for r in rows], self.min_confidence)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = conform(batch, MODULES_SCHEMA, stage="dataset.modules")
+        rows: list[dict[str, Any]] = []
+        usable: list[dict[str, Any]] = []
+        for r in batch.to_pylist():
+            reason = module_skip_reason(r, self.min_comment_chars, self.max_error_share)
+            if reason:
+                rows.append({"skip": reason, "group": r["repo"]})
+            else:
+                usable.append(r)
+        for r, phase in zip(usable, self.phases(usable)):
+            rows.extend(module_examples(r, phase))
+            rows.append(module_triage_example(r, phase))
+        return _tagged(rows, lambda e: e["provenance"]["repo"])
+
+
+def module_phases(clf: Any, texts: list[str], min_confidence: float) -> list[str]:
+    """Classifier phase where confident and not triage, else rtl_design."""
+    pipe = getattr(clf, "pipeline", None)
+    if pipe is None or not hasattr(pipe, "predict_proba"):
+        return ["rtl_design"] * len(texts)
+    from corpus.phases import _with_tool
+
+    probs = pipe.predict_proba(_with_tool(texts, None))
+    out = []
+    for p in probs:
+        i = int(p.argmax())
+        label = str(pipe.classes_[i])
+        out.append(label if label not in ("triage",) and p[i] >= min_confidence else "rtl_design")
+    return out
+
+
+def module_triage_example(row: dict[str, Any], phase: str) -> dict[str, Any]:
+    """Router example: the module's spec as a request → {"phase": ...}."""
+    first = (row.get("comment") or "").strip().splitlines()[0][:200] if row.get("comment") else row["name"]
+    question = f"I need a Verilog module `{row['name']}`: {first}"
+    prov = {"repo": row["repo"], "commit": row.get("commit"), "path": row["path"], "start_line": row.get("start_line"),
+            "end_line": row.get("end_line"), "url": row.get("url"), "section": None, "generator": None}
+    return make_example("triage", "route", question, json.dumps({"phase": phase}), "verilog_code", prov, row.get("license"))
+
+
+class DocStage:
+    """Batch of DOCS_SCHEMA rows → doc_qa + triage rows; phase from the classifier with the tool prior."""
+
+    def __init__(self, model_path: str | None = None, min_chars: int = 80) -> None:
+        from corpus.phases import PhaseClassifier
+
+        self.clf, self.min_chars = PhaseClassifier.load(model_path), min_chars
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        docs = conform(batch, DOCS_SCHEMA, stage="dataset.docs").to_pylist()
+        phases = self.clf.predict([d["text"] for d in docs], tools=[d.get("tool") for d in docs]) if docs else []
+        rows: list[dict[str, Any]] = []
+        for d, ph in zip(docs, phases):
+            if len((d.get("text") or "").strip()) < self.min_chars:
+                rows.append({"skip": "doc_too_short", "group": d["source"]})
+            elif ph == "triage":
+                rows.append({"skip": "doc_general_no_phase", "group": d["source"]})
+            else:
+                rows.extend({**e, "group": d["source"]} for e in doc_examples(d, ph))
+        return _tagged(rows, lambda e: e["group"])
+
+
+TAGGED_SCHEMA = pa.schema([("id", pa.string()), ("phase", pa.string()), ("group", pa.string()),
+                           ("skip", pa.string()), ("example", pa.string())])
+
+
+def _tagged(rows: list[dict[str, Any]], group: Any) -> pa.Table:
+    """Examples as JSON strings with id/phase/group/skip columns: a flat, schema-stable batch for Ray.
+
+    A skipped input is one row with ``skip`` set (the reason) and no example.
+    """
+    return pa.table({
+        "id": [r.get("id") for r in rows],
+        "phase": [r.get("phase") for r in rows],
+        "group": [r.get("group") or group(r) for r in rows],
+        "skip": [r.get("skip") for r in rows],
+        "example": [None if r.get("skip") else json.dumps(r) for r in rows],
+    }, schema=TAGGED_SCHEMA)
+
+
+class DecontamStage:
+    """Tagged batch → same rows, with ``skip = "contaminated:<suite>"`` where user+assistant text
+    shares an n-gram with a benchmark problem's prompt or reference (index built once per actor)."""
+
+    def __init__(self, benchmark_paths: Sequence[str], n: int = 13) -> None:
+        from corpus.decontam import BenchmarkIndex
+
+        self.index = BenchmarkIndex.from_paths(list(benchmark_paths), n=n)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from corpus.decontam import BenchmarkIndex
+
+        skip = batch.column("skip").to_pylist()
+        for i, ex in enumerate(batch.column("example").to_pylist()):
+            if ex is None:
+                continue
+            msgs = json.loads(ex)["messages"]
+            hits = self.index.hits("\n".join(m["content"] for m in msgs if m["role"] != "system"))
+            if hits:
+                skip[i] = "contaminated:" + sorted({BenchmarkIndex.suite(h) for h in hits})[0]
+        return batch.set_column(batch.schema.get_field_index("skip"), "skip", pa.array(skip, pa.string()))
+
+
+class ApplySplits:
+    """Tagged batch → EXAMPLES_SCHEMA rows of the kept (id, group) pairs, split from the driver's
+    group → split map. Keyed by the pair: the same example text from two repositories is one id,
+    and only the copy the driver kept may pass."""
+
+    def __init__(self, split_of: dict[str, str], keep: set[tuple[str, str]]) -> None:
+        self.split_of, self.keep = split_of, keep
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = []
+        for ex_id, group, ex in zip(*(batch.column(c).to_pylist() for c in ("id", "group", "example"))):
+            if ex is not None and (ex_id, group) in self.keep:
+                rows.append({**json.loads(ex), "split": self.split_of[group]})
+                rows[-1].pop("group", None)
+        return to_table(rows)

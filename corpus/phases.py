@@ -1,0 +1,268 @@
+"""Design-phase classification: a transparent keyword/tool-name baseline and a trained classifier.
+
+Phases (``PHASES``) are the specialists' areas plus ``triage`` (general questions about the flow,
+which tool or step to use, set-up and out-of-scope requests: the router's own class). Every
+function takes a ``phases`` list so a config can add a phase; the shipped data covers ``PHASES``.
+
+- ``keyword_baseline``: per phase, a list of tool names, commands and domain terms (``KEYWORDS``,
+  regexes on the lower-cased text, tried as written and with ``_`` read as a space so that
+  ``set_power_activity`` counts for ``power``). Score = number of distinct patterns that match;
+  the highest score wins; ties go to the phase listed first in ``phases`` (so rtl_design before
+  synthesis before placement ... before power_analysis); no match at all → ``triage``. Nothing
+  is learned, so its errors are easy to read off the confusion matrix.
+- ``PhaseClassifier``: scikit-learn TF-IDF (word 1-2 grams + char_wb 3-5 grams, sublinear tf)
+  feeding LogisticRegression (lbfgs, ``class_weight="balanced"``, ``random_state=0``):
+  deterministic, trains in about a second on CPU from ``corpus/data/phase_train.jsonl`` and is
+  scored on the disjoint ``corpus/data/phase_eval.jsonl`` (``python -m jobs.classify_eval``).
+- Tool prior: ``predict(texts, tools=[...])`` prepends a token ``__tool_<name>__`` for texts
+  whose source tool is known (a doc chunk crawled from the OpenSTA docs → ``opensta``). Training
+  rows may carry a ``tool`` field too; the token is a learned feature, not a hard rule, so an
+  OpenROAD page about routing is not forced into placement. Rows without a tool get no token.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+PHASES: tuple[str, ...] = (
+    "triage",
+    "rtl_design",
+    "synthesis",
+    "placement",
+    "routing",
+    "timing_analysis",
+    "power_analysis",
+)
+KINDS: tuple[str, ...] = ("question", "doc", "module")
+
+DATA_DIR = Path(__file__).parent / "data"
+TRAIN_PATH = DATA_DIR / "phase_train.jsonl"
+EVAL_PATH = DATA_DIR / "phase_eval.jsonl"
+
+KEYWORDS: dict[str, tuple[str, ...]] = {
+    "rtl_design": (
+        r"\bmodule\b", r"\bendmodule\b", r"\balways(_ff|_comb)?\b", r"\bassign\b", r"\bverilog\b",
+        r"systemverilog", r"\brtl\b", r"\bfsm\b", r"state machine", r"\bfifo\b", r"testbench",
+        r"\biverilog\b", r"\bverilator\b", r"\bposedge\b", r"\blogic\b", r"\bcounter\b", r"\blatch",
+        r"\bsimulat", r"\bparameter\b", r"\bwire\b", r"\breg\b", r"\b(en|de)coder\b", r"\balu\b",
+        r"shifter", r"\buart\b", r"\b(apb|axi|ahb)\b", r"handshake", r"\bcase[zx]\b", r"blocking",
+        r"\$(display|dumpvars|finish)", r"\binitial\b", r"\bmux",
+    ),
+    "synthesis": (
+        r"\byosys\b", r"\babc\b", r"synth", r"\bnetlist\b", r"technology mapping", r"techmap",
+        r"\bliberty\b", r"dfflibmap", r"\bopt_", r"\bflatten", r"cell count", r"\bluts?\b",
+        r"logic optimi", r"read_verilog", r"\bstat\b", r"\bgate[- ]level\b", r"\bmapp(ed|ing)\b",
+    ),
+    "placement": (
+        r"\bplac(e|ed|er|ing|ement)\b", r"\breplace\b", r"dreamplace", r"global_placement",
+        r"detailed_placement", r"\bdensity\b", r"legali[sz]", r"floorplan", r"\bcore area\b",
+        r"utili[sz]ation", r"\bmacros?\b", r"\bhpwl\b", r"wirelength", r"\bio pins?\b", r"\brows?\b",
+        r"tapcell", r"aspect ratio", r"\bdie\b", r"fp_core_util", r"\bhalos?\b",
+    ),
+    "routing": (
+        r"\brout(e|es|ed|er|ing)\b", r"tritonroute", r"fastroute", r"global_route", r"detailed_route",
+        r"\bvias?\b", r"\bdrc\b", r"congestion", r"\bguides?\b", r"metal layers?", r"\bspacing\b",
+        r"\bshorts?\b", r"\bmagic\b", r"\bspef\b", r"\bantenna\b", r"\btracks?\b", r"\blvs\b",
+        r"\bwir(es?|ing)\b", r"\bmetal\b",
+    ),
+    "timing_analysis": (
+        r"\bsta\b", r"opensta", r"\bslack\b", r"\bsetup\b", r"\bhold\b", r"\bsdc\b",
+        r"create_clock", r"report_checks", r"critical path", r"\btiming\b", r"\bwns\b", r"\btns\b",
+        r"clock skew", r"set_input_delay", r"set_output_delay", r"false[_ ]path", r"multicycle",
+        r"\bclock period\b", r"\bfrequency\b", r"derate", r"uncertainty", r"generated[ _]clock",
+        r"get_clocks", r"arrival", r"required time", r"\b(start|end)point", r"\b(max|min)_delay\b",
+        r"\brecovery\b", r"\bremoval\b", r"\bdelays?\b",
+    ),
+    "power_analysis": (
+        r"\bpower\b", r"leakage", r"dynamic power", r"switching activity", r"\bvcd\b", r"\bsaif\b",
+        r"clock gating", r"\bicg\b", r"ir[ -]drop", r"\bpdn\b", r"voltage", r"report_power",
+        r"power domain", r"\bupf\b", r"energy", r"\bvdd\b", r"\bmw\b|\buw\b", r"isolation",
+        r"retention", r"\btoggl", r"\bactivity\b", r"\bsleep\b", r"glitch", r"consumption",
+        r"electromigration", r"\bstraps?\b", r"\bsuppl(y|ies)\b", r"\bdroop\b",
+    ),
+    "triage": (),
+}
+
+
+def _compile(keywords: Mapping[str, Sequence[str]]) -> dict[str, list[re.Pattern[str]]]:
+    return {p: [re.compile(k) for k in ks] for p, ks in keywords.items()}
+
+
+_COMPILED = _compile(KEYWORDS)
+
+
+def keyword_baseline(texts: Sequence[str], phases: Sequence[str] = PHASES,
+                     keywords: Mapping[str, Sequence[str]] | None = None,
+                     tools: Sequence[str | None] | None = None) -> list[str]:
+    """Phase with the most distinct keyword/tool-name matches; ties → earlier in ``phases``; none → triage.
+
+    ``keywords`` replaces ``KEYWORDS`` (a config adding a phase passes its rules); ``tools``
+    appends the source tool's name to each text, so ``opensta`` counts as a timing keyword.
+    """
+    compiled = _COMPILED if keywords is None else _compile(keywords)
+    fallback = "triage" if "triage" in phases else phases[0]
+    tool_list = list(tools) if tools is not None else [None] * len(texts)
+    out: list[str] = []
+    for text, tool in zip(texts, tool_list, strict=True):
+        low = (text + (f" {tool}" if tool else "")).lower()
+        spaced = low.replace("_", " ")  # so \bpower\b also matches set_power_activity, FP_PDN_*
+        best, best_score = fallback, 0
+        for phase in phases:
+            score = sum(1 for rx in compiled.get(phase, ()) if rx.search(low) or rx.search(spaced))
+            if score > best_score:
+                best, best_score = phase, score
+        out.append(best)
+    return out
+
+
+def load_labelled(path: str | Path, phases: Sequence[str] = PHASES) -> list[dict[str, Any]]:
+    """Rows ``{"id", "text", "phase", "kind", optional "tool"}``; a bad line raises naming file:line."""
+    rows: list[dict[str, Any]] = []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not JSON ({e})") from e
+        if not isinstance(row, dict) or row.get("phase") not in phases or not isinstance(row.get("text"), str):
+            raise ValueError(f"{path}:{i}: needs a 'text' string and a 'phase' in {tuple(phases)}")
+        rows.append(row)
+    return rows
+
+
+def _with_tool(texts: Sequence[str], tools: Sequence[str | None] | None) -> list[str]:
+    if tools is None:
+        return list(texts)
+    return [f"__tool_{t.lower()}__ {x}" if t else x for x, t in zip(texts, tools, strict=True)]
+
+
+def evaluate(y_true: Sequence[str], y_pred: Sequence[str], phases: Sequence[str] = PHASES) -> dict[str, Any]:
+    """Per-phase precision/recall/F1/support, macro-F1 (over ``phases``), accuracy, confusion matrix.
+
+    ``confusion[i][j]`` counts items of true phase ``labels[i]`` predicted as ``labels[j]``.
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true has {len(y_true)} items, y_pred {len(y_pred)}")
+    labels = list(phases)
+    unknown = sorted(set(y_true) - set(labels))
+    if unknown:
+        raise ValueError(f"true labels outside phases {labels}: {unknown}")
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    return {
+        "per_phase": {ph: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                           "support": int(s[i])} for i, ph in enumerate(labels)},
+        "macro_f1": float(sum(f) / len(labels)),
+        "accuracy": float(sum(a == b for a, b in zip(y_true, y_pred)) / max(1, len(y_true))),
+        "labels": labels,
+        "confusion": {"rows": "true", "columns": "predicted", "labels": labels, "matrix": cm.tolist()},
+    }
+
+
+class PhaseClassifier:
+    """TF-IDF word+char n-grams → LogisticRegression; ``fit``/``predict``/``save``/``load``.
+
+    ``pipeline`` is the fitted scikit-learn Pipeline (``predict_proba``, ``classes_``).
+    """
+
+    def __init__(self, pipeline: Any | None = None, phases: Sequence[str] = PHASES) -> None:
+        self.pipeline = pipeline
+        self.phases = tuple(phases)
+
+    @staticmethod
+    def _build() -> Any:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import FeatureUnion, Pipeline
+
+        features = FeatureUnion([
+            ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True,
+                                     token_pattern=r"[A-Za-z_][A-Za-z0-9_]+")),
+            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True,
+                                     lowercase=True)),
+        ])
+        clf = LogisticRegression(C=10.0, max_iter=3000, solver="lbfgs", class_weight="balanced", random_state=0)
+        return Pipeline([("features", features), ("clf", clf)])
+
+    @property
+    def classes(self) -> list[str]:
+        """Column order of ``predict_proba``."""
+        self._check()
+        return [str(c) for c in self.pipeline.classes_]
+
+    def _check(self) -> None:
+        if self.pipeline is None:
+            raise RuntimeError("PhaseClassifier is not fitted: call fit() or load()")
+
+    def fit(self, texts: Sequence[str], labels: Sequence[str],
+            tools: Sequence[str | None] | None = None) -> "PhaseClassifier":
+        bad = sorted(set(labels) - set(self.phases))
+        if bad:
+            raise ValueError(f"labels outside phases {self.phases}: {bad}")
+        if len(texts) != len(labels):
+            raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+        self.pipeline = self._build()
+        self.pipeline.fit(_with_tool(texts, tools), list(labels))
+        return self
+
+    def predict(self, texts: Sequence[str], tools: Sequence[str | None] | None = None) -> list[str]:
+        self._check()
+        if len(texts) == 0:
+            return []
+        return [str(p) for p in self.pipeline.predict(_with_tool(texts, tools))]
+
+    def predict_proba(self, texts: Sequence[str], tools: Sequence[str | None] | None = None) -> Any:
+        """(n, len(classes)) numpy array of probabilities; columns follow ``classes``."""
+        self._check()
+        return self.pipeline.predict_proba(_with_tool(texts, tools))
+
+    def save(self, path: str | Path) -> None:
+        """Pickle to ``path`` atomically (temp file, then rename)."""
+        self._check()
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_bytes(pickle.dumps({"format": 1, "phases": list(self.phases), "pipeline": self.pipeline}))
+        tmp.replace(p)
+
+    @classmethod
+    def train_default(cls, train_path: str | Path = TRAIN_PATH, phases: Sequence[str] = PHASES) -> "PhaseClassifier":
+        """Fit on a labelled jsonl (the shipped train set by default)."""
+        rows = load_labelled(train_path, phases)
+        return cls(phases=phases).fit([r["text"] for r in rows], [r["phase"] for r in rows],
+                                      [r.get("tool") for r in rows])
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "PhaseClassifier":
+        """Saved artifact at ``path``; ``None`` → trained on the shipped train set (once per process).
+
+        A ``path`` that does not exist yet is trained on the shipped set and saved there.
+        """
+        if path is None:
+            return _default_classifier()
+        p = Path(path)
+        if p.exists():
+            try:
+                obj = pickle.loads(p.read_bytes())
+            except Exception as e:
+                raise ValueError(f"phase classifier artifact {path}: unreadable ({e})") from e
+            if not isinstance(obj, dict) or obj.get("format") != 1:
+                raise ValueError(f"phase classifier artifact {path}: not written by PhaseClassifier.save")
+            return cls(obj["pipeline"], obj["phases"])
+        clf = cls.train_default()
+        clf.save(p)
+        return clf
+
+
+@lru_cache(maxsize=1)
+def _default_classifier() -> PhaseClassifier:
+    return PhaseClassifier.train_default()

@@ -1,0 +1,275 @@
+"""Corpus job: manifest → clone+read (Ray Data) → parse → dedup → ``DIR/modules/`` + ``DIR/report.json``.
+
+    python -m jobs.build_corpus                       # bundled sample (jobs/configs/corpus_sample.yaml)
+    python -m jobs.build_corpus --config jobs/configs/corpus_cluster.yaml --output s3://bucket/corpus
+    ray job submit --working-dir . -- python -m jobs.build_corpus --config jobs/configs/corpus_cluster.yaml
+
+On a multi-node cluster ``output_dir`` must be shared storage (s3://, gs://, NFS): clone tasks
+write their per-repository status there (``_status/``) and the driver reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections import Counter, defaultdict
+from typing import Any, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from chipforge import fs
+from chipforge.config import CONFIG_DIR, Config, load_config
+from chipforge.ray_utils import init_ray
+from corpus.clone import CloneAndRead
+from corpus.dedup import DedupConfig
+from corpus.files import DEFAULT_EXTENSIONS
+from corpus.manifest import Repository, load_manifest
+from corpus.schema import MODULES_SCHEMA
+from corpus.verilog import ParseStage
+
+
+class CloneConfig(Config):
+    """Clone+read stage: one repository per task (batch_size is always 1)."""
+
+    num_cpus: float = 1.0
+    concurrency: int = 4  # clone actors (parallel repositories)
+    timeout_s: float = 600.0
+    retries: int = 3
+    backoff_s: float = 2.0
+    shallow: bool = True  # --depth 1 --filter=blob:none where the remote allows
+
+
+class ParseConfig(Config):
+    num_cpus: float = 1.0
+    concurrency: int = 2  # parser actors
+    batch_size: int | None = None  # None: one block = one repository's files (resolves `include`s)
+
+
+class CorpusConfig(Config):
+    manifest: str = "sample/manifest.yaml"
+    output_dir: str = "out/sample/corpus"
+    cache_dir: str = "~/.cache/chipforge/repos"  # per node; clone cache keyed by url and commit
+    extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
+    max_file_bytes: int = 1_000_000
+    max_repo_bytes: int = 2_000_000_000
+    grammar: str = "systemverilog"  # or "verilog"
+    clone: CloneConfig = Field(default_factory=CloneConfig)
+    parse: ParseConfig = Field(default_factory=ParseConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+
+
+CONFIG_CLASS = CorpusConfig
+DEFAULT_CONFIG = CONFIG_DIR / "corpus_sample.yaml"
+
+
+class TimedParse(ParseStage):
+    """ParseStage that also writes {files, bytes, seconds, cpu_seconds} per batch to ``stats_dir`` (parse MB/s).
+
+    ``cpu_seconds`` is the actor process's CPU time during the call: MB/s per core stays
+    meaningful when a node runs more processes than it has cores; ``seconds`` is wall time.
+    """
+
+    def __init__(self, grammar: str, stats_dir: str) -> None:
+        super().__init__(grammar)
+        self.stats_dir = stats_dir
+
+    def __call__(self, batch: Any) -> pa.Table:
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = super().__call__(batch)
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+        n_bytes = batch["n_bytes"] if isinstance(batch, dict) else batch.column("n_bytes")
+        stats = {"files": len(n_bytes), "bytes": int(sum(int(x) for x in n_bytes if x is not None)),
+                 "seconds": seconds, "cpu_seconds": cpu_seconds, "modules": out.num_rows}
+        fs.write_json(fs.join(self.stats_dir, uuid.uuid4().hex + ".json"), stats)
+        return out
+
+
+def module_counts(batch: pa.Table) -> pa.Table:
+    """Per-block, per-repo counts over MODULES rows (so the driver never holds module rows)."""
+    if isinstance(batch, dict):
+        batch = pa.table(batch)
+    rows = []
+    repos = batch.column("repo").to_pylist()
+    for repo in sorted(set(repos)):
+        sub = batch.filter(pc.equal(batch.column("repo"), repo))
+        keep = sub.column("keep").to_pylist()
+        kinds = Counter(k for k, kept in zip(sub.column("dup_kind").to_pylist(), keep) if not kept)
+        rows.append({
+            "repo": repo,
+            "modules": sub.num_rows,
+            "parse_ok": int(pc.sum(pc.cast(sub.column("parse_ok"), pa.int64())).as_py() or 0),
+            "error_line_share_sum": float(pc.sum(pc.fill_null(sub.column("error_line_share"), 0.0)).as_py() or 0.0),
+            "lines": int(pc.sum(sub.column("n_lines")).as_py() or 0),
+            "kept": int(pc.sum(pc.cast(sub.column("keep"), pa.int64())).as_py() or 0),
+            "exact": kinds.get("exact", 0),
+            "near": kinds.get("near", 0),
+        })
+    return pa.Table.from_pylist(rows, schema=_COUNTS_SCHEMA)
+
+
+_COUNTS_SCHEMA = pa.schema([("repo", pa.string()), ("modules", pa.int64()), ("parse_ok", pa.int64()),
+                            ("error_line_share_sum", pa.float64()), ("lines", pa.int64()), ("kept", pa.int64()),
+                            ("exact", pa.int64()), ("near", pa.int64())])
+
+
+def _worker_url(repo: Repository) -> Repository:
+    """Local paths under the driver's cwd become cwd-relative (the working_dir on every node)."""
+    url = repo.url
+    if "://" not in url and os.path.isabs(url):
+        cwd = os.getcwd()
+        if url.startswith(cwd.rstrip(os.sep) + os.sep):
+            return repo.model_copy(update={"url": os.path.relpath(url, cwd)})
+    return repo
+
+
+def _abs(path: str) -> str:
+    return path if fs.is_uri(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def run(cfg: CorpusConfig) -> dict[str, Any]:
+    import ray
+
+    from jobs.dedup import run_dedup
+
+    t0 = time.perf_counter()
+    manifest = load_manifest(cfg.manifest)
+    repos = [_worker_url(r) for r in manifest.repositories]
+    out = _abs(cfg.output_dir)
+    status_dir, stats_dir = fs.join(out, "_status"), fs.join(out, "_status", "parse")
+    fs.delete(fs.join(out, "_status"))
+    fs.makedirs(stats_dir)
+    init_ray()
+    print(f"[corpus] {len(repos)} repositories from {cfg.manifest} → {out}", flush=True)
+
+    items = [{"manifest_index": i, "repository": r.model_dump_json()} for i, r in enumerate(repos)]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    files = ds.map_batches(
+        CloneAndRead,
+        fn_constructor_kwargs={
+            "status_dir": status_dir, "cache_dir": cfg.cache_dir, "extensions": cfg.extensions,
+            "max_file_bytes": cfg.max_file_bytes, "max_repo_bytes": cfg.max_repo_bytes,
+            "timeout_s": cfg.clone.timeout_s, "retries": cfg.clone.retries, "backoff_s": cfg.clone.backoff_s,
+            "shallow": cfg.clone.shallow,
+        },
+        batch_size=1, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.clone.concurrency, max(1, len(repos)))),
+        num_cpus=cfg.clone.num_cpus,
+    )
+    parsed = files.map_batches(
+        TimedParse, fn_constructor_kwargs={"grammar": cfg.grammar, "stats_dir": stats_dir},
+        batch_size=cfg.parse.batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=cfg.parse.concurrency),
+        num_cpus=cfg.parse.num_cpus,
+    )
+    modules, dedup_stats = run_dedup(parsed, cfg.dedup)
+
+    modules_dir = fs.join(out, "modules")
+    with fs.atomic_dir(modules_dir) as tmp:
+        modules.write_parquet(tmp, partition_cols=["repo"])
+    print(f"[corpus] wrote {modules_dir}", flush=True)
+
+    per_repo: dict[str, Counter] = defaultdict(Counter)
+    if fs.listdir(modules_dir):
+        counts = ray.data.read_parquet(modules_dir).select_columns(
+            ["repo", "parse_ok", "error_line_share", "n_lines", "keep", "dup_kind"],
+        ).map_batches(module_counts, batch_format="pyarrow", batch_size=None)
+        for batch in counts.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():
+                per_repo[row.pop("repo")].update(row)
+
+    statuses = [fs.read_json(p) for p in sorted(fs.listdir(status_dir)) if p.endswith(".json")]
+    parse_stats = [fs.read_json(p) for p in fs.listdir(stats_dir) if p.endswith(".json")]
+    fs.delete(status_dir)
+    report = build_report(statuses, per_repo, parse_stats, dedup_stats, time.perf_counter() - t0, cfg)
+    fs.write_json(fs.join(out, "report.json"), report)
+    print(summary(report), flush=True)
+    return report
+
+
+def build_report(statuses: list[dict[str, Any]], per_repo: dict[str, Counter], parse_stats: list[dict[str, Any]],
+                 dedup_stats: dict[str, Any], wall_s: float, cfg: CorpusConfig) -> dict[str, Any]:
+    statuses = sorted(statuses, key=lambda s: s["manifest_index"])
+    skipped: Counter = Counter()
+    encodings: Counter = Counter()
+    for s in statuses:
+        skipped.update(s.get("skipped") or {})
+        encodings.update(s.get("encodings") or {})
+        s.update({k: int(v) for k, v in per_repo.get(s["repo"], Counter()).items() if k != "error_line_share_sum"})
+    total: Counter = Counter()
+    for c in per_repo.values():
+        total.update(c)
+    n_mod = total["modules"]
+    p_bytes = sum(p["bytes"] for p in parse_stats)
+    p_secs = sum(p["seconds"] for p in parse_stats)
+    p_cpu = sum(p.get("cpu_seconds", 0.0) for p in parse_stats)
+    return {
+        "manifest": cfg.manifest,
+        "output_dir": cfg.output_dir,
+        "grammar": cfg.grammar,
+        "repositories": {
+            "total": len(statuses),
+            "ok": sum(s["status"] == "ok" for s in statuses),
+            "failed": [{k: s.get(k) for k in ("repo", "url", "ref", "reason", "error")} for s in statuses
+                       if s["status"] != "ok"],
+            "per_repo": statuses,
+        },
+        "files": {
+            "read": sum(s.get("files_read", 0) for s in statuses),
+            "bytes": sum(s.get("bytes", 0) for s in statuses),
+            "skipped": dict(skipped),
+            "encodings": dict(encodings),
+        },
+        "lines": total["lines"],
+        "modules": n_mod,
+        "parse_ok_share": total["parse_ok"] / n_mod if n_mod else None,
+        "mean_error_line_share": total["error_line_share_sum"] / n_mod if n_mod else None,
+        "dedup": dedup_stats,
+        "duplicates_removed": {"exact": total["exact"], "near": total["near"]},
+        "modules_kept": total["kept"],
+        "parse": {"batches": len(parse_stats), "bytes": p_bytes, "seconds": round(p_secs, 3),
+                  "cpu_seconds": round(p_cpu, 3),
+                  "mb_per_s_per_core": round(p_bytes / 1e6 / p_cpu, 3) if p_cpu else None,
+                  "mb_per_s_per_worker": round(p_bytes / 1e6 / p_secs, 3) if p_secs else None},
+        "wall_s": round(wall_s, 2),
+    }
+
+
+def summary(r: dict[str, Any]) -> str:
+    repos, files = r["repositories"], r["files"]
+    lines = [
+        "== corpus summary ==",
+        f"repositories: {repos['ok']} ok, {len(repos['failed'])} failed of {repos['total']}",
+        *[f"  FAILED {f['repo']}: {f['reason']} ({f['error']})" for f in repos["failed"]],
+        f"files: {files['read']} read ({files['bytes'] / 1e6:.2f} MB), skipped {files['skipped'] or 0}, "
+        f"encodings {files['encodings']}",
+        f"modules: {r['modules']} in {r['lines']} lines; parse_ok {_pct(r['parse_ok_share'])}, "
+        f"mean error-line share {_pct(r['mean_error_line_share'])}",
+        f"duplicates removed: {r['duplicates_removed']['exact']} exact, {r['duplicates_removed']['near']} near; "
+        f"kept {r['modules_kept']}",
+        f"parse: {r['parse']['mb_per_s_per_core']} MB/s per core (CPU time), "
+        f"{r['parse']['mb_per_s_per_worker']} MB/s per worker (wall); wall {r['wall_s']} s",
+    ]
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = load_config(CorpusConfig, argv, prog="chipforge corpus", default_config=DEFAULT_CONFIG,
+                      flags={"--manifest": "manifest", "--output": "output_dir"}, description=__doc__)
+    try:
+        run(cfg)
+    except ValueError as exc:  # bad manifest: clear message naming the file
+        print(f"error: {exc}", flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

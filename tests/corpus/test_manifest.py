@@ -1,0 +1,45 @@
+from pathlib import Path
+
+import pytest
+
+from corpus.manifest import Manifest, load_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_relative_local_paths_resolve_against_manifest_dir(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    m = tmp_path / "sub" / "m.yaml"
+    m.write_text(
+        "repositories:\n"
+        "  - {name: a, url: ../repos/a, ref: main, include: ['rtl/*'], exclude: ['*_tb.v'], license: MIT}\n"
+        "  - {name: b, url: https://example.invalid/b.git}\n"
+        "  - {name: c, url: 'git@example.invalid:o/c.git', submodules: true}\n"
+        "  - {name: d, url: 'file:///srv/d'}\n"
+    )
+    repos = load_manifest(m).repositories
+    assert repos[0].url == str((tmp_path / "repos" / "a").resolve())
+    assert (repos[0].ref, repos[0].include, repos[0].exclude, repos[0].license) == ("main", ["rtl/*"], ["*_tb.v"], "MIT")
+    assert [r.url for r in repos[1:]] == ["https://example.invalid/b.git", "git@example.invalid:o/c.git", "file:///srv/d"]
+    assert repos[2].submodules and not repos[1].submodules and repos[1].ref is None
+
+
+def test_duplicate_names_and_unknown_keys_are_errors(tmp_path: Path) -> None:
+    m = tmp_path / "m.yaml"
+    m.write_text("repositories:\n  - {name: a, url: x}\n  - {name: a, url: y}\n")
+    with pytest.raises(ValueError, match="duplicate repository name 'a'"):
+        load_manifest(m)
+    m.write_text("repositories:\n  - {name: a, url: x, branch: main}\n")
+    with pytest.raises(ValueError, match=str(m)):
+        load_manifest(m)
+
+
+def test_shipped_manifests() -> None:
+    default = load_manifest(ROOT / "jobs/manifests/default.yaml").repositories
+    assert len(default) == 9 and all(r.url.startswith("https://github.com/") for r in default)
+    by_name = {r.name: r for r in default}
+    assert by_name["nvdla-hw"].ref == "nvdlav1" and by_name["skywater-pdk"].submodules
+    sample = load_manifest(ROOT / "sample/manifest.yaml").repositories
+    assert {r.name for r in sample} == {"tinycores", "svperiph", "dspkit", "student_labs"}
+    assert all(Path(r.url).is_dir() for r in sample)
+    assert isinstance(Manifest(repositories=sample), Manifest)

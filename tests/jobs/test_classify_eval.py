@@ -1,0 +1,41 @@
+"""jobs.classify_eval on the shipped sets: metrics printed and written, classifier beats baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from corpus.phases import PHASES
+from jobs.classify_eval import main
+
+
+def test_classify_eval_writes_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, model = tmp_path / "m.json", tmp_path / "clf.pkl"
+    assert main(["--output", str(out), "--model", str(model)]) == 0
+    printed = capsys.readouterr().out
+    assert "confusion (rows = true" in printed and "keyword baseline" in printed and "macro-F1 on" in printed
+    rep = json.loads(out.read_text())
+    assert model.exists()
+    assert rep["n_eval"] >= 210 and rep["phases"] == list(PHASES)
+    for key in ("baseline", "classifier"):
+        m = rep[key]
+        assert set(m["per_phase"]) == set(PHASES)
+        assert sum(v["support"] for v in m["per_phase"].values()) == rep["n_eval"]
+        cm = m["confusion"]["matrix"]
+        assert len(cm) == len(PHASES) and all(len(row) == len(PHASES) for row in cm)
+        assert sum(map(sum, cm)) == rep["n_eval"]
+        assert sum(cm[i][i] for i in range(len(cm))) == round(m["accuracy"] * rep["n_eval"])
+        assert 0 < m["macro_f1"] <= 1
+    assert rep["classifier"]["macro_f1"] > rep["baseline"]["macro_f1"]
+    assert rep["macro_f1_gain"] == pytest.approx(rep["classifier"]["macro_f1"] - rep["baseline"]["macro_f1"])
+    # a second run reuses the saved artifact and gives the same figures
+    assert main(["--output", str(out), "--model", str(model)]) == 0
+    assert json.loads(out.read_text())["classifier"] == rep["classifier"]
+
+
+def test_classify_eval_bad_config_named(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["phases=[triage]", "--output", str(tmp_path / "m.json")])
+    assert not (tmp_path / "m.json").exists()
