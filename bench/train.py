@@ -144,7 +144,10 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
         table, base, pad_id = token_rows(cfg)
         import pyarrow as pa
 
-        table = pa.concat_tables([table] * args.repeat)
+        # Enough rows for at least --min-steps optimizer steps, so the fixed start-up cost of an
+        # epoch's pipeline does not dominate a short run.
+        repeat = max(args.repeat, -(-args.min_steps * args.micro_batch // max(1, table.num_rows)))
+        table = pa.concat_tables([table] * repeat)
         plain = plain_loop(cfg, table, base, pad_id, args.threads)
         plain_ray_up, ray_side = ray_path(cfg, table, base, pad_id, args.threads)
     ratio = plain_ray_up["tokens_per_s"] / ray_side["tokens_per_s"]
@@ -153,7 +156,7 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     result = {
         "mode": "cpu",
         "model": {"hidden_size": args.hidden, "num_layers": args.layers, "max_length": args.max_length},
-        "micro_batch_size": args.micro_batch, "epochs": args.epochs, "repeat": args.repeat, "threads": args.threads,
+        "micro_batch_size": args.micro_batch, "epochs": args.epochs, "repeat": repeat, "threads": args.threads,
         "cpu_count": os.cpu_count(), "rows": table.num_rows,
         "plain_no_ray_running": plain, "plain_with_ray_up": plain_ray_up, "ray_deepspeed_1_worker": ray_side,
         "overhead_ratio": round(ratio, 3), "overhead_ratio_vs_no_ray_running": round(ratio_cold, 3),
@@ -233,7 +236,8 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--repeat", type=int, default=24, help="rows = the sample's packed rows repeated N times")
+    p.add_argument("--repeat", type=int, default=1, help="rows = the sample's packed rows repeated N times (at least)")
+    p.add_argument("--min-steps", type=int, default=400, help="repeat the rows until a run has this many steps")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--gpu-seq", type=int, default=2048)
     p.add_argument("--gpu-micro-batch", type=int, default=4)
