@@ -13,7 +13,10 @@ in-process on a local Ray in a fresh child process and reports:
     (tracemalloc cannot be used: it crashes with Ray's driver threads). Must not grow with N (the driver never holds module rows).
 Writes ``bench/results/corpus.json``.
 
-    python bench/corpus.py [--sizes 20 80] [--files 12] [--cpus 2]
+    python bench/corpus.py [--sizes 20 80] [--files 12] [--cpus 2] [--repeat 2]
+
+Both sides are best of ``--repeat`` (the plain loop in-process, the job in fresh processes);
+on a small shared VM single runs vary by ±20%. Driver memory is the worst of the runs.
 """
 
 from __future__ import annotations
@@ -316,6 +319,7 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[20, 80], help="numbers of repositories")
     ap.add_argument("--files", type=int, default=12, help="Verilog files per repository")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per size (best MB/s; worst driver memory)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "corpus.json"))
     ap.add_argument("--child", nargs=2, metavar=("MANIFEST", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -328,14 +332,20 @@ def main() -> int:
         for n in args.sizes:
             base = Path(tmp) / f"n{n}"
             manifest = make_corpus(base, n, args.files)
-            base_line = baseline(base / "repos")
-            proc = subprocess.run([sys.executable, __file__, "--cpus", str(args.cpus), "--child", str(manifest),
-                                   str(base / "out")], capture_output=True, text=True, cwd=ROOT)
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
-            if proc.returncode != 0 or line is None:
-                print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
-                raise SystemExit(f"corpus job failed for N={n}")
-            job = json.loads(line.split(" ", 1)[1])
+            base_line = baseline(base / "repos", repeat=args.repeat)
+            runs = []
+            for k in range(args.repeat):  # best of --repeat fresh jobs, as the plain loop is best of --repeat
+                proc = subprocess.run([sys.executable, __file__, "--cpus", str(args.cpus), "--child", str(manifest),
+                                       str(base / f"out{k}")], capture_output=True, text=True, cwd=ROOT)
+                line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
+                if proc.returncode != 0 or line is None:
+                    print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
+                    raise SystemExit(f"corpus job failed for N={n}")
+                runs.append(json.loads(line.split(" ", 1)[1]))
+            job = max(runs, key=lambda r: r["parse"]["mb_per_s_per_core"] or 0)
+            job["runs_mb_per_s_per_core"] = [r["parse"]["mb_per_s_per_core"] for r in runs]
+            job["driver_peak_rss_mb"] = max(r["driver_peak_rss_mb"] for r in runs)
+            job["driver_peak_rss_delta_mb"] = max(r["driver_peak_rss_delta_mb"] for r in runs)
             per_core = job["parse"]["mb_per_s_per_core"]
             res = {"repos": n, "baseline": base_line, "job": job,
                    "parse_mb_per_s_per_core": per_core,
@@ -351,7 +361,7 @@ def main() -> int:
                   f"during the job); wall {job['wall_s']} s", flush=True)
     first, last = results[0]["job"], results[-1]["job"]
     summary = {
-        "sizes": args.sizes, "cpus": args.cpus, "files_per_repo": args.files,
+        "sizes": args.sizes, "cpus": args.cpus, "files_per_repo": args.files, "repeat": args.repeat,
         "min_ratio_to_plain_loop": min(r["ratio_to_plain_loop"] or 0 for r in results),
         "driver_rss_delta_mb": [r["job"]["driver_peak_rss_delta_mb"] for r in results],
         "driver_rss_growth": round(last["driver_peak_rss_mb"] / first["driver_peak_rss_mb"], 3),
