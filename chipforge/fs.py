@@ -60,6 +60,19 @@ def read_json(path: str) -> Any:
     return json.loads(read_text(path))
 
 
+def read_jsonl(path: str, *, errors: str = "strict") -> list[tuple[int, Any]]:
+    """(line number, value) of every non-blank line; a line that is not JSON raises naming path:line."""
+    out: list[tuple[int, Any]] = []
+    for lineno, line in enumerate(read_bytes(path).decode("utf-8", errors=errors).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not JSON ({e})") from e
+    return out
+
+
 def delete(path: str) -> None:
     """Remove a file or directory tree; missing paths are fine."""
     filesystem, p = resolve(path)

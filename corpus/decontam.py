@@ -28,7 +28,6 @@ drops per benchmark.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 
@@ -75,13 +74,7 @@ def _read(path: str) -> str:
 
 def _v1_rows(path: str) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    for lineno, line in enumerate(_read(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"benchmark file {path}:{lineno}: not JSON ({e})") from e
+    for _, row in fs.read_jsonl(path, errors="replace"):
         if not isinstance(row, dict) or "task_id" not in row:
             continue
         pid = f"verilogeval-v1/{row['task_id']}"

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from chipforge.config import Config
+from corpus.licenses import is_permissive
 from corpus.schema import MODULES_SCHEMA, PARSED_MODULES_SCHEMA, conform
 from corpus.verilog import normalize
 
@@ -27,9 +28,6 @@ _MAX32 = np.uint64(0xFFFFFFFF)
 _EMPTY = np.uint32(0xFFFFFFFF)
 _CHUNK = 1 << 15  # shingles hashed per numpy step (bounds memory to _CHUNK * num_perm * 8 bytes)
 
-# Fallback when corpus.licenses is absent; corpus.licenses.is_permissive is authoritative.
-_PERMISSIVE = {"MIT", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause", "BSD-3-Clause-Clear", "0BSD", "ISC",
-               "SHL-0.51", "SHL-2.0", "SHL-2.1", "Unlicense", "CC0-1.0", "CERN-OHL-P-2.0"}
 
 
 class DedupConfig(Config):
@@ -56,13 +54,7 @@ class DedupConfig(Config):
 
     def band_rows(self) -> tuple[int, int]:
         """(bands, rows) to use: configured, completed from num_perm, or chosen for the threshold."""
-        if self.bands and self.rows:
-            return self.bands, self.rows
-        if self.bands:
-            return self.bands, self.num_perm // self.bands
-        if self.rows:
-            return self.num_perm // self.rows, self.rows
-        return choose_bands(self.threshold, self.num_perm)
+        return band_rows(self.num_perm, self.threshold, self.bands, self.rows)
 
 
 def tokens(text: str) -> list[str]:
@@ -72,10 +64,7 @@ def tokens(text: str) -> list[str]:
 
 def shingles(text: str, k: int = 5) -> set[str]:
     """Set of k-token shingles of ``normalize(text)``; texts shorter than k tokens give one shingle."""
-    toks = tokens(text)
-    if len(toks) <= k:
-        return {" ".join(toks)} if toks else set()
-    return {" ".join(toks[i : i + k]) for i in range(len(toks) - k + 1)}
+    return _shingle_tokens(tokens(text), k)
 
 
 def _hash32(items: Iterable[str]) -> np.ndarray:
@@ -143,6 +132,17 @@ def choose_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
+def band_rows(num_perm: int, threshold: float, bands: int | None = None, rows: int | None = None) -> tuple[int, int]:
+    """(bands, rows): as given, the missing one completed from num_perm, or both chosen for the threshold."""
+    if bands and rows:
+        return bands, rows
+    if bands:
+        return bands, num_perm // bands
+    if rows:
+        return num_perm // rows, rows
+    return choose_bands(threshold, num_perm)
+
+
 def lsh_bands(sig: np.ndarray, bands: int, rows: int | None = None) -> list[str]:
     """One bucket key per band, ``'<band>:<hex digest of that band's slots>'``."""
     rows = rows or len(sig) // bands
@@ -187,13 +187,7 @@ class SignatureStage:
                  rows: int | None = None, threshold: float = 0.8, with_rows: bool = False) -> None:
         self.num_perm, self.k, self.seed = num_perm, shingle_size, seed
         self.with_rows = with_rows
-        if bands and rows:
-            self.bands, self.rows = bands, rows
-        elif bands or rows:
-            self.bands = bands or num_perm // rows  # type: ignore[operator]
-            self.rows = rows or num_perm // bands  # type: ignore[operator]
-        else:
-            self.bands, self.rows = choose_bands(threshold, num_perm)
+        self.bands, self.rows = band_rows(num_perm, threshold, bands, rows)
 
     @classmethod
     def from_config(cls, cfg: DedupConfig) -> SignatureStage:
@@ -281,15 +275,6 @@ def clusters(edges: Iterable[tuple[Hashable, Hashable]]) -> dict[Hashable, Hasha
             lo, hi = (ra, rb) if str(ra) <= str(rb) else (rb, ra)
             parent[hi] = lo
     return {x: find(x) for x in list(parent)}
-
-
-def is_permissive(spdx: str | None) -> bool:
-    """Permissive licence? Delegates to corpus.licenses when present."""
-    try:
-        from corpus.licenses import is_permissive as _is_permissive
-    except ImportError:  # pragma: no cover - corpus.licenses ships with the package
-        return spdx in _PERMISSIVE
-    return _is_permissive(spdx)
 
 
 def keep_key(row: Mapping[str, Any]) -> tuple:

@@ -22,13 +22,14 @@ function takes a ``phases`` list so a config can add a phase; the shipped data c
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from chipforge import fs
 
 PHASES: tuple[str, ...] = (
     "triage",
@@ -124,13 +125,7 @@ def keyword_baseline(texts: Sequence[str], phases: Sequence[str] = PHASES,
 def load_labelled(path: str | Path, phases: Sequence[str] = PHASES) -> list[dict[str, Any]]:
     """Rows ``{"id", "text", "phase", "kind", optional "tool"}``; a bad line raises naming file:line."""
     rows: list[dict[str, Any]] = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not JSON ({e})") from e
+    for i, row in fs.read_jsonl(str(path)):
         if not isinstance(row, dict) or row.get("phase") not in phases or not isinstance(row.get("text"), str):
             raise ValueError(f"{path}:{i}: needs a 'text' string and a 'phase' in {tuple(phases)}")
         rows.append(row)

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from chipforge import fs
 from chipforge.config import CONFIG_DIR, Config, load_config
-from chipforge.ray_utils import init_ray
+from chipforge.ray_utils import compute, init_ray
 from corpus.clone import CloneAndRead
 from corpus.dedup import DedupConfig
 from corpus.files import DEFAULT_EXTENSIONS
@@ -162,13 +162,13 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
             "shallow": cfg.clone.shallow,
         },
         batch_size=1, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=min(cfg.clone.concurrency, max(1, len(repos)))),
+        compute=compute(min(cfg.clone.concurrency, max(1, len(repos))), actors=True),
         num_cpus=cfg.clone.num_cpus,
     )
     parsed = files.map_batches(
         TimedParse, fn_constructor_kwargs={"grammar": cfg.grammar, "stats_dir": stats_dir},
         batch_size=cfg.parse.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.parse.concurrency),
+        compute=compute(cfg.parse.concurrency, actors=True),
         num_cpus=cfg.parse.num_cpus,
     )
     modules, dedup_stats = run_dedup(parsed, cfg.dedup)

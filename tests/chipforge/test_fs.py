@@ -43,3 +43,12 @@ def test_exists_listdir_delete(tmp_path: Path) -> None:
     assert not fs.exists(base)
     with pytest.raises(FileNotFoundError):
         fs.read_bytes(str(tmp_path / "missing"))
+
+
+def test_read_jsonl_numbers_lines_and_names_the_bad_one(tmp_path: Path) -> None:
+    p = tmp_path / "rows.jsonl"
+    p.write_text('{"a": 1}\n\n[2]\n')
+    assert fs.read_jsonl(str(p)) == [(1, {"a": 1}), (3, [2])]
+    p.write_text('{"a": 1}\n{oops\n')
+    with pytest.raises(ValueError, match=r"rows\.jsonl:2: not JSON"):
+        fs.read_jsonl(str(p))
