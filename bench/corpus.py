@@ -287,7 +287,8 @@ def child(manifest: str, out: str, cpus: int) -> None:
     import ray
 
     from chipforge.config import load_config
-    from jobs.build_corpus import CorpusConfig, run
+    from chipforge.job import Run
+    from pipelines.corpus import CorpusConfig, run
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ["CHIPFORGE_PROGRESS"] = "0"
@@ -303,7 +304,7 @@ def child(manifest: str, out: str, cpus: int) -> None:
                       flags={"--manifest": "manifest", "--output": "output_dir"})
     rss0 = _vm_hwm_mb()  # tracemalloc is not usable here: it segfaults with Ray's driver threads
     t0 = time.perf_counter()
-    report = run(cfg)
+    report = run(cfg, Run("corpus", out))
     wall = time.perf_counter() - t0
     print("BENCH_JSON " + json.dumps({
         "wall_s": round(wall, 2), "parse": report["parse"], "modules": report["modules"],

@@ -4,10 +4,11 @@
     python bench/train.py --gpu           # 1 GPU: ~1B Llama (random), LoRA, bf16, ZeRO-2: tokens/s + MFU
 
 CPU mode: both sides train the same tiny random Llama + LoRA on the same packed token rows
-(the bundled sample dataset tokenised by ``TokenizeStage``), same micro batch, same number of
-optimizer steps, same thread count. The plain side is ``model(**batch).loss.backward();
-AdamW.step()``; the Ray side is ``jobs.finetune.build_trainer`` (TorchTrainer, Ray Data shard,
-DeepSpeed ZeRO-2 engine, gloo) with 1 worker. tokens/s on both sides counts non-pad tokens over
+(the bundled sample dataset prepared by ``training.data.prepare_local``, the preparation every
+runner uses), same micro batch, same number of optimizer steps, same thread count. The plain
+side is ``model(**batch).loss.backward(); AdamW.step()``; the Ray side is
+``training.trainer.build_trainer`` (TorchTrainer, Ray Data shard, DeepSpeed ZeRO-2 engine,
+gloo) with 1 worker. tokens/s on both sides counts non-pad tokens over
 training-step time (set-up, evaluation and checkpoints excluded; the Ray side's end-to-end
 wall time is reported as well). Target: plain/ray ≤ 1.25.
 
@@ -52,7 +53,7 @@ def cpu_config(args: argparse.Namespace, output_dir: str) -> Any:
     return FinetuneConfig(
         dataset_dir=str(REPO / "sample" / "dataset"), phase="rtl_design", output_dir=output_dir, base_model="tiny",
         tiny={"hidden_size": args.hidden, "num_layers": args.layers, "num_heads": 4, "vocab_size": 512},
-        max_length=args.max_length, packing=True,
+        max_length=args.max_length, packing=True, validation_fraction=0.1,
         lora={"r": 16, "alpha": 32, "dropout": 0.0,
               "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
         optim={"lr": 1e-3, "epochs": args.epochs, "micro_batch_size": args.micro_batch, "warmup_ratio": 0.0},
@@ -64,16 +65,10 @@ def cpu_config(args: argparse.Namespace, output_dir: str) -> Any:
 
 
 def token_rows(cfg: Any) -> tuple[Any, str, int]:
-    import pyarrow as pa
+    from training.data import load_tokenizer, prepare_local
 
-    from training.data import TokenizeStage, dataset_texts, load_tokenizer, read_examples
-    from training.model import prepare_base
-
-    examples = read_examples(cfg.dataset_dir, cfg.phase, "train")
-    base = prepare_base(cfg, dataset_texts(examples))
-    stage = TokenizeStage(base, cfg.max_length, True)
-    table = pa.concat_tables([stage(b) for b in examples.to_batches(256)])
-    return table, base, load_tokenizer(base).pad_token_id
+    data = prepare_local(cfg)
+    return data.train, data.base_path, load_tokenizer(data.base_path).pad_token_id
 
 
 def plain_loop(cfg: Any, table: Any, base: str, pad_id: int, threads: int) -> dict[str, float]:
@@ -113,16 +108,17 @@ def ray_path(cfg: Any, table: Any, base: str, pad_id: int, threads: int) -> tupl
     import ray
     import ray.data
 
-    from jobs.finetune import build_trainer
+    from training.loop import Plan
+    from training.trainer import build_trainer
 
     ray.init(num_cpus=max(threads, 1), include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}})
     try:
         ds = {"train": ray.data.from_arrow(table).materialize(), "validation": ray.data.from_arrow(table.slice(0, 2))}
         plain_ray_up = plain_loop(cfg, table, base, pad_id, threads)
-        info = {"train_rows": table.num_rows}
+        plan = Plan.make(cfg, table.num_rows, 1, pad_id, base)
         t0 = time.perf_counter()
-        result = build_trainer(cfg, ds, base, info).fit()
+        result = build_trainer(cfg, ds, plan, run_name="bench").fit()
         wall = time.perf_counter() - t0
         with result.checkpoint.as_directory() as d:
             meta = json.loads(Path(d, "meta.json").read_text())

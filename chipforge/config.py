@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,6 +83,27 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw != "" else ""
 
 
+class CommandLine:
+    """Where each value came from (for error messages) and the boolean extra flags."""
+
+    def __init__(self, config_file: str | None, origins: dict[str, str], flags: dict[str, bool]) -> None:
+        self.config_file = config_file
+        self.origins = origins
+        self.flags = flags
+
+    def origin(self, dotted: str) -> str:
+        """``--output``, ``override a.b=…`` or the YAML file that set ``dotted`` (longest prefix)."""
+        parts = dotted.split(".")
+        for i in range(len(parts), 0, -1):
+            key = ".".join(parts[:i])
+            if key in self.origins:
+                return self.origins[key]
+        return f"{self.config_file}: {dotted}" if self.config_file else f"default {dotted}"
+
+    def flag(self, name: str) -> bool:
+        return bool(self.flags.get(name))
+
+
 def load_config(
     cls: type[C],
     argv: Sequence[str] | None = None,
@@ -91,43 +112,64 @@ def load_config(
     default_config: str | Path | None = None,
     flags: Mapping[str, str] | None = None,
     description: str | None = None,
-) -> C:
+    extra_flags: Sequence[str] = (),
+    with_origins: bool = False,
+) -> Any:
     """Build ``cls`` from ``--config YAML``, ``key=value`` overrides and named flags.
 
-    ``flags`` maps a CLI flag (``--output``) to the dotted config field it sets (``output_dir``).
+    ``flags`` maps a CLI flag (``--output``) to the dotted config field it sets (``output_dir``);
+    ``extra_flags`` are boolean switches (``--force``) returned in the :class:`CommandLine`.
+    A validation error names the flag, the override or the YAML file that set the bad value.
+    With ``with_origins`` the result is ``(config, CommandLine)``.
     """
     flags = dict(flags or {})
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--config",
         default=str(default_config) if default_config else None,
         help=f"YAML config (default: {default_config})" if default_config else "YAML config",
     )
     for flag, field in flags.items():
-        parser.add_argument(flag, dest="flag__" + field.replace(".", "__"), default=None, help=f"sets {field}")
+        parser.add_argument(flag, dest="flag__" + field.replace(".", "__"), default=None,
+                            metavar=field.rsplit(".", 1)[-1].upper(), help=f"sets {field}")
+    for flag in extra_flags:
+        parser.add_argument(flag, action="store_true", help=_EXTRA_HELP.get(flag, ""))
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override any config field")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
 
     data: dict[str, Any] = read_yaml(args.config) if args.config else {}
+    origins: dict[str, str] = {}
     for item in args.overrides:
         key, value = parse_override(item)
         set_dotted(data, key, value)
-    for field in flags.values():
+        origins[key] = f"command-line override {item!r}"
+    for flag, field in flags.items():
         value = getattr(args, "flag__" + field.replace(".", "__"))
         if value is not None:
             set_dotted(data, field, value)
-    return validate(cls, data, source=args.config or "<defaults>")
+            origins[field] = f"{flag} {value}"
+    line = CommandLine(args.config, origins, {f.lstrip("-").replace("-", "_"): getattr(args, f.lstrip("-").replace("-", "_"))
+                                              for f in extra_flags})
+    cfg = validate(cls, data, source=args.config or "<defaults>", origin=line.origin)
+    return (cfg, line) if with_origins else cfg
 
 
-def validate(cls: type[C], data: Mapping[str, Any], *, source: str) -> C:
-    """Validate ``data`` as ``cls``; errors name the source file and each bad field."""
+_EXTRA_HELP = {"--force": "redo the job even if its output is up to date",
+               "--verbose": "show Ray's own log lines and progress bars"}
+
+
+def validate(cls: type[C], data: Mapping[str, Any], *, source: str,
+             origin: Callable[[str], str] | None = None) -> C:
+    """Validate ``data`` as ``cls``; errors name where each bad field was set (file, flag or override)."""
     try:
         return cls.model_validate(dict(data))
     except ValidationError as exc:
-        lines = [f"invalid config {source} for {cls.__name__}:"]
+        lines = [f"invalid config for {cls.__name__} (from {source}):"]
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-            lines.append(f"  {loc}: {err['msg']}")
+            where = origin(loc) if origin else f"{source}: {loc}"
+            lines.append(f"  {loc}: {err['msg']} (set by {where})")
         raise ConfigError("\n".join(lines)) from exc
 
 

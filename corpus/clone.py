@@ -13,6 +13,17 @@ Network git commands run through ``git()`` (not GitPython's ``execute``) so that
 the whole process group, helpers such as git-remote-https included; GitPython reads the result.
 Git runs with credential prompts disabled, in its own process group that is killed on
 timeout (``os.killpg`` on that group only). Only transient failures are retried.
+
+Manifest URLs and refs are untrusted input (issue 8): ``resolve_url`` and ``check_ref`` run
+before any git command and reject option-looking values (leading ``-``), control characters,
+remote-helper syntax (``ext::``, ``fd::``), schemes outside ``ALLOWED_SCHEMES``, and local
+paths or ``file://`` URLs whose real location is outside ``CloneSettings.local_roots``. A
+rejected repository is a failed status (reason ``unsafe url`` / ``unsafe ref``) naming the
+repository, never a job failure. Every URL and ref reaches git after ``--`` (or as
+``--branch=<ref>``), and every git command carries a protocol allow-list (``-c
+protocol.allow=never`` + ``protocol.<p>.allow=always`` and ``GIT_ALLOW_PROTOCOL``): the
+repository's own protocol family, with ``file`` only for an already confined local URL;
+submodules are updated in a separate command that never allows ``file``.
 """
 
 from __future__ import annotations
@@ -27,7 +38,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 from git import Repo as GitRepo
@@ -47,6 +59,14 @@ GIT_ENV = {
     "GCM_INTERACTIVE": "never",
 }
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+# URL schemes a manifest may use; git is also told to allow only these protocols.
+ALLOWED_SCHEMES: tuple[str, ...] = ("https", "http", "ssh", "git", "file")
+NETWORK_PROTOCOLS: tuple[str, ...] = ("https", "http", "ssh", "git")  # submodules: never file
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCP = re.compile(r"^([^@/:\s]+)@([^@/:\s]+):(.*)$")
+_HELPER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
+_BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
 _CREDENTIALS = ("could not read username", "could not read password", "terminal prompts disabled",
                 "authentication failed", "permission denied (publickey", "host key verification failed",
@@ -79,6 +99,102 @@ class CloneSettings:
     backoff_s: float = 2.0
     max_repo_bytes: int = 2_000_000_000
     shallow: bool = True
+    # Local paths and file:// URLs must resolve (symlinks followed) under one of these
+    # directories; relative entries resolve against the working directory at check time.
+    # None: the working directory only.
+    local_roots: tuple[str, ...] | None = None
+
+    def roots(self) -> list[str]:
+        """The allowed local roots as real absolute paths."""
+        roots = self.local_roots if self.local_roots is not None else (os.getcwd(),)
+        return [os.path.realpath(os.path.abspath(os.path.expanduser(r))) for r in roots]
+
+
+def unsafe(reason: str, message: str) -> CloneError:
+    """A manifest value refused before git runs (never retried)."""
+    return CloneError(reason, message)
+
+
+def check_ref(ref: str | None) -> None:
+    """Refuse a ref git could read as an option or that no branch/tag name can be.
+
+    Rules of ``git check-ref-format --allow-onelevel`` plus: no leading ``-``, at most 255
+    characters. A 40-hex commit passes. Raises CloneError("unsafe ref").
+    """
+    if ref is None:
+        return
+    problem = None
+    if not ref or len(ref) > 255:
+        problem = "empty or longer than 255 characters"
+    elif ref.startswith("-"):
+        problem = "starts with '-'"
+    elif _BAD_REF_CHARS.search(ref):
+        problem = "contains a space, a control character or one of ~^:?*[\\"
+    elif ".." in ref or "@{" in ref or ref == "@" or "//" in ref:
+        problem = "contains '..', '@{' or '//', or is '@'"
+    elif ref.startswith("/") or ref.endswith(("/", ".")):
+        problem = "starts with '/' or ends with '/' or '.'"
+    elif any(part.startswith(".") or part.endswith(".lock") for part in ref.split("/")):
+        problem = "a component starts with '.' or ends with '.lock'"
+    if problem:
+        raise unsafe("unsafe ref", f"ref {ref!r} refused: {problem}")
+
+
+def _confined(path: str, roots: Sequence[str]) -> bool:
+    return any(os.path.commonpath([root, path]) == root for root in roots)
+
+
+def resolve_url(url: str, roots: Sequence[str]) -> tuple[str, bool]:
+    """Validate a manifest URL; return (what git is given, is a plain local directory snapshot).
+
+    Accepted: ``https``/``http``/``ssh``/``git`` URLs with a host not starting with ``-``,
+    ``user@host:path``, and local paths or ``file://`` URLs whose real path lies under one of
+    ``roots`` (real absolute paths). A local git repository becomes ``file://<real path>`` (so
+    ``--depth``/``--filter`` apply); a plain directory is a snapshot. Raises
+    CloneError("unsafe url") for anything else, CloneError("bad url") for a missing directory.
+    """
+    if not url or any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise unsafe("unsafe url", f"url {url!r} refused: empty or contains a control character")
+    if url.startswith("-"):
+        raise unsafe("unsafe url", f"url {url!r} refused: starts with '-' (git would read it as an option)")
+    if _HELPER.match(url) and not _SCHEME.match(url):
+        raise unsafe("unsafe url", f"url {url!r} refused: remote-helper syntax ('<transport>::') is not allowed")
+    m = _SCHEME.match(url)
+    if m:
+        scheme = m.group(1).lower()
+        if scheme not in ALLOWED_SCHEMES:
+            raise unsafe("unsafe url", f"url {url!r} refused: scheme {scheme!r} not in {list(ALLOWED_SCHEMES)}")
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+        except ValueError as exc:
+            raise unsafe("unsafe url", f"url {url!r} refused: {exc}") from None
+        if scheme != "file":
+            if not host or host.startswith("-") or (parts.username or "").startswith("-"):
+                raise unsafe("unsafe url", f"url {url!r} refused: missing host or host/user starting with '-'")
+            return url, False
+        if parts.netloc not in ("", "localhost") or "%" in parts.path or parts.query or parts.fragment:
+            raise unsafe("unsafe url", f"url {url!r} refused: file:// URLs must be file:///absolute/path")
+        path, is_file_url = parts.path, True
+    elif scp := _SCP.match(url):
+        if scp.group(1).startswith("-") or scp.group(2).startswith("-"):
+            raise unsafe("unsafe url", f"url {url!r} refused: host or user starts with '-'")
+        return url, False
+    else:  # a local path (corpus.manifest.is_local_url): relative to the working directory
+        path, is_file_url = url, False
+    real = os.path.realpath(os.path.abspath(path))
+    if not _confined(real, roots):
+        raise unsafe("unsafe url", f"local path {url!r} ({real}) is outside the allowed local roots {list(roots)}")
+    if not os.path.isdir(real):
+        raise CloneError("bad url", f"local path {url} does not exist")
+    if is_file_url or os.path.exists(os.path.join(real, ".git")) or os.path.isfile(os.path.join(real, "HEAD")):
+        return "file://" + real, False
+    return real, True
+
+
+def protocols_for(url: str) -> tuple[str, ...]:
+    """Protocols git may use for the repository itself: ``file`` only for a (confined) local URL."""
+    return ("file",) if url.startswith("file://") else NETWORK_PROTOCOLS
 
 
 def classify(stderr: str) -> CloneError:
@@ -92,10 +208,19 @@ def classify(stderr: str) -> CloneError:
     return CloneError("git error", msg, False, stderr)
 
 
-def git(args: list[str], *, cwd: str | None = None, timeout_s: float) -> str:
-    """Run git in its own session; on timeout kill that process group. Returns stdout."""
-    env = {**os.environ, **GIT_ENV}
-    proc = subprocess.Popen(["git", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def git(args: list[str], *, cwd: str | None = None, timeout_s: float,
+        protocols: Sequence[str] = NETWORK_PROTOCOLS) -> str:
+    """Run git in its own session; on timeout kill that process group. Returns stdout.
+
+    Only ``protocols`` are allowed for any transport the command (or a command it starts, such
+    as a submodule clone) opens: ``-c protocol.allow=never`` plus one ``protocol.<p>.allow=always``
+    each, and ``GIT_ALLOW_PROTOCOL`` (which git also passes on to child processes).
+    """
+    env = {**os.environ, **GIT_ENV, "GIT_ALLOW_PROTOCOL": ":".join(protocols)}
+    allow = ["-c", "protocol.allow=never"]
+    for p in protocols:
+        allow += ["-c", f"protocol.{p}.allow=always"]
+    proc = subprocess.Popen(["git", *allow, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout_s)
@@ -144,24 +269,12 @@ def tree_bytes(root: str) -> int:
     return total
 
 
-def _normalise_url(url: str) -> tuple[str, bool]:
-    """(git URL, is a plain local directory snapshot)."""
-    if "://" in url or re.match(r"^[\w.-]+@[\w.-]+:", url):
-        return url, False
-    path = os.path.abspath(url)
-    if not os.path.isdir(path):
-        raise CloneError("bad url", f"local path {url} does not exist")
-    if os.path.exists(os.path.join(path, ".git")) or os.path.isfile(os.path.join(path, "HEAD")):
-        return "file://" + path, False  # file:// so --depth/--filter apply
-    return path, True
-
-
 def remote_commit(url: str, ref: str | None, timeout_s: float) -> str:
     """Commit the remote ``ref`` (or HEAD) points at; CloneError("missing ref") if absent."""
     if ref and _HEX40.match(ref):
         return ref
     pattern = ref or "HEAD"
-    out = git(["ls-remote", url, pattern], timeout_s=timeout_s)
+    out = git(["ls-remote", "--", url, pattern], timeout_s=timeout_s, protocols=protocols_for(url))
     found: dict[str, str] = {}
     for line in out.splitlines():
         sha, _, name = line.partition("\t")
@@ -180,33 +293,38 @@ def remote_commit(url: str, ref: str | None, timeout_s: float) -> str:
 
 
 def _fetch(url: str, ref: str | None, dest: str, submodules: bool, s: CloneSettings) -> None:
+    """Check ``ref`` (or the default branch) out into ``dest``; URL and ref come after ``--``."""
     filters = [["--filter=blob:none"], []] if s.shallow else [[]]
     depth = ["--depth", "1"] if s.shallow else []
+    protocols = protocols_for(url)
     last: CloneError | None = None
     for flt in filters:
         shutil.rmtree(dest, ignore_errors=True)
         try:
             if ref and _HEX40.match(ref):
                 os.makedirs(dest)
-                git(["init", "-q"], cwd=dest, timeout_s=60)
-                git(["remote", "add", "origin", url], cwd=dest, timeout_s=60)
+                git(["init", "-q"], cwd=dest, timeout_s=60, protocols=protocols)
+                git(["remote", "add", "--", "origin", url], cwd=dest, timeout_s=60, protocols=protocols)
                 try:
-                    git(["fetch", "-q", *depth, *flt, "origin", ref], cwd=dest, timeout_s=s.timeout_s)
-                    git(["checkout", "-q", "FETCH_HEAD"], cwd=dest, timeout_s=s.timeout_s)
+                    git(["fetch", "-q", *depth, *flt, "--", "origin", ref], cwd=dest, timeout_s=s.timeout_s,
+                        protocols=protocols)
+                    git(["checkout", "-q", "--detach", "FETCH_HEAD"], cwd=dest, timeout_s=s.timeout_s,
+                        protocols=protocols)
                 except CloneError as exc:
                     if exc.transient:
                         raise
-                    git(["fetch", "-q", *flt, "origin"], cwd=dest, timeout_s=s.timeout_s)
-                    git(["checkout", "-q", ref], cwd=dest, timeout_s=s.timeout_s)
-                if submodules:
-                    git(["submodule", "update", "--init", "--recursive", *depth], cwd=dest, timeout_s=s.timeout_s)
+                    git(["fetch", "-q", *flt, "--", "origin"], cwd=dest, timeout_s=s.timeout_s, protocols=protocols)
+                    git(["checkout", "-q", "--detach", ref], cwd=dest, timeout_s=s.timeout_s, protocols=protocols)
             else:
                 args = ["clone", "-q", *depth, *flt]
                 if ref:
-                    args += ["--branch", ref]
-                if submodules:
-                    args += ["--recurse-submodules"] + (["--shallow-submodules"] if s.shallow else [])
-                git([*args, url, dest], timeout_s=s.timeout_s)
+                    args.append(f"--branch={ref}")
+                git([*args, "--", url, dest], timeout_s=s.timeout_s, protocols=protocols)
+            if submodules:
+                # A separate command so that file:// (and local paths) are never allowed for the
+                # URLs in the repository's .gitmodules, even when the repository itself is local.
+                git(["submodule", "update", "--init", "--recursive", *depth], cwd=dest, timeout_s=s.timeout_s,
+                    protocols=NETWORK_PROTOCOLS)
             return
         except CloneError as exc:
             last = exc
@@ -217,8 +335,18 @@ def _fetch(url: str, ref: str | None, dest: str, submodules: bool, s: CloneSetti
 
 
 def clone(repo: Repository, s: CloneSettings) -> tuple[str, str, bool]:
-    """Return (checkout dir, commit, cache hit). Raises CloneError."""
-    url, is_dir = _normalise_url(repo.url)
+    """Return (checkout dir, commit, cache hit). Raises CloneError.
+
+    The URL and ref are validated first (``resolve_url``, ``check_ref``): an unsafe value raises
+    CloneError("unsafe url"/"unsafe ref") naming the repository before any git command runs.
+    """
+    try:
+        url, is_dir = resolve_url(repo.url, s.roots())
+        check_ref(repo.ref)
+    except CloneError as exc:
+        if exc.reason.startswith("unsafe"):
+            raise unsafe(exc.reason, f"repository {repo.name!r}: {exc}") from None
+        raise
     if is_dir:
         size = tree_bytes(url)
         if size > s.max_repo_bytes:
@@ -280,10 +408,14 @@ class CloneAndRead:
         retries: int = 3,
         backoff_s: float = 2.0,
         shallow: bool = True,
+        local_roots: Sequence[str] | None = None,
     ) -> None:
+        """``local_roots``: directories local-path/file:// repositories must lie under (see
+        ``corpus.manifest.local_roots_for``); None: the working directory only."""
         self.status_dir = status_dir
         self.settings = CloneSettings(os.path.abspath(os.path.expanduser(cache_dir)), timeout_s, retries, backoff_s,
-                                      max_repo_bytes, shallow)
+                                      max_repo_bytes, shallow,
+                                      tuple(local_roots) if local_roots is not None else None)
         self.extensions = tuple(extensions)
         self.max_file_bytes = max_file_bytes
 

@@ -7,20 +7,37 @@ split column is filled with "" here and overwritten by the split stage.
 Token counts default to a cheap deterministic approximation: ceil(chars / 4) over the message
 contents (prompt = system + user, completion = assistant), the usual rule of thumb for BPE
 tokenisers on English and code.
+
+Inputs are validated at the stage boundary (issue 8: a modules table without ``keep``/``source``
+was read as nulls and silently produced no examples): a batch that lacks a column the builders
+need (``MODULE_REQUIRED``, ``DOC_REQUIRED``) raises ``SchemaError`` naming the stage and the
+columns; ``check_input_files`` does the same on the driver, per Parquet file, naming the file.
+A row whose required value is null or empty is not built: it becomes a skip row with reason
+``invalid_row:<column> ...``, the row's ``id`` in the ``id`` column, counted like any skip.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import posixpath
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from corpus.schema import DOCS_SCHEMA, EXAMPLES_SCHEMA, MODULES_SCHEMA, conform, from_rows
+from corpus.schema import DOCS_SCHEMA, EXAMPLES_SCHEMA, MODULES_SCHEMA, SchemaError, conform, from_rows
+
+log = logging.getLogger(__name__)
+
+# Columns the builders read, which must be present and non-null (and non-empty for strings) per row.
+MODULE_REQUIRED: tuple[str, ...] = ("id", "repo", "path", "name", "source", "keep", "parse_ok")
+DOC_REQUIRED: tuple[str, ...] = ("id", "source", "text")
+INVALID_ROW = "invalid_row"  # skip reason prefix of a row that does not fit its schema
 
 SYSTEM = {
     "rtl_design": "You are an expert RTL designer writing synthesisable Verilog/SystemVerilog.",
@@ -157,6 +174,81 @@ def to_table(rows: list[dict[str, Any]]) -> pa.Table:
     return from_rows(rows, EXAMPLES_SCHEMA, stage="dataset.examples")
 
 
+def _as_table(batch: pa.Table | pa.RecordBatch | Mapping[str, Any]) -> pa.Table:
+    if isinstance(batch, pa.Table):
+        return batch
+    if isinstance(batch, pa.RecordBatch):
+        return pa.Table.from_batches([batch])
+    return pa.table({k: list(v) for k, v in batch.items()})
+
+
+def require_columns(names: Sequence[str], required: Sequence[str], where: str) -> None:
+    """Raise SchemaError naming ``where`` and the missing columns if ``names`` lacks any of ``required``."""
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise SchemaError(f"{where}: missing required columns {missing} (has {list(names)}); "
+                          "is this the output of the right job?")
+
+
+def validate_rows(batch: pa.Table | pa.RecordBatch | Mapping[str, Any], schema: pa.Schema,
+                  required: Sequence[str], group_column: str, stage: str) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """Split a batch into (valid rows conformed to ``schema``, skip rows for the invalid ones).
+
+    A missing ``required`` column raises SchemaError (the whole input is wrong, not one row).
+    A row with a null (or, for strings, empty) value in a ``required`` column becomes
+    ``{"skip": "invalid_row:<column> is null or empty", "id": <row id>, "group": <group>}``
+    and is logged with its id; the others are conformed (types cast) to ``schema``.
+    """
+    table = _as_table(batch)
+    require_columns(table.column_names, required, stage)
+    bad = pa.array([False] * table.num_rows, pa.bool_())
+    first_problem: list[str | None] = [None] * table.num_rows
+    for col in required:
+        values = table.column(col)
+        empty = pc.is_null(values)
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            empty = pc.or_(empty, pc.fill_null(pc.equal(pc.utf8_length(values), 0), True))
+        if pc.any(empty).as_py():
+            for i, flag in enumerate(empty.to_pylist()):
+                if flag and first_problem[i] is None:
+                    first_problem[i] = col
+            bad = pc.or_(bad, empty)
+    skips: list[dict[str, Any]] = []
+    if pc.any(bad).as_py():
+        ids = table.column("id").to_pylist()
+        groups = table.column(group_column).to_pylist()
+        for i, col in enumerate(first_problem):
+            if col is not None:
+                skips.append({"skip": f"{INVALID_ROW}:{col} is null or empty", "id": ids[i],
+                              "group": groups[i] or "unknown"})
+        log.warning("%s: %d invalid rows skipped, e.g. id=%s (%s)", stage, len(skips), skips[0]["id"], skips[0]["skip"])
+        table = table.filter(pc.invert(bad))
+    return conform(table, schema, stage=stage), skips
+
+
+def check_input_files(root: str, required: Sequence[str], what: str) -> int:
+    """Driver-side check of every Parquet file under ``root`` (schemas only, no data read).
+
+    Hive partition directories (``repo=<name>/``) supply their column. Raises SchemaError naming
+    the first file that lacks a ``required`` column; returns the number of files checked.
+    """
+    import pyarrow.parquet as pq
+
+    from chipforge import fs
+
+    filesystem, base = fs.resolve(root)
+    n = 0
+    for path in fs.listdir(root, recursive=True):
+        if not path.endswith(".parquet") or posixpath.basename(path).startswith((".", "_")):
+            continue
+        rel = path[len(base):].lstrip("/")
+        partition_cols = [seg.split("=", 1)[0] for seg in rel.split("/")[:-1] if "=" in seg]
+        names = list(pq.read_schema(path, filesystem=filesystem).names) + partition_cols
+        require_columns(names, required, f"{what} file {path}")
+        n += 1
+    return n
+
+
 class ModuleStage:
     """Batch of MODULES_SCHEMA rows → example rows (+ a ``group`` column = repo, ``skip`` reasons).
 
@@ -181,8 +273,7 @@ class ModuleStage:
         return module_phases(self.clf, [f"{r['name']}: {r['comment']}" for r in rows], self.min_confidence)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        batch = conform(batch, MODULES_SCHEMA, stage="dataset.modules")
-        rows: list[dict[str, Any]] = []
+        batch, rows = validate_rows(batch, MODULES_SCHEMA, MODULE_REQUIRED, "repo", "dataset.modules")
         usable: list[dict[str, Any]] = []
         for r in batch.to_pylist():
             reason = module_skip_reason(r, self.min_comment_chars, self.max_error_share)
@@ -230,9 +321,9 @@ class DocStage:
         self.clf, self.min_chars = PhaseClassifier.load(model_path), min_chars
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        docs = conform(batch, DOCS_SCHEMA, stage="dataset.docs").to_pylist()
+        table, rows = validate_rows(batch, DOCS_SCHEMA, DOC_REQUIRED, "source", "dataset.docs")
+        docs = table.to_pylist()
         phases = self.clf.predict([d["text"] for d in docs], tools=[d.get("tool") for d in docs]) if docs else []
-        rows: list[dict[str, Any]] = []
         for d, ph in zip(docs, phases):
             if len((d.get("text") or "").strip()) < self.min_chars:
                 rows.append({"skip": "doc_too_short", "group": d["source"]})

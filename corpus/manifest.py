@@ -1,8 +1,16 @@
-"""Repository manifest: which repositories the corpus job clones, at which ref, which files."""
+"""Repository manifest: which repositories the corpus job clones, at which ref, which files.
+
+A manifest is input, not trusted configuration: ``corpus.clone`` validates every URL and ref
+before git sees it (scheme allow-list, no option-looking values, local paths confined to the
+allowed roots). ``local_roots_for`` computes those roots for a job: the configured list, or by
+default the working directory and the manifest file's directory.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -36,8 +44,43 @@ class Manifest(BaseModel):
         return self
 
 
+# ``<transport>::<address>`` (git remote-helper syntax, e.g. ``ext::``, ``fd::``).
+_HELPER_URL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
+_SCHEME_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SCP_URL = re.compile(r"^[^@/:\s]+@[^@/:\s]+:")  # user@host:path (ssh)
+
+
+def is_local_url(url: str) -> bool:
+    """Whether ``url`` names a local path (neither ``scheme://``, ``user@host:path``, a remote
+    helper ``x::``, nor an option-looking ``-...`` value, which are never treated as paths)."""
+    return not (url.startswith("-") or _HELPER_URL.match(url) or _SCHEME_URL.match(url) or _SCP_URL.match(url))
+
+
 def _is_local(url: str) -> bool:
-    return "://" not in url and not (":" in url.split("/")[0] and "@" in url)
+    return is_local_url(url)
+
+
+def local_roots_for(manifest_path: str | Path, configured: Sequence[str] | None = None) -> list[str]:
+    """Directories that local-path (and ``file://``) repositories must lie under.
+
+    ``configured`` (a config field, e.g. ``clone.local_roots``) wins when given; otherwise the
+    current working directory and the manifest file's directory. Relative entries resolve
+    against the working directory. Roots under the working directory are returned relative to
+    it (``"."`` for the working directory itself), like the URLs the corpus job ships to
+    workers, so that on every node they resolve against that node's working directory.
+    """
+    cwd = os.getcwd()
+    if configured is None:
+        roots = [cwd, str(Path(manifest_path).resolve().parent)]
+    else:
+        roots = [os.path.abspath(os.path.expanduser(r)) for r in configured]
+    out: list[str] = []
+    for root in roots:
+        rel = os.path.relpath(root, cwd)
+        entry = root if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+        if entry not in out:
+            out.append(entry)
+    return out
 
 
 def load_manifest(path: str | Path) -> Manifest:

@@ -18,11 +18,20 @@ function takes a ``phases`` list so a config can add a phase; the shipped data c
   whose source tool is known (a doc chunk crawled from the OpenSTA docs → ``opensta``). Training
   rows may carry a ``tool`` field too; the token is a learned feature, not a hard rule, so an
   OpenROAD page about routing is not forced into placement. Rows without a tool get no token.
+- Artifact (``save``/``load``): a JSON document of the fitted parameters, never a pickle
+  (issue 8: ``pickle.loads`` ran code from a crafted file before any check). It holds, per
+  vectorizer, its settings, its terms in feature order and its idf; and the logistic
+  regression's classes, coefficients and intercepts. ``load`` checks the format name and
+  version, the size, every type and shape and that the vectorizer settings are the ones this
+  code builds (a file cannot smuggle in a different regex), then rebuilds the scikit-learn
+  pipeline; predictions after a round trip are bit-identical (floats round-trip exactly through
+  JSON). A pickled artifact from an older version is refused without being unpickled.
 """
 
 from __future__ import annotations
 
-import pickle
+import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -41,6 +50,14 @@ PHASES: tuple[str, ...] = (
     "power_analysis",
 )
 KINDS: tuple[str, ...] = ("question", "doc", "module")
+
+ARTIFACT_FORMAT = "chipforge.phase_classifier"
+ARTIFACT_VERSION = 2  # 1 was a pickle (refused)
+MAX_ARTIFACT_BYTES = 256 << 20
+# TfidfVectorizer settings that shape ``transform`` (saved, and checked against ``_build`` on load).
+_VECTORIZER_SETTINGS = ("analyzer", "ngram_range", "lowercase", "sublinear_tf", "token_pattern", "norm", "use_idf",
+                        "smooth_idf", "binary", "strip_accents", "dtype")
+_VECTORIZER_UNSUPPORTED = ("preprocessor", "tokenizer", "stop_words", "vocabulary")  # must be None to save
 
 DATA_DIR = Path(__file__).parent / "data"
 TRAIN_PATH = DATA_DIR / "phase_train.jsonl"
@@ -221,14 +238,101 @@ class PhaseClassifier:
         return self.pipeline.predict_proba(_with_tool(texts, tools))
 
     def save(self, path: str | Path) -> None:
-        """Pickle to ``path`` atomically (temp file, then rename)."""
-        self._check()
+        """Write the JSON artifact (``to_artifact``) to ``path`` atomically (temp file, then rename)."""
+        data = json.dumps(self.to_artifact(), separators=(",", ":"), allow_nan=False).encode()
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + ".tmp")
-        tmp.write_bytes(pickle.dumps({"format": 1, "phases": list(self.phases), "pipeline": self.pipeline}))
+        tmp.write_bytes(data)
         tmp.replace(p)
 
+    def to_artifact(self) -> dict[str, Any]:
+        """The fitted parameters as plain JSON types (see the module docstring)."""
+        self._check()
+        steps = getattr(self.pipeline, "named_steps", {})
+        features, clf = steps.get("features"), steps.get("clf")
+        if features is None or clf is None or not hasattr(features, "transformer_list"):
+            raise ValueError("only the TF-IDF FeatureUnion + LogisticRegression pipeline of PhaseClassifier can be saved")
+        vectorizers = []
+        for name, vec in features.transformer_list:
+            params = vec.get_params()
+            custom = [k for k in _VECTORIZER_UNSUPPORTED if params.get(k) is not None]
+            if custom:
+                raise ValueError(f"vectorizer {name!r}: {custom} cannot be saved as data")
+            settings = {k: params[k] for k in _VECTORIZER_SETTINGS}
+            settings["ngram_range"] = list(settings["ngram_range"])
+            settings["dtype"] = _dtype_name(settings["dtype"])
+            terms = [t for t, _ in sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])]
+            vectorizers.append({"name": name, "settings": settings, "terms": terms,
+                                "idf": [float(x) for x in vec.idf_]})
+        return {
+            "format": ARTIFACT_FORMAT,
+            "version": ARTIFACT_VERSION,
+            "phases": list(self.phases),
+            "vectorizers": vectorizers,
+            "classifier": {"classes": [str(c) for c in clf.classes_],
+                           "coef": [[float(x) for x in row] for row in clf.coef_],
+                           "intercept": [float(x) for x in clf.intercept_]},
+        }
+
+    @classmethod
+    def from_artifact(cls, obj: Any, where: str = "phase classifier artifact") -> "PhaseClassifier":
+        """Rebuild from ``to_artifact``'s dict; ValueError naming ``where`` and the problem if it does not fit."""
+        import numpy as np
+
+        def bad(problem: str) -> ValueError:
+            return ValueError(f"{where}: {problem}")
+
+        if not isinstance(obj, dict) or obj.get("format") != ARTIFACT_FORMAT:
+            raise bad(f"not a {ARTIFACT_FORMAT} artifact (written by PhaseClassifier.save)")
+        if obj.get("version") != ARTIFACT_VERSION:
+            raise bad(f"version {obj.get('version')!r}, expected {ARTIFACT_VERSION} (retrain and save again)")
+        phases = obj.get("phases")
+        if not isinstance(phases, list) or not phases or not all(isinstance(x, str) for x in phases):
+            raise bad("'phases' must be a non-empty list of strings")
+        expected = {name: vec.get_params() for name, vec in cls._build().named_steps["features"].transformer_list}
+        specs = obj.get("vectorizers")
+        if not isinstance(specs, list) or [s.get("name") if isinstance(s, dict) else None for s in specs] != list(expected):
+            raise bad(f"'vectorizers' must be {list(expected)} in that order")
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.pipeline import FeatureUnion, Pipeline
+
+        transformers = []
+        n_features = 0
+        for spec in specs:
+            name, settings, terms, idf = spec["name"], spec.get("settings"), spec.get("terms"), spec.get("idf")
+            want = {k: expected[name][k] for k in _VECTORIZER_SETTINGS}
+            want["ngram_range"], want["dtype"] = list(want["ngram_range"]), _dtype_name(want["dtype"])
+            if settings != want:
+                raise bad(f"vectorizer {name!r} settings {settings!r} differ from this version's {want!r} (retrain)")
+            if not isinstance(terms, list) or not terms or not all(isinstance(t, str) for t in terms):
+                raise bad(f"vectorizer {name!r}: 'terms' must be a non-empty list of strings")
+            if len(set(terms)) != len(terms):
+                raise bad(f"vectorizer {name!r}: duplicate terms")
+            idf_arr = _finite_array(idf, (len(terms),), f"vectorizer {name!r} idf", bad)
+            vec = TfidfVectorizer(**expected[name])  # the stored settings, checked equal above
+            vec.vocabulary_ = {t: i for i, t in enumerate(terms)}
+            vec.fixed_vocabulary_ = False
+            vec.idf_ = idf_arr
+            transformers.append((name, vec))
+            n_features += len(terms)
+        spec = obj.get("classifier")
+        if not isinstance(spec, dict):
+            raise bad("'classifier' must be an object")
+        classes = spec.get("classes")
+        if (not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes)
+                or len(set(classes)) != len(classes) or not set(classes) <= set(phases)):
+            raise bad("'classifier.classes' must be at least two distinct phases from 'phases'")
+        rows = 1 if len(classes) == 2 else len(classes)
+        coef = _finite_array(spec.get("coef"), (rows, n_features), "classifier.coef", bad)
+        intercept = _finite_array(spec.get("intercept"), (rows,), "classifier.intercept", bad)
+        template = cls._build().named_steps["clf"]
+        clf = type(template)(**template.get_params())
+        clf.classes_ = np.array(classes)
+        clf.coef_, clf.intercept_ = coef, intercept
+        clf.n_features_in_ = n_features
+        clf.n_iter_ = np.zeros(1, dtype=np.int32)
+        return cls(Pipeline([("features", FeatureUnion(transformers)), ("clf", clf)]), phases)
     @classmethod
     def train_default(cls, train_path: str | Path = TRAIN_PATH, phases: Sequence[str] = PHASES) -> "PhaseClassifier":
         """Fit on a labelled jsonl (the shipped train set by default)."""
@@ -246,16 +350,58 @@ class PhaseClassifier:
             return _default_classifier()
         p = Path(path)
         if p.exists():
-            try:
-                obj = pickle.loads(p.read_bytes())
-            except Exception as e:
-                raise ValueError(f"phase classifier artifact {path}: unreadable ({e})") from e
-            if not isinstance(obj, dict) or obj.get("format") != 1:
-                raise ValueError(f"phase classifier artifact {path}: not written by PhaseClassifier.save")
-            return cls(obj["pipeline"], obj["phases"])
+            return cls.read(p)
         clf = cls.train_default()
         clf.save(p)
         return clf
+
+    @classmethod
+    def read(cls, path: str | Path) -> "PhaseClassifier":
+        """Load the JSON artifact at ``path``. Never unpickles: a pickle (or anything that is not
+        the expected JSON document) raises ValueError naming the file, before any of it is used."""
+        p = Path(path)
+        where = f"phase classifier artifact {path}"
+        try:
+            size = p.stat().st_size
+            if size > MAX_ARTIFACT_BYTES:
+                raise ValueError(f"{where}: {size} bytes > {MAX_ARTIFACT_BYTES}")
+            data = p.read_bytes()
+        except OSError as e:
+            raise ValueError(f"{where}: unreadable ({e})") from e
+        if data[:1] == b"\x80":
+            raise ValueError(f"{where}: a pickle (written by an older chipforge?) is refused without being "
+                             "loaded; delete it to retrain, or point to a JSON artifact")
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(f"{where}: not a JSON artifact written by PhaseClassifier.save ({e})") from e
+        return cls.from_artifact(obj, where)
+
+
+def _dtype_name(dtype: Any) -> str:
+    import numpy as np
+
+    return np.dtype(dtype).name
+
+
+def _finite_array(value: Any, shape: tuple[int, ...], what: str, bad: Any) -> Any:
+    """``value`` as a float64 array of ``shape`` with finite entries, else ``bad(problem)`` is raised."""
+    import numpy as np
+
+    def numbers(v: Any, depth: int) -> bool:
+        if depth == 0:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        return isinstance(v, list) and all(numbers(x, depth - 1) for x in v)
+
+    if not numbers(value, len(shape)):
+        raise bad(f"{what} must be nested lists of finite numbers")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except ValueError:  # ragged nested lists
+        raise bad(f"{what} has a ragged shape, expected {shape}") from None
+    if arr.shape != shape:
+        raise bad(f"{what} has shape {arr.shape}, expected {shape}")
+    return arr
 
 
 @lru_cache(maxsize=1)

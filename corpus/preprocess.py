@@ -21,15 +21,32 @@ the original file:
 
 Unbalanced or malformed directives never raise: an unmatched ``else``/``endif`` is blanked and an
 unterminated ``ifdef`` runs to the end of the text.
+
+Limits (issue 8: a 586-byte file of nested ``define``s expanded forever). The pass is bounded
+so that a hostile file costs at most a fixed multiple of its size:
+
+- macro expansion nests at most ``max_depth`` (64) levels; deeper (a recursive ``define``)
+  raises ``ExpansionLimit``; ``include`` nesting stops silently at 16 levels as before;
+- every character scanned or produced by expansion (macro bodies, substituted arguments,
+  argument scans, included texts), plus 32 per expansion and 16 per bracket or comma an
+  argument scan visits, is charged to one budget of
+  ``max(10 × len(text), 4 MB)`` characters (``max_chars``); exceeding it raises
+  ``ExpansionLimit``. The rewritten text is therefore at most that long, and the time spent
+  is proportional to it;
+- with ``deadline`` (a ``time.monotonic()`` value) the pass raises ``ParseTimeout`` once past it.
+
+Both are ``PreprocessError``s carrying a short ``reason`` for reports.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Macro", "Preprocessed", "preprocess", "strip_comments"]
+__all__ = ["ExpansionLimit", "Macro", "ParseTimeout", "PreprocessError", "Preprocessed", "preprocess",
+           "strip_comments"]
 
 # Comments, strings and backtick words, in the order they must be recognised.
 _TOKEN = re.compile(r'//[^\n]*|/\*.*?(?:\*/|\Z)|"(?:\\.|[^"\\\n])*"?|`[A-Za-z_][\w$]*', re.S)
@@ -40,6 +57,9 @@ _PROPERTY_OPS = re.compile(r"\|->|\|=>|##|\bdisable\s+iff\b|\biff\b|\bs_eventual
 _BASED_DIGITS = re.compile(r"'[sS]?[bBoOdDhH][ \t]*$")
 _TYPE_USE = re.compile(r"[ \t]+[A-Za-z_][\w$]*[ \t]*(?:[;,=)]|\[)")
 _PARAM_WORD = re.compile(r"\b[A-Za-z_]\w*\b")
+# What ``_balanced`` looks at: strings (to a closing quote, possibly unterminated), comments, brackets, commas.
+_BALANCE_TOKEN = re.compile(r'"(?:\\.|[^"\\])*"?|//[^\n]*|/\*.*?(?:\*/|\Z)|[()\[\]{},]', re.S)
+_OPENER = {")": "(", "]": "[", "}": "{"}
 
 # Directives whose argument runs to the end of the line; all are blanked.
 _LINE_DIRECTIVES = frozenset(
@@ -55,7 +75,54 @@ _LINE_DIRECTIVES = frozenset(
     }
 )
 _CONDITIONALS = frozenset({"ifdef", "ifndef", "elsif", "else", "endif"})
-_MAX_DEPTH = 16  # macro expansion and include nesting
+_MAX_DEPTH = 16  # include nesting (deeper includes are not read)
+MAX_MACRO_DEPTH = 64  # macro expansion nesting; deeper raises ExpansionLimit
+EXPANSION_FACTOR = 10  # expansion budget: EXPANSION_FACTOR × input characters ...
+MIN_EXPANSION_CHARS = 4_000_000  # ... but never less than this
+_LOOKBACK = 256  # characters before a macro use inspected to classify it (bounded: no O(n) per use)
+_DEADLINE_EVERY = 65_536  # budget characters between two deadline checks
+_EXPANSION_COST = 32  # characters charged per macro expansion on top of its text (per-call overhead)
+_TOKEN_COST = 16  # characters charged per bracket/comma visited by an argument scan
+
+
+class PreprocessError(ValueError):
+    """The text cannot be preprocessed within its limits; ``reason`` is a short key for reports."""
+
+    reason = "preprocess_error"
+
+
+class ExpansionLimit(PreprocessError):
+    """Macro expansion nested too deep or exceeded its character budget (an expansion bomb)."""
+
+    reason = "expansion_limit"
+
+
+class ParseTimeout(PreprocessError):
+    """The file's parse (preprocessing included) ran past its deadline."""
+
+    reason = "timeout"
+
+
+class _Budget:
+    """Characters the pass may still scan or produce while expanding, and the deadline."""
+
+    def __init__(self, max_chars: int, deadline: float | None) -> None:
+        self.max_chars = max_chars
+        self.spent = 0
+        self.deadline = deadline
+        self.next_check = _DEADLINE_EVERY
+
+    def spend(self, n: int) -> None:
+        self.spent += n
+        if self.spent > self.max_chars:
+            raise ExpansionLimit(f"macro expansion exceeded {self.max_chars} characters (expansion bomb?)")
+        if self.deadline is not None and self.spent >= self.next_check:
+            self.next_check = self.spent + _DEADLINE_EVERY
+            self.check_deadline()
+
+    def check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise ParseTimeout("preprocessing ran past the parse deadline")
 
 
 @dataclass(frozen=True)
@@ -118,47 +185,44 @@ def _line_end(text: str, i: int) -> int:
         return j
 
 
-def _balanced(text: str, i: int) -> tuple[list[str], int] | None:
-    """Parse ``(a, b, ...)`` starting at ``text[i] == '('``; return (args, end) or None."""
-    depth = 0
+def _balanced(text: str, i: int, budget: _Budget | None = None) -> tuple[list[str], int] | None:
+    """Parse ``(a, b, ...)`` starting at ``text[i] == '('``; return (args, end) or None.
+
+    The scan is charged to ``budget`` (characters plus ``_TOKEN_COST`` per bracket or comma): an
+    unclosed ``(`` scans to the end of the text, so many of them would otherwise cost O(n²).
+    """
+    found, end, n_tokens = _scan_balanced(text, i)
+    if budget is not None:
+        budget.spend(end - i + _TOKEN_COST * n_tokens)
+    return found
+
+
+def _scan_balanced(text: str, i: int) -> tuple[tuple[list[str], int] | None, int, int]:
+    """The scan behind ``_balanced``: (result, where the scan stopped, tokens visited). It jumps
+    from one bracket, comma, string or comment to the next with a regex (strings and comments are
+    skipped whole; a mismatched closer gives None)."""
     args: list[str] = []
     start = i + 1
-    j = i
-    n = len(text)
-    closers = {")": "(", "]": "[", "}": "{"}
     stack: list[str] = []
-    while j < n:
-        c = text[j]
-        if c == '"':
-            k = j + 1
-            while k < n and text[k] != '"':
-                k += 2 if text[k] == "\\" else 1
-            j = k + 1
-            continue
-        if c == "/" and j + 1 < n and text[j + 1] in "/*":
-            if text[j + 1] == "/":
-                k = text.find("\n", j)
-                j = n if k < 0 else k
-            else:
-                k = text.find("*/", j + 2)
-                j = n if k < 0 else k + 2
+    n_tokens = 0
+    for m in _BALANCE_TOKEN.finditer(text, i):
+        n_tokens += 1
+        c = m.group(0)[0]
+        if c == '"' or c == "/":
             continue
         if c in "([{":
             stack.append(c)
-            depth += 1
         elif c in ")]}":
-            if not stack or stack[-1] != closers[c]:
-                return None
+            if not stack or stack[-1] != _OPENER[c]:
+                return None, m.end(), n_tokens
             stack.pop()
-            depth -= 1
-            if depth == 0:
-                args.append(text[start:j])
-                return args, j + 1
-        elif c == "," and depth == 1:
-            args.append(text[start:j])
-            start = j + 1
-        j += 1
-    return None
+            if not stack:
+                args.append(text[start : m.start()])
+                return (args, m.end()), m.end(), n_tokens
+        elif len(stack) == 1:  # a comma at the top level separates arguments
+            args.append(text[start : m.start()])
+            start = m.end()
+    return None, len(text), n_tokens
 
 
 def _parse_define(rest: str) -> Macro | None:
@@ -196,16 +260,24 @@ class _Pass:
         resolve: Callable[[str], str | None] | None,
         depth: int,
         result: Preprocessed,
+        budget: _Budget,
+        max_depth: int = MAX_MACRO_DEPTH,
     ) -> None:
         self.defines = defines
         self.resolve = resolve
         self.depth = depth
         self.result = result
+        self.budget = budget
+        self.max_depth = max_depth
 
     # -- macro expansion inside macro bodies and arguments (no line bookkeeping needed) --
     def expand(self, s: str, depth: int) -> str:
-        if "`" not in s or depth > _MAX_DEPTH:
+        """``s`` with known macros expanded; raises ExpansionLimit past ``max_depth`` or the budget."""
+        self.budget.spend(len(s) + _EXPANSION_COST)
+        if "`" not in s:
             return s
+        if depth > self.max_depth:
+            raise ExpansionLimit(f"macro expansion nested deeper than {self.max_depth} levels (recursive `define?)")
         out: list[str] = []
         pos = 0
         for m in re.finditer(r'"(?:\\.|[^"\\\n])*"|`[A-Za-z_][\w$]*', s):
@@ -224,11 +296,12 @@ class _Pass:
                     k += 1
                 if k >= len(s) or s[k] != "(":
                     continue
-                parsed = _balanced(s, k)
+                parsed = _balanced(s, k, self.budget)
                 if parsed is None:
                     continue
                 args, end = parsed
                 rep = self.expand(self.substitute(mac, args), depth + 1)
+            self.budget.spend(len(rep))
             out.append(s[pos : m.start()])
             out.append(rep)
             pos = end
@@ -280,8 +353,9 @@ class _Pass:
             return
         if self.depth >= _MAX_DEPTH:
             return
+        self.budget.spend(len(text))  # a header included many times is scanned many times
         # Only the include's defines matter: its text is not inserted (line numbers stay).
-        sub = _Pass(self.defines, self.resolve, self.depth + 1, Preprocessed(""))
+        sub = _Pass(self.defines, self.resolve, self.depth + 1, Preprocessed(""), self.budget, self.max_depth)
         sub.run(text)
 
     # -- the main pass --
@@ -294,10 +368,15 @@ class _Pass:
         n = len(text)
         i = 0
         search = _TOKEN.search
+        budget = self.budget
+        n_tokens = 0
         while True:
             m = search(text, i)
             if m is None:
                 break
+            n_tokens += 1
+            if not n_tokens & 4095:
+                budget.check_deadline()
             tok = m.group(0)
             s, e = m.start(), m.end()
             i = e
@@ -312,7 +391,7 @@ class _Pass:
                     while k < n and text[k] in " \t\r\n":
                         k += 1
                     if k < n and text[k] == "(":
-                        parsed = _balanced(text, k)
+                        parsed = _balanced(text, k, self.budget)
                         if parsed is not None:
                             arg, arg_end = "(" + ",".join(parsed[0]) + ")", parsed[1]
                     else:
@@ -407,7 +486,7 @@ class _Pass:
             while k < n and text[k] in " \t":
                 k += 1
             if k < n and text[k] == "(":
-                parsed = _balanced(text, k)
+                parsed = _balanced(text, k, self.budget)
                 if parsed is not None:
                     args, end = parsed
                     self.result.n_expanded += 1
@@ -419,8 +498,10 @@ class _Pass:
         if nxt == "'":  # `W'h1f: the size of a based literal
             self.result.n_neutralised += 1
             return "32", e
-        line_start = text.rfind("\n", 0, s) + 1
-        before = text[line_start:s]
+        lo = max(0, s - _LOOKBACK)
+        nl = text.rfind("\n", lo, s)
+        at_line_start = nl >= 0 or lo == 0  # ``before`` starts at the start of the line
+        before = text[nl + 1 if nl >= 0 else lo : s]
         if _BASED_DIGITS.search(before):  # 32'h`ADDR: the digits of a based literal
             self.result.n_neutralised += 1
             return "0", e
@@ -433,14 +514,14 @@ class _Pass:
                 return "0:0", e
         if nxt == "(" or (nxt in " \t" and text[e:e + 80].lstrip(" \t")[:1] == "("):
             k = text.index("(", e)
-            parsed = _balanced(text, k)
+            parsed = _balanced(text, k, self.budget)
             if parsed is not None:
                 args, end = parsed
                 if _PROPERTY_OPS.search(" ".join(args)):  # an assertion macro: blank it
                     self.result.n_neutralised += 1
                     return _blank(text[s:end]), end
             return None, e
-        if not before.strip() and _TYPE_USE.match(text, e):  # `T name;  a macro as a type
+        if at_line_start and not before.strip() and _TYPE_USE.match(text, e):  # `T name;  a macro as a type
             self.result.n_neutralised += 1
             return "logic", e
         return None, e
@@ -450,14 +531,25 @@ def preprocess(
     text: str,
     defines: dict[str, Macro] | None = None,
     resolve: Callable[[str], str | None] | None = None,
+    *,
+    max_depth: int = MAX_MACRO_DEPTH,
+    max_chars: int | None = None,
+    deadline: float | None = None,
 ) -> Preprocessed:
     """Rewrite ``text`` for parsing; the result has exactly as many newlines as ``text``.
 
     ``defines`` seeds the macro table (copied, not modified); ``resolve(name)`` returns the
     text of an ``include``-d file or None, and is used only to collect that file's defines.
+    ``max_depth``: macro nesting limit; ``max_chars``: expansion budget in characters (None:
+    ``max(EXPANSION_FACTOR × len(text), MIN_EXPANSION_CHARS)``); ``deadline``: a
+    ``time.monotonic()`` value. Raises ``ExpansionLimit`` or ``ParseTimeout`` past them.
     """
     result = Preprocessed(text, dict(defines or {}))
     if "`" not in text:
         return result
-    result.text = _Pass(result.defines, resolve, 0, result).run(text)
+    if max_chars is None:
+        max_chars = max(EXPANSION_FACTOR * len(text), MIN_EXPANSION_CHARS)
+    budget = _Budget(max_chars, deadline)
+    budget.check_deadline()
+    result.text = _Pass(result.defines, resolve, 0, result, budget, max_depth).run(text)
     return result

@@ -13,7 +13,16 @@ is lost.
 
 Speed: the tree is never walked node by node in Python. Units and instantiations come from
 tree-sitter queries (run in C), ERROR nodes from a descent through ``has_error`` subtrees only,
-and the per-unit extraction looks at the header and the unit's top-level items.
+and the per-unit extraction looks at the header and the unit's top-level items. The recovery
+parses a unit's lines only up to its end keyword or the next unit keyword line, whichever comes
+first, so a file of thousands of unterminated headers stays linear (it used to re-parse the rest
+of the file for every one of them: 3,000 lines of ``module mN(`` took minutes).
+
+Limits (issue 8): each file's parse has a time limit (``timeout_s``, default 30 s) checked by
+tree-sitter's progress callback, by the preprocessor and between units; the preprocessor
+bounds macro expansion (``corpus.preprocess``). Past a limit ``parse`` raises
+``ParseTimeout``/``ExpansionLimit`` (both ``PreprocessError`` with a short ``reason``);
+``ParseStage`` counts such a file as failed, by reason, and carries on.
 """
 
 from __future__ import annotations
@@ -25,18 +34,24 @@ import logging
 import posixpath
 import re
 import textwrap
-from bisect import bisect_left
-from collections.abc import Callable, Mapping
+import time
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
 import pyarrow as pa
 
-from corpus.preprocess import Macro, preprocess, strip_comments
+from corpus.preprocess import ExpansionLimit, Macro, ParseTimeout, PreprocessError, preprocess, strip_comments
 from corpus.schema import FILES_SCHEMA, PARSED_MODULES_SCHEMA, conform, from_rows
 
-__all__ = ["GRAMMARS", "ParseStage", "VerilogParser", "detect_language", "normalize"]
+__all__ = ["GRAMMARS", "DEFAULT_PARSE_TIMEOUT_S", "ExpansionLimit", "ParseStage", "ParseTimeout", "PreprocessError",
+           "VerilogParser", "detect_language", "failure_reason", "merge_parse_stats", "normalize"]
+
+DEFAULT_PARSE_TIMEOUT_S = 30.0  # per file: preprocessing, tree-sitter, extraction and recovery
+_READ_CHUNK = 1 << 20  # bytes handed to tree-sitter per read callback (zero-copy memoryview slices)
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +146,48 @@ _LINE_MARK = re.compile(r"^//+[!/<]?")
 _BLOCK_OPEN = re.compile(r"^/\*+!?")
 _BLOCK_CLOSE = re.compile(r"\s*\*+/$")
 _COMMENT_SKIP = re.compile(r"^\s*`(?:timescale|default_nettype|resetall|celldefine|begin_keywords)\b")
+_COMMENT_OR_STRING = re.compile(r'//[^\n]*|/\*.*?(?:\*/|\Z)|"(?:\\.|[^"\\\n])*"?', re.S)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Short report key for a file whose parse raised ``exc``: ``timeout``, ``expansion_limit``,
+    ``preprocess_error`` or ``error`` (anything else, e.g. a parser bug)."""
+    return exc.reason if isinstance(exc, PreprocessError) else "error"
+
+
+def merge_parse_stats(stats: Iterable[Mapping[str, Any]], max_failures: int = 100) -> dict[str, Any]:
+    """Sum ``ParseStage.last_stats`` dicts (one per batch) into one report section:
+    ``{"files_parsed", "files_failed", "failed_by_reason", "failures"}`` (at most ``max_failures``
+    examples, sorted by repo and path)."""
+    parsed = failed = 0
+    reasons: Counter[str] = Counter()
+    failures: list[dict[str, Any]] = []
+    for st in stats:
+        parsed += int(st.get("files_parsed", 0))
+        failed += int(st.get("files_failed", 0))
+        reasons.update(st.get("failed_by_reason") or {})
+        failures.extend(st.get("failures") or [])
+    failures.sort(key=lambda f: (str(f.get("repo")), str(f.get("path"))))
+    return {"files_parsed": parsed, "files_failed": failed, "failed_by_reason": dict(sorted(reasons.items())),
+            "failures": failures[:max_failures]}
+
+
+class _BlockComments:
+    """Spans of ``/* */`` comments in a text (strings and // comments honoured), built once."""
+
+    def __init__(self, text: str) -> None:
+        spans = [(m.start(), m.end()) for m in _COMMENT_OR_STRING.finditer(text) if m.group(0).startswith("/*")]
+        self.starts = [a for a, _ in spans]
+        self.ends = [b for _, b in spans]
+
+    def contains(self, pos: int) -> bool:
+        i = bisect_right(self.starts, pos) - 1
+        return i >= 0 and pos < self.ends[i]
+
+
+def _check_deadline(deadline: float | None, what: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise ParseTimeout(f"parse ran past its time limit ({what})")
 
 
 def detect_language(path: str, text: str) -> str:
@@ -211,15 +268,6 @@ def _comment_before(lines: list[str], row: int) -> str:
             break
     block.reverse()
     return _clean_comment(block)
-
-
-def _in_block_comment(text: str, pos: int) -> bool:
-    """Whether ``pos`` lies inside a /* */ comment (approximate; used only on rare paths)."""
-    open_ = text.rfind("/*", 0, pos)
-    if open_ < 0 or text.rfind("*/", 0, pos) > open_:
-        return False
-    line_start = text.rfind("\n", 0, open_) + 1
-    return "//" not in text[line_start:open_]
 
 
 def _mark(marks: bytearray, node: Any) -> None:
@@ -406,8 +454,12 @@ class _Extractor:
         last = node.children[-1] if node.child_count else None
         if last is not None and last.type == _END_KEYWORD[kind] and not last.is_missing:
             return end_row
-        m = re.compile(rb"\b" + keyword + rb"\b").search(self.src, node.end_byte)
-        if m is None or _UNIT_START_BYTES.search(self.src, node.end_byte, m.start()):
+        # Look for the end keyword only up to the next unit keyword line: searching the whole rest
+        # of the file for every broken unit is O(n²) in a file of unterminated headers.
+        nxt = _UNIT_START_BYTES.search(self.src, node.end_byte)
+        m = re.compile(rb"\b" + keyword + rb"\b").search(self.src, node.end_byte,
+                                                          nxt.start() if nxt else len(self.src))
+        if m is None:
             return end_row
         return end_row + self.src.count(b"\n", node.end_byte, m.end()) - (
             1 if node.end_point.column == 0 and end_row < node.end_point.row else 0
@@ -499,7 +551,9 @@ class VerilogParser:
     (tree-sitter-verilog).
     """
 
-    def __init__(self, grammar: str = "systemverilog") -> None:
+    def __init__(self, grammar: str = "systemverilog", *, timeout_s: float | None = DEFAULT_PARSE_TIMEOUT_S) -> None:
+        """``timeout_s``: default per-file time limit of ``parse`` (None: unlimited)."""
+        self.timeout_s = timeout_s
         if grammar not in GRAMMARS:
             raise ValueError(f"unknown grammar {grammar!r}: expected one of {sorted(GRAMMARS)}")
         from tree_sitter import Language, Parser, Query, QueryCursor
@@ -513,18 +567,39 @@ class VerilogParser:
         self._query = Query(self.language, f"[{units}] @unit [{insts}] @inst")
         self._cursor_cls = QueryCursor
 
+    def _tree(self, src: bytes, deadline: float | None) -> Any:
+        """tree-sitter parse of ``src``; with a deadline, cancelled by the progress callback."""
+        if deadline is None:
+            return self._parser.parse(src)
+        view = memoryview(src)
+        mono = time.monotonic
+
+        def read(offset: int, _point: Any) -> memoryview:
+            return view[offset : offset + _READ_CHUNK]
+
+        def cancel(_offset: int, _has_error: bool) -> bool:
+            return mono() > deadline
+
+        try:
+            return self._parser.parse(read, progress_callback=cancel)
+        except ValueError:
+            self._parser.reset()  # a cancelled parse would otherwise resume on the next call
+            _check_deadline(deadline, "tree-sitter")
+            raise
+
     # -- one parse of one text --
     def _parse_units(self, text: str, defines: Mapping[str, Macro] | None,
                      resolve: Callable[[str], str | None] | None, use_pp: bool,
+                     deadline: float | None = None,
                      ) -> tuple[list[_Unit], list[int], dict[str, Macro]]:
         """Units of ``text`` (rows relative to it), cumulative error-row counts, final defines."""
         if use_pp:
-            pp = preprocess(text, dict(defines or {}), resolve)
+            pp = preprocess(text, dict(defines or {}), resolve, deadline=deadline)
             ptext, final_defines = pp.text, pp.defines
         else:
             ptext, final_defines = text, dict(defines or {})
         src = ptext.encode("utf-8", "replace")
-        tree = self._parser.parse(src)
+        tree = self._tree(src, deadline)
         root = tree.root_node
         n_rows = ptext.count("\n") + 1
         marks = bytearray(n_rows + 1)
@@ -532,8 +607,12 @@ class VerilogParser:
             # Mark the rows of ERROR/MISSING nodes; a whole unit that sits inside an ERROR
             # node (tree-sitter wraps the file in one when it gives up) is not an error itself.
             stack = [root]
+            steps = 0
             while stack:
                 n = stack.pop()
+                steps += 1
+                if not steps & 4095:
+                    _check_deadline(deadline, "error scan")
                 if n.is_error or n.is_missing:
                     children = n.children
                     if not children:
@@ -547,6 +626,7 @@ class VerilogParser:
                     continue
                 stack.extend(c for c in n.children if c.has_error)
         cum = [0, *accumulate(marks)]  # cum[r] = error rows before row r
+        _check_deadline(deadline, "error scan")
         cursor = self._cursor_cls(self._query)
         cursor.set_max_start_depth(_MAX_QUERY_DEPTH)  # units and instances are never inside expressions
         captures = cursor.captures(root)
@@ -556,6 +636,7 @@ class VerilogParser:
         ex = _Extractor(src)
         units: list[_Unit] = []
         for node in unit_nodes:
+            _check_deadline(deadline, "extraction")
             name = ex.unit_name(node)
             if not name:
                 continue
@@ -578,37 +659,57 @@ class VerilogParser:
     def parse(self, text: str, path: str = "", *,
               resolve: Callable[[str], str | None] | None = None,
               defines: Mapping[str, Macro | str] | None = None,
-              preprocess: bool = True, recover: bool = True) -> list[dict[str, Any]]:
+              preprocess: bool = True, recover: bool = True,
+              timeout_s: float | None = None) -> list[dict[str, Any]]:
         """One record per design unit in ``text`` (see the module docstring for the keys).
 
         ``resolve(name)`` returns the text of an ``include``-d file (for its defines) or None;
         ``defines`` seeds the macro table (name -> body text, as with ``+define+``).
         ``preprocess=False`` parses the raw text and
         ``recover=False`` skips the recovery of units the main parse lost (both for
-        measurements only).
+        measurements only). ``timeout_s``: this call's time limit in seconds (None: the
+        parser's ``timeout_s``, which may itself be None for no limit). Raises ``ParseTimeout``
+        past it and ``ExpansionLimit`` for a macro expansion bomb (no partial records then).
         """
         if not text:
             return []
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit if limit is not None else None
         if defines is not None:
             defines = {k: v if isinstance(v, Macro) else Macro(k, str(v)) for k, v in defines.items()}
         lines = text.split("\n")
-        units, cum, final_defines = self._parse_units(text, defines, resolve, preprocess)
+        units, cum, final_defines = self._parse_units(text, defines, resolve, preprocess, deadline)
         found = {u.name for u in units}
         extra: list[_Unit] = []
+        candidates = list(_UNIT_LINE.finditer(text)) if recover else []
+        lost = [k for k, m in enumerate(candidates) if m.group(2) not in found]
+        if lost:
+            comments = _BlockComments(text)
+            bounds = [m.start(1) for m in candidates if not comments.contains(m.start(1))]  # unit lines
         row_pos, row = 0, 0  # incremental line counting: text[:row_pos] has ``row`` newlines
-        for m in _UNIT_LINE.finditer(text) if recover else ():
+        for k in lost:
+            m = candidates[k]
             name = m.group(2)
-            if name in found or _in_block_comment(text, m.start(1)):
+            if name in found or comments.contains(m.start(1)):
                 continue
+            _check_deadline(deadline, "recovery")
             found.add(name)
             row += text.count("\n", row_pos, m.start(1))
             row_pos = m.start(1)
             start_row = row
-            end_m = re.compile(rf"\b{_END_KEYWORD[m.group(1)]}\b").search(text, m.end())
-            end = end_m.end() if end_m else len(text)
-            end_row = start_row + text.count("\n", m.start(1), end)
+            # The unit ends at its end keyword, or before the next unit keyword line if that comes
+            # first (bounded pieces keep a file of unterminated headers linear, not quadratic).
+            i = bisect_right(bounds, m.start(1))
+            limit_pos = bounds[i] if i < len(bounds) else len(text)
+            end_m = re.compile(rf"\b{_END_KEYWORD[m.group(1)]}\b").search(text, m.end(), limit_pos)
+            if end_m:
+                end_row = start_row + text.count("\n", m.start(1), end_m.end())
+            elif limit_pos < len(text):
+                end_row = max(start_row, start_row + text.count("\n", m.start(1), limit_pos) - 1)
+            else:
+                end_row = start_row + text.count("\n", m.start(1), limit_pos)
             extra.append(self._recover(lines, start_row, end_row, m.group(1), name,
-                                       final_defines, resolve, preprocess))
+                                       final_defines, resolve, preprocess, deadline))
         units.extend(extra)
         units.sort(key=lambda u: u.start_row)
         language = detect_language(path, text)
@@ -638,10 +739,10 @@ class VerilogParser:
 
     def _recover(self, lines: list[str], start_row: int, end_row: int, keyword: str, name: str,
                  defines: Mapping[str, Macro], resolve: Callable[[str], str | None] | None,
-                 use_pp: bool) -> _Unit:
+                 use_pp: bool, deadline: float | None = None) -> _Unit:
         """Parse lines ``start_row..end_row`` alone to rebuild a unit the main parse lost."""
         piece = "\n".join(lines[start_row : end_row + 1])
-        units, cum, _ = self._parse_units(piece, defines, resolve, use_pp)
+        units, cum, _ = self._parse_units(piece, defines, resolve, use_pp, deadline)
         for u in units:
             if u.name == name:
                 u.start_row += start_row
@@ -678,13 +779,25 @@ class ParseStage:
 
     The parser is built once per instance (once per actor). ``include``s are resolved against
     files of the same repository in the same batch that hold ``define``s. A file that makes the
-    parser raise is logged and yields no rows; it never fails the batch.
+    parser raise, runs past ``parse_timeout_s`` or is a macro expansion bomb is logged, yields no
+    rows and is counted by reason; it never fails the batch.
+
+    Per-file failures leave the stage as plain data the job aggregates: after each call,
+    ``last_stats`` is ``{"files_parsed", "files_failed", "failed_by_reason": {reason: n},
+    "failures": [{"repo", "path", "reason", "error"}, ...]}`` (``failures`` at most
+    ``max_failures_listed`` per batch); ``merge_parse_stats`` sums such dicts. ``n_files``,
+    ``n_failed`` and ``failed_by_reason`` accumulate over the instance's lifetime.
     """
 
-    def __init__(self, grammar: str = "systemverilog") -> None:
-        self.parser = VerilogParser(grammar)
+    def __init__(self, grammar: str = "systemverilog", *, parse_timeout_s: float | None = DEFAULT_PARSE_TIMEOUT_S,
+                 max_failures_listed: int = 20) -> None:
+        self.parser = VerilogParser(grammar, timeout_s=parse_timeout_s)
+        self.parse_timeout_s = parse_timeout_s
+        self.max_failures_listed = max_failures_listed
         self.n_files = 0
         self.n_failed = 0
+        self.failed_by_reason: Counter[str] = Counter()
+        self.last_stats: dict[str, Any] = merge_parse_stats([])
 
     def __call__(self, batch: pa.Table | pa.RecordBatch | Mapping[str, Any]) -> pa.Table:
         # Parsing allocates many short-lived objects and no reference cycles; in a long-lived worker
@@ -708,6 +821,9 @@ class ParseStage:
                 headers.setdefault(f["repo"], {})[f["path"]] = f["text"]
         bases = {repo: _basenames(h) for repo, h in headers.items()}
         rows: list[dict[str, Any]] = []
+        parsed = 0
+        reasons: Counter[str] = Counter()
+        failures: list[dict[str, Any]] = []
         for f in files:
             self.n_files += 1
             text = f["text"]
@@ -715,11 +831,18 @@ class ParseStage:
                 continue
             try:
                 resolve = _resolver(headers.get(f["repo"], {}), bases.get(f["repo"], {}), f["path"])
-                records = self.parser.parse(text, f["path"], resolve=resolve)
+                records = self.parser.parse(text, f["path"], resolve=resolve, timeout_s=self.parse_timeout_s)
             except Exception as exc:  # one bad file never fails the batch
+                reason = failure_reason(exc)
                 self.n_failed += 1
+                self.failed_by_reason[reason] += 1
+                reasons[reason] += 1
+                if len(failures) < self.max_failures_listed:
+                    failures.append({"repo": f["repo"], "path": f["path"], "reason": reason,
+                                     "error": f"{type(exc).__name__}: {exc}"[:300]})
                 log.warning("parse: skipped %s:%s (%s: %s)", f["repo"], f["path"], type(exc).__name__, exc)
                 continue
+            parsed += 1
             for r in records:
                 rows.append(
                     {
@@ -736,4 +859,6 @@ class ParseStage:
                         "manifest_index": f["manifest_index"],
                     }
                 )
+        self.last_stats = {"files_parsed": parsed, "files_failed": sum(reasons.values()),
+                           "failed_by_reason": dict(sorted(reasons.items())), "failures": failures}
         return from_rows(rows, PARSED_MODULES_SCHEMA, stage="parse")

@@ -1,97 +1,23 @@
-"""Phase classification evaluation: keyword baseline vs trained classifier on the shipped labelled set.
+"""Phase classifier check: keyword baseline vs the trained classifier on the shipped labelled set.
 
-Trains the TF-IDF + LogisticRegression classifier on ``train_path`` (or loads the artifact at
-``model_path`` when it exists; otherwise trains and saves it there), scores it and the keyword
-baseline on ``eval_path``, prints per-phase precision/recall/F1 tables and confusion matrices for
-both plus the macro-F1 comparison, and writes everything as JSON to ``--output`` when given.
-Small enough to run on the driver: no Ray.
+    python -m jobs.classify_eval                         # prints the tables, writes out/classify_eval/report.json
+    python -m jobs.classify_eval --model out/phase_clf.json --output out/classify_eval
+
+The pipeline is ``pipelines.classify_eval`` (no Ray: it runs on the driver).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-from pydantic import field_validator
-
-from chipforge import fs
-from chipforge.config import Config, load_config
-from corpus.phases import EVAL_PATH, PHASES, TRAIN_PATH, PhaseClassifier, evaluate, keyword_baseline, load_labelled
-
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "classify_eval.yaml"
-
-
-class ClassifyEvalConfig(Config):
-    train_path: str = str(TRAIN_PATH)
-    eval_path: str = str(EVAL_PATH)
-    phases: list[str] = list(PHASES)
-    model_path: str | None = None  # classifier artifact (pickle); None → train in memory only
-    output: str | None = None  # JSON metrics file (local path or URI)
-
-    @field_validator("phases")
-    @classmethod
-    def _phases(cls, v: list[str]) -> list[str]:
-        if len(v) < 2 or len(set(v)) != len(v):
-            raise ValueError("phases must list at least two distinct names")
-        return v
-
+from chipforge import job
+from pipelines.classify_eval import SPEC, ClassifyEvalConfig, run
 
 CONFIG_CLASS = ClassifyEvalConfig
 
 
-def format_metrics(name: str, m: dict[str, Any]) -> str:
-    """Readable per-phase table and confusion matrix (rows = true, columns = predicted)."""
-    lines = [f"== {name}: macro-F1 {m['macro_f1']:.3f}  accuracy {m['accuracy']:.3f}",
-             f"{'phase':<16}{'prec':>7}{'rec':>7}{'f1':>7}{'n':>5}"]
-    for ph, v in m["per_phase"].items():
-        lines.append(f"{ph:<16}{v['precision']:>7.3f}{v['recall']:>7.3f}{v['f1']:>7.3f}{v['support']:>5}")
-    labels = m["confusion"]["labels"]
-    lines.append("confusion (rows = true, columns = predicted):")
-    lines.append(" " * 16 + "".join(f"{lb[:6]:>7}" for lb in labels))
-    for lb, row in zip(labels, m["confusion"]["matrix"]):
-        lines.append(f"{lb:<16}" + "".join(f"{v:>7}" for v in row))
-    return "\n".join(lines)
-
-
-def build_classifier(cfg: ClassifyEvalConfig) -> PhaseClassifier:
-    if cfg.model_path and Path(cfg.model_path).exists():
-        return PhaseClassifier.load(cfg.model_path)
-    clf = PhaseClassifier.train_default(cfg.train_path, cfg.phases)
-    if cfg.model_path:
-        clf.save(cfg.model_path)
-    return clf
-
-
-def run(cfg: ClassifyEvalConfig) -> dict[str, Any]:
-    ev = load_labelled(cfg.eval_path, cfg.phases)
-    texts, y = [r["text"] for r in ev], [r["phase"] for r in ev]
-    tools = [r.get("tool") for r in ev]
-    clf = build_classifier(cfg)
-    report = {
-        "eval_path": cfg.eval_path,
-        "train_path": cfg.train_path,
-        "n_eval": len(ev),
-        "phases": list(cfg.phases),
-        "baseline": evaluate(y, keyword_baseline(texts, cfg.phases, tools=tools), cfg.phases),
-        "classifier": evaluate(y, clf.predict(texts, tools=tools), cfg.phases),
-    }
-    report["macro_f1_gain"] = report["classifier"]["macro_f1"] - report["baseline"]["macro_f1"]
-    if cfg.output:
-        fs.write_json(cfg.output, report)
-    return report
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = load_config(ClassifyEvalConfig, argv, prog="python -m jobs.classify_eval", default_config=DEFAULT_CONFIG,
-                      flags={"--output": "output", "--model": "model_path"}, description=__doc__)
-    report = run(cfg)
-    print(format_metrics("keyword baseline", report["baseline"]))
-    print(format_metrics("trained classifier (TF-IDF + LogisticRegression)", report["classifier"]))
-    b, c = report["baseline"]["macro_f1"], report["classifier"]["macro_f1"]
-    print(f"macro-F1 on {report['n_eval']} labelled items ({cfg.eval_path}): baseline {b:.3f}, "
-          f"classifier {c:.3f} ({c - b:+.3f})", flush=True)
-    return 0
+    return job.main(SPEC, run, argv)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Debian package of each external tool the tests run (README: `apt-get install -y ...`).
+TOOL_PACKAGES = {"iverilog": "iverilog", "vvp": "iverilog", "verilator": "verilator", "yosys": "yosys",
+                 "tclsh": "tcl", "bwrap": "bubblewrap", "git": "git", "g++": "g++"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "tools(*names): needs these programs on PATH (skipped, naming the "
+                                       "Debian packages to install, when one is missing)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    import shutil
+
+    for mark in item.iter_markers("tools"):
+        missing = [t for t in mark.args if shutil.which(t) is None]
+        if missing:
+            pkgs = sorted({TOOL_PACKAGES.get(t, t) for t in missing})
+            pytest.skip(f"needs {', '.join(missing)}: install with `apt-get install -y {' '.join(pkgs)}`")
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 

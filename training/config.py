@@ -1,8 +1,8 @@
-"""Typed settings of a fine-tuning run (``jobs.finetune``) and of a sweep (``jobs.tune``).
+"""Typed settings of a fine-tuning run (``jobs.finetune``, ``jobs.train_torchrun``).
 
 One ``FinetuneConfig`` drives both the Ray Train job and the torchrun path
-(``python -m training.loop``); the sweep config embeds one as its base and overrides the
-searched fields per trial.
+(``torchrun -m jobs.train_torchrun``); the sweep config (``pipelines.tune``) embeds one as its
+base and overrides the searched fields per trial.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from chipforge import fs
 from chipforge.config import Config
+from chipforge.stage import StageResources
 
 Phase = Literal["triage", "rtl_design", "synthesis", "placement", "routing", "timing_analysis", "power_analysis"]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
@@ -56,9 +57,10 @@ class OptimSettings(Config):
 class DeepSpeedSettings(Config):
     zero_stage: Literal[0, 1, 2, 3] = 2
     bf16: bool = False  # GPU: true. CPU: fp32 or bf16 (fp16 is not supported on CPU)
-    offload_optimizer: bool = False  # ZeRO-2/3 optimizer state in CPU memory (builds cpu_adam)
+    offload_optimizer: bool = False  # GPU only: ZeRO-2/3 optimizer state in CPU memory (JIT-builds cpu_adam)
     offload_param: bool = False  # ZeRO-3 only
-    torch_adam: bool = True  # torch AdamW instead of DeepSpeed's JIT-built fused op
+    # torch AdamW instead of DeepSpeed's JIT-built fused Adam (always torch AdamW on CPU: no JIT)
+    torch_adam: bool = True
 
 
 class ScalingSettings(Config):
@@ -81,8 +83,7 @@ class FinetuneConfig(Config):
     # More directories read the same way and merged, e.g. the synthesis job's output (DIR/synthetic/).
     extra_dataset_dirs: list[str] = Field(default_factory=list)
     phase: Phase = "rtl_design"
-    output_dir: str = "out/finetune"
-    overwrite: bool = False  # False: an output dir holding report.json is a finished run, skipped
+    output_dir: str = "out/finetune"  # a finished run is skipped (OUTPUT/_chipforge/finetune.json); --force redoes it
 
     base_model: str = TINY  # Hugging Face id, local path, or "tiny"
     tiny: TinyModelSettings = Field(default_factory=TinyModelSettings)
@@ -91,10 +92,9 @@ class FinetuneConfig(Config):
     max_length: int = Field(512, ge=16)  # tokens per packed sequence / per example
     packing: bool = True  # True: whole examples packed into rows ≤ max_length; False: length bucketing
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # held out of train when no validation split
-    max_train_examples: int | None = None
-    tokenize_batch_size: int = 256
-    tokenize_num_cpus: float = 1.0
-    tokenize_concurrency: int = 1
+    max_train_examples: int | None = Field(None, ge=1)
+    # Ray Data read/validate and tokenise stages (tasks): CPUs each, parallel tasks, examples per batch
+    tokenize: StageResources = Field(default_factory=lambda: StageResources(num_cpus=1, batch_size=256))
 
     lora: LoraSettings = Field(default_factory=LoraSettings)
     optim: OptimSettings = Field(default_factory=OptimSettings)
@@ -106,7 +106,9 @@ class FinetuneConfig(Config):
     log_every_steps: int = Field(5, ge=1)
     seed: int = 0
 
-    run_name: str | None = None  # default finetune-<phase>; same name + storage_path resumes
+    # Checkpoints go to storage_path/<run_name>-<fingerprint of config and dataset>: rerunning an
+    # unfinished run resumes from its latest checkpoint; a changed config or dataset starts afresh.
+    run_name: str | None = None  # default finetune-<phase>
     storage_path: str | None = None  # local dir or s3://; default OUTPUT/checkpoints
     max_failures: int = Field(2, ge=0)
     num_to_keep: int = Field(2, ge=1)
@@ -123,6 +125,9 @@ class FinetuneConfig(Config):
             raise ValueError("deepspeed.offload_param needs deepspeed.zero_stage: 3")
         if self.base_model == TINY and fs.is_uri(self.output_dir):
             raise ValueError("base_model: tiny builds its base model into output_dir, which must be a local path")
+        if not self.scaling.use_gpu and self.deepspeed.offload_optimizer:
+            raise ValueError("deepspeed.offload_optimizer is for GPU training (it JIT-compiles DeepSpeedCPUAdam); "
+                             "on CPU the optimizer already runs on CPU: set it to false")
         return self
 
     def dataset_dirs(self) -> list[str]:

@@ -1,35 +1,49 @@
-"""Chat examples → token rows for causal-LM fine-tuning: chat template, assistant-only labels, packing.
+"""Fine-tuning data preparation, once: read + validate → split → tokenise (chat template) → pack.
 
-- ``tokenize_messages`` renders ``messages`` with the tokenizer's own chat template and labels
-  only the assistant spans (every other token is -100). Spans are found by rendering the
-  conversation prefix by prefix, so any template works (no ``{% generation %}`` needed), and
-  tokens are mapped to spans through character offsets, so BPE merges at a boundary never
-  shift a label.
-- ``pack_rows`` puts whole examples into rows of at most ``max_length`` tokens (first-fit
-  decreasing); examples longer than ``max_length`` are truncated first. Examples in a packed row
-  attend to each other (plain concatenation, as most SFT packers do); labels never cross
-  examples because each one's labels come from its own spans.
-- Without packing, rows are single examples sorted by length inside each batch (length
-  bucketing): the collate function pads to the longest row of a batch only.
+Every runner uses these functions: the Ray job (``pipelines.finetune``, each step a Ray Data
+stage through ``chipforge.stage.map_stage``), torchrun (``jobs.train_torchrun``) and
+``bench/train.py`` (both through :func:`prepare_local`, the same steps on in-process tables).
 
-``TokenizeStage`` is the pure pyarrow stage; ``jobs.finetune`` runs it with ``map_batches`` on
-Ray Data CPU workers (so GPU workers never tokenise, and the token count is known before
-training to size the schedule), and ``training.loop`` runs it directly on the no-Ray path.
+1. **Read and validate** (:func:`read_validated`, one parquet file per call): every row of
+   ``DIR/{examples,synthetic}/phase=<phase>/split={train,validation}/*.parquet`` is checked at
+   the stage boundary (an id; a non-empty ``messages`` list of ``{role, content}`` records with
+   roles system/user/assistant, string contents, at least one non-empty assistant reply). A bad
+   row is kept as a ``status`` reason naming its file and row, never a crash; the report counts
+   reasons (``rejected: {reason: n}``).
+2. **Split** (:func:`plan_splits` on the small status columns, then :func:`select_split`):
+   the phase's validation split when it has valid rows, else a deterministic held-out share
+   (``validation_fraction``) of train chosen by a hash of each example id, never empty and never
+   all of train when there are at least 2 valid examples.
+3. **Tokenise** (:class:`TokenizeStage` / :func:`tokenize_examples`): the tokenizer's own chat
+   template; only assistant spans are labels (every other token is -100). Spans are found by
+   rendering the conversation prefix by prefix, so any template works (no ``{% generation %}``
+   needed), and tokens map to spans through character offsets, so BPE merges at a boundary
+   never shift a label. A conversation longer than ``max_length`` keeps its reply: when the
+   prompt alone would fill the window, the prompt is cut from the left.
+4. **Pack** (:func:`pack_rows`): whole examples into rows of at most ``max_length`` tokens
+   (first-fit decreasing); without packing, rows are single examples sorted by length inside
+   each batch (length bucketing) and :func:`collate` pads to a batch's longest row.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Mapping, Sequence
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from chipforge import fs
-from corpus.schema import EXAMPLES_SCHEMA, conform
+from corpus.schema import EXAMPLES_SCHEMA, SchemaError, conform
 
 IGNORE = -100
+ROLES = ("system", "user", "assistant")
 
 TOKENS_SCHEMA = pa.schema(
     [
@@ -41,13 +55,28 @@ TOKENS_SCHEMA = pa.schema(
     ]
 )
 
+# What the read/validate stage adds to each example row: ``status`` is "ok" or a reason.
+CHECK_FIELDS = [
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("detail", pa.string()),
+    pa.field("source_file", pa.string(), nullable=False),
+    pa.field("source_row", pa.int64(), nullable=False),
+    pa.field("source_split", pa.string(), nullable=False),
+    pa.field("holdout_key", pa.uint64(), nullable=False),
+]
+CHECKED_SCHEMA = pa.schema([*EXAMPLES_SCHEMA, *CHECK_FIELDS])
+STATUS_COLUMNS = [f.name for f in CHECK_FIELDS]  # all the driver needs to plan the split
+
 
 class DatasetError(ValueError):
     """The instruction dataset has no usable rows for a phase/split."""
 
 
+# --------------------------------------------------------------------------- files
+
 # Subdirectories of a dataset directory that hold example rows: the dataset job's and the synthesis job's.
 EXAMPLE_SUBDIRS = ("examples", "synthetic")
+SPLITS = ("train", "validation")
 DatasetDirs = str | Sequence[str]
 
 
@@ -62,8 +91,12 @@ def split_dirs(dataset_dir: DatasetDirs, phase: str, split: str) -> list[str]:
 
 
 def parquet_files(dataset_dir: DatasetDirs, phase: str, split: str) -> list[str]:
-    return [p for d in split_dirs(dataset_dir, phase, split) for p in fs.listdir(d, recursive=True)
-            if p.endswith(".parquet")]
+    """The split's parquet files as openable paths (URIs keep their scheme)."""
+    out = []
+    for d in split_dirs(dataset_dir, phase, split):
+        scheme = d.split("://", 1)[0] + "://" if fs.is_uri(d) else ""
+        out += [scheme + p for p in fs.listdir(d, recursive=True) if p.endswith(".parquet")]
+    return out
 
 
 def available_phases(dataset_dir: DatasetDirs) -> list[str]:
@@ -83,32 +116,192 @@ def check_split(dataset_dir: DatasetDirs, phase: str, split: str) -> list[str]:
     return files
 
 
-def read_examples(dataset_dir: DatasetDirs, phase: str, split: str) -> pa.Table:
-    """All rows of one phase/split as an ``EXAMPLES_SCHEMA`` table (empty when absent)."""
-    import pyarrow.dataset as pads
+def example_files(dataset_dir: DatasetDirs, phase: str) -> list[dict[str, str]]:
+    """``{path, split}`` of every parquet file of the phase (train and validation); train must exist."""
+    check_split(dataset_dir, phase, "train")
+    return [{"path": p, "split": s} for s in SPLITS for p in parquet_files(dataset_dir, phase, s)]
 
-    files = parquet_files(dataset_dir, phase, split)
-    if not files:
-        return EXAMPLES_SCHEMA.empty_table()
-    filesystem, _ = fs.resolve(dataset_roots(dataset_dir)[0])
-    table = pads.dataset(files, format="parquet", filesystem=filesystem).to_table()
-    return conform(table, EXAMPLES_SCHEMA, stage=f"finetune.read[{phase}/{split}]")
+
+# --------------------------------------------------------------------------- 1. read + validate
+
+def holdout_key(example_id: str) -> int:
+    """A stable 64-bit hash of an example id: the held-out share is the smallest keys."""
+    return int.from_bytes(hashlib.sha256(example_id.encode()).digest()[:8], "big")
 
 
 def is_holdout(example_id: str, fraction: float) -> bool:
-    """Deterministic held-out membership (used when a phase has no validation split)."""
-    h = int.from_bytes(hashlib.sha256(example_id.encode()).digest()[:8], "big")
-    return h / 2**64 < fraction
+    """Hash-based held-out membership (``plan_splits`` uses the same keys with an exact count)."""
+    return holdout_key(example_id) / 2**64 < fraction
 
 
-def holdout_mask(ids: Sequence[str], fraction: float) -> np.ndarray:
-    mask = np.array([is_holdout(i, fraction) for i in ids], dtype=bool)
-    if len(ids) > 1 and not mask.any():  # tiny datasets: hold out at least one example
-        mask[0] = True
-    if mask.all():
-        mask[-1] = False
-    return mask
+def check_example(example_id: Any, messages: Any) -> tuple[str, str] | None:
+    """``(reason, detail)`` when a row cannot be trained on, else None."""
+    if not isinstance(example_id, str) or not example_id:
+        return "missing_id", "the id is missing or empty"
+    if messages is None or isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        return "bad_messages", f"messages is {type(messages).__name__}, not a list of {{role, content}}"
+    if not messages:
+        return "empty_messages", "the messages list is empty"
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            return "bad_messages", f"message {i} is {type(m).__name__}, not a {{role, content}} record"
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            return "bad_role", f"message {i} has role {role!r} (expected one of {', '.join(ROLES)})"
+        if role == "system" and i:
+            return "bad_role", f"message {i} is a system message after the first message"
+        if not isinstance(content, str):
+            return "non_string_content", f"message {i} ({role}) content is {type(content).__name__}, not a string"
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    if not replies:
+        return "no_assistant_turn", "no assistant message"
+    if not any(r.strip() for r in replies):
+        return "empty_assistant_reply", "every assistant message is empty"
+    return None
 
+
+def rejection(file: str, row: int, reason: str, detail: str | None) -> str:
+    """The user-facing line for a rejected row: file, row, reason."""
+    return f"{file} row {row}: {reason}" + (f" ({detail})" if detail else "")
+
+
+def read_validated(path: str, split: str, phase: str) -> pa.Table:
+    """One parquet file → ``CHECKED_SCHEMA`` rows: the examples plus a status per row.
+
+    Valid rows keep their columns (``EXAMPLES_SCHEMA``); a rejected row keeps its id where it
+    has one, an empty message list, and its reason in ``status``/``detail``.
+    """
+    import pyarrow.parquet as pq
+
+    filesystem, inner = fs.resolve(path)
+    raw = pq.read_table(inner, filesystem=filesystem)
+    n = raw.num_rows
+    ids = raw.column("id").to_pylist() if "id" in raw.column_names else [None] * n
+    if "messages" not in raw.column_names:
+        checks = [("bad_schema", f"no 'messages' column (columns: {raw.column_names})")] * n
+    else:
+        checks = [check_example(i, m) for i, m in zip(ids, raw.column("messages").to_pylist())]
+    ok = np.array([c is None for c in checks], dtype=bool)
+    good = raw.filter(pa.array(ok)).select([c for c in raw.column_names if c in EXAMPLES_SCHEMA.names])
+    for name, value in (("phase", phase), ("split", split)):  # implied by the file's directory
+        if name not in good.column_names:
+            good = good.append_column(name, pa.array([value] * good.num_rows, pa.string()))
+    try:
+        good = conform(good, EXAMPLES_SCHEMA, stage=f"finetune.read[{path}]")
+    except SchemaError as exc:  # a column of the wrong type: nothing in this file is usable
+        checks = [c or ("bad_schema", str(exc)) for c in checks]
+        ok[:] = False
+        good = EXAMPLES_SCHEMA.empty_table()
+    bad_rows = [i for i in range(n) if not ok[i]]
+    bad = pa.Table.from_pydict({
+        "id": [ids[i] if isinstance(ids[i], str) else "" for i in bad_rows],
+        "phase": [phase] * len(bad_rows),
+        "messages": [[] for _ in bad_rows],
+        "split": [split] * len(bad_rows),
+    }, schema=pa.schema([EXAMPLES_SCHEMA.field(c) for c in ("id", "phase", "messages", "split")]))
+    bad = conform(bad, EXAMPLES_SCHEMA, stage="finetune.read")
+    good_rows = [i for i in range(n) if ok[i]]
+    rows = good_rows + bad_rows
+    examples = pa.concat_tables([good, bad])
+    extra = {
+        "status": ["ok"] * len(good_rows) + [checks[i][0] for i in bad_rows],
+        "detail": [None] * len(good_rows) + [checks[i][1] for i in bad_rows],
+        "source_file": [path] * n,
+        "source_row": rows,
+        "source_split": [split] * n,
+        "holdout_key": [holdout_key(i) if isinstance(i, str) else 0 for i in examples.column("id").to_pylist()],
+    }
+    for f in CHECK_FIELDS:
+        examples = examples.append_column(f, pa.array(extra[f.name], f.type))
+    return examples
+
+
+def read_files(batch: pa.Table, *, phase: str) -> pa.Table:
+    """Ray Data stage (``map_stage``, one file per batch): ``{path, split}`` rows → ``CHECKED_SCHEMA`` rows."""
+    tables = [read_validated(p, s, phase) for p, s in zip(batch.column("path").to_pylist(),
+                                                         batch.column("split").to_pylist())]
+    return pa.concat_tables(tables) if tables else CHECKED_SCHEMA.empty_table()
+
+
+def read_local(dataset_dir: DatasetDirs, phase: str) -> pa.Table:
+    """Every file of the phase read and validated in this process (``CHECKED_SCHEMA``)."""
+    tables = [read_validated(f["path"], f["split"], phase) for f in example_files(dataset_dir, phase)]
+    return pa.concat_tables(tables) if tables else CHECKED_SCHEMA.empty_table()
+
+
+# --------------------------------------------------------------------------- 2. split
+
+@dataclass
+class SplitPlan:
+    """Which valid examples train and which evaluate, and what was rejected (for the report)."""
+
+    read: int
+    train: int  # valid examples that train
+    validation: int  # valid examples that evaluate
+    validation_from: str  # "validation split" or "held out N% of train (no validation split)"
+    threshold: int | None = None  # held out: train rows with holdout_key <= threshold
+    rejected: dict[str, int] = field(default_factory=dict)
+    rejected_examples: list[str] = field(default_factory=list)  # the first few, with file and row
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_splits(status: pa.Table, fraction: float, *, max_messages: int = 10) -> SplitPlan:
+    """The split from the status columns of every row (``STATUS_COLUMNS``; the examples are not needed).
+
+    The phase's validation split evaluates when it has a valid row; otherwise the
+    ``round(fraction * n)`` valid train examples with the smallest id hashes do, at least one
+    and at most ``n - 1`` (so neither side is empty when there are 2 or more).
+    """
+    statuses = status.column("status").to_pylist()
+    ok = pc.equal(status.column("status"), "ok")
+    is_val = pc.equal(status.column("source_split"), "validation")
+    n_val = int(pc.sum(pc.and_(ok, is_val).cast(pa.int64())).as_py() or 0)
+    train_keys = status.filter(pc.and_(ok, pc.invert(is_val))).column("holdout_key").to_numpy()
+    rejected = Counter(s for s in statuses if s != "ok")
+    bad = status.filter(pc.invert(ok)).slice(0, max_messages).to_pylist()
+    messages = [rejection(r["source_file"], r["source_row"], r["status"], r["detail"]) for r in bad]
+    common = {"read": status.num_rows, "rejected": dict(sorted(rejected.items())), "rejected_examples": messages}
+    n = len(train_keys)
+    if n_val:
+        return SplitPlan(train=n, validation=n_val, validation_from="validation split", **common)
+    if n < 2:
+        return SplitPlan(train=n, validation=0, validation_from="none (fewer than 2 valid examples)", **common)
+    k = min(max(1, round(fraction * n)), n - 1)
+    keys = np.sort(train_keys)
+    threshold = int(keys[k - 1])
+    held = int((train_keys <= threshold).sum())
+    if held >= n:  # every id hashes alike (duplicated ids): nothing left to train on
+        raise DatasetError(f"{n} valid train examples share one id: cannot hold out a validation share")
+    return SplitPlan(train=n - held, validation=held, threshold=threshold,
+                     validation_from=f"held out {held} of {n} train examples (no validation split)", **common)
+
+
+def select_split(batch: pa.Table, *, split: str, threshold: int | None) -> pa.Table:
+    """Ray Data stage / plain function: the valid examples of one side of the plan (``EXAMPLES_SCHEMA``).
+
+    ``threshold`` None: train = the train split, validation = the validation split; otherwise
+    both come from the train split, divided at ``threshold`` of ``holdout_key``.
+    """
+    ok = pc.equal(batch.column("status"), "ok")
+    from_train = pc.equal(batch.column("source_split"), "train")
+    if threshold is None:
+        keep = pc.and_(ok, from_train if split == "train" else pc.invert(from_train))
+    else:
+        held = pc.less_equal(batch.column("holdout_key"), pa.scalar(threshold, pa.uint64()))
+        keep = pc.and_(pc.and_(ok, from_train), pc.invert(held) if split == "train" else held)
+    return batch.filter(keep).select(EXAMPLES_SCHEMA.names)
+
+
+def tokenizer_texts(examples: pa.Table | Sequence[Mapping[str, Any]], limit: int = 20000) -> list[str]:
+    """Message contents of (up to ``limit``) examples: the tiny model's tokenizer is trained on them."""
+    rows = examples.column("messages").to_pylist() if isinstance(examples, pa.Table) else \
+        [r["messages"] for r in examples]
+    return [m["content"] for msgs in rows[:limit] for m in (msgs or []) if m.get("content")]
+
+
+# --------------------------------------------------------------------------- 3. tokenise + 4. pack
 
 def assistant_spans(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> tuple[str, list[tuple[int, int]]]:
     """Rendered conversation and the character spans of assistant replies (end marker included)."""
@@ -134,7 +327,11 @@ def assistant_spans(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> tu
 def tokenize_messages(
     tokenizer: Any, messages: Sequence[Mapping[str, str]], max_length: int
 ) -> tuple[list[int], list[int]] | None:
-    """(input_ids, labels) with labels = -100 outside assistant spans; None if nothing to learn."""
+    """(input_ids, labels) with labels = -100 outside assistant spans; None if nothing to learn.
+
+    At most ``max_length`` tokens: the end is cut, unless that would leave no reply token, in
+    which case the prompt is cut from the left so the reply starts half way through the window.
+    """
     text, spans = assistant_spans(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
@@ -142,10 +339,13 @@ def tokenize_messages(
     for k, (a, b) in enumerate(enc["offset_mapping"]):
         if b > a and any(s <= a < e for s, e in spans):
             labels[k] = ids[k]
-    ids, labels = ids[:max_length], labels[:max_length]
-    if all(x == IGNORE for x in labels[1:]):  # causal LM shifts labels by one
+    first = next((k for k in range(1, len(labels)) if labels[k] != IGNORE), None)  # causal LM: shift by one
+    if first is None:
         return None
-    return ids, labels
+    start = 0
+    if first >= max_length:
+        start = min(first - max_length // 2, len(ids) - max_length)
+    return ids[start : start + max_length], labels[start : start + max_length]
 
 
 def pack_rows(seqs: Sequence[tuple[list[int], list[int]]], max_length: int) -> list[tuple[list[int], list[int], int]]:
@@ -197,7 +397,11 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
 
 
 class TokenizeStage:
-    """EXAMPLES_SCHEMA batch → TOKENS_SCHEMA batch; the tokenizer is loaded once per actor/process."""
+    """EXAMPLES_SCHEMA batch → TOKENS_SCHEMA batch; the tokenizer is loaded once per instance."""
+
+    name = "tokenize"
+    input_columns = ("messages",)
+    output_schema = TOKENS_SCHEMA
 
     def __init__(self, tokenizer_path: str, max_length: int, packing: bool = True, trust_remote_code: bool = False):
         self.tokenizer = load_tokenizer(tokenizer_path, trust_remote_code)
@@ -205,7 +409,8 @@ class TokenizeStage:
         self.packing = packing
 
     def __call__(self, batch: pa.Table | pa.RecordBatch) -> pa.Table:
-        table = conform(batch, EXAMPLES_SCHEMA, stage="finetune.tokenize")
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        table = conform(table.select(EXAMPLES_SCHEMA.names), EXAMPLES_SCHEMA, stage="finetune.tokenize")
         seqs = []
         for messages in table.column("messages").to_pylist():
             out = tokenize_messages(self.tokenizer, messages or [], self.max_length)
@@ -217,6 +422,97 @@ class TokenizeStage:
             rows = [(ids, labels, 1) for ids, labels in sorted(seqs, key=lambda s: len(s[0]))]
         return token_table(rows)
 
+
+@functools.lru_cache(maxsize=4)
+def _stage(tokenizer_path: str, max_length: int, packing: bool, trust_remote_code: bool) -> TokenizeStage:
+    return TokenizeStage(tokenizer_path, max_length, packing, trust_remote_code)
+
+
+def tokenize_examples(batch: pa.Table, *, tokenizer_path: str, max_length: int, packing: bool = True,
+                      trust_remote_code: bool = False) -> pa.Table:
+    """Ray Data stage (tasks): :class:`TokenizeStage` with its tokenizer loaded once per worker process."""
+    return _stage(tokenizer_path, max_length, packing, trust_remote_code)(batch)
+
+
+def token_counts(tokens: pa.Table) -> dict[str, int]:
+    """Rows, examples, tokens and label tokens of a ``TOKENS_SCHEMA`` table."""
+    def total(name: str) -> int:
+        return int(pc.sum(tokens.column(name)).as_py() or 0) if tokens.num_rows else 0
+
+    return {"rows": tokens.num_rows, "examples": total("n_examples"), "tokens": total("n_tokens"),
+            "label_tokens": total("n_label_tokens")}
+
+
+# --------------------------------------------------------------------------- all steps, in process
+
+@dataclass
+class Prepared:
+    """Token rows of both sides, the base model path and the facts the report needs."""
+
+    train: pa.Table
+    validation: pa.Table
+    base_path: str
+    plan: SplitPlan
+    info: dict[str, Any]
+
+
+def prepare_local(cfg: Any, *, is_builder: bool = True, wait: Callable[[], None] | None = None) -> Prepared:
+    """Every step in this process (torchrun, bench): the same functions the Ray job runs as stages.
+
+    With several processes (torchrun ranks), every rank prepares the same tables; only the one
+    with ``is_builder`` builds a ``tiny`` base model, the others ``wait()`` for it first.
+    """
+    from training.model import prepare_base
+
+    checked = read_local(cfg.dataset_dirs(), cfg.phase)
+    plan = plan_splits(checked.select(STATUS_COLUMNS), cfg.validation_fraction)
+    check_plan(plan, cfg)
+    train = select_split(checked, split="train", threshold=plan.threshold)
+    if cfg.max_train_examples:
+        train = train.slice(0, cfg.max_train_examples)
+    evals = select_split(checked, split="validation", threshold=plan.threshold)
+    texts = tokenizer_texts(train)
+    if is_builder:
+        base_path = prepare_base(cfg, texts)
+    if wait is not None:
+        wait()
+    if not is_builder:
+        base_path = prepare_base(cfg, texts)
+    stage = TokenizeStage(base_path, cfg.max_length, cfg.packing, cfg.trust_remote_code)
+    size = cfg.tokenize.batch_size or 256
+    sides = {}
+    for name, table in (("train", train), ("validation", evals)):
+        parts = [stage(table.slice(i, size)) for i in range(0, table.num_rows, size)]
+        sides[name] = pa.concat_tables(parts) if parts else TOKENS_SCHEMA.empty_table()
+    info = split_info(plan, train.num_rows, token_counts(sides["train"]), token_counts(sides["validation"]))
+    return Prepared(sides["train"], sides["validation"], base_path, plan, info)
+
+
+def check_plan(plan: SplitPlan, cfg: Any) -> None:
+    """Raise ``DatasetError`` when the plan cannot train (some valid rows, but too few for two sides)."""
+    if plan.train and not plan.validation:
+        raise DatasetError(
+            f"dataset {', '.join(dataset_roots(cfg.dataset_dirs()))}, phase {cfg.phase!r}: only {plan.train} valid "
+            f"example(s) and no validation split; at least 2 are needed (one to train on, one to evaluate)")
+
+
+def split_info(plan: SplitPlan, train_examples: int, train: dict[str, int], validation: dict[str, int]) -> dict[str, Any]:
+    """The report's ``examples``/``rejected``/``rows`` section (same on every runner)."""
+    return {
+        "examples": {"read": plan.read, "valid": plan.read - sum(plan.rejected.values()),
+                     "train": train_examples, "validation": plan.validation,
+                     "validation_from": plan.validation_from,
+                     "dropped_in_tokenisation": (train_examples - train["examples"])
+                     + (plan.validation - validation["examples"])},
+        "rejected": plan.rejected,
+        "rejected_examples": plan.rejected_examples,
+        "train_rows": train["rows"], "eval_rows": validation["rows"],
+        "tokens": {"train": train["tokens"], "validation": validation["tokens"],
+                   "train_labels": train["label_tokens"]},
+    }
+
+
+# --------------------------------------------------------------------------- batches for the loop
 
 def collate(batch: Mapping[str, Any], pad_id: int) -> dict[str, Any]:
     """Pad a numpy batch of token rows to its longest row: input_ids, labels, attention_mask tensors."""
@@ -248,6 +544,11 @@ def iter_table_batches(table: pa.Table, batch_size: int, rank: int = 0, world_si
         yield {name: np.array(chunk.column(name).to_pylist(), dtype=object) for name in ("input_ids", "labels")}
 
 
-def dataset_texts(table: pa.Table) -> list[str]:
-    """Every message content of an examples table (tokenizer training text for the tiny model)."""
-    return [m["content"] for msgs in table.column("messages").to_pylist() for m in (msgs or []) if m.get("content")]
+def worker_path(path: str) -> str:
+    """A local path as Ray workers should see it: relative to the driver's cwd when below it
+    (the working directory every node gets under ``ray job submit --working-dir .``)."""
+    if fs.is_uri(path) or path.startswith("file://"):
+        return path
+    full = os.path.abspath(os.path.expanduser(path))
+    cwd = os.getcwd().rstrip(os.sep) + os.sep
+    return os.path.relpath(full) if full.startswith(cwd) else full

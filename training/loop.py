@@ -2,15 +2,18 @@
 
 ``run_training`` does the work (DeepSpeed engine over a PEFT LoRA model, gradient accumulation,
 warmup + cosine, eval loss/perplexity every ``eval_every_steps`` optimizer steps, a checkpoint
-at every evaluation, resume from the latest checkpoint). Where data, checkpoints and reports
-come from is a ``Session``:
+at every evaluation, resume from the latest checkpoint). Where data, checkpoints, reports and
+log lines go is a ``Session``:
 
 - ``RaySession`` (inside ``train_loop_per_worker``): ``get_dataset_shard``, ``get_checkpoint``,
   ``ray.train.report`` (every rank reports; per-rank DeepSpeed files merge into one checkpoint
-  in ``RunConfig.storage_path``).
-- ``LocalSession`` (``python -m training.loop`` / ``torchrun -m training.loop``): parquet read with
-  pyarrow, the same ``TokenizeStage``, rows sharded by rank, checkpoints under
-  OUTPUT/checkpoints/local/step_N.
+  in ``RunConfig.storage_path``). Rank 0's log lines go to the driver through a queue
+  (``training.trainer.ProgressRelay``), which prints them: worker output stays in Ray's logs.
+- ``LocalSession`` (``torchrun -m jobs.train_torchrun``, :func:`run_local`): the token tables of
+  ``training.data.prepare_local``, rows sharded by rank, checkpoints under
+  OUTPUT/checkpoints/<run>/step_N; rank 0 prints the log lines.
+
+Either way there is one line per logging step (rank 0 only) and one per evaluation.
 
 A checkpoint directory holds ``ds/`` (DeepSpeed state of the trainable parameters and the
 optimizer, one file per rank), ``adapter/`` (PEFT format), ``meta.json`` (step, epoch, micro
@@ -25,7 +28,6 @@ import math
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -91,19 +93,42 @@ class Session(Protocol):
     def train_batches(self, batch_size: int) -> Iterator[dict[str, Any]]: ...
     def eval_batches(self, batch_size: int) -> Iterator[dict[str, Any]]: ...
     def report(self, metrics: dict[str, Any], checkpoint_dir: str) -> None: ...
+    def log(self, event: dict[str, Any]) -> None: ...
+
+
+def format_event(event: dict[str, Any]) -> str:
+    """One progress line for a training event (``start``, ``step`` or ``eval``)."""
+    kind = event.get("event")
+    if kind == "start":
+        resume = f"; resuming after step {event['start_step']}" if event.get("start_step") else ""
+        return (f"training: {event['world']} worker(s) x {event['threads']} thread(s), {event['total']} steps "
+                f"({event['steps_per_epoch']} per epoch), warmup {event['warmup']}{resume}")
+    if kind == "step":
+        return f"step {event['step']}/{event['total']}  loss {event['loss']:.4f}  lr {event['lr']:.2e}"
+    if kind == "eval":
+        return (f"step {event['step']}/{event['total']}  eval loss {event['eval_loss']:.4f}  "
+                f"perplexity {event['eval_perplexity']:.1f}  (checkpoint)")
+    return json.dumps(event, default=str)
 
 
 class RaySession:
-    """Data, checkpoints and reports of a Ray Train V2 worker."""
+    """Data, checkpoints and reports of a Ray Train V2 worker; rank 0's events go to ``relay``."""
 
     fetch_factor = 8
 
-    def __init__(self) -> None:
+    def __init__(self, relay: Any = None) -> None:
         import ray.train
 
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
+        self.relay = relay
+
+    def log(self, event: dict[str, Any]) -> None:
+        if self.rank != 0 or self.relay is None:
+            return
+        with contextlib.suppress(Exception):  # a full or gone queue must never stop training
+            self.relay.put_nowait(event)
 
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[str | None]:
@@ -143,10 +168,16 @@ class RaySession:
 class LocalSession:
     """torchrun / single-process session: pyarrow data, checkpoints in a local directory."""
 
-    def __init__(self, train_table: Any, eval_table: Any, checkpoint_root: str, rank: int, world_size: int):
+    def __init__(self, train_table: Any, eval_table: Any, checkpoint_root: str, rank: int, world_size: int,
+                 quiet: bool = False):
         self.train_table, self.eval_table = train_table, eval_table
         self.root = checkpoint_root
         self.rank, self.world_size = rank, world_size
+        self.quiet = quiet
+
+    def log(self, event: dict[str, Any]) -> None:
+        if self.rank == 0 and not self.quiet:
+            print(format_event(event), flush=True)
 
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[str | None]:
@@ -172,7 +203,6 @@ class LocalSession:
         if self.rank == 0:
             os.replace(dst + ".partial", dst)
         dist.barrier()
-        print(json.dumps({"report": metrics}), flush=True) if self.rank == 0 else None
 
 
 def latest_local_checkpoint(root: str) -> str | None:
@@ -320,20 +350,20 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
 
     rank, world = session.rank, session.world_size
     torch.manual_seed(cfg.seed)
-    ds_cfg = deepspeed_config(
-        cfg.deepspeed, cfg.optim, world_size=world, total_steps=plan.total_steps, warmup_steps=plan.warmup_steps
-    )
+    use_gpu = cfg.scaling.use_gpu
+    ds_cfg = deepspeed_config(cfg.deepspeed, cfg.optim, world_size=world, total_steps=plan.total_steps,
+                              warmup_steps=plan.warmup_steps, use_gpu=use_gpu)
     model = build_lora_model(plan.base_path, cfg, ds_cfg)
-    engine, scheduler = build_engine(model, ds_cfg)
+    engine, scheduler = build_engine(model, ds_cfg, use_gpu=use_gpu)
     state = State()
     with session.latest_checkpoint() as d:
         if d is not None:
             state = load_checkpoint(engine, d)
             state.resumed_from_step.append(state.step)
         tracker = Tracker(cfg, rank, d)
-    if rank == 0:
-        print(f"[train] world={world} threads={torch.get_num_threads()} steps/epoch={plan.steps_per_epoch} total={plan.total_steps} "
-              f"warmup={plan.warmup_steps} start_step={state.step}", flush=True)
+    session.log({"event": "start", "world": world, "threads": torch.get_num_threads(),
+                 "steps_per_epoch": plan.steps_per_epoch, "total": plan.total_steps, "warmup": plan.warmup_steps,
+                 "start_step": state.step})
     accum = cfg.optim.grad_accum
     micro_per_epoch = plan.steps_per_epoch * accum
 
@@ -352,6 +382,8 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
         }
         state.history.append({k: float(v) for k, v in metrics.items() if v is not None})
         tracker.log({"eval/loss": state.eval_loss, "eval/perplexity": state.eval_perplexity}, state.step)
+        session.log({"event": "eval", "step": state.step, "total": plan.total_steps, "eval_loss": state.eval_loss,
+                     "eval_perplexity": state.eval_perplexity})
         with tempfile.TemporaryDirectory(prefix="cf-ckpt-") as tmp:
             save_checkpoint(engine, tmp, state, rank=rank, zero_stage=cfg.deepspeed.zero_stage, tracker=tracker)
             session.report(metrics, tmp)
@@ -392,8 +424,7 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
             if state.step % cfg.log_every_steps == 0 or state.step == 1:
                 lr = float(scheduler.get_last_lr()[0]) if scheduler is not None else cfg.optim.lr
                 tracker.log({"train/loss": loss, "train/lr": lr}, state.step)
-                if rank == 0:
-                    print(f"[train] step {state.step}/{plan.total_steps} loss {loss:.4f} lr {lr:.2e}", flush=True)
+                session.log({"event": "step", "step": state.step, "total": plan.total_steps, "loss": loss, "lr": lr})
             maybe_fail(cfg, state.step, rank)
             if state.step % cfg.eval_every_steps == 0 or state.step == plan.total_steps:
                 checkpoint_and_report()
@@ -408,7 +439,7 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train V2 entry: ``config = {"cfg": FinetuneConfig dump, "plan": Plan fields}``."""
+    """Ray Train V2 entry: ``config = {"cfg": FinetuneConfig dump, "plan": Plan fields, "relay": queue or None}``."""
     import torch
 
     cfg = FinetuneConfig.model_validate(config["cfg"])
@@ -418,8 +449,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         torch.cuda.set_device(ray.train.torch.get_device())
     else:  # intra-op threads = the CPUs this worker holds
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
-    run_training(cfg, plan, RaySession())
+    run_training(cfg, plan, RaySession(config.get("relay")))
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -435,7 +467,8 @@ def upload_dir(local: str, dest: str) -> None:
 
 
 def write_outputs(cfg: FinetuneConfig, checkpoint_dir: str, base_path: str, extra: dict[str, Any]) -> dict[str, Any]:
-    """OUTPUT/adapter (PEFT), OUTPUT/tokenizer, OUTPUT/config.yaml, OUTPUT/tensorboard, OUTPUT/report.json."""
+    """OUTPUT/adapter (PEFT), OUTPUT/tokenizer, OUTPUT/config.yaml, OUTPUT/tensorboard; returns the report's
+    training fields (the caller writes OUTPUT/report.json: the job skeleton, or ``run_local``)."""
     from training.data import load_tokenizer
 
     with open(os.path.join(checkpoint_dir, "meta.json")) as f:
@@ -456,7 +489,7 @@ def write_outputs(cfg: FinetuneConfig, checkpoint_dir: str, base_path: str, extr
         "train_loss_last": meta["train_loss_last"],
         "eval_loss": meta["eval_loss"],
         "eval_perplexity": meta["eval_perplexity"],
-        "steps": meta["step"],
+        "optimizer_steps": meta["step"],
         "epochs_done": meta["epoch"],
         "tokens": meta["tokens"],
         "train_time_s": round(meta["train_time_s"], 3),
@@ -465,7 +498,6 @@ def write_outputs(cfg: FinetuneConfig, checkpoint_dir: str, base_path: str, extr
         "history": meta["history"],
         **extra,
     }
-    fs.write_json(fs.join(out, "report.json"), report)
     return report
 
 
@@ -480,8 +512,12 @@ def free_port() -> int:
 
 def init_distributed(use_gpu: bool) -> tuple[int, int]:
     """torchrun env (or a 1-process default) → a process group DeepSpeed reuses."""
+    if not use_gpu:  # what DeepSpeed would detect, without its warning on every rank
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
     import torch
+
+    from training.model import no_jit_ops
 
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
@@ -490,67 +526,37 @@ def init_distributed(use_gpu: bool) -> tuple[int, int]:
     os.environ.setdefault("MASTER_PORT", str(free_port()))
     if use_gpu:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    no_jit_ops(use_gpu)
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 
-def run_local(cfg: FinetuneConfig) -> dict[str, Any] | None:
-    """The whole fine-tune without Ray (every rank calls it; rank 0 writes the outputs)."""
-    import pyarrow as pa
+def run_local(cfg: FinetuneConfig, run_id: str | None = None) -> dict[str, Any] | None:
+    """The whole fine-tune without Ray (every rank calls it; rank 0 writes the outputs and returns the report).
+
+    Checkpoints go to OUTPUT/checkpoints/<run_id>/step_N (``run_id`` defaults to the run name):
+    the same command again resumes from the latest one.
+    """
     import torch.distributed as dist
 
-    from training.data import TokenizeStage, check_split, dataset_texts, holdout_mask, load_tokenizer, read_examples
-    from training.model import prepare_base
+    from training.data import load_tokenizer, prepare_local
 
     t0 = time.perf_counter()
     rank, world = init_distributed(cfg.scaling.use_gpu)
-    check_split(cfg.dataset_dirs(), cfg.phase, "train")
-    train = read_examples(cfg.dataset_dirs(), cfg.phase, "train")
-    evals = read_examples(cfg.dataset_dirs(), cfg.phase, "validation")
-    if evals.num_rows == 0:
-        mask = holdout_mask(train.column("id").to_pylist(), cfg.validation_fraction)
-        evals, train = train.filter(pa.array(mask)), train.filter(pa.array(~mask))
-    if cfg.max_train_examples:
-        train = train.slice(0, cfg.max_train_examples)
-    if rank == 0:
-        base_path = prepare_base(cfg, dataset_texts(train))
-    dist.barrier()
-    base_path = prepare_base(cfg, None) if cfg.base_model == "tiny" else cfg.base_model
-    stage = TokenizeStage(base_path, cfg.max_length, cfg.packing, cfg.trust_remote_code)
-    train_tok = pa.concat_tables([stage(b) for b in train.to_batches(cfg.tokenize_batch_size)])
-    eval_tok = pa.concat_tables([stage(b) for b in evals.to_batches(cfg.tokenize_batch_size)])
-    pad_id = load_tokenizer(base_path, cfg.trust_remote_code).pad_token_id
-    plan = Plan.make(cfg, train_tok.num_rows, world, pad_id, base_path)
-    root = os.path.join(os.path.abspath(cfg.output_dir), "checkpoints", "local")
-    run_training(cfg, plan, LocalSession(train_tok, eval_tok, root, rank, world))
+    data = prepare_local(cfg, is_builder=rank == 0, wait=dist.barrier)
+    pad_id = load_tokenizer(data.base_path, cfg.trust_remote_code).pad_token_id
+    plan = Plan.make(cfg, data.train.num_rows, world, pad_id, data.base_path)
+    root = os.path.join(os.path.abspath(cfg.output_dir), "checkpoints", run_id or cfg.resolved_run_name())
+    run_training(cfg, plan, LocalSession(data.train, data.validation, root, rank, world))
     dist.barrier()
     report = None
     if rank == 0:
         latest = latest_local_checkpoint(root)
         assert latest is not None
-        report = write_outputs(cfg, latest, base_path, {
-            "runner": "torchrun", "world_size": world, "train_rows": train_tok.num_rows,
-            "eval_rows": eval_tok.num_rows, "plan": asdict(plan), "wall_s": round(time.perf_counter() - t0, 2)})
-        print(json.dumps({k: report[k] for k in ("steps", "train_loss_first", "train_loss_last", "eval_loss")}))
+        report = write_outputs(cfg, latest, data.base_path, {
+            "runner": "torchrun", "world_size": world, **data.info, "plan": asdict(plan),
+            "checkpoint": latest, "wall_s": round(time.perf_counter() - t0, 2)})
+        fs.write_json(fs.join(cfg.output_dir, "report.json"), report)
     dist.barrier()
     dist.destroy_process_group()
     return report
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``torchrun --nproc_per_node N -m training.loop --config X.yaml [--dataset D --phase P --output O]``."""
-    from chipforge.config import load_config
-
-    cfg = load_config(
-        FinetuneConfig,
-        argv,
-        prog="python -m training.loop",
-        flags={"--dataset": "dataset_dir", "--phase": "phase", "--output": "output_dir"},
-        description=main.__doc__,
-    )
-    run_local(cfg)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,12 +1,19 @@
 """Base model + PEFT LoRA, the DeepSpeed config, and the DeepSpeed engine: plain functions.
 
 Nothing here imports Ray: the same functions run inside Ray Train workers and under
-``torchrun`` (``python -m training.loop``). ``deepspeed`` is imported inside the functions
-(importing it on the Ray controller has broken before, ray#50406).
+``torchrun`` (``torchrun -m jobs.train_torchrun``). ``deepspeed`` is imported inside the
+functions (importing it on the Ray controller has broken before, ray#50406).
+
+On CPU nothing is JIT-compiled: the optimizer is torch's AdamW (``torch_adam``, never
+DeepSpeedCPUAdam or FusedAdam) and DeepSpeed's shared-memory all-reduce op, which it would
+otherwise build with ninja the first time a process group starts on a machine (about 85 s),
+is switched off (:func:`no_jit_ops`): gloo reduces the small LoRA gradients just as well.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from typing import Any
@@ -16,9 +23,10 @@ from training.config import TINY, DeepSpeedSettings, FinetuneConfig, LoraSetting
 
 
 def deepspeed_config(
-    ds: DeepSpeedSettings, optim: OptimSettings, *, world_size: int, total_steps: int, warmup_steps: int
+    ds: DeepSpeedSettings, optim: OptimSettings, *, world_size: int, total_steps: int, warmup_steps: int,
+    use_gpu: bool = True,
 ) -> dict[str, Any]:
-    """A DeepSpeed config dict: ZeRO stage, bf16, offload, AdamW, WarmupCosineLR."""
+    """A DeepSpeed config dict: ZeRO stage, bf16, offload, AdamW, WarmupCosineLR (torch AdamW on CPU)."""
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage in (2, 3):
         zero.update(overlap_comm=True, contiguous_gradients=True, reduce_bucket_size=5e7)
@@ -34,7 +42,7 @@ def deepspeed_config(
         "eps": 1e-8,
         "weight_decay": optim.weight_decay,
     }
-    if ds.torch_adam and not ds.offload_optimizer:
+    if (ds.torch_adam or not use_gpu) and not ds.offload_optimizer:
         adam["torch_adam"] = True
     return {
         "train_micro_batch_size_per_gpu": optim.micro_batch_size,
@@ -82,8 +90,11 @@ def load_base_model(path: str, *, bf16: bool, trust_remote_code: bool = False) -
     import torch
     from transformers import AutoModelForCausalLM
 
+    from training.tiny import quiet_hf
+
     dtype = torch.bfloat16 if bf16 else torch.float32
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    with quiet_hf():
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 def build_lora_model(base_path: str, cfg: FinetuneConfig, ds_config: dict[str, Any] | None = None) -> Any:
@@ -106,9 +117,32 @@ def build_lora_model(base_path: str, cfg: FinetuneConfig, ds_config: dict[str, A
     return model
 
 
-def build_engine(model: Any, ds_config: dict[str, Any]) -> tuple[Any, Any]:
+# DeepSpeed ops that are JIT-compiled on first use and that a CPU run never needs.
+CPU_JIT_OPS = ("deepspeed_shm_comm", "deepspeed_ccl_comm", "cpu_adam", "cpu_adagrad", "cpu_lion", "fused_adam")
+
+
+def no_jit_ops(use_gpu: bool) -> None:
+    """On CPU, mark the ops DeepSpeed would JIT-compile as unavailable, before it sets up its comm backend.
+
+    ``deepspeed.comm`` builds its shared-memory all-reduce op (``deepspeed_shm_comm``) whenever
+    the accelerator is the CPU; an op marked incompatible is skipped and gloo does the reduction.
+    The optimizer ops are torch AdamW on CPU anyway (``deepspeed_config``); marking them too makes
+    a config that would need them fail at once instead of compiling for minutes.
+    """
+    if use_gpu:
+        return
+    import deepspeed.ops
+
+    ops = deepspeed.ops.__compatible_ops__
+    for name in CPU_JIT_OPS:
+        ops[name] = False
+
+
+def build_engine(model: Any, ds_config: dict[str, Any], *, use_gpu: bool = True) -> tuple[Any, Any]:
     """``deepspeed.initialize`` over the trainable (LoRA) parameters; reuses an existing process group."""
     import deepspeed
+
+    no_jit_ops(use_gpu)
 
     params = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, scheduler = deepspeed.initialize(model=model, config=ds_config, model_parameters=params)
@@ -133,18 +167,35 @@ def save_adapter(engine: Any, path: str, *, rank: int, zero_stage: int) -> None:
         model.save_pretrained(path, safe_serialization=True)
 
 
+BASE_STAMP = "chipforge_base.json"
+
+
 def prepare_base(cfg: FinetuneConfig, texts: list[str] | None = None) -> str:
     """Path the workers load the base model (and tokenizer) from.
 
     ``base_model: tiny`` builds a tiny random Llama and a tokenizer trained on ``texts`` into
-    OUTPUT/base_model (reused when already there, so a resumed run sees the same base).
+    OUTPUT/base_model. It is reused when it was built from the same texts and settings (so a
+    resumed run sees the same base) and rebuilt when the dataset or the tiny settings changed.
     """
     if cfg.base_model != TINY:
         return cfg.base_model
     from training.tiny import save_tiny_model
 
     path = os.path.abspath(fs.join(cfg.output_dir, "base_model"))
-    if os.path.exists(os.path.join(path, "config.json")):
+    stamp_path = os.path.join(path, BASE_STAMP)
+    stamp = None
+    if texts:
+        texts = sorted(texts)  # the order rows arrive in must not change the tokenizer
+        h = hashlib.sha256(json.dumps([cfg.tiny.model_dump(), cfg.max_length]).encode())
+        for t in texts:
+            h.update(t.encode() + b"\0")
+        stamp = h.hexdigest()[:16]
+    if os.path.exists(stamp_path):
+        with open(stamp_path) as f:
+            built = json.load(f).get("stamp")
+        if stamp is None or built == stamp:
+            return path
+    elif stamp is None and os.path.exists(os.path.join(path, "config.json")):
         return path
     if not texts:
         raise ValueError("base_model: tiny needs dataset text to train its tokenizer")
@@ -160,4 +211,6 @@ def prepare_base(cfg: FinetuneConfig, texts: list[str] | None = None) -> str:
             seed=t.seed,
             max_position_embeddings=max(2048, cfg.max_length),
         )
+        with open(os.path.join(tmp, BASE_STAMP), "w") as f:
+            json.dump({"stamp": stamp}, f)
     return path

@@ -9,7 +9,9 @@ Face id or a local path" can load it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -110,6 +112,26 @@ def save_tiny_model(path: str, texts: Iterable[str], **kw: Any) -> str:
     vocab_size = int(kw.pop("vocab_size", 512))
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
     model = build_tiny_llama(tokenizer, **kw)
-    model.save_pretrained(path)
+    with quiet_hf():
+        model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@contextlib.contextmanager
+def quiet_hf() -> Iterator[None]:
+    """Without transformers' progress bars ("Writing model shards", "Loading weights") and, on a
+    machine without CUDA, without DeepSpeed's "Setting accelerator to CPU" warning (``save_pretrained``
+    imports DeepSpeed through accelerate): a job prints its own progress lines."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()

@@ -11,6 +11,16 @@ errors and 5xx (never on 4xx); a response size cap (Content-Length checked, body
 abandoned past the cap); content types checked; an on-disk cache revalidated with
 If-None-Match / If-Modified-Since so a rerun mostly gets 304s; URLs normalised (fragment
 dropped, default port and empty path normalised) so link loops terminate.
+
+One fetch path for everything (issue 8): pages and robots.txt both go through
+``SiteCrawler._get``: redirects followed hop by hop, each hop rate-limited and checked (pages:
+under the allowed prefixes; robots.txt: the same scheme+host+port or under the prefixes, never
+another host such as 169.254.169.254), and the body read by ``read_body`` under ``max_bytes``
+both on the wire and after decompression. aiohttp's own decompression is off
+(``auto_decompress=False``): ``gzip``/``deflate`` are inflated here in bounded steps, so a
+gzip bomb stops at the cap instead of growing the process; other encodings are refused. A
+robots.txt that cannot be fetched within these limits is recorded in ``robots_failures`` and
+treated as absent (everything allowed), as an unreachable one always was.
 """
 
 from __future__ import annotations
@@ -21,7 +31,9 @@ import hashlib
 import json
 import time
 import urllib.robotparser
+import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +67,10 @@ FORMAT_BY_TYPE = {
     "text/prs.fallenstein.rst": "rst",
     "text/plain": "text",
 }
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+ACCEPT_ENCODING = "gzip, deflate"  # the only encodings ``read_body`` inflates
+_CHUNK = 65536
+
 FORMAT_BY_SUFFIX = {
     ".html": "html", ".htm": "html", ".md": "markdown", ".markdown": "markdown",
     ".rst": "rst", ".txt": "text", ".text": "text",
@@ -89,6 +105,7 @@ class CrawlStats:
     retries: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)  # {url, reason}
     skipped: Counter = field(default_factory=Counter)  # not failures: duplicate final URL, max_pages, ...
+    robots_failures: list[dict[str, str]] = field(default_factory=list)  # {url, reason}: treated as absent
 
     def fail(self, url: str, reason: str) -> None:
         self.failures.append({"url": url, "reason": reason})
@@ -100,6 +117,7 @@ class CrawlStats:
             "failed": len(self.failures), "failure_reasons": dict(sorted(reasons.items())),
             "failures": sorted(self.failures, key=lambda f: f["url"]), "bytes": self.bytes,
             "retries": self.retries, "skipped": dict(sorted(self.skipped.items())),
+            "robots_failures": sorted(self.robots_failures, key=lambda f: f["url"]),
         }
 
 
@@ -120,6 +138,12 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
 
 def within(url: str, prefixes: list[str]) -> bool:
     return any(url.startswith(normalize_url(p) or p) for p in prefixes)
+
+
+def same_origin(url: str, other: str) -> bool:
+    """Same scheme, host and port (both normalised by ``normalize_url``)."""
+    a, b = urlsplit(url), urlsplit(other)
+    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
 
 
 def page_format(content_type: str, url: str) -> str | None:
@@ -160,6 +184,65 @@ class _Retryable(Exception):
 
 class _Failed(Exception):
     """A permanent failure of one page; the reason is the message."""
+
+
+def _decoder(encoding: str) -> Any | None:
+    """A zlib decompressor for a Content-Encoding (None: identity); _Failed for anything else."""
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        return None
+    if enc in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if enc == "deflate":
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib header (auto-detected)
+    raise _Failed(f"content_encoding:{enc}")
+
+
+async def read_body(resp: Any, max_bytes: int) -> bytes:
+    """The body of ``resp`` (opened with ``auto_decompress=False``), at most ``max_bytes``.
+
+    Checked three ways so that neither a large nor a highly compressed body can grow the
+    process: the declared Content-Length, the bytes received, and the bytes after inflating
+    ``gzip``/``deflate``, which is done ``max_bytes + 1`` bytes at a time. Raises
+    ``_Failed("too_large:...")`` at the first that exceeds the cap.
+    """
+    if resp.content_length is not None and resp.content_length > max_bytes:
+        raise _Failed(f"too_large:{resp.content_length}")
+    decoder = _decoder(resp.headers.get("Content-Encoding", ""))
+    body = bytearray()
+    received = 0
+    async for chunk in resp.content.iter_chunked(_CHUNK):
+        received += len(chunk)
+        if received > max_bytes:
+            raise _Failed(f"too_large:>{max_bytes}")
+        if decoder is None:
+            body += chunk
+            continue
+        data = chunk
+        while data:
+            try:
+                body += decoder.decompress(data, max_bytes + 1 - len(body))
+            except zlib.error as exc:
+                raise _Failed(f"bad_encoding:{exc}") from exc
+            if len(body) > max_bytes:
+                raise _Failed(f"too_large:>{max_bytes} (decompressed)")
+            data = decoder.unconsumed_tail
+    if decoder is not None:
+        body += decoder.flush(max_bytes + 1 - len(body))
+        if len(body) > max_bytes:
+            raise _Failed(f"too_large:>{max_bytes} (decompressed)")
+    return bytes(body)
+
+
+@dataclass
+class _Fetched:
+    """One finished request: final URL, status, headers, charset and (status 200 only) the body."""
+
+    url: str
+    status: int
+    headers: Any
+    charset: str | None
+    body: bytes = b""
 
 
 class PageCache:
@@ -226,11 +309,12 @@ class SiteCrawler:
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
-        headers = {"User-Agent": self.cfg.user_agent}
+        headers = {"User-Agent": self.cfg.user_agent, "Accept-Encoding": ACCEPT_ENCODING}
         pages: dict[str, dict[str, Any]] = {}
         seen: set[str] = set()
         frontier = [u for u in (normalize_url(s) for s in self.source.start_urls) if u]
-        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+        # auto_decompress=False: bodies are inflated by read_body, under the size cap.
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers, auto_decompress=False) as session:
             for depth in range(self.source.max_depth + 1):
                 batch = []
                 for url in frontier:
@@ -264,6 +348,7 @@ class SiteCrawler:
         return rows, self.stats
 
     async def _allowed(self, session: Any, url: str) -> bool:
+        """robots.txt verdict for ``url`` (fetched once per host through ``_get``, same limits as pages)."""
         if not self.cfg.respect_robots:
             return True
         host = self._host(url)
@@ -273,15 +358,20 @@ class SiteCrawler:
                 robots_url = f"{parts.scheme}://{parts.netloc}/robots.txt"
                 parser = urllib.robotparser.RobotFileParser(robots_url)
                 try:
-                    await host.wait_turn()
-                    async with session.get(robots_url, allow_redirects=True) as resp:
-                        if resp.status >= 400:
-                            # 4xx: no robots.txt → everything allowed; 5xx: be conservative
-                            parser.disallow_all = resp.status >= 500
-                            parser.allow_all = resp.status < 500
-                        else:
-                            parser.parse((await resp.text(errors="replace")).splitlines())
-                except Exception:  # unreachable robots.txt: allow, the page fetch will report the error
+                    fetched = await self._get(
+                        session, robots_url, {},
+                        lambda u: same_origin(u, robots_url) or within(u, self.prefixes), check_robots=False)
+                    if fetched.status >= 400:
+                        # 4xx: no robots.txt → everything allowed; 5xx: be conservative
+                        parser.disallow_all = fetched.status >= 500
+                        parser.allow_all = fetched.status < 500
+                    else:
+                        parser.parse(fetched.body.decode(fetched.charset or "utf-8", errors="replace").splitlines())
+                except (_Failed, _Retryable) as exc:  # treated as absent; the reason goes to the stats
+                    self.stats.robots_failures.append({"url": robots_url, "reason": str(exc)})
+                    parser.allow_all = True
+                except Exception as exc:  # noqa: BLE001 - unreachable robots.txt: allow, pages report errors
+                    self.stats.robots_failures.append({"url": robots_url, "reason": f"error:{type(exc).__name__}"})
                     parser.allow_all = True
                 host.robots = parser
         return host.robots.can_fetch(self.cfg.user_agent, url)
@@ -309,32 +399,39 @@ class SiteCrawler:
             self.stats.fail(url, f"error:{type(exc).__name__}: {exc}")
         return None
 
-    async def _fetch(self, session: Any, url: str, cached: dict[str, Any] | None) -> dict[str, Any]:
-        """One attempt. Redirects are followed hop by hop so every hop is rate-limited and
-        checked against the allowed prefixes and robots.txt."""
+    async def _get(self, session: Any, url: str, headers: dict[str, str], may_redirect_to: Callable[[str], bool],
+                   *, check_robots: bool, accept: Callable[[Any, str], None] | None = None) -> _Fetched:
+        """The one fetch function (pages and robots.txt): one attempt at ``url``.
+
+        Redirects are followed hop by hop so that every hop is rate-limited, must satisfy
+        ``may_redirect_to`` (else ``redirect_outside_prefix``) and, with ``check_robots``,
+        robots.txt. For a 200, ``accept(resp, final_url)`` may refuse the response before its
+        body is read; the body is read by ``read_body`` under ``max_bytes``. Raises ``_Failed``
+        (permanent) or ``_Retryable`` (timeouts, connection and payload errors).
+        """
         import aiohttp
 
-        headers = {}
-        if cached and cached.get("etag"):
-            headers["If-None-Match"] = cached["etag"]
-        if cached and cached.get("last_modified"):
-            headers["If-Modified-Since"] = cached["last_modified"]
         current = url
         for hop in range(self.cfg.max_redirects + 1):
-            if hop and not await self._allowed(session, current):
+            if hop and check_robots and not await self._allowed(session, current):
                 raise _Failed(f"robots_disallowed:{current}")
             host = self._host(current)
             async with host.sem:
                 await host.wait_turn()
                 try:
                     async with session.get(current, headers=headers, allow_redirects=False) as resp:
-                        if resp.status in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
+                        if resp.status in REDIRECT_STATUSES and resp.headers.get("Location"):
                             nxt = normalize_url(resp.headers["Location"], current)
-                            if nxt is None or not within(nxt, self.prefixes):
+                            if nxt is None or not may_redirect_to(nxt):
                                 raise _Failed(f"redirect_outside_prefix:{nxt or resp.headers['Location']}")
                             current = nxt
                             continue
-                        return await self._response(resp, url, current, cached)
+                        body = b""
+                        if resp.status == 200:
+                            if accept is not None:
+                                accept(resp, current)
+                            body = await read_body(resp, self.cfg.max_bytes)
+                        return _Fetched(current, resp.status, resp.headers.copy(), resp.charset, body)
                 except asyncio.TimeoutError as exc:
                     raise _Retryable("timeout") from exc
                 except aiohttp.ClientPayloadError as exc:
@@ -343,32 +440,41 @@ class SiteCrawler:
                     raise _Retryable(f"connection_error:{type(exc).__name__}") from exc
         raise _Failed("too_many_redirects")
 
-    async def _response(self, resp: Any, url: str, final: str, cached: dict[str, Any] | None) -> dict[str, Any]:
-        if resp.status == 304 and cached:
+    @staticmethod
+    def _accept_page(resp: Any, final: str) -> None:
+        """Refuse a page whose content type is not a document format, before reading its body."""
+        ctype = resp.headers.get("Content-Type", "")
+        if page_format(ctype, final) is None:
+            raise _Failed(f"content_type:{ctype.split(';', 1)[0].strip() or 'missing'}")
+
+    async def _fetch(self, session: Any, url: str, cached: dict[str, Any] | None) -> dict[str, Any]:
+        """One attempt at a page (conditional on the cached validators), through ``_get``."""
+        headers = {}
+        if cached and cached.get("etag"):
+            headers["If-None-Match"] = cached["etag"]
+        if cached and cached.get("last_modified"):
+            headers["If-Modified-Since"] = cached["last_modified"]
+        fetched = await self._get(session, url, headers, lambda u: within(u, self.prefixes), check_robots=True,
+                                  accept=self._accept_page)
+        return self._response(fetched, url, cached)
+
+    def _response(self, fetched: _Fetched, url: str, cached: dict[str, Any] | None) -> dict[str, Any]:
+        if fetched.status == 304 and cached:
             self.stats.revalidated += 1
             cached["fetched_at"] = time.time()
             self.cache.put(url, cached)
             return self._row(cached)
-        if resp.status >= 500:
-            raise _Retryable(f"http_{resp.status}")
-        if resp.status != 200:
-            raise _Failed(f"http_{resp.status}")
-        ctype = resp.headers.get("Content-Type", "")
-        fmt = page_format(ctype, final)
-        if fmt is None:
-            raise _Failed(f"content_type:{ctype.split(';', 1)[0].strip() or 'missing'}")
-        if resp.content_length is not None and resp.content_length > self.cfg.max_bytes:
-            raise _Failed(f"too_large:{resp.content_length}")
-        body = bytearray()
-        async for chunk in resp.content.iter_chunked(65536):
-            body += chunk
-            if len(body) > self.cfg.max_bytes:
-                raise _Failed(f"too_large:>{self.cfg.max_bytes}")
-        self.stats.bytes += len(body)
-        text = body.decode(resp.charset or "utf-8", errors="replace")
+        if fetched.status >= 500:
+            raise _Retryable(f"http_{fetched.status}")
+        if fetched.status != 200:
+            raise _Failed(f"http_{fetched.status}")
+        fmt = page_format(fetched.headers.get("Content-Type", ""), fetched.url)
+        assert fmt is not None  # checked by _accept_page before the body was read
+        self.stats.bytes += len(fetched.body)
+        text = fetched.body.decode(fetched.charset or "utf-8", errors="replace")
         entry = {
-            "url": final, "requested_url": url, "format": fmt, "content": text,
-            "etag": resp.headers.get("ETag"), "last_modified": resp.headers.get("Last-Modified"),
+            "url": fetched.url, "requested_url": url, "format": fmt, "content": text,
+            "etag": fetched.headers.get("ETag"), "last_modified": fetched.headers.get("Last-Modified"),
             "fetched_at": time.time(),
         }
         self.cache.put(url, entry)

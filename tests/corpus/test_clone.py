@@ -48,6 +48,7 @@ def origin(tmp_path: Path) -> tuple[Path, str, str]:
 
 
 def settings(tmp_path: Path, **kw: object) -> CloneSettings:
+    kw.setdefault("local_roots", (str(tmp_path),))
     return CloneSettings(cache_dir=str(tmp_path / "cache"), retries=0, backoff_s=0.01, **kw)  # type: ignore[arg-type]
 
 
@@ -81,12 +82,13 @@ def test_commit_not_at_a_ref_uses_full_fetch_fallback(tmp_path: Path, origin: tu
 
 @pytest.mark.parametrize(
     ("url", "ref", "reason"),
-    [("missing_dir", None, "bad url"), ("file:///nonexistent/x", None, "bad url"),
+    [("missing_dir", None, "bad url"), ("file://MISSING", None, "bad url"), ("file:///nonexistent/x", None, "unsafe url"),
      ("ORIGIN", "no-such-branch", "missing ref"), ("ORIGIN", "0" * 40, "missing ref")],
 )
 def test_failures_have_reasons(tmp_path: Path, origin: tuple[Path, str, str], url: str, ref: str | None,
                                reason: str) -> None:
     url = str(origin[0]) if url == "ORIGIN" else (str(tmp_path / url) if url == "missing_dir" else url)
+    url = url.replace("MISSING", str(tmp_path / "nonexistent"))
     with pytest.raises(CloneError) as info:
         clone(Repository(name="o", url=url, ref=ref), settings(tmp_path))
     assert info.value.reason == reason
@@ -160,7 +162,8 @@ def test_http_failures_retry_only_transient(tmp_path: Path, http_url: str) -> No
 
 def test_clone_and_read_stage(tmp_path: Path, origin: tuple[Path, str, str]) -> None:
     repo, _, head = origin
-    stage = CloneAndRead(status_dir=str(tmp_path / "status"), cache_dir=str(tmp_path / "cache"), retries=0)
+    stage = CloneAndRead(status_dir=str(tmp_path / "status"), cache_dir=str(tmp_path / "cache"), retries=0,
+                         local_roots=[str(tmp_path)])
     batch = pa.table({
         "manifest_index": [0, 1],
         "repository": [Repository(name="good", url=str(repo), license="MIT").model_dump_json(),

@@ -85,9 +85,9 @@ def test_baseline_rules_ties_and_fallback() -> None:
 
 def test_classifier_deterministic_and_roundtrip(tmp_path: Path, trained: PhaseClassifier) -> None:
     texts = ["global_placement -density 0.7", "write an always block", "set_false_path between clocks"]
-    a = PhaseClassifier.load(tmp_path / "clf.pkl")  # trains and saves
-    assert (tmp_path / "clf.pkl").exists()
-    b = PhaseClassifier.load(tmp_path / "clf.pkl")
+    a = PhaseClassifier.load(tmp_path / "clf.json")  # trains and saves
+    assert (tmp_path / "clf.json").exists()
+    b = PhaseClassifier.load(tmp_path / "clf.json")
     assert a.predict(texts) == b.predict(texts) == trained.predict(texts)
     assert (a.predict_proba(texts) == trained.predict_proba(texts)).all()
     assert set(a.predict(texts)) <= set(PHASES) and a.classes == sorted(PHASES)

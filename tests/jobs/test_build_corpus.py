@@ -104,8 +104,10 @@ def test_corpus_job_on_test_repositories(tmp_path: Path, ray_session: object) ->
             assert MARKER.encode() not in f.read_bytes()
     assert sorted(p.name for p in (out / "modules").iterdir()) == ["repo=alpha", "repo=beta"]
 
-    # rerun: clone cache hit, output replaced (not appended)
+    # an unchanged rerun is skipped; a forced one hits the clone cache and replaces the output
     assert main(argv) == 0
+    assert json.loads((out / "report.json").read_text()) == report
+    assert main([*argv, "--force"]) == 0
     again = json.loads((out / "report.json").read_text())
     assert {r["repo"]: r["cached"] for r in again["repositories"]["per_repo"] if r["status"] == "ok"} == \
         {"alpha": True, "beta": True}
@@ -124,3 +126,17 @@ def test_sample_config_end_to_end(tmp_path: Path, ray_session: object) -> None:
     licences = dict(zip(table.column("repo").to_pylist(), table.column("license").to_pylist()))
     assert licences["tinycores"] == "MIT" and licences["svperiph"] == "Apache-2.0"
     assert all(c.startswith("dir:") for c in table.column("commit").to_pylist())
+
+
+def test_bad_values_and_paths_fail_before_ray_naming_their_source(tmp_path: Path, capsys) -> None:
+    """grammar=vhdl, an output that is a file, a missing manifest: exit 2 with one clear message each."""
+    assert main(["--output", str(tmp_path / "o"), "grammar=vhdl"]) == 2
+    err = capsys.readouterr().err
+    assert "grammar" in err and "command-line override 'grammar=vhdl'" in err and "Traceback" not in err
+    a_file = tmp_path / "f.txt"
+    a_file.write_text("x")
+    assert main(["--output", str(a_file)]) == 2
+    assert f"--output {a_file}: output" in capsys.readouterr().err
+    assert main(["--manifest", str(tmp_path / "none.yaml"), "--output", str(tmp_path / "o")]) == 2
+    assert "--manifest" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

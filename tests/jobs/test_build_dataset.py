@@ -82,7 +82,16 @@ def test_build_dataset_end_to_end(ray_session: None, tmp_path: Path, assets: Pat
     assert v["count"] > 0 and v["tokens"]["min"] <= v["tokens"]["p50"] <= v["tokens"]["max"]
     ids = sorted(r["id"] for r in rows)
     assert main(["--corpus", str(tmp_path / "c"), "--docs", str(tmp_path / "d"), "--output", str(out),
-                 f"benchmark_paths={json.dumps(bench)}"]) == 0
+                 f"benchmark_paths={json.dumps(bench)}", "--force"]) == 0
     again = datasets.load_dataset("parquet", data_files=[str(p) for p in sorted(out.glob("examples/*/*/*.parquet"))],
                                   split="train", download_mode="force_redownload")
     assert sorted(again["id"]) == ids
+
+
+def test_missing_input_dir_is_an_error_before_ray(tmp_path: Path, capsys) -> None:
+    """`--corpus <missing>` used to give a docs-only dataset and exit 0."""
+    (tmp_path / "d/docs").mkdir(parents=True)
+    assert main(["--corpus", str(tmp_path / "nope"), "--docs", str(tmp_path / "d"), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--corpus" in err and "does not exist" in err
+    assert not (tmp_path / "o").exists()

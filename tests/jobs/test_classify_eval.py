@@ -12,11 +12,11 @@ from jobs.classify_eval import main
 
 
 def test_classify_eval_writes_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out, model = tmp_path / "m.json", tmp_path / "clf.pkl"
+    out, model = tmp_path / "ce", tmp_path / "clf.json"
     assert main(["--output", str(out), "--model", str(model)]) == 0
     printed = capsys.readouterr().out
     assert "confusion (rows = true" in printed and "keyword baseline" in printed and "macro-F1 on" in printed
-    rep = json.loads(out.read_text())
+    rep = json.loads((out / "report.json").read_text())
     assert model.exists()
     assert rep["n_eval"] >= 210 and rep["phases"] == list(PHASES)
     for key in ("baseline", "classifier"):
@@ -31,11 +31,11 @@ def test_classify_eval_writes_metrics(tmp_path: Path, capsys: pytest.CaptureFixt
     assert rep["classifier"]["macro_f1"] > rep["baseline"]["macro_f1"]
     assert rep["macro_f1_gain"] == pytest.approx(rep["classifier"]["macro_f1"] - rep["baseline"]["macro_f1"])
     # a second run reuses the saved artifact and gives the same figures
-    assert main(["--output", str(out), "--model", str(model)]) == 0
-    assert json.loads(out.read_text())["classifier"] == rep["classifier"]
+    assert main(["--output", str(out), "--model", str(model), "--force"]) == 0
+    assert json.loads((out / "report.json").read_text())["classifier"] == rep["classifier"]
 
 
-def test_classify_eval_bad_config_named(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit):
-        main(["phases=[triage]", "--output", str(tmp_path / "m.json")])
-    assert not (tmp_path / "m.json").exists()
+def test_classify_eval_bad_config_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["phases=[triage]", "--output", str(tmp_path / "m")]) == 2
+    assert "command-line override 'phases=[triage]'" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

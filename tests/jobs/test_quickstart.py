@@ -1,4 +1,4 @@
-"""jobs.quickstart: step wiring with a fake runner, and the real corpus → docs → dataset steps on the sample."""
+"""jobs.quickstart: step wiring with a fake runner; the real corpus → docs → dataset steps, rerun and changed."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
+from chipforge.job import Run
 from jobs import quickstart
-from jobs.quickstart import QuickstartConfig
+from pipelines.quickstart import QuickstartConfig, run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -17,27 +18,25 @@ REPO = Path(__file__).resolve().parents[2]
 def test_steps_feed_each_other_and_a_failure_stops_the_pipeline(tmp_path: Path, capsys) -> None:
     calls: list[tuple[str, list[str]]] = []
 
-    def runner(module: str, argv: list[str]) -> int:
-        calls.append((module, argv))
-        return 3 if module == "jobs.build_dataset" else 0
+    def runner(step: str, argv: list[str]) -> int:
+        calls.append((step, argv))
+        return 3 if step == "dataset" else 0
 
-    report = quickstart.run(QuickstartConfig(output_dir=str(tmp_path)), runner)
-    assert [m for m, _ in calls] == ["jobs.build_corpus", "jobs.scrape_docs", "jobs.build_dataset"]
+    report = run(QuickstartConfig(output_dir=str(tmp_path)), Run("quickstart", str(tmp_path), force=True), runner)
+    assert [s for s, _ in calls] == ["corpus", "docs", "dataset"]
     dataset_argv = calls[2][1]
     assert dataset_argv[dataset_argv.index("--corpus") + 1] == calls[0][1][calls[0][1].index("--output") + 1]
     assert dataset_argv[dataset_argv.index("--docs") + 1] == calls[1][1][calls[1][1].index("--output") + 1]
-    assert report["ok"] is False and report["steps"]["dataset"]["exit_code"] == 3 and "finetune" not in report["steps"]
-    assert json.loads((tmp_path / "quickstart.json").read_text())["ok"] is False
+    assert all("--force" in argv for _, argv in calls)  # --force reaches every step
+    assert report["ok"] is False and report["step_results"]["dataset"]["exit_code"] == 3
+    assert "finetune" not in report["step_results"]
     assert "step dataset failed with exit code 3" in capsys.readouterr().out
 
 
-def test_a_step_that_raises_is_reported_not_a_crash(tmp_path: Path) -> None:
-    def runner(module: str, argv: list[str]) -> int:
-        raise ValueError(f"bad input for {module}")
-
-    rc_report = quickstart.run(QuickstartConfig(output_dir=str(tmp_path), steps=["docs", "dataset"]), runner)
-    assert rc_report["ok"] is False and list(rc_report["steps"]) == ["docs"]
-    assert rc_report["steps"]["docs"]["error"] == "ValueError: bad input for jobs.scrape_docs"
+def test_a_failed_step_makes_the_quickstart_exit_non_zero(tmp_path: Path) -> None:
+    assert quickstart.main(["--output", str(tmp_path / "q"), "steps=[docs]",
+                            f"docs_config={tmp_path / 'missing.yaml'}"]) == 1
+    assert json.loads((tmp_path / "q" / "report.json").read_text())["ok"] is False
 
 
 def _ids(examples_dir: Path) -> set[tuple[str, str, str]]:
@@ -46,13 +45,24 @@ def _ids(examples_dir: Path) -> set[tuple[str, str, str]]:
 
 
 @pytest.mark.integration
-def test_sample_pipeline_reproduces_the_bundled_dataset(ray_session, tmp_path: Path) -> None:
-    """The shipped sample/dataset (finetune's default input) is what corpus → docs → dataset makes now."""
+def test_sample_pipeline_reruns_only_what_changed(ray_session, tmp_path: Path, capfd) -> None:
+    """The bundled dataset is reproduced; a rerun skips every step; a changed dataset config reruns it alone."""
     out = tmp_path / "qs"
-    assert quickstart.main(["--output", str(out), "steps=[corpus, docs, dataset]",
-                            f"corpus_config={REPO / 'jobs/configs/corpus_sample.yaml'}"]) == 0
+    argv = ["--output", str(out), "steps=[corpus, docs, dataset]"]
+    assert quickstart.main(argv) == 0
+    first = capfd.readouterr()
+    assert len((first.out + first.err).splitlines()) < 45, first.out + first.err
+    assert "core_worker" not in first.out + first.err
     fresh = _ids(out / "dataset" / "examples")
     assert {p for _, p, _ in fresh} >= {"rtl_design", "triage", "synthesis", "placement", "routing"}
-    assert {("rtl_design", "train"), ("rtl_design", "validation")} <= {(p, s) for _, p, s in fresh}
     assert fresh == _ids(REPO / "sample" / "dataset" / "examples"), (
         "sample/dataset is stale: regenerate it with `python -m jobs.quickstart` and copy out/quickstart/dataset")
+
+    assert quickstart.main(argv) == 0
+    assert (capfd.readouterr().out.count("up to date, skipped")) == 3
+
+    changed = tmp_path / "dataset.yaml"
+    changed.write_text((REPO / "jobs/configs/dataset_sample.yaml").read_text() + "\nseed: 7\n")
+    assert quickstart.main([*argv, f"dataset_config={changed}"]) == 0
+    text = capfd.readouterr().out
+    assert text.count("up to date, skipped") == 2 and "== dataset: rerunning (config changed)" in text

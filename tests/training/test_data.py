@@ -3,20 +3,29 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+import pyarrow.parquet as pq
+
 from corpus.schema import EXAMPLES_SCHEMA, from_rows
 from tests.training._data import example, rows, write_dataset
+from training.config import FinetuneConfig
 from training.data import (
-    available_phases,
+    CHECKED_SCHEMA,
     IGNORE,
+    STATUS_COLUMNS,
     TOKENS_SCHEMA,
     DatasetError,
     TokenizeStage,
+    available_phases,
+    check_example,
     check_split,
     collate,
-    holdout_mask,
     iter_table_batches,
     pack_rows,
-    read_examples,
+    plan_splits,
+    prepare_local,
+    read_local,
+    read_validated,
+    select_split,
     tokenize_messages,
 )
 
@@ -63,12 +72,16 @@ def test_template_without_generation_blocks(tokenizer):
     assert labelled_text(t, ids, labels) == "module reg_9 (input wire clk); endmodule<|end|>"
 
 
-def test_truncation_and_examples_without_assistant_tokens(tokenizer):
+def test_truncation_keeps_the_reply_and_examples_without_assistant_tokens_are_dropped(tokenizer):
     prompt = tokenizer.apply_chat_template(MSGS[:2], tokenize=False, add_generation_prompt=True)
     n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    full, _ = tokenize_messages(tokenizer, MSGS, max_length=512)
     ids, labels = tokenize_messages(tokenizer, MSGS, max_length=n_prompt + 4)
-    assert len(ids) == n_prompt + 4 and sum(lab != IGNORE for lab in labels) == 4
-    assert tokenize_messages(tokenizer, MSGS, max_length=n_prompt) is None  # only prompt tokens left
+    assert len(ids) == n_prompt + 4 and sum(lab != IGNORE for lab in labels) == 4  # the end is cut
+    # a prompt as long as the window: the prompt is cut from the left, the reply starts half way
+    ids, labels = tokenize_messages(tokenizer, MSGS, max_length=n_prompt)
+    assert len(ids) == n_prompt and ids == full[n_prompt - n_prompt // 2 : 2 * n_prompt - n_prompt // 2]
+    assert all(lab == IGNORE for lab in labels[: n_prompt // 2]) and labels[n_prompt // 2] != IGNORE
     assert tokenize_messages(tokenizer, MSGS[:2], max_length=512) is None
 
 
@@ -107,10 +120,17 @@ def test_iter_table_batches_gives_equal_disjoint_shards():
     assert len(shards[0]) == len(shards[1]) == 3 and not set(shards[0]) & set(shards[1])
 
 
+def ok_rows(table: pa.Table, split: str | None = None) -> pa.Table:
+    keep = [s == "ok" and (split is None or sp == split) for s, sp in
+            zip(table.column("status").to_pylist(), table.column("source_split").to_pylist())]
+    return table.filter(pa.array(keep))
+
+
 def test_read_and_missing_split_errors_name_path_and_phase(tmp_path):
     root = write_dataset(tmp_path / "ds", rows(n_train=4, n_val=2) + [example("routing", "train", "q", "a")])
-    assert read_examples(str(root), "rtl_design", "validation").num_rows == 2
-    assert read_examples(str(root), "placement", "train").num_rows == 0
+    checked = read_local(str(root), "rtl_design")
+    assert checked.schema == CHECKED_SCHEMA and ok_rows(checked, "validation").num_rows == 2
+    assert ok_rows(checked, "train").num_rows == 4
     with pytest.raises(DatasetError) as err:
         check_split(str(root), "placement", "train")
     msg = str(err.value)
@@ -123,17 +143,129 @@ def test_examples_and_synthetic_dirs_merge(tmp_path):
     write_dataset(tmp_path / "synth", synth, subdir="synthetic")
     write_dataset(real, [example("routing", "train", "real routing q", "a")])
     both = [str(real), str(tmp_path / "synth")]
-    got = read_examples(both, "routing", "train")
+    got = ok_rows(read_local(both, "routing"), "train")
     assert got.num_rows == 4 and sorted(got.column("source").to_pylist()).count("synthetic") == 3
-    assert read_examples(str(real), "routing", "train").num_rows == 1
-    assert read_examples(both, "rtl_design", "validation").num_rows == 2
+    assert ok_rows(read_local(str(real), "routing"), "train").num_rows == 1
+    assert ok_rows(read_local(both, "rtl_design"), "validation").num_rows == 2
     assert available_phases(both) == ["routing", "rtl_design"]
     with pytest.raises(DatasetError, match="synthetic/phase=placement/split=train"):
         check_split(both, "placement", "train")
 
 
-def test_holdout_is_deterministic_and_never_empty():
-    ids = [f"id{i}" for i in range(50)]
-    m1, m2 = holdout_mask(ids, 0.2), holdout_mask(ids, 0.2)
-    assert (m1 == m2).all() and 0 < m1.sum() < 50
-    assert holdout_mask(["a", "b"], 0.01).sum() == 1
+def test_check_example_names_each_kind_of_bad_row():
+    good = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert check_example("id", good) is None
+    assert check_example("id", [{"role": "system", "content": "s"}, *good]) is None
+    cases = {
+        "empty_messages": [],
+        "no_assistant_turn": [{"role": "user", "content": "q"}],
+        "bad_role": [{"role": "robot", "content": "q"}, good[1]],
+        "non_string_content": [good[0], {"role": "assistant", "content": 7}],
+        "empty_assistant_reply": [good[0], {"role": "assistant", "content": "  "}],
+        "bad_messages": None,
+    }
+    for reason, msgs in cases.items():
+        assert check_example("id", msgs)[0] == reason, reason
+    assert check_example("id", [good[0], {"role": "system", "content": "late"}, good[1]])[0] == "bad_role"
+    assert check_example(None, good)[0] == "missing_id"
+
+
+def write_bad_file(path, good: list[dict]) -> None:
+    """A parquet file of good rows plus an empty message list and a row without an assistant turn."""
+    bad = [dict(good[0], id="empty", messages=[]),
+           dict(good[0], id="noreply", messages=[{"role": "user", "content": "q"}])]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(from_rows(good + bad, EXAMPLES_SCHEMA, stage="test"), path)
+
+
+def test_bad_rows_are_rejected_with_file_and_row_not_a_crash(tmp_path):
+    good = rows(n_train=3, n_val=0)
+    f = tmp_path / "ds" / "examples" / "phase=rtl_design" / "split=train" / "part-0.parquet"
+    write_bad_file(f, good)
+    checked = read_validated(str(f), "train", "rtl_design")
+    assert checked.schema == CHECKED_SCHEMA and checked.num_rows == 5
+    plan = plan_splits(checked.select(STATUS_COLUMNS), 0.1)
+    assert plan.read == 5 and plan.rejected == {"empty_messages": 1, "no_assistant_turn": 1}
+    assert plan.rejected_examples == [f"{f} row 3: empty_messages (the messages list is empty)",
+                                      f"{f} row 4: no_assistant_turn (no assistant message)"]
+    assert plan.train + plan.validation == 3 and plan.validation == 1
+
+
+def test_a_file_with_non_string_contents_is_rejected_row_by_row(tmp_path):
+    f = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "messages": [[{"role": "user", "content": 1},
+                                                             {"role": "assistant", "content": 2}]] * 2}), f)
+    checked = read_validated(str(f), "train", "rtl_design")
+    assert checked.column("status").to_pylist() == ["non_string_content"] * 2
+    assert "message 0 (user) content is int" in checked.column("detail").to_pylist()[0]
+    f2 = tmp_path / "nomsgs.parquet"
+    pq.write_table(pa.table({"id": ["a"]}), f2)
+    assert read_validated(str(f2), "train", "p").column("status").to_pylist() == ["bad_schema"]
+
+
+def status_table(n_train: int, n_val: int = 0, bad: int = 0) -> pa.Table:
+    from training.data import holdout_key
+
+    ids = [f"id{i}" for i in range(n_train + n_val + bad)]
+    return pa.table({
+        "status": ["ok"] * (n_train + n_val) + ["empty_messages"] * bad,
+        "detail": [None] * (n_train + n_val) + ["x"] * bad,
+        "source_file": ["f"] * len(ids), "source_row": list(range(len(ids))),
+        "source_split": ["train"] * n_train + ["validation"] * n_val + ["train"] * bad,
+        "holdout_key": pa.array([holdout_key(i) for i in ids], pa.uint64()),
+    })
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 9, 50, 401])
+def test_held_out_share_is_never_empty_and_never_all_of_train(n):
+    plan = plan_splits(status_table(n, bad=3), 0.1)
+    assert plan.validation == min(max(1, round(0.1 * n)), n - 1) and plan.train == n - plan.validation
+    assert plan.validation_from.startswith("held out") and plan.rejected == {"empty_messages": 3}
+    assert plan_splits(status_table(n, bad=3), 0.1) == plan  # deterministic
+
+
+def test_validation_split_is_used_when_it_has_valid_rows_and_one_example_cannot_split():
+    plan = plan_splits(status_table(8, n_val=2), 0.5)
+    assert (plan.train, plan.validation, plan.threshold) == (8, 2, None)
+    assert plan.validation_from == "validation split"
+    one = plan_splits(status_table(1, bad=2), 0.1)
+    assert (one.train, one.validation) == (1, 0)
+    assert plan_splits(status_table(0, bad=2), 0.1).train == 0
+
+
+def test_select_split_follows_the_plan(tmp_path):
+    root = write_dataset(tmp_path / "ds", rows(n_train=10, n_val=0))
+    checked = read_local(str(root), "rtl_design")
+    plan = plan_splits(checked.select(STATUS_COLUMNS), 0.2)
+    train = select_split(checked, split="train", threshold=plan.threshold)
+    val = select_split(checked, split="validation", threshold=plan.threshold)
+    assert train.schema == EXAMPLES_SCHEMA and (train.num_rows, val.num_rows) == (8, 2)
+    assert not set(train.column("id").to_pylist()) & set(val.column("id").to_pylist())
+
+
+def test_eval_set_is_never_empty_even_when_prompts_exceed_max_length(tmp_path):
+    """The old Ray path dropped every example whose reply started past max_length: no eval rows."""
+    long_prompt = "Explain this design in detail. " * 40
+    exs = [example("rtl_design", "train", long_prompt + f"case {k}", f"module m{k}; endmodule") for k in range(6)]
+    root = write_dataset(tmp_path / "ds", exs)
+    cfg = FinetuneConfig(dataset_dir=str(root), output_dir=str(tmp_path / "o"), max_length=32,
+                         tiny={"vocab_size": 300, "hidden_size": 16, "num_layers": 1, "num_heads": 2})
+    data = prepare_local(cfg)
+    assert data.validation.num_rows >= 1 and data.train.num_rows >= 1
+    assert data.info["examples"]["dropped_in_tokenisation"] == 0
+    assert max(data.train.column("n_tokens").to_pylist()) <= 32
+    assert min(data.validation.column("n_label_tokens").to_pylist()) > 0
+
+
+def test_prepare_local_reports_rejections_and_fails_clearly_with_one_example(tmp_path):
+    good = rows(n_train=6, n_val=0)
+    write_bad_file(tmp_path / "ds" / "examples" / "phase=rtl_design" / "split=train" / "part-0.parquet", good)
+    cfg = FinetuneConfig(dataset_dir=str(tmp_path / "ds"), output_dir=str(tmp_path / "o"), max_length=256,
+                         tiny={"vocab_size": 300, "hidden_size": 16, "num_layers": 1, "num_heads": 2})
+    data = prepare_local(cfg)
+    assert data.info["rejected"] == {"empty_messages": 1, "no_assistant_turn": 1}
+    assert data.info["examples"]["read"] == 8 and data.info["examples"]["train"] == 5
+    assert sum(data.validation.column("n_examples").to_pylist()) == 1
+    one = write_dataset(tmp_path / "one", rows(n_train=1, n_val=0))
+    with pytest.raises(DatasetError, match="at least 2"):
+        prepare_local(cfg.model_copy(update={"dataset_dir": str(one)}))

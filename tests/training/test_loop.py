@@ -1,4 +1,4 @@
-"""The training loop without Ray: ``torchrun -m training.loop`` on 1 CPU process (gloo)."""
+"""The training loop without Ray: ``torchrun -m jobs.train_torchrun`` on 1 CPU process (gloo)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def torchrun(config: Path) -> subprocess.CompletedProcess:
         env.pop(k, None)
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(free_port()),
-         "-m", "training.loop", "--config", str(config)],
+         "-m", "jobs.train_torchrun", "--config", str(config)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
 
@@ -60,16 +60,22 @@ def test_torchrun_overfits_resumes_after_failure_and_saves_a_peft_adapter(tiny_d
     cfg = tiny_config(tmp_path / "ft.yaml", tiny_dataset, out, fail_at_step=13)
     first = torchrun(cfg)
     assert first.returncode != 0 and "injected failure at step 13" in first.stderr + first.stdout
-    assert (out / "checkpoints" / "local" / "step_00000010" / "meta.json").exists()
+    assert len(list(out.glob("checkpoints/finetune-rtl_design-*/step_00000010/meta.json"))) == 1
     assert not (out / "report.json").exists()
+    # rank 0 logs one line per logging step (steps 1, 5, 10) and one per evaluation
+    lines = first.stdout.splitlines()
+    assert [ln.split()[1].split("/")[0] for ln in lines if ln.startswith("step ") and "eval" not in ln] == \
+        ["1", "5", "10"], first.stdout
+    assert sum("eval loss" in ln for ln in lines) == 1 and "Building extension" not in first.stdout + first.stderr
 
     second = torchrun(cfg)  # same command again: resumes from step 10
     assert second.returncode == 0, second.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["resumed_from_step"] == [10]
+    assert report["resumed_from_step"] == [10] and "resuming after step 10" in second.stdout
     # same step count as an uninterrupted run: (rows // micro_batch_size) * epochs
-    assert report["steps"] == (report["train_rows"] // 2) * 6 and report["steps"] > 13
-    assert [h["step"] for h in report["history"]][-1] == report["steps"]
+    assert report["optimizer_steps"] == (report["train_rows"] // 2) * 6 and report["optimizer_steps"] > 13
+    assert [h["step"] for h in report["history"]][-1] == report["optimizer_steps"]
+    assert second.stdout.rstrip().splitlines()[-1].startswith("adapter: ")  # the summary comes last
     # the tiny model overfits the small dataset: loss falls clearly
     assert report["train_loss_last"] < 0.6 * report["train_loss_first"], report
     assert report["eval_loss"] < 0.7 * report["train_loss_first"]

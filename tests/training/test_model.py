@@ -4,7 +4,7 @@ import pytest
 
 from chipforge.config import ConfigError, validate
 from training.config import DeepSpeedSettings, FinetuneConfig, OptimSettings
-from training.model import build_lora_model, deepspeed_config, prepare_base, warmup_steps
+from training.model import CPU_JIT_OPS, build_lora_model, deepspeed_config, no_jit_ops, prepare_base, warmup_steps
 
 
 def test_deepspeed_config_cpu_zero2():
@@ -28,6 +28,21 @@ def test_deepspeed_config_gpu_zero3_offload():
     assert "torch_adam" not in cfg["optimizer"]["params"]  # CPU offload uses DeepSpeedCPUAdam
 
 
+def test_cpu_runs_never_need_a_jit_compiled_op():
+    """CPU: torch AdamW whatever the config says, no CPU offload, and DeepSpeed's JIT ops switched off."""
+    cfg = deepspeed_config(DeepSpeedSettings(torch_adam=False), OptimSettings(), world_size=2, total_steps=10,
+                           warmup_steps=1, use_gpu=False)
+    assert cfg["optimizer"]["params"]["torch_adam"] is True
+    with pytest.raises(ConfigError, match="offload_optimizer"):
+        validate(FinetuneConfig, {"deepspeed": {"offload_optimizer": True}}, source="x.yaml")
+    validate(FinetuneConfig, {"deepspeed": {"offload_optimizer": True}, "scaling": {"use_gpu": True}}, source="x")
+    import deepspeed.ops
+
+    no_jit_ops(use_gpu=False)
+    assert "deepspeed_shm_comm" in CPU_JIT_OPS
+    assert not any(deepspeed.ops.__compatible_ops__[name] for name in CPU_JIT_OPS)
+
+
 def test_config_rejects_inconsistent_settings():
     with pytest.raises(ConfigError, match="offload_param"):
         validate(FinetuneConfig, {"deepspeed": {"zero_stage": 2, "offload_param": True}}, source="x.yaml")
@@ -48,6 +63,11 @@ def test_tiny_base_and_lora_train_only_adapter_weights(tmp_path):
     base = prepare_base(cfg, ["module m (input a); endmodule"] * 10)
     assert base == str(tmp_path / "base_model") and (tmp_path / "base_model" / "config.json").exists()
     assert prepare_base(cfg, None) == base  # reused, not rebuilt
+    stamp = (tmp_path / "base_model" / "chipforge_base.json").read_text()
+    assert prepare_base(cfg, list(reversed(["module m (input a); endmodule"] * 10))) == base
+    assert (tmp_path / "base_model" / "chipforge_base.json").read_text() == stamp  # same texts: reused
+    prepare_base(cfg, ["module other (input b); endmodule"] * 10)  # another dataset: rebuilt
+    assert (tmp_path / "base_model" / "chipforge_base.json").read_text() != stamp
     model = build_lora_model(base, cfg)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from corpus.schema import DOCS_SCHEMA, MODULES_SCHEMA, from_rows
-from corpus.synthesis import seeds
-from corpus.synthesis.templates import TEMPLATES, templates_for
-from corpus.synthesis.validate import design_context
+from synthesis import seeds
+from synthesis.templates import TEMPLATES, templates_for
+from synthesis.validate import design_context
 
 LONG = " More words to pass the minimum length of a useful chunk." * 5
 
@@ -19,11 +19,12 @@ LONG = " More words to pass the minimum length of a useful chunk." * 5
 def write_docs(root: Path) -> None:
     rows = [
         {"id": "d1", "source": "yosys", "tool": "yosys", "title": "synth", "section_path": ["synth"],
-         "text": "The synth command runs a generic synthesis script." + LONG, "license": "ISC"},
+         "url": "https://docs/yosys/synth", "text": "The synth command runs a generic synthesis script." + LONG,
+         "license": "ISC"},
         {"id": "d2", "source": "opensta", "tool": "opensta", "title": "Power", "section_path": ["Power", "report"],
-         "text": "report_power prints switching and leakage power." + LONG},
+         "url": "https://docs/opensta/power", "text": "report_power prints switching and leakage power." + LONG},
         {"id": "d3", "source": "openroad", "tool": "openroad", "title": "Global route",
-         "text": "global_route reduces congestion per layer." + LONG},
+         "url": "https://docs/openroad/route", "text": "global_route reduces congestion per layer." + LONG},
         {"id": "d4", "source": "yosys", "tool": "yosys", "title": "short", "text": "too short"},
     ]
     (root / "docs").mkdir(parents=True)
@@ -50,6 +51,7 @@ def test_load_doc_seeds(tmp_path: Path) -> None:
     assert found[0]["phases"] == ["synthesis"] and found[1]["phases"] == ["power_analysis"]
     assert "routing" in found[2]["phases"] and len(found[0]["text"]) <= 300 and found[1]["section"] == "Power > report"
     assert len(raw) == 4 and raw[1]["tool"] == "opensta"
+    assert [seeds.group_of(s) for s in found] == ["yosys", "opensta", "openroad"]  # the doc source, as in the dataset
     with pytest.raises(FileNotFoundError, match="no docs/"):
         seeds.load_doc_seeds(str(tmp_path / "absent"))
 
@@ -62,6 +64,30 @@ def test_load_module_seeds_keeps_only_kept_parsed_modest_modules(tmp_path: Path)
     pq.write_table(from_rows(rows, MODULES_SCHEMA, stage="test"), part / "part-0.parquet")
     found = seeds.load_module_seeds(str(tmp_path), min_lines=8, max_lines=150)
     assert [s["id"] for s in found] == ["m1", "m6"] and found[0]["kind"] == "module" and found[0]["repo"] == "r"
+    assert seeds.group_of(found[0]) == "r"  # the repository, as in the dataset
+
+
+def test_seed_groups() -> None:
+    assert seeds.group_of({"kind": "topic", "topic": "fsm"}) == "topic:fsm"
+    assert seeds.group_of({"kind": "module", "repo": "tinycores"}) == "tinycores"
+    assert seeds.group_of({"kind": "doc", "group": "yosys-sample", "id": "x"}) == "yosys-sample"
+    ref = json.loads(seeds.seed_ref({"kind": "doc", "group": "g", "text": "long", "source": "s", "phases": []}))
+    assert ref == {"kind": "doc", "group": "g"}  # the group travels with the prompt, the text does not
+
+
+def test_sample_docs_are_read_in_process_with_the_docs_jobs_source_names(repo_root: Path) -> None:
+    from chipforge.config import read_yaml
+    from corpus.docs.sources import LocalSource
+
+    docs_cfg = read_yaml(repo_root / "jobs" / "configs" / "docs_sample.yaml")
+    sources = [LocalSource(**{**s, "path": str(repo_root / s["path"])}) for s in docs_cfg["sources"]]
+    rows, stats = seeds.read_local_docs(sources, chunk_chars=docs_cfg["chunk"]["max_chars"])
+    assert set(stats) == {s.name for s in sources} and all(v["pages"] > 0 and v["failed"] == 0 for v in stats.values())
+    found, raw = seeds.doc_seeds(rows)
+    assert {s["group"] for s in found} == {s.name for s in sources}
+    split_of_group = json.loads((repo_root / "sample" / "dataset" / "report.json").read_text())["split_of_group"]
+    assert {s["group"] for s in found} <= set(split_of_group)  # every sample doc group has a split in the dataset
+    assert {"synthesis", "timing_analysis"} <= {p for s in found for p in s["phases"]}
 
 
 def test_build_prompts_is_deterministic_and_cycles_templates() -> None:

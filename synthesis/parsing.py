@@ -6,6 +6,11 @@ that carry one, ``testbench``. Code inside ``answer`` sits in fenced blocks tagg
 language (```` ```verilog ````, ```` ```yosys ````, ```` ```tcl ````, ```` ```sdc ````).
 Anything else (prose around the JSON, unknown keys, empty fields, an unterminated or
 untagged fence) is malformed: ``ParseError.reason`` names why, and the job counts it.
+
+Model output is hostile input: the reply's size and its JSON nesting depth are bounded
+before ``json.loads`` runs (a reply nested 1,000 deep would otherwise raise
+``RecursionError``), so one bad reply is one ``ParseError``, never an exception that ends
+the run.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from dataclasses import dataclass, field
 REQUIRED_KEYS = ("instruction", "answer")
 OPTIONAL_KEYS = ("testbench",)
 MAX_FIELD_CHARS = 20_000
+MAX_REPLY_CHARS = 4 * MAX_FIELD_CHARS  # the whole reply, before any parsing
+MAX_JSON_DEPTH = 16  # a valid reply is depth 1: one object of strings
 FENCE_OPEN = re.compile(r"^\s*```\s*([A-Za-z0-9_+.-]*)\s*$")
 FENCE_CLOSE = re.compile(r"^\s*```\s*$")
 JSON_FENCE = re.compile(r"^```(?:json)?[ \t]*\n(?P<body>.*)\n```$", re.DOTALL)
@@ -82,20 +89,55 @@ def _unwrap_testbench(text: str) -> str:
     return blocks[0].code
 
 
+def json_depth(text: str, limit: int = MAX_JSON_DEPTH) -> int:
+    """Deepest ``[``/``{`` nesting of ``text`` outside JSON strings, counted without recursion.
+
+    Stops counting once ``limit`` is exceeded (returns ``limit + 1``).
+    """
+    depth = deepest = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':  # skip the string, honouring backslash escapes
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif c in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        elif c in "]}":
+            depth -= 1
+        i += 1
+    return deepest
+
+
 def parse_answer(text: str | None, *, require_testbench: bool = False) -> Answer:
     """Parse a model reply; raise ``ParseError`` (with a ``reason``) when it is malformed."""
-    if text is None or not text.strip():
+    if text is None:
         raise ParseError("empty")
+    if not isinstance(text, str):
+        raise ParseError("not_text", type(text).__name__)
+    if not text.strip():
+        raise ParseError("empty")
+    if len(text) > MAX_REPLY_CHARS:
+        raise ParseError("too_long", f"reply has {len(text)} chars (limit {MAX_REPLY_CHARS})")
     raw = text.strip()
     m = JSON_FENCE.match(raw)
     if m:
         raw = m.group("body").strip()
     if not raw.startswith("{"):
         raise ParseError("not_json", "reply must be one JSON object")
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise ParseError("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ParseError("not_json", str(exc)) from exc
+        raise ParseError("not_json", str(exc)[:200]) from exc
+    except RecursionError as exc:  # backstop: the depth scan above should make this unreachable
+        raise ParseError("too_deep", "JSON nesting exhausted the parser") from exc
     if not isinstance(obj, dict):
         raise ParseError("not_object")
     extra = sorted(set(obj) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))

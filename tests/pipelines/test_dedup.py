@@ -35,7 +35,7 @@ def _rows():
 def test_run_dedup_clusters_and_keep(ray_session):
     import ray
 
-    from jobs.dedup import run_dedup
+    from pipelines.dedup import run_dedup
 
     table = from_rows(_rows(), PARSED_MODULES_SCHEMA, stage="test")
     ds = ray.data.from_arrow([table.slice(0, 3), table.slice(3)])  # pairs span blocks
@@ -61,7 +61,7 @@ def test_run_dedup_clusters_and_keep(ray_session):
 def test_run_dedup_disabled_keeps_everything(ray_session):
     import ray
 
-    from jobs.dedup import run_dedup
+    from pipelines.dedup import run_dedup
 
     ds = ray.data.from_arrow(from_rows(_rows(), PARSED_MODULES_SCHEMA, stage="test"))
     out, stats = run_dedup(ds, DedupConfig(enabled=False))

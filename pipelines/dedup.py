@@ -1,6 +1,6 @@
 """Distributed deduplication of parsed modules as Ray Data steps (the corpus job's dedup stage).
 
-parsed → rows + signatures (map_batches, materialised once) →
+parsed → rows + signatures (one map stage, materialised once) →
   exact: group by norm_sha256 → edges;  near: explode LSH band keys → group by band →
   verified candidate edges (estimated Jaccard ≥ threshold).
 Only edges and the keep-policy fields of rows that are in a cluster reach the driver; union-find
@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from chipforge.ray_utils import compute
+from chipforge.stage import StageResources, map_stage
 from corpus.dedup import (
     DedupConfig,
     SignatureStage,
@@ -63,21 +63,21 @@ def run_dedup(ds: Any, cfg: DedupConfig) -> tuple[Any, dict[str, Any]]:
 
     bands, rows = cfg.band_rows()
     # Whole rows + norm_sha256 + MinHash + band keys, materialised once (each text normalised once).
-    sigs = ds.map_batches(
-        _signatures,
-        fn_kwargs={"num_perm": cfg.num_perm, "shingle_size": cfg.shingle_size, "seed": cfg.seed,
-                   "bands": bands, "rows": rows},
-        batch_format="pyarrow", batch_size=cfg.batch_size, num_cpus=cfg.num_cpus, compute=compute(cfg.concurrency, actors=False),
+    sigs = map_stage(
+        ds, _signatures,
+        StageResources(num_cpus=cfg.num_cpus, concurrency=cfg.concurrency, batch_size=cfg.batch_size),
+        kwargs={"num_perm": cfg.num_perm, "shingle_size": cfg.shingle_size, "seed": cfg.seed,
+                "bands": bands, "rows": rows},
     ).materialize()
     n_rows = sigs.count()
     if not cfg.enabled or n_rows == 0:
         ref = ray.put({})
-        out = sigs.map_batches(_apply, fn_kwargs={"ref": [ref]}, batch_format="pyarrow")
+        out = map_stage(sigs, _apply, kwargs={"ref": [ref]})
         return out, {**assignment_stats(n_rows, {}), "enabled": cfg.enabled}
 
     exact = sigs.select_columns(["id", "norm_sha256"]).groupby("norm_sha256").map_groups(
         exact_edges, batch_format="pyarrow")
-    near = sigs.map_batches(explode_bands, batch_format="pyarrow").groupby("band").map_groups(
+    near = map_stage(sigs, explode_bands).groupby("band").map_groups(
         near_edges, fn_kwargs={"threshold": cfg.threshold, "max_bucket": cfg.max_bucket}, batch_format="pyarrow")
 
     edges: set[tuple[str, str]] = set()
@@ -96,7 +96,7 @@ def run_dedup(ds: Any, cfg: DedupConfig) -> tuple[Any, dict[str, Any]]:
     members_by_root: dict[str, list[dict[str, Any]]] = {}
     if roots:
         ids_ref = ray.put(set(roots))
-        for batch in sigs.map_batches(_members, fn_kwargs={"ref": [ids_ref]}, batch_format="pyarrow").iter_batches(
+        for batch in map_stage(sigs, _members, kwargs={"ref": [ids_ref]}).iter_batches(
                 batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():
                 members_by_root.setdefault(roots[row["id"]], []).append(row)
@@ -107,5 +107,5 @@ def run_dedup(ds: Any, cfg: DedupConfig) -> tuple[Any, dict[str, Any]]:
              "num_perm": cfg.num_perm, "bands": bands, "rows_per_band": rows,
              "exact_edges": n_exact, "near_edges": n_near}
     ref = ray.put(assignment)
-    out = sigs.map_batches(_apply, fn_kwargs={"ref": [ref]}, batch_format="pyarrow")
+    out = map_stage(sigs, _apply, kwargs={"ref": [ref]})
     return out, stats

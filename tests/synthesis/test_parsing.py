@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from corpus.synthesis.parsing import ParseError, code_blocks, parse_answer
+from synthesis.parsing import MAX_JSON_DEPTH, ParseError, code_blocks, json_depth, parse_answer
 
 GOOD = {"instruction": "Write a 2-input AND gate.",
         "answer": "Here:\n```verilog\nmodule a(input x, y, output z);\n  assign z = x & y;\nendmodule\n```\nDone."}
@@ -39,6 +39,10 @@ def test_json_fence_around_the_whole_reply_is_accepted() -> None:
         (json.dumps({**GOOD, "answer": "```verilog\nmodule m; endmodule\n"}), "unterminated_fence"),
         (json.dumps({**GOOD, "answer": "```\nmodule m; endmodule\n```"}), "untagged_fence"),
         (json.dumps({**GOOD, "answer": "x" * 30_000}), "too_long"),
+        ("{" + " " * 100_000 + "}", "too_long"),  # the whole reply is capped before parsing
+        ('{"instruction": "q", "answer": ' + "[" * 1000 + "]" * 1000 + "}", "too_deep"),
+        ('{"instruction": "q", "answer": "x", "testbench": ' + '{"a":' * 50 + "1" + "}" * 50 + "}", "too_deep"),
+        ("```json\n{" + '"a": [' * 5000 + "\n```", "too_deep"),
     ],
 )
 def test_malformed_replies_name_their_reason(reply: str, reason: str) -> None:
@@ -61,3 +65,11 @@ def test_testbench_is_unwrapped_and_can_be_required() -> None:
 def test_language_aliases() -> None:
     text = "```SystemVerilog\nmodule m; endmodule\n```\n```ys\nstat\n```\n```sdc\ncreate_clock\n```\n```bash\nls\n```"
     assert [b.kind for b in code_blocks(text)] == ["verilog", "yosys", "sdc", "other"]
+
+
+def test_json_depth_is_counted_without_recursion() -> None:
+    assert json_depth('{"a": "[[[{{{", "b": [1, [2]]}') == 3  # brackets inside strings do not count
+    assert json_depth('{"a": "\\"[[["}') == 1  # escaped quote stays inside the string
+    assert json_depth("[" * 100_000) == MAX_JSON_DEPTH + 1  # stops counting past the limit
+    with pytest.raises(ParseError, match="not_text"):
+        parse_answer(b'{"instruction": "q"}')  # type: ignore[arg-type]

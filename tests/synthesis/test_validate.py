@@ -11,12 +11,12 @@ import uuid
 import pyarrow as pa
 import pytest
 
-from corpus.synthesis import validate
-from corpus.synthesis.parsing import parse_answer
-from corpus.synthesis.templates import TEMPLATES
-from corpus.synthesis.validate import (CANDIDATE_SCHEMA, Settings, ValidateStage, Validator, command_lists,
+from synthesis import validate
+from synthesis.parsing import parse_answer
+from synthesis.templates import TEMPLATES
+from synthesis.validate import (CANDIDATE_SCHEMA, Settings, ValidateStage, Validator, command_lists,
                                        commands_from_docs, tcl_command_names, validate_row)
-from tests.corpus.synthesis.conftest import SDC, STA_POWER, VERILOG, YOSYS, good_reply
+from tests.synthesis.conftest import SDC, STA_POWER, VERILOG, YOSYS, good_reply
 
 
 class RegexParser:

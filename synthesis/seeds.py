@@ -6,6 +6,12 @@
 - Module records (``MODULES_SCHEMA``, the corpus job's ``DIR/modules/``, ``keep`` rows that
   parsed) seed RTL tasks.
 - Topics come from the config (``DEFAULT_TOPICS`` when a phase lists none).
+- ``read_local_docs`` chunks local documentation directories in-process (the bundled
+  ``sample/docs``), so a run on the sample needs no docs job.
+
+Every seed has a ``group`` (``group_of``): its repository or documentation source, the unit
+the dataset job puts wholly into one split. An example grown from a seed goes into the split
+of the seed's group, so a test repository never reaches training through synthesis.
 
 ``build_prompts`` is deterministic: the same (seed, round, phase) gives the same prompts
 with the same content-derived ids, so reruns and resumed runs line up.
@@ -22,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 
 from corpus.schema import DOCS_SCHEMA, MODULES_SCHEMA, conform
-from corpus.synthesis.templates import Template
+from synthesis.templates import Template
 
 PROMPT_SCHEMA = pa.schema(
     [
@@ -117,26 +123,69 @@ def _read(path: str, schema: pa.Schema, stage: str, filt: Any = None) -> pa.Tabl
     return conform(table, schema, stage=stage)
 
 
-def load_doc_seeds(docs_dir: str, *, max_chars: int = 3000, min_chars: int = 200) -> tuple[list[dict], list[dict]]:
-    """(doc seeds, raw doc rows with tool/text for command lists) from ``DIR/docs/``."""
-    from chipforge import fs
+def doc_seeds(rows: Iterable[Mapping[str, Any]], *, max_chars: int = 3000,
+              min_chars: int = 200) -> tuple[list[dict], list[dict]]:
+    """(doc seeds, raw rows with tool/source/text for command lists) from ``DOCS_SCHEMA`` rows.
 
-    path = fs.join(docs_dir, "docs")
-    if not fs.exists(path):
-        raise FileNotFoundError(f"docs input {docs_dir!r} has no docs/ directory (expected the docs job's output)")
-    rows = _read(path, DOCS_SCHEMA, "synthesize: read docs").to_pylist()
+    A seed's ``group`` is the chunk's documentation source (``DOCS_SCHEMA.source``), the unit
+    the dataset job assigns to one split (``split_of_group`` in its report).
+    """
+    rows = list(rows)
     seeds = []
     for r in rows:
         text = r.get("text") or ""
         if len(text) < min_chars:
             continue
         seeds.append({
-            "kind": "doc", "id": r["id"], "tool": r.get("tool"), "title": r.get("title"), "url": r.get("url"),
-            "section": " > ".join(r.get("section_path") or []), "license": r.get("license"),
+            "kind": "doc", "id": r["id"], "group": r.get("source"), "tool": r.get("tool"), "title": r.get("title"),
+            "url": r.get("url"), "section": " > ".join(r.get("section_path") or []), "license": r.get("license"),
             "text": text[:max_chars], "phases": doc_phases(r),
         })
     raw = [{"tool": r.get("tool"), "source": r.get("source"), "text": r.get("text")} for r in rows]
     return seeds, raw
+
+
+def load_doc_seeds(docs_dir: str, *, max_chars: int = 3000, min_chars: int = 200) -> tuple[list[dict], list[dict]]:
+    """(doc seeds, raw doc rows with tool/text for command lists) from the docs job's ``DIR/docs/``."""
+    from chipforge import fs
+
+    path = fs.join(docs_dir, "docs")
+    if not fs.exists(path):
+        raise FileNotFoundError(f"docs input {docs_dir!r} has no docs/ directory (expected the docs job's output)")
+    rows = _read(path, DOCS_SCHEMA, "synthesize: read docs").to_pylist()
+    return doc_seeds(rows, max_chars=max_chars, min_chars=min_chars)
+
+
+def read_local_docs(sources: Iterable[Any], *, chunk_chars: int = 1500, min_chars: int = 40) -> tuple[list[dict], dict]:
+    """``DOCS_SCHEMA`` rows of local documentation directories, read and chunked in-process.
+
+    ``sources`` are ``corpus.docs.sources.LocalSource`` configs (name, tool, path, globs,
+    license): the same extraction and chunking as the docs job, without running it, so a
+    synthesis run on the bundled sample (``sample/docs``) needs no other job's output. The
+    chunks carry the source's name, as the docs job's would. Returns (rows, stats per source).
+    """
+    from corpus.docs.chunk import chunk_page, dedup
+    from corpus.docs.crawl import read_local
+    from corpus.docs.extract import extract
+
+    rows: list[dict] = []
+    stats: dict[str, Any] = {}
+    for source in sources:
+        pages, st = read_local(source)
+        failed = list(st.get("failures") or [])
+        for page in pages.to_pylist():
+            try:
+                parsed = extract(page["content"] or "", page["format"], page["url"])
+            except Exception as exc:  # noqa: BLE001 - one bad page is skipped, and counted
+                failed.append({"url": page["url"], "reason": f"extract_error:{type(exc).__name__}"})
+                continue
+            chunks, _ = chunk_page(parsed, source=source.name, tool=source.tool, license=source.license,
+                                   max_chars=chunk_chars, min_chars=min_chars)
+            rows += chunks
+        stats[source.name] = {"pages": pages.num_rows, "failed": len(failed),
+                              "failures": [f"{f['url']}: {f['reason']}" for f in failed][:5]}
+    kept, _ = dedup(rows)
+    return kept, stats
 
 
 def load_module_seeds(corpus_dir: str, *, min_lines: int = 8, max_lines: int = 150) -> list[dict]:
@@ -156,7 +205,7 @@ def load_module_seeds(corpus_dir: str, *, min_lines: int = 8, max_lines: int = 1
     seeds = []
     for r in table.select(["id", "repo", "url", "commit", "path", "license", "name", "start_line", "end_line",
                            "source"]).to_pylist():
-        seeds.append({"kind": "module", **r})
+        seeds.append({"kind": "module", "group": r["repo"], **r})
     return sorted(seeds, key=lambda s: s["id"])
 
 
@@ -167,6 +216,18 @@ def provenance(seed: Mapping[str, Any], generator: str) -> dict[str, Any]:
         "start_line": seed.get("start_line"), "end_line": seed.get("end_line"), "url": seed.get("url"),
         "section": seed.get("section") or seed.get("topic") or seed.get("title"), "generator": generator,
     }
+
+
+def group_of(seed: Mapping[str, Any]) -> str:
+    """The split group of a seed: its repository (modules), documentation source (docs) or
+    ``topic:<text>`` (topics, which come from no data). Examples inherit this group's split."""
+    if seed.get("group"):
+        return str(seed["group"])
+    if seed.get("kind") == "module" and seed.get("repo"):
+        return str(seed["repo"])
+    if seed.get("kind") == "topic":
+        return f"topic:{seed.get('topic')}"
+    return f"{seed.get('kind') or 'seed'}:{seed.get('id') or seed.get('url') or seed.get('title')}"
 
 
 def seed_ref(seed: Mapping[str, Any]) -> str:

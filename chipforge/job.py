@@ -1,0 +1,364 @@
+"""One skeleton for every job entry point: config → checks → steps with completion markers → report.
+
+A job is a :class:`JobSpec` (its config class, default YAML, command-line flags, the config
+fields that name its inputs) plus a *body*: a function ``body(cfg, run) -> report`` that does
+the work (the pipeline modules under ``pipelines/`` hold those bodies). :func:`main` does the
+rest, the same way for every job:
+
+1. parse ``--config YAML``, named flags and ``key.sub=value`` overrides, validate the whole
+   config, and check paths (inputs exist, the output is not a file) *before* Ray starts; an
+   error names the flag, override or file that set the bad value and exits with code 2;
+2. skip the job when ``OUTPUT/_chipforge/<job>.json`` holds the same fingerprint (the
+   config, minus fields that do not change results, and each input's own fingerprint) unless
+   ``--force``; say what was skipped and why;
+3. start Ray quietly (its logs stay in its session directory unless ``--verbose``), run the
+   body, write ``OUTPUT/report.json`` atomically, then the marker, then one summary;
+4. exit 0 on success, 1 when the job failed or produced no output from a non-empty input
+   (every input rejected), 2 on a config or usage error.
+
+A downstream job's input fingerprint is the upstream job's marker fingerprint, so changing
+the dataset config reruns the dataset and every job that reads it, and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from chipforge import fs
+from chipforge.config import ConfigError, load_config
+
+C = TypeVar("C", bound=BaseModel)
+MARKER_DIR = "_chipforge"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class JobError(RuntimeError):
+    """A failure the user can act on: printed as one line (no traceback), exit code 1."""
+
+
+@dataclass(frozen=True)
+class JobSpec(Generic[C]):
+    """What the skeleton needs to know about a job.
+
+    ``inputs`` maps config fields holding input paths to what should be there (used in errors);
+    a field set to None or an empty string is not an input of this run. ``output_field`` names
+    the output directory's field. ``volatile`` fields (resources, cache locations) do not change
+    results and are left out of the fingerprint. ``outputs`` counts the primary outputs in a
+    report (for the exit-code policy); ``inputs_count`` counts what went in.
+    """
+
+    name: str
+    config: type[C]
+    default_config: str | None
+    summary: Callable[[dict[str, Any]], str]
+    flags: Mapping[str, str] = field(default_factory=dict)
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    output_field: str = "output_dir"
+    volatile: tuple[str, ...] = ()
+    outputs: Callable[[dict[str, Any]], int] | None = None
+    inputs_count: Callable[[dict[str, Any]], int] | None = None
+    uses_ray: bool = True
+    description: str | None = None
+    extra_inputs: Callable[[Any], Mapping[str, str]] | None = None
+    marker: bool = True
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def marker_path(output_dir: str, job: str) -> str:
+    return fs.join(output_dir, MARKER_DIR, f"{job}.json")
+
+
+def path_fingerprint(path: str) -> str:
+    """A stable identity of an input: the fingerprint of the job that wrote it, else its files.
+
+    A directory written by a chipforge job holds ``_chipforge/*.json`` markers: their
+    fingerprints are used, so a rewrite with the same result is not a change. Other inputs are
+    identified by their files' relative paths, sizes and (small files) contents.
+    """
+    if not path:
+        return ""
+    markers = [p for p in fs.listdir(fs.join(path, MARKER_DIR)) if p.endswith(".json")]
+    if markers:
+        return _digest(sorted(fs.read_json(p).get("fingerprint", "") for p in markers))
+    filesystem, root = fs.resolve(path)
+    import pyarrow.fs as pafs
+
+    info = filesystem.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        return "missing"
+    infos = [info] if info.type == pafs.FileType.File else filesystem.get_file_info(
+        pafs.FileSelector(root, recursive=True))
+    entries = []
+    for i in sorted(infos, key=lambda i: i.path):
+        if i.type != pafs.FileType.File:
+            continue
+        rel = os.path.relpath(i.path, root) if i.path != root else os.path.basename(root)
+        if i.size is not None and i.size <= 1 << 20:
+            with filesystem.open_input_stream(i.path) as f:
+                entries.append((rel, hashlib.sha256(f.read()).hexdigest()))
+        else:
+            entries.append((rel, i.size, i.mtime_ns))
+    return _digest(entries)
+
+
+def _get(cfg: BaseModel, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _without(data: dict[str, Any], dotted: str) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return
+    if isinstance(node, dict):
+        node.pop(parts[-1], None)
+
+
+def fingerprint(spec: JobSpec[Any], cfg: BaseModel) -> tuple[str, dict[str, str]]:
+    """(fingerprint of the job's result, fingerprint of each input) for this config."""
+    data = cfg.model_dump(mode="json")
+    for name in (spec.output_field, *spec.volatile, *spec.inputs):
+        _without(data, name)
+    inputs = {name: path_fingerprint(str(_get(cfg, name) or "")) for name in spec.inputs}
+    if spec.extra_inputs:
+        for name, path in spec.extra_inputs(cfg).items():
+            inputs[name] = path_fingerprint(path)
+    return _digest({"job": spec.name, "config": data, "inputs": inputs}), inputs
+
+
+# --------------------------------------------------------------------------- checks
+
+def check_paths(spec: JobSpec[Any], cfg: BaseModel, origin: Callable[[str], str]) -> None:
+    """Inputs exist and the output is not a file; errors name the flag or file that set them."""
+    errors = []
+    out = str(_get(cfg, spec.output_field))
+    if _is_file(out):
+        errors.append(f"{origin(spec.output_field)}: output {out!r} is a file, not a directory")
+    for name, what in spec.inputs.items():
+        value = _get(cfg, name)
+        if value and not fs.exists(str(value)):
+            errors.append(f"{origin(name)}: input {value!r} does not exist (expected {what})")
+    if errors:
+        raise ConfigError("invalid paths:\n  " + "\n  ".join(errors))
+
+
+def _is_file(path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    filesystem, p = fs.resolve(path)
+    return filesystem.get_file_info(p).type == pafs.FileType.File
+
+
+# --------------------------------------------------------------------------- run context
+
+@dataclass
+class Run:
+    """What a job body gets besides its config: the output directory, progress lines, steps."""
+
+    job: str
+    output_dir: str
+    verbose: bool = False
+    force: bool = False
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _t0: float = field(default_factory=time.perf_counter)
+
+    def progress(self, message: str) -> None:
+        """One line on the terminal, prefixed with the job's name and the elapsed time."""
+        print(f"[{self.job} {time.perf_counter() - self._t0:6.1f}s] {message}", flush=True)
+
+    def step(self, name: str) -> "_Step":
+        """``with run.step("parse"): ...`` times a step, prints its start and end, and reports it."""
+        return _Step(self, name)
+
+
+class _Step:
+    def __init__(self, run: Run, name: str) -> None:
+        self.run, self.name = run, name
+
+    def __enter__(self) -> "_Step":
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        self.run.progress(f"{self.name} ...")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        wall = time.perf_counter() - self.t0
+        self.run.steps[self.name] = {"wall_s": round(wall, 2),
+                                     "driver_cpu_s": round(time.process_time() - self.c0, 2)}
+        if exc[0] is None:
+            self.run.progress(f"{self.name} done in {wall:.1f} s")
+
+
+# --------------------------------------------------------------------------- Ray, quietly
+
+def init_ray(verbose: bool = False, **kwargs: Any) -> None:
+    """Attach to the cluster a job was submitted to, or start a local Ray, quietly.
+
+    No address is passed: under ``ray job submit`` (``RAY_ADDRESS`` is set) this attaches to
+    the cluster; on a laptop it starts a local one. A Ray already initialised in this process
+    (tests, notebooks) is reused as it is. Unless ``verbose``, Ray's own log lines, worker
+    output and progress bars stay in Ray's log files (``/tmp/ray/session_latest/logs``).
+    """
+    import ray
+
+    if ray.is_initialized():
+        quiet_ray_loggers(verbose)
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not verbose:
+        kwargs.setdefault("log_to_driver", False)
+        kwargs.setdefault("logging_level", logging.ERROR)
+        logging.getLogger("ray").setLevel(logging.ERROR)
+    ray.init(**kwargs)
+    quiet_ray_loggers(verbose)
+
+
+def quiet_ray_loggers(verbose: bool) -> None:
+    """Ray Data's per-dataset INFO lines and progress bars off unless asked for."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = verbose or os.environ.get("CHIPFORGE_PROGRESS") == "1"
+    ctx.print_on_execution_start = verbose
+    if not verbose:
+        for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class NativeLog:
+    """While active, file descriptor 2 (where Ray's C++ core worker writes) goes to a log file.
+
+    Python's ``sys.stderr`` is re-pointed at a copy of the original descriptor, so the job's own
+    errors and tracebacks still reach the terminal; only native lines are kept out of it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> "NativeLog":
+        sys.stderr.flush()
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        self.saved = os.dup(2)
+        self.old_stderr = sys.stderr
+        sys.stderr = os.fdopen(os.dup(self.saved), "w", buffering=1, encoding="utf-8", errors="replace")
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = self.old_stderr
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+
+
+# --------------------------------------------------------------------------- main
+
+def main(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], argv: Sequence[str] | None = None) -> int:
+    """Run one job from the command line; returns the process exit code (see module doc)."""
+    try:
+        cfg, opts = load_config(
+            spec.config, argv, prog=f"python -m jobs.{_module_name(spec)}", default_config=spec.default_config,
+            flags=spec.flags, description=spec.description, extra_flags=("--force", "--verbose"), with_origins=True)
+        check_paths(spec, cfg, opts.origin)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    return execute(spec, body, cfg, force=opts.flag("force"), verbose=opts.flag("verbose"))
+
+
+def _local_log_dir() -> str:
+    import tempfile
+
+    return os.environ.get("CHIPFORGE_LOG_DIR") or os.path.join(tempfile.gettempdir(), "chipforge-logs")
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _module_name(spec: JobSpec[Any]) -> str:
+    mod = sys.modules.get("__main__")
+    name = getattr(getattr(mod, "__spec__", None), "name", None) or ""
+    return name.rsplit(".", 1)[-1] or spec.name
+
+
+def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, *, force: bool = False,
+            verbose: bool = False) -> int:
+    """Steps 2–4 of the skeleton for an already validated config (tests and the quickstart call this)."""
+    out = str(_get(cfg, spec.output_field))
+    fp, inputs = fingerprint(spec, cfg)
+    marker = marker_path(out, spec.name)
+    if spec.marker and not force and fs.exists(marker):
+        done = fs.read_json(marker)
+        if done.get("fingerprint") == fp:
+            print(f"== {spec.name}: up to date, skipped (same config and inputs as the run of "
+                  f"{done.get('finished_at', '?')}; --force to redo) → {out}", flush=True)
+            print(done.get("summary", ""), flush=True)
+            return EXIT_OK
+        changed = [k for k, v in inputs.items() if done.get("inputs", {}).get(k) != v]
+        why = f"inputs changed: {', '.join(changed)}" if changed else "config changed"
+        print(f"== {spec.name}: rerunning ({why})", flush=True)
+    run = Run(spec.name, out, verbose=verbose, force=force)
+    fs.delete(marker)
+    quiet = spec.uses_ray and not verbose
+    log = os.path.join(_local_log_dir(), f"{spec.name}-{os.getpid()}.log")
+    try:
+        with NativeLog(log) if quiet else _nothing():
+            if spec.uses_ray:
+                with run.step("ray start"):
+                    init_ray(verbose)
+            report = body(cfg, run)
+    except JobError as exc:
+        print(f"error: {spec.name}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except Exception:  # noqa: BLE001 - unexpected: the traceback is what a developer needs
+        traceback.print_exc()
+        print(f"error: {spec.name} failed (traceback above)", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    wall = time.perf_counter() - run._t0
+    n_out = spec.outputs(report) if spec.outputs else None
+    n_in = spec.inputs_count(report) if spec.inputs_count else None
+    failed = n_out == 0 and (n_in is None or n_in > 0)
+    report = {"job": spec.name, "status": "failed" if failed else "ok", "fingerprint": fp,
+              "config": cfg.model_dump(mode="json"), **report, "steps": run.steps, "wall_s": round(wall, 2)}
+    fs.write_json(fs.join(out, "report.json"), report)
+    text = spec.summary(report)
+    print(f"== {spec.name} summary ({report['status']}, {wall:.1f} s) → {out}\n{text}", flush=True)
+    if failed:
+        print(f"error: {spec.name}: no output from {n_in if n_in is not None else 'the'} inputs: every input was "
+              f"rejected (reasons in {fs.join(out, 'report.json')})", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    if spec.marker:
+        fs.write_json(marker, {"job": spec.name, "fingerprint": fp, "inputs": inputs, "summary": text,
+                               "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return EXIT_OK

@@ -1,0 +1,462 @@
+"""Generation engines and their configs: the same prompt rows in, the same generation rows out.
+
+Nothing here imports Ray: the configs, the row adapters and two plain in-process engines that
+evaluation and serving can share. ``pipelines/synthesis.py`` composes them with Ray (cluster
+checks, ``ray.data.llm`` processors, map stages).
+
+- ``vllm``: ``VLLMConfig`` describes a ``ray.data.llm`` vLLM processor (built by the pipeline);
+  ``vllm_preflight`` says, from the cluster's resources, whether it can run at all. vllm itself
+  (the ``gpu`` extra) is only ever imported inside Ray's engine actors.
+- ``openai``: any OpenAI-compatible ``/v1/chat/completions`` endpoint. ``OpenAIChat`` is a
+  plain client (stdlib HTTP, retries on 408/429/5xx and connection errors); the pipeline uses
+  ``ray.data.llm``'s HTTP processor with the same request and reply adapters
+  (``openai_payload`` / ``openai_reply``). The key is read from the variable the config names.
+- ``hf``: ``HFGenerator``, transformers ``generate`` (model loaded once per instance).
+  ``model_path: tiny`` builds a tiny random Llama and tokenizer in-process
+  (``training.tiny``): nothing is downloaded, and its replies are noise, so it keeps ~0
+  examples; it is for exercising the pipeline on a laptop. Other paths load with
+  ``local_files_only`` unless ``allow_download`` is set.
+
+Input rows follow ``seeds.PROMPT_SCHEMA``; every engine's output is ``GENERATION_SCHEMA``.
+A failure is an ``engine_error`` on the rows it affects, never an exception out of a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import Field
+
+from chipforge.config import Config
+
+TINY = "tiny"  # engine.hf.model_path: a random tiny Llama built in-process (training.tiny)
+META_COLUMNS = ("prompt_id", "round", "phase", "task", "template_id", "seed_json")
+GENERATION_SCHEMA = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("round", pa.int32()),
+        pa.field("phase", pa.string(), nullable=False),
+        pa.field("task", pa.string()),
+        pa.field("template_id", pa.string()),
+        pa.field("seed_json", pa.string()),
+        pa.field("generated_text", pa.string()),
+        pa.field("engine_error", pa.string()),  # empty/null when generation succeeded
+        pa.field("prompt_tokens", pa.int32()),
+        pa.field("completion_tokens", pa.int32()),
+    ]
+)
+
+
+class EngineUnavailable(RuntimeError):
+    """The chosen engine cannot run where the job was started (raised before executing)."""
+
+
+class SamplingConfig(Config):
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(1536, gt=0)
+    seed: int | None = None
+
+    def params(self) -> dict[str, Any]:
+        """OpenAI / vLLM sampling parameters (``seed`` only when set)."""
+        out: dict[str, Any] = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
+
+
+class VLLMConfig(Config):
+    model_source: str = "Qwen/Qwen2.5-72B-Instruct"
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    concurrency: int | tuple[int, int] = 1  # engine replicas (each tp*pp GPUs)
+    batch_size: int = Field(32, ge=1)
+    accelerator_type: str | None = None  # e.g. H100, A100, L4
+    max_model_len: int = Field(8192, gt=0)
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra vLLM engine args
+    max_concurrent_batches: int = Field(8, ge=1)
+    should_continue_on_error: bool = True  # a failed row becomes engine_error, not a failed job
+    runtime_env: dict[str, Any] | None = None
+    wait_for_gpus_s: float = Field(0.0, ge=0.0)  # >0: ask the autoscaler for GPUs and wait this long
+
+
+class OpenAIConfig(Config):
+    url: str = "http://127.0.0.1:8000/v1"  # base URL (…/v1) or the full …/chat/completions URL
+    model: str = "default"
+    api_key_env: str | None = "OPENAI_API_KEY"  # env var holding the key; None: send no key
+    max_retries: int = Field(3, ge=0)
+    base_retry_wait_s: float = Field(1.0, gt=0.0)
+    timeout_s: float = Field(120.0, gt=0.0)  # per request (plain client)
+    qps: int | None = Field(None, gt=0)  # per actor and batch (Ray's pacing is not global)
+    concurrency: int | tuple[int, int] = 1
+    batch_size: int = Field(16, ge=1)
+
+
+class TinyModelConfig(Config):
+    """Shape of the in-process random model of ``model_path: tiny`` (built identically everywhere)."""
+
+    vocab_size: int = Field(300, ge=1)  # at least 265 (bytes + special tokens)
+    hidden_size: int = Field(32, ge=8)
+    num_layers: int = Field(1, ge=1)
+    num_heads: int = Field(2, ge=1)
+    max_position_embeddings: int = Field(2048, ge=256)
+    seed: int = 0
+
+
+class HFConfig(Config):
+    model_path: str = TINY  # "tiny", a local directory, or a hub id (see allow_download)
+    allow_download: bool = False  # False: local directories and the local HF cache only, never the hub
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    concurrency: int | None = Field(1, ge=1)  # generator actors (None: autoscale from one)
+    batch_size: int = Field(4, ge=1)
+    num_cpus: float = Field(1.0, gt=0.0)
+    num_gpus: float = Field(0.0, ge=0.0)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class EngineConfig(Config):
+    name: Literal["vllm", "openai", "hf"] = "hf"
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
+    hf: HFConfig = Field(default_factory=HFConfig)
+
+    @property
+    def model(self) -> str:
+        return {"vllm": self.vllm.model_source, "openai": self.openai.model, "hf": self.hf.model_path}[self.name]
+
+    @property
+    def random_weights(self) -> bool:
+        """True for the built-in tiny model: its output is noise, ~0 examples survive validation."""
+        return self.name == "hf" and self.hf.model_path == TINY
+
+    def generator(self, template_id: str) -> str:
+        """``provenance.generator`` of a row: engine/model/template version."""
+        return f"{self.name}/{self.model}/{template_id}"
+
+
+# ------------------------------------------------------------------------------ common
+
+def _messages(row: Mapping[str, Any]) -> list[dict[str, str]]:
+    return json.loads(row["messages_json"])
+
+
+def _meta(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: row.get(k) for k in META_COLUMNS}
+
+
+def error_row(row: Mapping[str, Any], error: str) -> dict[str, Any]:
+    """A generation row that failed: counted downstream as ``engine/error``."""
+    return {**_meta(row), "generated_text": None, "engine_error": error[:500], "prompt_tokens": None,
+            "completion_tokens": None}
+
+
+def _int_or_none(x: Any) -> int | None:
+    try:
+        return None if x is None else int(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def to_generation_rows(batch: pa.Table) -> pa.Table:
+    """Any engine's output batch → exactly ``GENERATION_SCHEMA``, row by row.
+
+    Rows that failed inside Ray's vLLM stage skip our postprocess and arrive with
+    ``__inference_error__`` and without ``generated_text``; they become ``engine_error`` rows,
+    as does a row whose fields do not fit the schema (the other rows of the batch are kept).
+    """
+    rows = []
+    for r in batch.to_pylist():
+        try:
+            err = r.get("engine_error") or r.get("__inference_error__") or ""
+            text = r.get("generated_text")
+            if text is not None and not isinstance(text, str):
+                raise TypeError(f"generated_text is {type(text).__name__}, not text")
+            rows.append({**_meta(r), "generated_text": text, "engine_error": str(err)[:2000] if err else None,
+                         "prompt_tokens": _int_or_none(r.get("prompt_tokens")),
+                         "completion_tokens": _int_or_none(r.get("completion_tokens"))})
+        except Exception as exc:  # noqa: BLE001 - one bad row is one engine error
+            rows.append(error_row(r, f"bad_engine_row: {type(exc).__name__}: {exc}"))
+    return pa.Table.from_pylist(rows, schema=GENERATION_SCHEMA)
+
+
+# ------------------------------------------------------------------------------ vLLM
+
+def vllm_preflight(resources: Mapping[str, float], vllm_found: bool, *, tensor_parallel_size: int = 1,
+                   pipeline_parallel_size: int = 1, accelerator_type: str | None = None) -> None:
+    """Raise ``EngineUnavailable`` unless a vLLM replica can be scheduled and imported."""
+    need = tensor_parallel_size * pipeline_parallel_size
+    gpus = float(resources.get("GPU", 0))
+    problems = []
+    if gpus < need:
+        problems.append(f"the Ray cluster has {gpus:g} GPU(s) and one vLLM replica needs "
+                        f"tensor_parallel_size*pipeline_parallel_size = {need}")
+    if accelerator_type and f"accelerator_type:{accelerator_type}" not in resources:
+        have = sorted(k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:"))
+        problems.append(f"no node has accelerator_type {accelerator_type!r} (cluster has {have or 'none'})")
+    if not vllm_found:
+        problems.append("the vllm package is not importable (install chipforge[gpu] on the GPU nodes, "
+                        "or use a Ray LLM image)")
+    if problems:
+        raise EngineUnavailable(
+            "engine 'vllm' cannot run on this cluster: " + "; ".join(problems) + ". Not starting it: a vLLM "
+            "pipeline without GPUs would wait for resources forever. Use --engine hf (CPU, transformers) or "
+            "--engine openai (an OpenAI-compatible server), or submit to a cluster with GPU nodes "
+            "(set engine.vllm.wait_for_gpus_s for autoscaling GPU groups)."
+        )
+
+
+def vllm_request(row: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
+    """Prompt row → the vLLM processor's input (chat messages + sampling parameters)."""
+    return {"messages": _messages(row), "sampling_params": dict(sampling)}
+
+
+def vllm_reply(row: dict[str, Any]) -> dict[str, Any]:
+    """vLLM processor output row → generation row."""
+    return {**_meta(row), "generated_text": row.get("generated_text"), "engine_error": None,
+            "prompt_tokens": row.get("num_input_tokens"), "completion_tokens": row.get("num_generated_tokens")}
+
+
+# ------------------------------------------------------------------------------ OpenAI
+
+RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
+
+
+def chat_url(url: str) -> str:
+    url = url.rstrip("/")
+    return url if url.endswith("/chat/completions") else url + "/chat/completions"
+
+
+def openai_headers(cfg: OpenAIConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Request headers; the key comes from ``cfg.api_key_env`` (a missing variable is an error)."""
+    environ = os.environ if environ is None else environ
+    if not cfg.api_key_env:
+        return {}
+    key = environ.get(cfg.api_key_env)
+    if not key:
+        raise EngineUnavailable(f"engine 'openai' reads its API key from ${cfg.api_key_env}, which is not set "
+                                "(set it, or set engine.openai.api_key_env=null for a server without keys)")
+    return {"Authorization": f"Bearer {key}"}
+
+
+def openai_payload(row: dict[str, Any], model: str, sampling: dict[str, Any]) -> dict[str, Any]:
+    """Prompt row → ``{"payload": <chat completions request body>}`` (the HTTP processor's input)."""
+    return {"payload": {"model": model, "messages": _messages(row), **sampling}}
+
+
+def openai_reply(row: dict[str, Any]) -> dict[str, Any]:
+    """``row["http_response"]`` → generation row: the answer text, or an ``engine_error`` for an
+    error body, a reply without choices or a reply of any other shape (never an exception)."""
+    try:
+        return _openai_reply(row)
+    except Exception as exc:  # noqa: BLE001 - runs inside Ray's processor: one odd reply is one error
+        return error_row(row, f"http_error: unreadable reply ({type(exc).__name__}: {exc})")
+
+
+def _openai_reply(row: dict[str, Any]) -> dict[str, Any]:
+    resp = row.get("http_response")
+    if isinstance(resp, str):
+        try:
+            resp = json.loads(resp)
+        except json.JSONDecodeError:
+            resp = {"error": resp}
+    text, error, usage = None, None, {}
+    if not isinstance(resp, Mapping) or resp.get("error") or not resp.get("choices"):
+        error = "http_error: " + json.dumps(resp, default=str)[:500]
+    else:
+        choice = resp["choices"][0] or {}
+        text = (choice.get("message") or {}).get("content")
+        usage = resp.get("usage") or {}
+        if not isinstance(text, str):
+            text, error = None, "http_error: reply without message content"
+    return {**_meta(row), "generated_text": text, "engine_error": error,
+            "prompt_tokens": _int_or_none(usage.get("prompt_tokens")),
+            "completion_tokens": _int_or_none(usage.get("completion_tokens"))}
+
+
+class OpenAIChat:
+    """Plain OpenAI-compatible client: ``complete(messages)`` for one chat, ``__call__`` for prompt rows.
+
+    Retries 408/429/502/503/504 and connection errors ``max_retries`` times with exponential
+    backoff; any other HTTP error's body becomes the row's ``engine_error``.
+    """
+
+    def __init__(self, cfg: OpenAIConfig, sampling: SamplingConfig | Mapping[str, Any],
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.cfg = cfg
+        self.url = chat_url(cfg.url)
+        self.headers = {"Content-Type": "application/json", **openai_headers(cfg, environ)}
+        params = sampling.params() if isinstance(sampling, SamplingConfig) else dict(sampling)
+        self.sampling = {k: v for k, v in params.items() if v is not None}
+
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The JSON reply (an ``{"error": ...}`` body for a final HTTP error)."""
+        data = json.dumps(body).encode()
+        for attempt in range(self.cfg.max_retries + 1):
+            last = attempt == self.cfg.max_retries
+            request = urllib.request.Request(self.url, data=data, headers=self.headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as resp:  # noqa: S310 - configured URL
+                    return json.loads(resp.read().decode("utf-8", "replace"))
+            except urllib.error.HTTPError as exc:
+                text = exc.read().decode("utf-8", "replace")
+                if exc.code not in RETRY_STATUSES or last:
+                    try:
+                        return json.loads(text) if text.strip().startswith("{") else {"error": text or str(exc)}
+                    except json.JSONDecodeError:
+                        return {"error": text}
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                if last:
+                    return {"error": f"{type(exc).__name__}: {exc}"}
+            time.sleep(self.cfg.base_retry_wait_s * 2**attempt)
+        return {"error": "no attempt made"}  # unreachable: max_retries >= 0
+
+    def complete(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        """One chat → ``{"generated_text", "engine_error", "prompt_tokens", "completion_tokens"}``."""
+        row = {"messages_json": json.dumps(messages)}
+        reply = openai_reply({"http_response": self.post(openai_payload(row, self.cfg.model, self.sampling)["payload"])})
+        return {k: reply[k] for k in ("generated_text", "engine_error", "prompt_tokens", "completion_tokens")}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = []
+        for r in batch.to_pylist():
+            try:
+                out.append({**_meta(r), **self.complete(_messages(r))})
+            except Exception as exc:  # noqa: BLE001 - one bad row is one engine error
+                out.append(error_row(r, f"{type(exc).__name__}: {exc}"))
+        return pa.Table.from_pylist(out, schema=GENERATION_SCHEMA)
+
+
+# ------------------------------------------------------------------------------ transformers
+
+FALLBACK_CHAT = "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}<|assistant|>\n"
+
+
+def tiny_tokenizer_texts() -> list[str]:
+    """Fixed text the tiny model's tokenizer is trained on (the prompts' own wording): the same
+    tokenizer on every node, with no data read."""
+    from synthesis.templates import SYSTEM, TEMPLATES, TESTBENCH_RULES
+
+    texts = [SYSTEM, TESTBENCH_RULES] + [t.body for t in TEMPLATES.values()]
+    texts += ['{"instruction": "Write a Yosys script", "answer": "```yosys\\nread_verilog top.v\\nsynth\\n```"}',
+              "module counter(input clk, output reg [3:0] q); always @(posedge clk) q <= q + 1; endmodule",
+              "create_clock -name clk -period 10 [get_ports clk] set_input_delay 2 report_checks report_power"]
+    return texts * 2
+
+
+def build_tiny(cfg: TinyModelConfig) -> tuple[Any, Any]:
+    """(model, tokenizer): ``training.tiny``'s random Llama and BPE tokenizer, built in-process."""
+    from training.tiny import build_tiny_llama, train_tokenizer
+
+    tokenizer = train_tokenizer(tiny_tokenizer_texts(), vocab_size=cfg.vocab_size)
+    model = build_tiny_llama(tokenizer, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                             num_heads=cfg.num_heads, seed=cfg.seed,
+                             max_position_embeddings=cfg.max_position_embeddings)
+    return model, tokenizer
+
+
+def local_model_problem(model_path: str, allow_download: bool) -> str | None:
+    """Why ``model_path`` cannot load without the hub (None when it can, or downloads are allowed)."""
+    if model_path == TINY or allow_download or os.path.isdir(os.path.expanduser(model_path)):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(model_path, local_files_only=True)
+        return None
+    except Exception:  # noqa: BLE001 - not in the local cache (or not a valid id)
+        return (f"engine.hf.model_path {model_path!r} is neither a local directory nor a model in the local "
+                "Hugging Face cache, and downloads are off. Use engine.hf.model_path=tiny (a random tiny model "
+                "built in-process), a local directory, or set engine.hf.allow_download=true to fetch it from "
+                "the hub")
+
+
+class HFGenerator:
+    """Prompt rows → generation rows with a transformers model (loaded once, in ``__init__``).
+
+    Tokenizers without a chat template get a plain role-tagged one. Prompts are cut from the
+    left to fit the model's context. When a batch fails, its rows are retried one by one so
+    only the row that fails becomes an ``engine_error``.
+    """
+
+    def __init__(self, model_path: str, sampling: Mapping[str, Any], dtype: str = "float32",
+                 device: str | None = None, tiny: Mapping[str, Any] | None = None,
+                 allow_download: bool = False) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if model_path == TINY:
+            self.model, self.tokenizer = build_tiny(TinyModelConfig(**(tiny or {})))
+            self.model = self.model.to(getattr(torch, dtype))
+        else:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            local = not allow_download
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=local)
+            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype),
+                                                              local_files_only=local)
+        self.model = self.model.to(self.device)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.model.eval()
+        self.sampling = dict(sampling)
+        self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+
+    def prompt_text(self, messages: list[dict[str, str]]) -> str:
+        template = getattr(self.tokenizer, "chat_template", None) or FALLBACK_CHAT
+        return self.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Generation rows for ``rows`` (raises on any failure; ``__call__`` isolates them)."""
+        max_new = min(int(self.sampling.get("max_tokens", 256)), self.max_context // 2)
+        texts = [self.prompt_text(_messages(r)) for r in rows]
+        self.tokenizer.truncation_side = "left"
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                             max_length=self.max_context - max_new, add_special_tokens=False).to(self.device)
+        temperature = float(self.sampling.get("temperature", 0.0))
+        if self.sampling.get("seed") is not None:
+            self.torch.manual_seed(int(self.sampling["seed"]))
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": self.tokenizer.pad_token_id}
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=float(self.sampling.get("top_p", 1.0)))
+        else:
+            kwargs.update(do_sample=False)
+        with self.torch.no_grad():
+            generated = self.model.generate(**enc, **kwargs)
+        new = generated[:, enc["input_ids"].shape[1]:]
+        out = []
+        for r, ids, mask in zip(rows, new, enc["attention_mask"]):
+            n_new = int((ids != self.tokenizer.pad_token_id).sum())
+            out.append({**_meta(r), "generated_text": self.tokenizer.decode(ids, skip_special_tokens=True),
+                        "engine_error": None, "prompt_tokens": int(mask.sum()), "completion_tokens": n_new})
+        return out
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        try:
+            out = self.generate(rows)
+        except Exception:  # noqa: BLE001 - find the row(s) that fail; the others still generate
+            out = []
+            for r in rows:
+                try:
+                    out += self.generate([r])
+                except Exception as exc:  # noqa: BLE001 - one bad row is one engine error
+                    out.append(error_row(r, f"{type(exc).__name__}: {exc}"))
+        return pa.Table.from_pylist(out, schema=GENERATION_SCHEMA)
+
+
+def engine_summary(cfg: EngineConfig) -> dict[str, Any]:
+    block = getattr(cfg, cfg.name).model_dump(mode="json")
+    block.pop("runtime_env", None)
+    return {"name": cfg.name, "model": cfg.model, "random_weights": cfg.random_weights,
+            "sampling": cfg.sampling.model_dump(mode="json"), cfg.name: block}

@@ -1,0 +1,632 @@
+"""Run one EDA tool on untrusted (model-written) input, contained by bubblewrap.
+
+Every call gets a fresh host directory (removed afterwards) bound read-write at ``/work``
+inside a ``bwrap`` sandbox, which is also the tool's working directory. The sandbox has:
+
+* fresh user, PID, network, mount, IPC and UTS namespaces (cgroup where the kernel allows),
+  no capabilities, uid/gid 65534 inside, no further user namespaces (``--disable-userns``);
+* a read-only view of ``/usr`` and the ``/bin``, ``/sbin``, ``/lib*`` links or directories,
+  ``/etc/ld.so.cache`` and ``/etc/alternatives`` only: not the rest of ``/etc``, nor
+  ``/home``, ``/root``, ``/run``, ``/var`` or the host's ``/tmp`` (Ray's session sockets and
+  logs live there). ``/dev`` is bwrap's minimal, read-only one with a small ``/dev/shm``;
+  ``/proc`` is the sandbox's own; ``/tmp`` is a small private tmpfs;
+* an empty environment but ``PATH``, ``HOME=/work``, ``TMPDIR=/tmp`` and a locale;
+* limits: ``RLIMIT_AS`` (memory per process), ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (any file it
+  writes), ``RLIMIT_NPROC`` (set by ``prlimit`` inside the sandbox: the count is then per
+  sandbox, since each sandbox has its own user namespace), a wall-clock limit and a cap on
+  captured output. On timeout or overflow bwrap's process group is killed; the sandbox's
+  init dies with it (``--die-with-parent``) and with it, by the kernel, every process in the
+  PID namespace, including ones that called ``setsid`` or double-forked. ``run`` returns only
+  once that init is gone, so nothing started inside is alive when it returns.
+
+Running as root, bwrap itself is started as ``nobody`` (65534) so the sandbox is an ordinary
+user's user namespace (the kernel ignores ``RLIMIT_NPROC`` for uid 0, even inside a user
+namespace). Only where that fails (unprivileged user namespaces disabled) does a root job
+run bwrap as root, without a process-count limit; ``isolation()`` says so.
+
+Files named in ``collect`` are read back by the parent without ever following a link: each
+path component is opened with ``O_NOFOLLOW`` relative to the directory's fd, only regular
+files are read, and at most ``Limits.max_output_bytes`` of them. Anything else is reported
+in ``Result.rejected_files``.
+
+When bwrap cannot isolate (not installed, user namespaces disabled, seccomp), ``run``
+refuses with ``SandboxUnavailable`` unless ``require_isolation(allow_unsandboxed=True)`` was
+called in this process (or ``CHIPFORGE_SANDBOX_ALLOW_UNSANDBOXED=1`` is set): then tools run
+the old way — rlimits, scrubbed environment, own session, ``nobody`` when root — and
+``isolation()["mode"]`` is ``"none"``.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import resource
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+NOBODY = 65534
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+WORKDIR = "/work"
+ALLOW_UNSANDBOXED_ENV = "CHIPFORGE_SANDBOX_ALLOW_UNSANDBOXED"
+REQUIRED_NAMESPACES = ("user", "pid", "net", "mnt", "ipc", "uts")
+PROBED_NAMESPACES = (*REQUIRED_NAMESPACES, "cgroup")
+# What the sandbox sees of the host, read-only. Everything else does not exist inside.
+RO_DIRS = ("/usr",)
+RO_LINK_OR_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+RO_TRY = ("/etc/ld.so.cache", "/etc/alternatives")
+# bwrap flags newer than 0.4 that are used when this bwrap knows them.
+OPTIONAL_FLAGS = ("--clearenv", "--size", "--disable-userns")
+MIB = 1024 * 1024
+INSTALL_HINT = (
+    "bubblewrap is not installed or user namespaces are disabled: install it with `apt-get install bubblewrap` "
+    "(and allow user namespaces: sysctl kernel.unprivileged_userns_clone=1, or run the container with a seccomp "
+    "profile that allows them), or set synthesis.allow_unsandboxed=true to run model-written code without "
+    "isolation (not recommended)"
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-run limits. ``cpu_s`` defaults to the wall-clock limit (plus one second).
+
+    ``memory_mb`` is per process (``RLIMIT_AS``; no cgroup is available), so a run may use
+    up to ``max_processes * memory_mb`` in total. ``max_processes`` counts threads too and
+    includes bwrap's own init inside the sandbox. ``network=True`` shares the host network
+    (never used for model-written input).
+    """
+
+    timeout_s: float = 20.0
+    memory_mb: int = 2048
+    cpu_s: int | None = None
+    max_output_bytes: int = 256 * 1024
+    max_file_bytes: int = 32 * 1024 * 1024
+    max_processes: int = 64
+    tmp_mb: int = 64
+    network: bool = False
+
+
+@dataclass
+class Result:
+    """What a run printed and left behind.
+
+    ``files`` holds the collected regular files; ``rejected_files`` maps a collected name
+    that existed but was not read (a link, a FIFO, a directory, too large) to the reason.
+    ``isolation`` is the mode the run had (``bwrap`` or ``none``).
+    """
+
+    argv: list[str]
+    returncode: int | None
+    stdout: str
+    stderr: str
+    timed_out: bool
+    output_truncated: bool
+    wall_s: float
+    files: dict[str, bytes] = field(default_factory=dict)
+    rejected_files: dict[str, str] = field(default_factory=dict)
+    isolation: str = "none"
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    @property
+    def output(self) -> str:
+        return self.stdout + ("\n" if self.stdout and self.stderr else "") + self.stderr
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself could not run (bad file name, tool missing)."""
+
+
+class SandboxUnavailable(SandboxError):
+    """No isolation works on this machine and running unsandboxed was not allowed."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How runs are contained, decided once per process by ``_plan``.
+
+    ``run_as`` is the host uid to switch to before exec (root only; None: stay).
+    ``process_limit`` is ``per-sandbox``, ``per-host-user`` or ``none``.
+    """
+
+    mode: str
+    run_as: int | None
+    bwrap: str = ""
+    prlimit: str = ""
+    features: frozenset[str] = frozenset()
+    namespaces: tuple[str, ...] = ()
+    process_limit: str = "none"
+    detail: str = ""
+
+
+_unsandboxed_allowed = False
+
+
+# ----------------------------------------------------------------------------- probing
+
+@functools.lru_cache(maxsize=1)
+def _plan() -> _Plan:
+    """Probe (once per process) the strongest containment that works here."""
+    root = os.geteuid() == 0
+    fallback = _Plan("none", NOBODY if root else None, process_limit="per-host-user" if root else "none")
+    bwrap = shutil.which("bwrap", path=SAFE_PATH)
+    if bwrap is None:
+        return replace(fallback, detail="bwrap not found in " + SAFE_PATH)
+    try:
+        help_text = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
+        version = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return replace(fallback, detail=f"bwrap does not run: {exc}")
+    features = frozenset(f for f in OPTIONAL_FLAGS if f in help_text)
+    prlimit = shutil.which("prlimit", path=SAFE_PATH) or ""
+    script = (f"for n in {' '.join(PROBED_NAMESPACES)}; do echo \"$n $(readlink /proc/self/ns/$n)\"; done; "
+              "echo \"uid $(id -u)\"")
+    errors = []
+    for run_as in ([NOBODY, None] if root else [None]):
+        limit = "per-sandbox" if prlimit and (run_as is not None or not root) else "none"
+        plan = _Plan("bwrap", run_as, bwrap, prlimit, features, process_limit=limit, detail=version)
+        who = f"uid {os.geteuid() if run_as is None else run_as}"
+        try:
+            r = _execute(["sh", "-c", script], {}, Limits(timeout_s=30, memory_mb=512), (), None, plan)
+        except (OSError, SandboxError) as exc:
+            errors.append(f"as {who}: {exc}")
+            continue
+        if not r.ok:
+            errors.append(f"as {who}: {r.output.strip()[-400:] or f'exit {r.returncode}'}")
+            continue
+        inside = dict(line.split(" ", 1) for line in r.stdout.splitlines() if " " in line)
+        fresh = tuple(n for n in PROBED_NAMESPACES if inside.get(n) and inside[n] != _host_namespace(n))
+        missing = [n for n in REQUIRED_NAMESPACES if n not in fresh]
+        if missing or inside.get("uid") != str(NOBODY):
+            errors.append(f"as {who}: namespaces missing {missing}, uid inside {inside.get('uid')}")
+            continue
+        return replace(plan, namespaces=fresh)
+    return replace(fallback, detail="; ".join(errors))
+
+
+def _host_namespace(name: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/ns/{name}")
+    except OSError:
+        return ""
+
+
+def isolation() -> dict[str, Any]:
+    """What each run gets, for the job report (JSON-serialisable).
+
+    ``mode`` is ``bwrap`` or ``none``; ``namespaces`` the fresh namespaces; ``host_uid`` the
+    uid that owns the sandbox's processes on the host; ``process_limit`` ``per-sandbox``,
+    ``per-host-user`` or ``none``; ``detail`` bwrap's version or why it does not work.
+    """
+    plan = _plan()
+    return {
+        "mode": plan.mode,
+        "namespaces": list(plan.namespaces),
+        "uid_inside": NOBODY if plan.mode == "bwrap" else (plan.run_as if plan.run_as is not None else os.geteuid()),
+        "host_uid": plan.run_as if plan.run_as is not None else os.geteuid(),
+        "process_limit": plan.process_limit,
+        "unsandboxed_allowed": _allowed_unsandboxed(),
+        "detail": plan.detail,
+    }
+
+
+def network_isolation() -> str:
+    """``userns+netns`` (bwrap: fresh user and network namespaces) or ``none``.
+
+    Kept for callers of the old API; ``isolation()`` gives the whole picture.
+    """
+    return "userns+netns" if "net" in _plan().namespaces else "none"
+
+
+def require_isolation(allow_unsandboxed: bool) -> str:
+    """Fail fast, before any generation, when model-written code could not be isolated.
+
+    Returns the mode (``bwrap``, or ``none`` when unsandboxed runs were explicitly allowed).
+    Raises ``SandboxUnavailable`` with how to fix it when no isolation works and
+    ``allow_unsandboxed`` is false. Allowing is per process (Ray actors must call this too,
+    or get ``CHIPFORGE_SANDBOX_ALLOW_UNSANDBOXED=1`` in their environment).
+    """
+    global _unsandboxed_allowed
+    plan = _plan()
+    if plan.mode != "none":
+        return plan.mode
+    if not allow_unsandboxed:
+        raise SandboxUnavailable(f"{INSTALL_HINT} (probe: {plan.detail})")
+    if not _unsandboxed_allowed:
+        log.warning("sandbox: no isolation available (%s); running model-written code UNSANDBOXED as allowed",
+                    plan.detail)
+    _unsandboxed_allowed = True
+    return "none"
+
+
+def _allowed_unsandboxed() -> bool:
+    return _unsandboxed_allowed or os.environ.get(ALLOW_UNSANDBOXED_ENV) == "1"
+
+
+# ----------------------------------------------------------------------------- running
+
+def run(
+    argv: Sequence[str],
+    files: Mapping[str, str | bytes] | None = None,
+    *,
+    limits: Limits = Limits(),
+    collect: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> Result:
+    """Run ``argv`` in a fresh sandbox whose working directory holds ``files``.
+
+    ``argv[0]`` must be installed under ``SAFE_PATH``; ``argv`` is passed after ``--`` so it
+    can never be read as bwrap options. ``collect`` names files (relative) to read back
+    after the run (see ``Result``). ``env`` adds variables to the minimal environment.
+    Raises ``SandboxUnavailable`` when nothing isolates and unsandboxed runs were not
+    allowed, ``SandboxError`` for a bad file name or a missing tool.
+    """
+    plan = _plan()
+    if plan.mode == "none" and not _allowed_unsandboxed():
+        raise SandboxUnavailable(f"{INSTALL_HINT} (probe: {plan.detail})")
+    return _execute(argv, files or {}, limits, collect, env, plan)
+
+
+def _execute(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limits, collect: Sequence[str],
+             env: Mapping[str, str] | None, plan: _Plan) -> Result:
+    """One run under ``plan``: write files, start, watch limits, wait for the sandbox to end, collect."""
+    sandboxed = plan.mode == "bwrap"
+    _check_tool(argv, sandboxed)
+    workdir = tempfile.mkdtemp(prefix="cf-sandbox-")
+    try:
+        for name, content in files.items():
+            path = os.path.join(workdir, _safe_name(name))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
+        if plan.run_as is not None:
+            _chown_tree(workdir, plan.run_as)
+        child_env = {"PATH": SAFE_PATH, "HOME": WORKDIR if sandboxed else workdir,
+                     "TMPDIR": "/tmp" if sandboxed else workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        child_env.update(env or {})
+        info_r = info_w = -1
+        if sandboxed:
+            info_r, info_w = os.pipe()
+            cmd = _bwrap_argv(plan, workdir, limits, child_env, info_w) + list(argv)
+        else:
+            cmd = list(argv)
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.Popen(
+                cmd, cwd="/" if sandboxed else workdir, env=child_env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+                pass_fds=(info_w,) if sandboxed else (), preexec_fn=_make_preexec(limits, plan),
+            )
+        except BaseException:
+            if info_r >= 0:
+                os.close(info_r)
+            raise
+        finally:
+            if info_w >= 0:
+                os.close(info_w)
+        init = _InitWatch(info_r) if sandboxed else None
+        pgid = proc.pid  # start_new_session: the child leads its own session and group
+        out: list[bytes] = []
+        err: list[bytes] = []
+        overflow = threading.Event()
+        threads = [threading.Thread(target=_reader, args=(s, limits.max_output_bytes, sink, overflow), daemon=True)
+                   for s, sink in ((proc.stdout, out), (proc.stderr, err))]
+        for t in threads:
+            t.start()
+        timed_out = False
+        deadline = t0 + limits.timeout_s
+        while proc.poll() is None:
+            if overflow.is_set():
+                _killpg(pgid)
+                break
+            if time.perf_counter() > deadline:
+                timed_out = True
+                _killpg(pgid)
+                break
+            time.sleep(0.01)
+        proc.wait()
+        if init is not None:
+            init.wait_gone()
+        for t in threads:
+            t.join(timeout=1.0)
+        if any(t.is_alive() for t in threads):
+            # Unsandboxed only: a grandchild still holds the pipes, so the group is still alive.
+            _killpg(pgid)
+            for t in threads:
+                t.join(timeout=2.0)
+        wall = time.perf_counter() - t0
+        collected, rejected = _collect(workdir, collect, limits.max_output_bytes)
+        return Result(
+            argv=list(argv), returncode=None if timed_out else proc.returncode,
+            stdout=b"".join(out).decode("utf-8", "replace"), stderr=b"".join(err).decode("utf-8", "replace"),
+            timed_out=timed_out, output_truncated=overflow.is_set(), wall_s=round(wall, 3), files=collected,
+            rejected_files=rejected, isolation=plan.mode,
+        )
+    finally:
+        _remove_tree(workdir)
+
+
+def _check_tool(argv: Sequence[str], sandboxed: bool) -> None:
+    """The tool must be installed under ``SAFE_PATH`` and, sandboxed, visible inside."""
+    tool = shutil.which(argv[0], path=SAFE_PATH) if argv and argv[0] else None
+    if tool is None:
+        raise SandboxError(f"tool {argv[0] if argv else '<empty>'!r} is not installed (looked in {SAFE_PATH})")
+    if sandboxed:
+        real = os.path.realpath(tool)
+        roots = [os.path.realpath(p) for p in (*RO_DIRS, *RO_LINK_OR_DIRS) if os.path.exists(p)]
+        if not any(real.startswith(r + os.sep) for r in roots):
+            raise SandboxError(f"tool {argv[0]!r} resolves to {real}, outside the sandbox's read-only view {roots}")
+
+
+def _bwrap_argv(plan: _Plan, workdir: str, limits: Limits, env: Mapping[str, str], info_fd: int) -> list[str]:
+    """bwrap's options, ending with ``--`` (and ``prlimit ... --``): the caller appends argv."""
+    args = [plan.bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
+            "--cap-drop", "ALL", "--hostname", "sandbox", "--info-fd", str(info_fd)]
+    if limits.network:
+        args.append("--share-net")
+    if "--disable-userns" in plan.features:
+        args.append("--disable-userns")
+    if "--clearenv" in plan.features:
+        args.append("--clearenv")
+        for key, value in env.items():
+            args += ["--setenv", key, value]
+    for path in RO_DIRS:
+        args += ["--ro-bind", path, path]
+    for path in RO_LINK_OR_DIRS:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for path in RO_TRY:
+        args += ["--ro-bind-try", path, path]
+    sized = "--size" in plan.features
+    args += ["--dev", "/dev", "--proc", "/proc"]
+    args += [*(["--size", str(MIB)] if sized else []), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
+    args += [*(["--size", str(limits.tmp_mb * MIB)] if sized else []), "--tmpfs", "/tmp"]
+    args += ["--bind", workdir, WORKDIR, "--chdir", WORKDIR, "--uid", str(NOBODY), "--gid", str(NOBODY), "--"]
+    if plan.prlimit:
+        n = limits.max_processes
+        args += [plan.prlimit, f"--nproc={n}:{n}", "--"]
+    return args
+
+
+def _make_preexec(limits: Limits, plan: _Plan) -> Callable[[], None]:
+    """The function run in the child between fork and exec: limits, then privileges.
+
+    Everything it needs is resolved here, in the parent, so the child only makes syscalls.
+    Unsandboxed as root the process count is limited per host user (``nobody``); as another
+    user it is not (``RLIMIT_NPROC`` would count all of that user's processes).
+    """
+    mem = limits.memory_mb * MIB
+    cpu = int(limits.cpu_s if limits.cpu_s is not None else limits.timeout_s + 1)
+    fsize = limits.max_file_bytes
+    nproc = limits.max_processes if plan.mode == "none" and plan.run_as is not None else None
+    run_as = plan.run_as
+    setrlimit = resource.setrlimit
+
+    def preexec() -> None:
+        setrlimit(resource.RLIMIT_AS, (mem, mem))
+        setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+        setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if nproc is not None:
+            setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        if run_as is not None:
+            os.setgroups([])
+            os.setgid(run_as)
+            os.setuid(run_as)
+
+    return preexec
+
+
+class _InitWatch:
+    """Learns the host pid of the sandbox's init from bwrap's ``--info-fd`` and waits for it.
+
+    When the PID namespace's init has exited the kernel has already killed and waited for
+    every other process in the namespace, so its exit is the proof that nothing survives.
+    """
+
+    def __init__(self, info_fd: int) -> None:
+        self.pid: int | None = None
+        self.pidfd: int | None = None
+        self._thread = threading.Thread(target=self._read, args=(info_fd,), daemon=True)
+        self._thread.start()
+
+    def _read(self, info_fd: int) -> None:
+        data = b""
+        try:
+            while chunk := os.read(info_fd, 4096):
+                data += chunk
+                if b"}" in data:
+                    break
+            self.pid = int(json.loads(data[: data.index(b"}") + 1])["child-pid"])
+            self.pidfd = os.pidfd_open(self.pid)  # opened while it runs: never another process
+        except (OSError, ValueError, KeyError):
+            pass
+        finally:
+            os.close(info_fd)
+
+    def wait_gone(self, timeout_s: float = 10.0) -> None:
+        self._thread.join(timeout=2.0)
+        try:
+            if self.pidfd is not None:
+                if not select.select([self.pidfd], [], [], timeout_s)[0]:
+                    log.warning("sandbox: init %s still running %.0fs after bwrap ended", self.pid, timeout_s)
+            elif self.pid is not None:
+                deadline = time.monotonic() + timeout_s
+                while _alive(self.pid) and time.monotonic() < deadline:
+                    time.sleep(0.005)
+        finally:
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _safe_name(name: str) -> str:
+    norm = os.path.normpath(name)
+    if os.path.isabs(name) or norm.startswith("..") or norm in {"", "."}:
+        raise SandboxError(f"sandbox file name {name!r} must be relative and stay inside the sandbox")
+    return norm
+
+
+def _chown_tree(top: str, uid: int) -> None:
+    """Hand the fresh directory (written by us, no links yet) to the sandbox's host uid."""
+    for root, dirs, names in os.walk(top):
+        for n in [*dirs, *names]:
+            os.chown(os.path.join(root, n), uid, uid, follow_symlinks=False)
+    os.chown(top, uid, uid)
+
+
+def _collect(workdir: str, names: Sequence[str], cap: int) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Read back ``names`` from the run's directory without following any link.
+
+    Returns (files read, name -> why it was refused). A missing file is in neither.
+    """
+    files: dict[str, bytes] = {}
+    rejected: dict[str, str] = {}
+    if not names:
+        return files, rejected
+    top = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for name in names:
+            got = _read_beneath(top, _safe_name(name), cap)
+            if isinstance(got, bytes):
+                files[name] = got
+            elif got is not None:
+                rejected[name] = got
+    finally:
+        os.close(top)
+    return files, rejected
+
+
+def _read_beneath(top: int, rel: str, cap: int) -> bytes | str | None:
+    """Content of regular file ``rel`` under directory fd ``top``; a reason string if refused; None if missing.
+
+    Every component is opened with ``O_NOFOLLOW`` relative to its parent's fd, the file with
+    ``O_NONBLOCK`` (a FIFO cannot block us), then checked with ``fstat``: regular and at most
+    ``cap`` bytes.
+    """
+    parts = rel.split("/")
+    opened: list[int] = []
+    fd = -1
+    try:
+        parent = top
+        for part in parts[:-1]:
+            parent = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            opened.append(parent)
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+                     dir_fd=parent)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            return "symbolic link (not followed)"
+        return f"cannot open: {exc.strerror}"
+    finally:
+        for d in opened:
+            os.close(d)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        if st.st_size > cap:
+            return f"larger than {cap} bytes"
+        chunks: list[bytes] = []
+        size = 0
+        while size <= cap:
+            chunk = os.read(fd, min(65536, cap + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > cap:
+            return f"larger than {cap} bytes"
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: str) -> None:
+    """Remove the run's directory, even where the tool made sub-directories unwritable.
+
+    ``shutil.rmtree`` never follows links; the permission repair runs only once nothing in
+    the sandbox is alive, and checks each entry with ``lstat`` before touching it.
+    """
+    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.lexists(path):
+        return
+    stack = [path]
+    while stack:
+        d = stack.pop()
+        try:
+            os.chmod(d, 0o700)
+            with os.scandir(d) as entries:
+                stack.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _reader(stream, cap: int, sink: list[bytes], overflow: threading.Event) -> None:
+    """Keep at most ``cap`` bytes; signal overflow (the caller kills the group) and drain."""
+    size = 0
+    for chunk in iter(lambda: stream.read(65536), b""):
+        if size < cap:
+            sink.append(chunk[: cap - size])
+        size += len(chunk)
+        if size > cap:
+            overflow.set()
+    stream.close()
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def tool_versions() -> dict[str, str]:
+    """First line of each validation tool's version output (``missing`` when absent).
+
+    Runs the host's tools directly: fixed arguments, no model-written input.
+    """
+    probes = {"iverilog": ["iverilog", "-V"], "verilator": ["verilator", "--version"], "yosys": ["yosys", "-V"],
+              "tclsh": ["tclsh"]}
+    versions = {}
+    for name, argv in probes.items():
+        if shutil.which(argv[0], path=SAFE_PATH) is None:
+            versions[name] = "missing"
+            continue
+        try:
+            if name == "tclsh":
+                p = subprocess.run(argv, input="puts [info patchlevel]\n", capture_output=True, text=True, timeout=10)
+            else:
+                p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            versions[name] = (p.stdout or p.stderr).strip().splitlines()[0] if (p.stdout or p.stderr).strip() else "?"
+        except (subprocess.SubprocessError, OSError) as exc:
+            versions[name] = f"error: {exc}"
+    return versions

@@ -1,0 +1,150 @@
+"""chipforge.job: the skeleton every job runs through, on a toy job without Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chipforge import job
+from chipforge.config import Config
+from chipforge.job import JobError, JobSpec, Run
+
+
+class ToyConfig(Config):
+    input_dir: str | None = None
+    output_dir: str = "out/toy"
+    factor: int = 2
+    workers: int = 1  # volatile: does not change the result
+    mode: str = "ok"
+
+
+def _body(calls: list[str]) -> Any:
+    def body(cfg: ToyConfig, run: Run) -> dict[str, Any]:
+        calls.append(cfg.output_dir)
+        if cfg.mode == "raise":
+            raise JobError("the toy input is broken")
+        n_in = len(list(Path(cfg.input_dir).iterdir())) if cfg.input_dir else 1
+        n_out = 0 if cfg.mode == "reject_all" else n_in * cfg.factor
+        return {"n_in": n_in, "n_out": n_out}
+    return body
+
+
+def _spec(tmp_path: Path) -> JobSpec[ToyConfig]:
+    yaml = tmp_path / "toy.yaml"
+    yaml.write_text("# launch: python -m jobs.toy --config toy.yaml\nfactor: 3\n")
+    return JobSpec(name="toy", config=ToyConfig, default_config=str(yaml),
+                   summary=lambda r: f"  {r['n_out']} outputs from {r['n_in']} inputs",
+                   flags={"--input": "input_dir", "--output": "output_dir"},
+                   inputs={"input_dir": "a toy input directory"}, volatile=("workers",),
+                   outputs=lambda r: r["n_out"], inputs_count=lambda r: r["n_in"], uses_ray=False)
+
+
+@pytest.fixture()
+def inp(tmp_path: Path) -> Path:
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.txt").write_text("a")
+    return d
+
+
+def test_runs_writes_report_and_skips_an_unchanged_rerun(tmp_path: Path, inp: Path, capsys) -> None:
+    spec, calls, out = _spec(tmp_path), [], tmp_path / "out"
+    argv = ["--input", str(inp), "--output", str(out)]
+    assert job.main(spec, _body(calls), argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "ok" and report["n_out"] == 3 and report["config"]["factor"] == 3
+    assert "3 outputs from 1 inputs" in capsys.readouterr().out
+    # same config and inputs: skipped, and it says so; a volatile field does not count
+    assert job.main(spec, _body(calls), [*argv, "workers=4"]) == 0
+    assert len(calls) == 1
+    assert "up to date, skipped" in capsys.readouterr().out
+    # --force redoes it
+    assert job.main(spec, _body(calls), [*argv, "--force"]) == 0
+    assert len(calls) == 2
+
+
+def test_a_changed_config_or_input_reruns_and_says_why(tmp_path: Path, inp: Path, capsys) -> None:
+    spec, calls, out = _spec(tmp_path), [], tmp_path / "out"
+    argv = ["--input", str(inp), "--output", str(out)]
+    assert job.main(spec, _body(calls), argv) == 0
+    assert job.main(spec, _body(calls), [*argv, "factor=5"]) == 0
+    assert "rerunning (config changed)" in capsys.readouterr().out
+    (inp / "b.txt").write_text("b")
+    assert job.main(spec, _body(calls), [*argv, "factor=5"]) == 0
+    assert "rerunning (inputs changed: input_dir)" in capsys.readouterr().out
+    assert len(calls) == 3
+    assert json.loads((out / "report.json").read_text())["n_out"] == 10
+
+
+def test_upstream_marker_is_the_input_fingerprint(tmp_path: Path, inp: Path) -> None:
+    """A downstream job keys on the upstream job's fingerprint, not on file times."""
+    spec, calls = _spec(tmp_path), []
+    up, down = tmp_path / "up", tmp_path / "down"
+    assert job.main(spec, _body(calls), ["--input", str(inp), "--output", str(up)]) == 0
+    assert job.main(spec, _body(calls), ["--input", str(up), "--output", str(down)]) == 0
+    assert job.main(spec, _body(calls), ["--input", str(up), "--output", str(down)]) == 0
+    assert len(calls) == 2
+    # the upstream reruns with another config: the downstream reruns too
+    assert job.main(spec, _body(calls), ["--input", str(inp), "--output", str(up), "factor=7"]) == 0
+    assert job.main(spec, _body(calls), ["--input", str(up), "--output", str(down)]) == 0
+    assert len(calls) == 4
+
+
+def test_config_errors_name_the_flag_override_or_file_before_any_work(tmp_path: Path, inp: Path, capsys) -> None:
+    spec, calls = _spec(tmp_path), []
+    out = tmp_path / "out"
+    assert job.main(spec, _body(calls), ["--output", str(out), "factor=abc"]) == 2
+    assert "command-line override 'factor=abc'" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("factor: [1]\n")
+    assert job.main(spec, _body(calls), ["--config", str(bad), "--output", str(out)]) == 2
+    assert f"{bad}: factor" in capsys.readouterr().err
+    assert job.main(spec, _body(calls), ["--input", str(tmp_path / "missing"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--input" in err and "does not exist" in err and "a toy input directory" in err
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert job.main(spec, _body(calls), ["--output", str(a_file)]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert calls == [] and not out.exists()
+
+
+def test_every_input_rejected_is_a_failure_without_marker(tmp_path: Path, inp: Path, capsys) -> None:
+    spec, calls, out = _spec(tmp_path), [], tmp_path / "out"
+    argv = ["--input", str(inp), "--output", str(out), "mode=reject_all"]
+    assert job.main(spec, _body(calls), argv) == 1
+    assert "every input was rejected" in capsys.readouterr().err
+    assert json.loads((out / "report.json").read_text())["status"] == "failed"
+    assert not Path(job.marker_path(str(out), "toy")).exists()
+    assert job.main(spec, _body(calls), argv) == 1  # not skipped: nothing was finished
+    assert len(calls) == 2
+
+
+def test_a_job_error_is_one_line_and_exit_1(tmp_path: Path, capsys) -> None:
+    spec, calls = _spec(tmp_path), []
+    assert job.main(spec, _body(calls), ["--output", str(tmp_path / "o"), "mode=raise"]) == 1
+    err = capsys.readouterr().err
+    assert "error: toy: the toy input is broken" in err and "Traceback" not in err
+
+
+def test_help_shows_field_names_not_internal_dests(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        job.main(_spec(tmp_path), _body([]), ["--help"])
+    text = capsys.readouterr().out
+    assert "--output OUTPUT_DIR" in text and "--force" in text and "FLAG__" not in text
+
+
+def test_native_log_keeps_fd2_lines_out_of_the_terminal(tmp_path: Path, capfd) -> None:
+    import os
+    import sys
+
+    log = tmp_path / "native.log"
+    with job.NativeLog(str(log)):
+        os.write(2, b"core_worker.cc:1 native noise\n")
+        print("python error line", file=sys.stderr, flush=True)
+    captured = capfd.readouterr()
+    assert "native noise" not in captured.err and "python error line" in captured.err
+    assert "native noise" in log.read_text()

@@ -1,0 +1,319 @@
+"""Attacks on ``synthesis.sandbox`` that worked against the preexec/unshare sandbox.
+
+Each test is a proof of concept run by model-written code: escaping the run (setsid,
+nohup, double fork), making the root parent read a file for it (symlinks in ``collect``),
+writing where the job's user can (``~/.ssh/authorized_keys``, Ray's session directory),
+reaching 127.0.0.1 services, reading host files, exhausting processes, memory, CPU, disk or
+time, and smuggling bwrap options through argv. Skipped only where the kernel forbids the
+namespaces bwrap needs; a missing bwrap fails them (install ``bubblewrap``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from synthesis import sandbox
+from synthesis.sandbox import Limits, SandboxError
+from tests.security.conftest import Canary, assert_no_survivors
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_ISOLATION = sandbox.isolation()
+if _ISOLATION["mode"] != "bwrap" and "not found" not in _ISOLATION["detail"]:
+    pytest.skip(f"the kernel forbids the namespaces bwrap needs here: {_ISOLATION['detail']}",
+                allow_module_level=True)
+
+SURVIVORS = {
+    "setsid": "setsid sh -c 'sleep 60; :' {m} </dev/null >/dev/null 2>&1 &",
+    "nohup": "nohup sh -c 'sleep 60; :' {m} </dev/null >/dev/null 2>&1 &",
+    "double_fork": "( sh -c 'sleep 60; :' {m} </dev/null >/dev/null 2>&1 & ) ; true",
+    "daemon": "python3 -c 'import os, time; os.fork() and os._exit(0); os.setsid(); os.fork() and os._exit(0); "
+              "os.closerange(0, 3); time.sleep(60)' {m} &",
+    "holds_pipes": "setsid sh -c 'sleep 60; :' {m} &",
+}
+
+
+@pytest.fixture()
+def ray_session_dir() -> Iterator[Path]:
+    """A fake ``/tmp/ray/session_*`` with world-writable logs and sockets dirs, a socket and a log."""
+    top = Path(tempfile.mkdtemp(prefix="cf-ray-", dir="/tmp"))
+    session = top / "session_2026-01-01_00-00-00_000000_1"
+    for d in (top, session, session / "logs", session / "sockets"):
+        d.mkdir(exist_ok=True)
+        d.chmod(0o777)
+    (session / "logs" / "raylet.out").write_text("raylet log\n")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(session / "sockets" / "raylet"))
+    try:
+        yield session
+    finally:
+        sock.close()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture()
+def loopback_server() -> Iterator[int]:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+def connect_code(port: int) -> str:
+    return (f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+            f"    print('CONNECTED')\nexcept OSError as e:\n    print('refused', e)\n")
+
+
+# ----------------------------------------------------------------------------- escaping the run
+
+@pytest.mark.parametrize("how", sorted(SURVIVORS))
+def test_nothing_started_inside_outlives_the_run(how: str, marker: str) -> None:
+    r = sandbox.run(["sh", "-c", SURVIVORS[how].format(m=marker) + "\necho started"], limits=Limits(timeout_s=10))
+    assert "started" in r.stdout and not r.timed_out and r.wall_s < 5
+    assert_no_survivors(marker)
+
+
+def test_timeout_kills_every_process_in_the_sandbox(marker: str) -> None:
+    t0 = time.perf_counter()
+    script = f"setsid sh -c 'sleep 60; :' {marker} >/dev/null 2>&1 & sh -c 'sleep 60; :' {marker}"
+    r = sandbox.run(["sh", "-c", script], limits=Limits(timeout_s=1))
+    assert r.timed_out and r.returncode is None and time.perf_counter() - t0 < 5
+    assert_no_survivors(marker)
+
+
+# ----------------------------------------------------------------------------- collect
+
+@pytest.mark.parametrize("make", [
+    "ln -s {target} sim.vvp",
+    "ln -s ../../../../../../../..{target} sim.vvp",
+    "mkdir real && ln -s {target} real/sim.vvp && ln -s real d && ln -s d/sim.vvp sim.vvp",
+], ids=["absolute", "relative", "through_a_linked_directory"])
+def test_collect_never_follows_a_symlink_to_a_root_only_file(make: str, canary: Canary) -> None:
+    r = sandbox.run(["sh", "-c", make.format(target=canary.root_only)], collect=["sim.vvp", "d/sim.vvp"])
+    assert r.ok, r.output
+    assert r.files == {}
+    assert "sim.vvp" in r.rejected_files and "symbolic link" in r.rejected_files["sim.vvp"]
+    if "ln -s real d" in make:
+        assert "d/sim.vvp" in r.rejected_files
+
+
+def test_collect_refuses_a_symlinked_directory(canary: Canary) -> None:
+    r = sandbox.run(["sh", "-c", f"ln -s {canary.tmp_dir}/private out"], collect=["out/root-only.txt"])
+    assert r.files == {} and "out/root-only.txt" in r.rejected_files
+
+
+def test_collect_refuses_fifos_directories_and_big_files_without_blocking() -> None:
+    t0 = time.perf_counter()
+    r = sandbox.run(["sh", "-c", "mkfifo pipe.vvp && mkdir dir.vvp && head -c 5000 /dev/zero > big.vvp"
+                                 " && echo ok > small.vvp"],
+                    limits=Limits(max_output_bytes=4096), collect=["pipe.vvp", "dir.vvp", "big.vvp", "small.vvp"])
+    assert time.perf_counter() - t0 < 5
+    assert r.files == {"small.vvp": b"ok\n"}
+    assert set(r.rejected_files) == {"pipe.vvp", "dir.vvp", "big.vvp"}
+    assert "regular" in r.rejected_files["pipe.vvp"] and "larger" in r.rejected_files["big.vvp"]
+
+
+# ----------------------------------------------------------------------------- host files and services
+
+def test_host_files_are_invisible(canary: Canary) -> None:
+    script = (f"cat /etc/passwd /etc/shadow {canary.tmp_file} {canary.home_file} {canary.root_only}; "
+              "ls -a /root /home /run /var /tmp /etc; cat /proc/1/environ; "
+              f"echo pwned > {canary.forbidden}; ls /sys")
+    r = sandbox.run(["sh", "-c", script])
+    canary.assert_not_leaked(r.output)
+    assert "root:" not in r.stdout
+    assert "No such file" in r.stderr
+    listed = r.stdout.split()
+    assert "passwd" not in listed and "shadow" not in listed
+
+
+def test_ray_session_dir_cannot_be_touched(ray_session_dir: Path) -> None:
+    logs, sockets = ray_session_dir / "logs", ray_session_dir / "sockets"
+    script = (f"echo planted > {logs}/planted.txt; mv {sockets}/raylet {sockets}/raylet.old; "
+              f"echo x >> {logs}/raylet.out; ls /tmp/ray; ls {ray_session_dir}")
+    r = sandbox.run(["sh", "-c", script])
+    assert not (logs / "planted.txt").exists()
+    assert stat.S_ISSOCK((sockets / "raylet").lstat().st_mode) and not (sockets / "raylet.old").exists()
+    assert (logs / "raylet.out").read_text() == "raylet log\n"
+    assert r.returncode != 0
+
+
+def test_loopback_services_are_unreachable(loopback_server: int) -> None:
+    r = sandbox.run(["python3", "-c", connect_code(loopback_server)], limits=Limits(timeout_s=10))
+    assert "CONNECTED" not in r.stdout and "refused" in r.stdout
+
+
+def test_no_capabilities_and_no_new_user_namespaces() -> None:
+    r = sandbox.run(["sh", "-c", "grep ^Cap /proc/self/status; unshare -U true && echo NESTED-USERNS"])
+    caps = dict(line.split(":") for line in r.stdout.splitlines() if line.startswith("Cap"))
+    assert {v.strip() for k, v in caps.items() if k in ("CapEff", "CapPrm", "CapBnd")} == {"0000000000000000"}
+    if "--disable-userns" in sandbox._plan().features:
+        assert "NESTED-USERNS" not in r.stdout
+
+
+def test_dev_is_read_only_and_scratch_space_is_small() -> None:
+    r = sandbox.run(["sh", "-c", "touch /dev/evil || echo DEV-RO;"
+                                 " head -c 3000000 /dev/zero > /tmp/big || echo TMP-FULL;"
+                                 " head -c 3000000 /dev/zero > /dev/shm/big || echo SHM-FULL"],
+                    limits=Limits(tmp_mb=1, max_file_bytes=64 * 1024 * 1024))
+    if "--size" not in sandbox._plan().features:
+        pytest.skip("this bwrap has no --size")
+    assert {"DEV-RO", "TMP-FULL", "SHM-FULL"} <= set(r.stdout.split())
+
+
+# ----------------------------------------------------------------------------- limits
+
+def test_fork_bomb_is_bounded(marker: str) -> None:
+    code = textwrap.dedent("""
+        import os, sys, time
+        n = 0
+        for _ in range(300):
+            try:
+                pid = os.fork()
+            except OSError:
+                break
+            if pid == 0:
+                time.sleep(30)
+                os._exit(0)
+            n += 1
+        print("forked", n)
+    """)
+    r = sandbox.run(["python3", "-c", code, marker], limits=Limits(timeout_s=20, max_processes=16))
+    assert r.ok, r.output
+    forked = int(r.stdout.split()[-1])
+    assert 0 < forked < 16
+    assert_no_survivors(marker)
+
+
+def test_memory_limit() -> None:
+    r = sandbox.run(["python3", "-c", "x = bytearray(800 * 1024 * 1024); print('allocated')"],
+                    limits=Limits(memory_mb=256))
+    assert r.returncode != 0 and "allocated" not in r.stdout
+
+
+def test_cpu_limit() -> None:
+    r = sandbox.run(["python3", "-c", "while True: pass"], limits=Limits(timeout_s=20, cpu_s=1))
+    assert not r.timed_out and r.returncode != 0 and r.wall_s < 10
+
+
+def test_file_size_limit() -> None:
+    r = sandbox.run(["sh", "-c", "head -c 3000000 /dev/zero > big.bin"], limits=Limits(max_file_bytes=1_000_000))
+    assert r.returncode != 0
+
+
+def test_output_cap_kills_the_writer() -> None:
+    t0 = time.perf_counter()
+    r = sandbox.run(["sh", "-c", "yes"], limits=Limits(timeout_s=20, max_output_bytes=4096))
+    assert r.output_truncated and len(r.stdout) == 4096 and time.perf_counter() - t0 < 5
+
+
+# ----------------------------------------------------------------------------- argv and env
+
+@pytest.mark.parametrize("argv", [["--bind", "/", "/host", "sh"], ["--", "sh"], ["--help"], ["-h"]])
+def test_argv_cannot_be_read_as_bwrap_options(argv: list[str]) -> None:
+    with pytest.raises(SandboxError, match="not installed"):
+        sandbox.run(argv)
+
+
+def test_option_like_arguments_reach_the_tool_verbatim() -> None:
+    r = sandbox.run(["sh", "-c", 'ls /host 2>&1; printf "<%s>" "$@"', "sh", "--bind", "/", "/host", "--"],
+                    env={"--bind": "/", "CF_X": "--share-net"})
+    assert "<--bind></></host><-->" in r.stdout
+    assert "No such file" in r.stdout
+
+
+# ----------------------------------------------------------------------------- a job that is not root
+
+CHILD = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, sys.argv[1])
+    from synthesis import sandbox
+    from synthesis.sandbox import Limits
+    home, canary_file, port, ray_logs, marker = sys.argv[2:7]
+    out = {"isolation": sandbox.isolation()}
+    if out["isolation"]["mode"] == "bwrap":
+        keys = os.path.join(home, ".ssh", "authorized_keys")
+        r = sandbox.run(["sh", "-c", f"echo ssh-ed25519 EVIL >> {keys};"
+                                     " echo ssh-ed25519 EVIL >> $HOME/.ssh/authorized_keys;"
+                                     f" cat {canary_file}; echo planted > {ray_logs}/planted.txt;"
+                                     " mkdir -p locked/inner && touch locked/inner/f && chmod 0 locked/inner locked"])
+        out["attack_output"] = r.output
+        code = ("import socket\\ntry:\\n socket.create_connection(('127.0.0.1', %s), timeout=2); print('CONNECTED')\\n"
+                "except OSError as e:\\n print('refused', e)\\n" % port)
+        out["connect"] = sandbox.run(["python3", "-c", code]).stdout
+        fork = ("import os, time\\nn = 0\\nfor _ in range(200):\\n try: pid = os.fork()\\n except OSError: break\\n"
+                " if pid == 0:\\n  time.sleep(30); os._exit(0)\\n n += 1\\nprint(n)")
+        out["forked"] = sandbox.run(["python3", "-c", fork, marker], limits=Limits(max_processes=16)).stdout
+        out["leftover"] = os.listdir(os.environ["TMPDIR"])
+        out["uid"] = sandbox.run(["id", "-u"]).stdout.strip()
+    print(json.dumps(out))
+""")
+
+
+def test_an_ordinary_user_job_is_contained(canary: Canary, loopback_server: int, ray_session_dir: Path,
+                                           marker: str) -> None:
+    """As a non-root user (Ray images run as ``ray``), bwrap works and nothing it owns is reachable."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if os.geteuid() != 0 or shutil.which("setpriv") is None or python is None:
+        pytest.skip("needs root, setpriv and a system python3 to run a job as another user")
+    uid = 40000 + os.getpid() % 20000
+    base = Path(tempfile.mkdtemp(prefix="cf-user-", dir="/tmp"))
+    try:
+        _contained_as(uid, base, python, canary, loopback_server, ray_session_dir, marker)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _contained_as(uid: int, base: Path, python: str, canary: Canary, port: int, ray_session_dir: Path,
+                  marker: str) -> None:
+    base.chmod(0o755)
+    home, tmpdir = base / "home", base / "tmp"
+    for d in (home, home / ".ssh", tmpdir):
+        d.mkdir()
+        os.chown(d, uid, uid)
+    keys = home / ".ssh" / "authorized_keys"
+    keys.write_text("ssh-ed25519 GOOD\n")
+    os.chown(keys, uid, uid)
+    keys.chmod(0o600)
+    argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", python, "-c", CHILD,
+            str(REPO_ROOT), str(home), str(canary.tmp_file), str(port), str(ray_session_dir / "logs"), marker]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=str(home),
+                       env={"PATH": sandbox.SAFE_PATH, "HOME": str(home), "TMPDIR": str(tmpdir)})
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    if out["isolation"]["mode"] != "bwrap":
+        pytest.skip(f"bwrap does not work for an unprivileged user here: {out['isolation']['detail']}")
+    assert out["isolation"]["host_uid"] == uid and out["isolation"]["process_limit"] == "per-sandbox"
+    assert keys.read_text() == "ssh-ed25519 GOOD\n"
+    canary.assert_not_leaked(out["attack_output"])
+    assert not (ray_session_dir / "logs" / "planted.txt").exists()
+    assert "CONNECTED" not in out["connect"] and "refused" in out["connect"]
+    assert 0 < int(out["forked"]) < 16
+    assert out["leftover"] == []  # even the directory the tool locked (chmod 0) was removed
+    assert out["uid"] == str(sandbox.NOBODY)
+    assert_no_survivors(marker)
+
+
+def test_each_run_names_its_isolation() -> None:
+    r = sandbox.run(["true"])
+    assert r.isolation == "bwrap"
+    info = sandbox.isolation()
+    assert set(sandbox.REQUIRED_NAMESPACES) <= set(info["namespaces"])
+    assert info["uid_inside"] == sandbox.NOBODY
+    assert info["host_uid"] != 0 or info["process_limit"] == "none"
+    assert sandbox.network_isolation() == "userns+netns"
+    assert sandbox.require_isolation(allow_unsandboxed=False) == "bwrap"
