@@ -246,7 +246,7 @@ def baseline(repos: Path, repeat: int = 2) -> dict:
     repository's files that hold ``define``s), the reference for the target ratio.
     ``bare_mb_per_s``: the parser alone, includes unresolved (less work than the stage does).
     """
-    from corpus.verilog import VerilogParser, _basenames, _resolver
+    from corpus.verilog import VerilogParser, include_basenames, include_resolver
 
     files = [(p.relative_to(repos).parts[0], p.relative_to(repos).as_posix().split("/", 1)[1], p.read_text())
              for p in sorted(repos.rglob("*")) if p.suffix in (".v", ".sv", ".vh", ".svh")]
@@ -254,7 +254,7 @@ def baseline(repos: Path, repeat: int = 2) -> dict:
     for repo, path, text in files:
         if "`define" in text:
             headers.setdefault(repo, {})[path] = text
-    bases = {repo: _basenames(h) for repo, h in headers.items()}
+    bases = {repo: include_basenames(h) for repo, h in headers.items()}
     n_bytes = sum(len(t.encode()) for _, _, t in files)
     parser = VerilogParser("systemverilog")
 
@@ -264,7 +264,7 @@ def baseline(repos: Path, repeat: int = 2) -> dict:
             t0 = time.process_time()
             units = 0
             for repo, path, text in files:
-                resolve = _resolver(headers.get(repo, {}), bases.get(repo, {}), path) if resolved else None
+                resolve = include_resolver(headers.get(repo, {}), bases.get(repo, {}), path) if resolved else None
                 units += len(parser.parse(text, path, resolve=resolve))
             best = min(best, time.process_time() - t0)
         return best, units

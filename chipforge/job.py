@@ -22,7 +22,6 @@ the dataset config reruns the dataset and every job that reads it, and nothing e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from pydantic import BaseModel
 
 from chipforge import fs
 from chipforge.config import ConfigError, load_config
+from chipforge.vocab import content_hash, sha256_hex
 
 C = TypeVar("C", bound=BaseModel)
 MARKER_DIR = "_chipforge"
@@ -77,7 +77,7 @@ class JobSpec(Generic[C]):
 # --------------------------------------------------------------------------- fingerprints
 
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return content_hash(obj, length=16)
 
 
 def marker_path(output_dir: str, job: str) -> str:
@@ -111,7 +111,7 @@ def path_fingerprint(path: str) -> str:
         rel = os.path.relpath(i.path, root) if i.path != root else os.path.basename(root)
         if i.size is not None and i.size <= 1 << 20:
             with filesystem.open_input_stream(i.path) as f:
-                entries.append((rel, hashlib.sha256(f.read()).hexdigest()))
+                entries.append((rel, sha256_hex(f.read())))
         else:
             entries.append((rel, i.size, i.mtime_ns))
     return _digest(entries)

@@ -33,6 +33,11 @@ def sha256_hex(text: str | bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def unit_interval(key: str) -> float:
+    """A deterministic number in [0, 1) from ``key`` (hash buckets: splits, held-out shares)."""
+    return int(sha256_hex(key)[:16], 16) / 2**64
+
+
 def content_hash(*parts: Any, length: int | None = None) -> str:
     """Deterministic id of ``parts``: a string alone is hashed as it is, anything else as canonical JSON.
 

@@ -18,7 +18,6 @@ A row whose required value is null or empty is not built: it becomes a skip row 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from chipforge.vocab import SYSTEM_PROMPTS, content_hash
 from corpus.schema import DOCS_SCHEMA, EXAMPLES_SCHEMA, MODULES_SCHEMA, SchemaError, conform, from_rows
 
 log = logging.getLogger(__name__)
@@ -39,15 +39,7 @@ MODULE_REQUIRED: tuple[str, ...] = ("id", "repo", "path", "name", "source", "kee
 DOC_REQUIRED: tuple[str, ...] = ("id", "source", "text")
 INVALID_ROW = "invalid_row"  # skip reason prefix of a row that does not fit its schema
 
-SYSTEM = {
-    "rtl_design": "You are an expert RTL designer writing synthesisable Verilog/SystemVerilog.",
-    "synthesis": "You are an expert in logic synthesis with Yosys and ABC.",
-    "placement": "You are an expert in floorplanning and placement (OpenROAD, RePlAce, DREAMPlace).",
-    "routing": "You are an expert in global and detailed routing (FastRoute, TritonRoute, Magic).",
-    "timing_analysis": "You are an expert in static timing analysis (OpenSTA, SDC).",
-    "power_analysis": "You are an expert in power analysis, power intent and power grids.",
-    "triage": "Route the user's question to the phase specialist. Answer with JSON {\"phase\": ...}.",
-}
+SYSTEM = SYSTEM_PROMPTS  # one definition: chipforge.vocab
 
 
 def approx_tokens(text: str) -> int:
@@ -55,8 +47,7 @@ def approx_tokens(text: str) -> int:
 
 
 def example_id(phase: str, task: str, messages: Sequence[dict[str, str]]) -> str:
-    blob = json.dumps([phase, task, list(messages)], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return content_hash(phase, task, list(messages))
 
 
 def make_example(phase: str, task: str, user: str, assistant: str, source: str,

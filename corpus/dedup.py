@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
+from chipforge.vocab import sha256_hex
 from chipforge.config import Config
 from corpus.licenses import is_permissive
 from corpus.schema import MODULES_SCHEMA, PARSED_MODULES_SCHEMA, conform
@@ -157,7 +158,7 @@ def lsh_bands(sig: np.ndarray, bands: int, rows: int | None = None) -> list[str]
 
 def norm_sha256(source: str) -> str:
     """Exact-dedup key: sha256 of the normalised text."""
-    return hashlib.sha256(normalize(source).encode("utf-8", "surrogatepass")).hexdigest()
+    return sha256_hex(normalize(source))
 
 
 SIGNATURES_SCHEMA = pa.schema(
@@ -201,10 +202,10 @@ class SignatureStage:
         sources = [s or "" for s in batch.column("source").to_pylist()]
         norms = [normalize(s) for s in sources]
         if "norm_sha256" in col:
-            hashes = [h or hashlib.sha256(n.encode("utf-8", "surrogatepass")).hexdigest()
+            hashes = [h or sha256_hex(n)
                       for h, n in zip(batch.column("norm_sha256").to_pylist(), norms)]
         else:
-            hashes = [hashlib.sha256(n.encode("utf-8", "surrogatepass")).hexdigest() for n in norms]
+            hashes = [sha256_hex(n) for n in norms]
         sets = [_shingle_tokens(n.split(), self.k) for n in norms]
         sigs = minhash(sets, self.num_perm, self.seed)
         bands = [lsh_bands(s, self.bands, self.rows) for s in sigs]

@@ -38,17 +38,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from chipforge import fs
+from chipforge import fs, vocab
 
-PHASES: tuple[str, ...] = (
-    "triage",
-    "rtl_design",
-    "synthesis",
-    "placement",
-    "routing",
-    "timing_analysis",
-    "power_analysis",
-)
+PHASES: tuple[str, ...] = vocab.PHASES
 KINDS: tuple[str, ...] = ("question", "doc", "module")
 
 ARTIFACT_FORMAT = "chipforge.phase_classifier"

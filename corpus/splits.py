@@ -12,14 +12,15 @@ non-zero ratio (validation); 3+ groups → every split with a non-zero ratio get
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
+
+from chipforge.vocab import sha256_hex
 
 DEFAULT_RATIOS: dict[str, float] = {"train": 0.8, "validation": 0.1, "test": 0.1}
 
 
 def _key(seed: int, group: str) -> str:
-    return hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()
+    return sha256_hex(f"{seed}:{group}")
 
 
 def assign_groups(sizes: Mapping[str, int], ratios: Mapping[str, float] = DEFAULT_RATIOS,

@@ -28,7 +28,6 @@ bounds macro expansion (``corpus.preprocess``). Past a limit ``parse`` raises
 from __future__ import annotations
 
 import gc
-import hashlib
 import importlib
 import logging
 import posixpath
@@ -44,6 +43,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from chipforge.vocab import sha256_hex
 from corpus.preprocess import ExpansionLimit, Macro, ParseTimeout, PreprocessError, preprocess, strip_comments
 from corpus.schema import FILES_SCHEMA, PARSED_MODULES_SCHEMA, conform, from_rows
 
@@ -207,8 +207,7 @@ def normalize(source: str) -> str:
     return " ".join(_NORM_TOKEN.findall(strip_comments(source)))
 
 
-def _sha256(s: str) -> str:
-    return hashlib.sha256(s.encode("utf-8", "surrogatepass")).hexdigest()
+_sha256 = sha256_hex
 
 
 def _squash(s: str) -> str:
@@ -752,14 +751,14 @@ class VerilogParser:
         return _Unit(kind, name, start_row, end_row, False, error_rows=cum[-1] or (end_row - start_row + 1))
 
 
-def _basenames(files: Mapping[str, str]) -> dict[str, str]:
+def include_basenames(files: Mapping[str, str]) -> dict[str, str]:
     by_base: dict[str, str] = {}
     for p in sorted(files):
         by_base.setdefault(posixpath.basename(p), p)
     return by_base
 
 
-def _resolver(files: Mapping[str, str], by_base: Mapping[str, str], path: str) -> Callable[[str], str | None]:
+def include_resolver(files: Mapping[str, str], by_base: Mapping[str, str], path: str) -> Callable[[str], str | None]:
     """Resolve ``include`` names against the files of the same repository in the batch:
     relative to the including file, then to the repository root, then by file name."""
 
@@ -819,7 +818,7 @@ class ParseStage:
         for f in files:
             if f["text"] and "`define" in f["text"]:
                 headers.setdefault(f["repo"], {})[f["path"]] = f["text"]
-        bases = {repo: _basenames(h) for repo, h in headers.items()}
+        bases = {repo: include_basenames(h) for repo, h in headers.items()}
         rows: list[dict[str, Any]] = []
         parsed = 0
         reasons: Counter[str] = Counter()
@@ -830,7 +829,7 @@ class ParseStage:
             if not text:
                 continue
             try:
-                resolve = _resolver(headers.get(f["repo"], {}), bases.get(f["repo"], {}), f["path"])
+                resolve = include_resolver(headers.get(f["repo"], {}), bases.get(f["repo"], {}), f["path"])
                 records = self.parser.parse(text, f["path"], resolve=resolve, timeout_s=self.parse_timeout_s)
             except Exception as exc:  # one bad file never fails the batch
                 reason = failure_reason(exc)

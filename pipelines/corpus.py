@@ -23,8 +23,8 @@ from chipforge.stage import StageResources, map_stage
 from corpus.clone import CloneAndRead
 from corpus.dedup import DedupConfig
 from corpus.files import DEFAULT_EXTENSIONS
-from corpus.manifest import Repository, load_manifest
-from corpus.verilog import ParseStage
+from corpus.manifest import Repository, load_manifest, local_roots_for
+from corpus.verilog import ParseStage, merge_parse_stats
 from pipelines.dedup import run_dedup
 
 
@@ -40,6 +40,9 @@ class CloneConfig(Config):
     # Repositories are dealt into this many Ray Data blocks (None: 4 per clone actor). One block
     # per repository balances best, but the driver's Ray Data bookkeeping grows ~40 KB per block.
     input_blocks: int | None = Field(None, ge=1)
+    # Where local repositories (paths, file://) may live; None: the working directory and the
+    # manifest's directory. A local path outside every root is a failed repository ("unsafe url").
+    local_roots: list[str] | None = None
 
 
 class ParseConfig(Config):
@@ -48,6 +51,9 @@ class ParseConfig(Config):
     # None: whole blocks, so every repository's files are parsed together (`include`s resolve
     # within the repository); a block holds the repositories of one clone input block.
     batch_size: int | None = None
+    # One file's parse (preprocess + tree-sitter + extraction) is cancelled after this long and
+    # counted as a parse failure ("timeout"); None: no limit.
+    parse_timeout_s: float | None = Field(30.0, gt=0)
 
 
 class CorpusConfig(Config):
@@ -70,8 +76,8 @@ class TimedParse(ParseStage):
     meaningful when a node runs more processes than it has cores; ``seconds`` is wall time.
     """
 
-    def __init__(self, grammar: str, stats_dir: str) -> None:
-        super().__init__(grammar)
+    def __init__(self, grammar: str, stats_dir: str, parse_timeout_s: float | None = 30.0) -> None:
+        super().__init__(grammar, parse_timeout_s=parse_timeout_s)
         self.stats_dir = stats_dir
 
     def __call__(self, batch: Any) -> pa.Table:
@@ -81,6 +87,7 @@ class TimedParse(ParseStage):
         n_bytes = batch["n_bytes"] if isinstance(batch, dict) else batch.column("n_bytes")
         stats = {"files": len(n_bytes), "bytes": int(sum(int(x) for x in n_bytes if x is not None)),
                  "seconds": seconds, "cpu_seconds": cpu_seconds, "modules": out.num_rows}
+        stats.update(self.last_stats)  # per-file parse failures by reason (timeouts, expansion limits)
         fs.write_json(fs.join(self.stats_dir, uuid.uuid4().hex + ".json"), stats)
         return out
 
@@ -154,12 +161,13 @@ def run(cfg: CorpusConfig, job: Run) -> dict[str, Any]:
             "status_dir": status_dir, "cache_dir": cfg.cache_dir, "extensions": cfg.extensions,
             "max_file_bytes": cfg.max_file_bytes, "max_repo_bytes": cfg.max_repo_bytes,
             "timeout_s": cfg.clone.timeout_s, "retries": cfg.clone.retries, "backoff_s": cfg.clone.backoff_s,
-            "shallow": cfg.clone.shallow,
+            "shallow": cfg.clone.shallow, "local_roots": local_roots_for(cfg.manifest, cfg.clone.local_roots),
         },
     )
     parsed = map_stage(files, TimedParse, StageResources(num_cpus=cfg.parse.num_cpus, concurrency=cfg.parse.concurrency,
                                                          batch_size=cfg.parse.batch_size),
-                       kwargs={"grammar": cfg.grammar, "stats_dir": stats_dir})
+                       kwargs={"grammar": cfg.grammar, "stats_dir": stats_dir,
+                               "parse_timeout_s": cfg.parse.parse_timeout_s})
     modules_dir = fs.join(out, "modules")
     with job.step("clone + parse + dedup"):
         modules, dedup_stats = run_dedup(parsed, cfg.dedup)
@@ -218,6 +226,7 @@ def build_report(statuses: list[dict[str, Any]], per_repo: dict[str, Counter], p
         "parse_ok_share": total["parse_ok"] / n_mod if n_mod else None,
         "mean_error_line_share": total["error_line_share_sum"] / n_mod if n_mod else None,
         "dedup": dedup_stats,
+        "parse_failures": merge_parse_stats(parse_stats),
         "duplicates_removed": {"exact": total["exact"], "near": total["near"]},
         "modules_kept": total["kept"],
         "parse": {"batches": len(parse_stats), "bytes": p_bytes, "seconds": round(p_secs, 3),
@@ -235,6 +244,8 @@ def summary(r: dict[str, Any]) -> str:
         *[f"  FAILED {f['repo']}: {f['reason']} ({f['error']})" for f in repos["failed"]],
         f"files: {files['read']} read ({files['bytes'] / 1e6:.2f} MB), skipped {files['skipped'] or 0}, "
         f"encodings {files['encodings']}",
+        f"parse failures: {r['parse_failures']['files_failed']} files "
+        f"{r['parse_failures']['failed_by_reason'] or ''}".rstrip(),
         f"modules: {r['modules']} in {r['lines']} lines; parse_ok {_pct(r['parse_ok_share'])}, "
         f"mean error-line share {_pct(r['mean_error_line_share'])}",
         f"duplicates removed: {r['duplicates_removed']['exact']} exact, {r['duplicates_removed']['near']} near; "

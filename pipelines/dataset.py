@@ -23,8 +23,9 @@ from chipforge import fs
 from chipforge.config import Config
 from chipforge.job import JobError, JobSpec, Run
 from chipforge.stage import StageResources, cluster_cpus, fit_to_cluster, map_stage
-from corpus.dataset import ApplySplits, DecontamStage, DocStage, ModuleStage, cap_per_group
-from corpus.schema import EXAMPLES_SCHEMA, conform
+from corpus.dataset import (DOC_REQUIRED, MODULE_REQUIRED, ApplySplits, DecontamStage, DocStage, ModuleStage,
+                            cap_per_group, check_input_files)
+from corpus.schema import EXAMPLES_SCHEMA, SchemaError, conform
 from corpus.splits import assign_groups
 
 
@@ -73,6 +74,13 @@ def build(cfg: DatasetConfig, job: Run | None = None) -> Any:
         if given and not fs.exists(sub):
             raise JobError(f"{given} has no {sub.rsplit('/', 1)[-1]}/ directory: is it the output of the "
                            f"{'corpus' if sub == mods_dir else 'docs'} job?")
+    try:
+        if mods_dir:
+            check_input_files(mods_dir, MODULE_REQUIRED, "modules")
+        if docs_dir:
+            check_input_files(docs_dir, DOC_REQUIRED, "docs")
+    except SchemaError as exc:
+        raise JobError(str(exc)) from exc
     stages = {"modules": cfg.modules, "docs": cfg.docs, **({"decontam": cfg.decontam} if cfg.benchmark_paths else {})}
     res = fit_to_cluster(stages, cluster_cpus(), say=job.progress if job else None)
     parts = []

@@ -74,7 +74,8 @@ def _fetch_all(cfg: ScrapeDocsConfig) -> tuple[list[pa.Table], list[dict[str, An
             table = PAGES_SCHEMA.empty_table()
             st = {"source": src.name, "kind": src.kind, "pages": 0, "fetched": 0, "revalidated": 0, "cached": 0,
                   "failed": 1, "failures": [{"url": "*", "reason": f"source_error:{type(exc).__name__}: {exc}"}],
-                  "failure_reasons": {"source_error": 1}, "bytes": 0, "retries": 0, "skipped": {}}
+                  "failure_reasons": {"source_error": 1}, "bytes": 0, "retries": 0, "skipped": {},
+                  "robots_failures": []}
         tables.append(table)
         stats.append(st)
     return tables, stats

@@ -158,7 +158,12 @@ def run(cfg: FinetuneConfig, job: Run) -> dict[str, Any]:
     # a changed config or dataset never picks up another run's state.
     run_name = f"{cfg.resolved_run_name()}-{fingerprint(SPEC, cfg)[0][:8]}"
     with job.step("train"), ProgressRelay(job.progress) as relay:
-        result = build_trainer(cfg, data.datasets, plan, run_name=run_name, relay=relay.queue).fit()
+        try:
+            result = build_trainer(cfg, data.datasets, plan, run_name=run_name, relay=relay.queue).fit()
+        except Exception as exc:  # ray.train.TrainingFailedError: one line, and how to go on
+            raise JobError(f"training failed after {cfg.max_failures} restart(s): {failure_message(exc)}; "
+                           f"rerun the same command to resume from the latest checkpoint "
+                           f"(in {cfg.resolved_storage_path()}/{run_name})") from exc
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:
@@ -170,6 +175,18 @@ def run(cfg: FinetuneConfig, job: Run) -> dict[str, Any]:
     if cfg.registry:
         report["registry_entry"] = register(cfg, cfg, report, run=run_name)
     return report
+
+
+def failure_message(exc: BaseException) -> str:
+    """The last line of each worker's error (a ``WorkerGroupError`` holds one per rank), else of ``exc``."""
+    def last_line(e: BaseException) -> str:
+        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+        return lines[-1].strip() if lines else type(e).__name__
+
+    failures = getattr(exc, "worker_failures", None) or {}
+    if failures:
+        return "; ".join(f"rank {rank}: {last_line(e)}" for rank, e in sorted(failures.items()))
+    return last_line(exc)
 
 
 def register(cfg: FinetuneConfig, trained: FinetuneConfig, report: dict[str, Any], *, run: str) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from pydantic import Field, field_validator
 from chipforge import fs
 from chipforge.config import Config, ConfigError
 from chipforge.job import JobError, JobSpec, Run
+from chipforge.vocab import SPECIALIST_PHASES, unit_interval
 from chipforge.stage import StageResources, cluster_cpus, fit_to_cluster, map_stage
 from corpus.dataset import make_example
 from corpus.docs.sources import LocalSource
@@ -44,7 +45,7 @@ from corpus.schema import EXAMPLES_SCHEMA, from_rows
 from synthesis import engines, sandbox, seeds, templates, validate
 from synthesis.engines import EngineConfig, EngineUnavailable, SamplingConfig, VLLMConfig
 
-THIN_PHASES = ("rtl_design", "synthesis", "placement", "routing", "timing_analysis", "power_analysis")
+THIN_PHASES = SPECIALIST_PHASES
 SAMPLE_DOCS = (("yosys", "yosys"), ("openroad", "openroad"), ("opensta", "opensta"), ("magic", "magic"),
                ("dreamplace", "dreamplace"))
 
@@ -332,9 +333,7 @@ def load_split_map(dataset_dir: str) -> dict[str, str]:
 
 def split_of(key: str, splits: Mapping[str, float]) -> str:
     """Deterministic split from a key (hash bucket in [0, 1))."""
-    import hashlib
-
-    x = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
+    x = unit_interval(key)
     acc = 0.0
     for name in ("train", "validation", "test"):
         acc += splits.get(name, 0.0)

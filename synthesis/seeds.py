@@ -19,7 +19,6 @@ with the same content-derived ids, so reruns and resumed runs line up.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Iterable, Mapping
@@ -27,6 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from chipforge.vocab import content_hash
 from corpus.schema import DOCS_SCHEMA, MODULES_SCHEMA, conform
 from synthesis.templates import Template
 
@@ -263,7 +263,7 @@ def build_prompts(phase: str, n: int, *, round_: int, seed: int, templates: list
         messages = template.render(s, dict(design))
         ident = f"{seed}|{phase}|{offset + k}|{template.id}|{seed_ref(s)}"
         rows.append({
-            "prompt_id": hashlib.sha256(ident.encode()).hexdigest()[:20],
+            "prompt_id": content_hash(ident, length=20),
             "round": round_, "phase": phase, "task": template.task, "template_id": template.id,
             "seed_json": seed_ref(s), "messages_json": json.dumps(messages),
         })

@@ -101,8 +101,9 @@ def format_event(event: dict[str, Any]) -> str:
     kind = event.get("event")
     if kind == "start":
         resume = f"; resuming after step {event['start_step']}" if event.get("start_step") else ""
+        setup = f", model + DeepSpeed set-up {event['setup_s']} s" if "setup_s" in event else ""
         return (f"training: {event['world']} worker(s) x {event['threads']} thread(s), {event['total']} steps "
-                f"({event['steps_per_epoch']} per epoch), warmup {event['warmup']}{resume}")
+                f"({event['steps_per_epoch']} per epoch), warmup {event['warmup']}{setup}{resume}")
     if kind == "step":
         return f"step {event['step']}/{event['total']}  loss {event['loss']:.4f}  lr {event['lr']:.2e}"
     if kind == "eval":
@@ -348,6 +349,7 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
     """Train to ``plan.total_steps`` optimizer steps, resuming from the session's latest checkpoint."""
     import torch
 
+    t_setup = time.perf_counter()
     rank, world = session.rank, session.world_size
     torch.manual_seed(cfg.seed)
     use_gpu = cfg.scaling.use_gpu
@@ -363,7 +365,7 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
         tracker = Tracker(cfg, rank, d)
     session.log({"event": "start", "world": world, "threads": torch.get_num_threads(),
                  "steps_per_epoch": plan.steps_per_epoch, "total": plan.total_steps, "warmup": plan.warmup_steps,
-                 "start_step": state.step})
+                 "start_step": state.step, "setup_s": round(time.perf_counter() - t_setup, 1)})
     accum = cfg.optim.grad_accum
     micro_per_epoch = plan.steps_per_epoch * accum
 

@@ -9,7 +9,6 @@ over-long paragraph at sentence, then word boundaries. Ids are content hashes
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
+from chipforge.vocab import sha256_hex
 from chipforge.config import Config
 from corpus.docs.crawl import PAGES_SCHEMA
 from corpus.docs.extract import Block, Page, extract, fence
@@ -36,8 +36,7 @@ class ChunkConfig(Config):
     num_cpus: float = Field(1.0, gt=0)
 
 
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+sha256 = sha256_hex  # one definition: chipforge.vocab
 
 
 def chunk_id(url: str, section_path: list[str], text: str) -> str:

@@ -1,56 +1,110 @@
-"""jobs.finetune on the shared local Ray: 2 CPU workers, DeepSpeed ZeRO-2 over gloo, an injected failure."""
+"""jobs.finetune: bad rows rejected at the stage boundary, resume, skip on rerun, rerun on a changed dataset."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from jobs import finetune
-from tests.training._data import rows, write_dataset
+from tests.training._data import bad_rows, rows, write_dataset, write_parquet
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "jobs" / "configs" / "finetune_tiny_cpu.yaml")
+TRAIN = ("examples", "phase=rtl_design", "split=train")
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("ft-ds"), rows(n_train=40, n_val=6))
+def test_help_names_the_flags(capsys):
+    with pytest.raises(SystemExit) as done:
+        finetune.main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "python -m jobs.finetune" in out
+    for flag in ("--dataset DATASET_DIR", "--phase PHASE", "--output OUTPUT_DIR", "--force", "--verbose"):
+        assert flag in out
 
 
-def test_missing_phase_fails_with_a_message_naming_dataset_and_phase(dataset, tmp_path, capsys):
-    rc = finetune.main(["--config", CONFIG, "--dataset", str(dataset), "--phase", "placement",
-                        "--output", str(tmp_path / "o")])
+def test_missing_dataset_is_an_error_before_ray_starts(tmp_path, capsys):
+    rc = finetune.main(["--dataset", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--dataset" in err and "python -m jobs.build_dataset" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.integration
+def test_missing_phase_fails_with_a_message_naming_dataset_and_phase(ray_session, tmp_path, capsys):
+    dataset = write_dataset(tmp_path / "ds", rows(n_train=4, n_val=0))
+    rc = finetune.main(["--dataset", str(dataset), "--phase", "placement", "--output", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and str(dataset) in err and "'placement'" in err and "rtl_design" in err
 
 
 @pytest.mark.integration
+def test_every_row_rejected_exits_non_zero_and_reports_the_reasons(ray_session, tmp_path, capsys):
+    """Issue 8: an empty ``messages`` list used to crash the job; now each bad row is named and counted."""
+    ds = tmp_path / "ds"
+    f = write_parquet(ds.joinpath(*TRAIN, "part-0.parquet"), bad_rows())
+    write_parquet(ds.joinpath(*TRAIN, "part-1.parquet"), [
+        {"id": "intcontent", "messages": [{"role": "user", "content": 1}, {"role": "assistant", "content": 2}]}],
+        raw=True)
+    out = tmp_path / "o"
+    assert finetune.main(["--dataset", str(ds), "--output", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "every input was rejected" in captured.err
+    assert f"{f} row 0: empty_messages" in captured.out and f"{f} row 1: no_assistant_turn" in captured.out
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed" and report["examples"]["read"] == 3 and report["examples"]["train"] == 0
+    assert report["rejected"] == {"empty_messages": 1, "no_assistant_turn": 1, "non_string_content": 1}
+    assert not (out / "_chipforge" / "finetune.json").exists()  # a failed run is never "up to date"
+
+
+def progress_steps(out: str) -> list[int]:
+    """Optimizer steps of the training-loss lines the job printed."""
+    return [int(m.group(1)) for m in re.finditer(r"\] step (\d+)/\d+  loss ", out)]
+
+
+@pytest.mark.integration
 @pytest.mark.slow
-def test_ray_finetune_recovers_from_a_worker_failure_and_writes_outputs(ray_session, dataset, tmp_path):
-    out = tmp_path / "ft"
-    argv = ["--config", CONFIG, "--dataset", str(dataset), "--output", str(out),
-            "max_length=128", "optim.epochs=4", "eval_every_steps=4", "fail_at_step=6", "max_failures=1",
-            f"registry={tmp_path / 'registry.json'}"]
+def test_finetune_resumes_skips_when_up_to_date_and_reruns_on_a_changed_dataset(ray_session, tmp_path, capsys):
+    ds = write_dataset(tmp_path / "ds", rows(n_train=40, n_val=0))  # no validation split: a share is held out
+    write_parquet(ds.joinpath(*TRAIN, "part-bad.parquet"), bad_rows()[:1])
+    out, registry = tmp_path / "ft", tmp_path / "registry.json"
+    argv = ["--dataset", str(ds), "--output", str(out), "max_length=128", "optim.epochs=3", "eval_every_steps=4",
+            "log_every_steps=2", "fail_at_step=6", "max_failures=0", f"registry={registry}"]
+
+    # 1. a worker dies at step 6 and no restart is allowed: the job fails with one clear line
+    assert finetune.main(argv) == 1
+    first = capsys.readouterr()
+    assert "injected failure at step 6" in first.err and "rerun the same command to resume" in first.err
+    assert (out / ".fail_injected").read_text() == "6" and not (out / "report.json").exists()
+    assert progress_steps(first.out) == [1, 2, 4, 6]  # rank 0 only: one line per logging step
+
+    # 2. the same command again resumes from the step-4 checkpoint and finishes the plan
     assert finetune.main(argv) == 0
+    second = capsys.readouterr()
     report = json.loads((out / "report.json").read_text())
     plan = report["plan"]
-    # the worker group died at step 6, restarted from the step-4 checkpoint, and finished the plan
-    assert (out / ".fail_injected").read_text() == "6"
-    assert report["resumed_from_step"] == [4]
+    assert report["resumed_from_step"] == [4] and "resuming after step 4" in second.out
+    assert progress_steps(second.out) == list(range(6, plan["total_steps"] + 1, 2))
+    assert report["examples"]["validation_from"].startswith("held out") and report["eval_rows"] >= 1
+    assert report["examples"]["read"] == 41 and report["rejected"] == {"empty_messages": 1}
+    assert report["examples"]["train"] + report["examples"]["validation"] == 40
     assert plan["steps_per_epoch"] == report["train_rows"] // (2 * 2)  # 2 workers x micro batch 2
-    assert report["steps"] == plan["total_steps"] == plan["steps_per_epoch"] * 4
-    assert [h["step"] for h in report["history"]][-1] == report["steps"]
+    assert report["optimizer_steps"] == plan["total_steps"] == plan["steps_per_epoch"] * 3
+    assert [h["step"] for h in report["history"]][-1] == report["optimizer_steps"]
     assert report["train_loss_last"] < 0.8 * report["train_loss_first"]
-    for key in ("train_loss_first", "train_loss_last", "eval_loss", "eval_perplexity", "steps", "tokens_per_s",
-                "wall_s"):
+    for key in ("train_loss_first", "train_loss_last", "eval_loss", "eval_perplexity", "tokens_per_s"):
         assert isinstance(report[key], (int, float)) and report[key] > 0, key
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (out / "adapter").iterdir()}
     assert (out / "tokenizer" / "tokenizer.json").exists() and (out / "config.yaml").exists()
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
-    registry = json.loads((tmp_path / "registry.json").read_text())["specialists"]["rtl_design"]
-    assert registry["adapter_path"] == str(out / "adapter") and registry["metrics"]["steps"] == report["steps"]
+    entry = json.loads(registry.read_text())["specialists"]["rtl_design"]
+    assert entry["adapter_path"] == str(out / "adapter") and entry["metrics"]["steps"] == report["optimizer_steps"]
+    # the summary is the last thing printed
+    tail = second.out.rstrip().splitlines()
+    assert tail[-1].startswith("registered as the rtl_design specialist") and tail[-2].startswith("adapter: ")
+    assert any(line.startswith("== finetune summary (ok") for line in tail[-8:])
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -62,8 +116,18 @@ def test_ray_finetune_recovers_from_a_worker_failure_and_writes_outputs(ray_sess
     gen = model.generate(**enc, max_new_tokens=8, do_sample=False)
     assert gen.shape[1] == enc["input_ids"].shape[1] + 8 or tok.eos_token_id in gen[0].tolist()
 
-    # a finished output directory is skipped (idempotent rerun)
+    # 3. same config, same dataset: skipped
     assert finetune.main(argv) == 0
+    assert "up to date, skipped" in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text())["wall_s"] == report["wall_s"]
+
+    # 4. the dataset changed: trained again, from scratch (not from the other dataset's checkpoints)
+    write_dataset(ds, rows(n_train=44, n_val=0))
+    assert finetune.main(argv) == 0
+    assert "rerunning (inputs changed: dataset_dir)" in capsys.readouterr().out
+    again = json.loads((out / "report.json").read_text())
+    assert again["resumed_from_step"] == [] and again["examples"]["read"] == 45
+    assert again["run_name"] != report["run_name"]
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "jobs" / "configs").glob("finetune_*.yaml"))
@@ -80,7 +144,7 @@ def test_shipped_configs_validate_and_name_their_launch_command(path):
     ft = cfg if path.name.startswith("finetune_") else cfg.finetune
     if "tiny" in path.name:
         assert ft.base_model == "tiny" and not ft.scaling.use_gpu and ft.scaling.num_workers == 2
-        assert not ft.deepspeed.bf16 or ft.deepspeed.torch_adam
+        assert ft.dataset_dir == "sample/dataset" and not ft.deepspeed.offload_optimizer
     else:
         assert ft.scaling.use_gpu and ft.scaling.num_workers == 8 and ft.deepspeed.bf16
         assert ft.deepspeed.zero_stage in (2, 3) and ft.base_model != "tiny"

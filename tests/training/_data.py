@@ -49,3 +49,20 @@ def write_dataset(root: Path, examples: list[dict], subdir: str = "examples") ->
         d.mkdir(parents=True, exist_ok=True)
         pq.write_table(from_rows(rs, EXAMPLES_SCHEMA, stage="test"), d / "part-00000.parquet")
     return root
+
+
+def write_parquet(path: Path, table_rows: list[dict], *, raw: bool = False) -> Path:
+    """One parquet file of example rows (``raw``: as given, no schema, e.g. non-string contents)."""
+    import pyarrow as pa
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(table_rows) if raw else from_rows(table_rows, EXAMPLES_SCHEMA, stage="test")
+    pq.write_table(table, path)
+    return path
+
+
+def bad_rows(phase: str = "rtl_design", split: str = "train") -> list[dict]:
+    """Rows the fine-tune must reject: an empty message list and a conversation with no assistant turn."""
+    base = example(phase, split, "q", "a")
+    return [dict(base, id=f"empty-{split}", messages=[]),
+            dict(base, id=f"noreply-{split}", messages=[{"role": "user", "content": "Write a counter."}])]
