@@ -38,13 +38,13 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 RESULTS = REPO / "bench" / "results" / "train.json"
 
 
-def write_result(key: str, value: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+def write_result(key: str, value: dict[str, Any], results: Path = RESULTS) -> None:
+    results.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(results.read_text()) if results.exists() else {}
     data[key] = value
-    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp = results.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(RESULTS)
+    tmp.replace(results)
 
 
 def cpu_config(args: argparse.Namespace, output_dir: str) -> Any:
@@ -239,12 +239,13 @@ def main() -> int:
     p.add_argument("--gpu-micro-batch", type=int, default=4)
     p.add_argument("--gpu-steps", type=int, default=30)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
+    p.add_argument("--results", type=Path, default=RESULTS, help=f"JSON file the result is merged into ({RESULTS})")
     args = p.parse_args()
     if args.gpu:
-        write_result("gpu", run_gpu(args))
+        write_result("gpu", run_gpu(args), args.results)
     else:
-        write_result("cpu", run_cpu(args))
-    print(f"wrote {RESULTS}")
+        write_result("cpu", run_cpu(args), args.results)
+    print(f"wrote {args.results}")
     return 0
 
 

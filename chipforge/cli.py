@@ -15,6 +15,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synthesize": ("jobs.synthesize", "LLM-written, tool-validated examples for thin phases"),
     "finetune": ("jobs.finetune", "LoRA specialist fine-tuning (Ray Train + DeepSpeed)"),
     "tune": ("jobs.tune", "Ray Tune sweep over fine-tuning hyperparameters"),
+    "evaluate": ("jobs.evaluate", "every specialist against its base model on the same prompts"),
+    "serve": ("jobs.serve", "OpenAI-compatible endpoint: every specialist behind a triage router"),
+    "export": ("jobs.export", "merged Hugging Face weights or Ollama Modelfiles of specialists"),
 }
 
 

@@ -7,8 +7,8 @@
 For a single machine that has GPUs but no Ray. Every rank prepares the data in process
 (``training.data.prepare_local``) and runs ``training.loop.run_training``; rank 0 prints one line
 per logging step and writes OUTPUT/adapter, tokenizer/, config.yaml, tensorboard/ and
-report.json. Checkpoints go to OUTPUT/checkpoints/<run>-<fingerprint>/: the same command again
-resumes an unfinished run; a changed config or dataset starts afresh.
+report.json. Checkpoints go to OUTPUT/checkpoints/<run_name>-<key of config and dataset>/: the
+same command again resumes an unfinished run; a changed config or dataset starts afresh.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 
 from chipforge.config import ConfigError, load_config
-from chipforge.job import JobError, check_paths, fingerprint
-from pipelines.finetune import SPEC, FinetuneConfig, summary
+from chipforge.job import JobError, check_paths
+from pipelines.finetune import SPEC, FinetuneConfig, checkpoint_run_name, summary
 
 CONFIG_CLASS = FinetuneConfig
 
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        report = run_local(cfg, run_id=f"{cfg.resolved_run_name()}-{fingerprint(SPEC, cfg)[0][:8]}")
+        report = run_local(cfg, run_id=checkpoint_run_name(cfg))
     except (DatasetError, JobError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -21,6 +21,7 @@ that stopped part way resumes from its latest checkpoint when rerun.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,7 @@ import pyarrow as pa
 from chipforge import fs
 from chipforge.config import ConfigError
 from chipforge.job import JobError, JobSpec, Run, fingerprint
-from chipforge.stage import StageResources, map_stage
+from chipforge.stage import map_stage
 from training.config import TINY, FinetuneConfig
 from training.data import (
     STATUS_COLUMNS,
@@ -50,8 +51,6 @@ from training.data import (
 )
 from training.loop import Plan
 
-__all__ = ["SPEC", "FinetuneConfig", "Prepared", "prepare", "train_plan", "run", "summary"]
-
 # Fields that do not change what is trained (resources, retries, logging, where checkpoints go).
 VOLATILE = ("tokenize", "scaling.cpus_per_worker", "scaling.resources_per_worker", "scaling.accelerator_type",
             "max_failures", "num_to_keep", "fail_at_step", "fail_marker", "tracking", "storage_path", "run_name",
@@ -59,7 +58,7 @@ VOLATILE = ("tokenize", "scaling.cpus_per_worker", "scaling.resources_per_worker
 
 
 @dataclass
-class Prepared:
+class PreparedDatasets:
     """Token rows of both sides as Ray datasets (None when no row is usable), base model, report facts."""
 
     datasets: dict[str, Any] | None
@@ -73,7 +72,7 @@ def _collect(ds: Any, columns: list[str], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(batches) if batches else schema.empty_table().select(columns)
 
 
-def prepare(cfg: FinetuneConfig, job: Run) -> Prepared:
+def prepare(cfg: FinetuneConfig, job: Run) -> PreparedDatasets:
     """Read + validate, split, tokenise and pack the phase's examples on Ray Data (materialised)."""
     import ray.data
 
@@ -90,9 +89,8 @@ def prepare(cfg: FinetuneConfig, job: Run) -> Prepared:
     res = cfg.tokenize
     with job.step("read + validate"):
         items = [{"path": worker_path(f["path"]), "split": f["split"]} for f in files]
-        checked = map_stage(ray.data.from_items(items, override_num_blocks=len(items)), read_files,
-                            StageResources(num_cpus=res.num_cpus, concurrency=res.concurrency, batch_size=1),
-                            kwargs={"phase": cfg.phase}).materialize()
+        checked = map_stage(ray.data.from_items(items, override_num_blocks=min(len(items), 200)), read_files,
+                            res.model_copy(update={"batch_size": 1}), kwargs={"phase": cfg.phase}).materialize()
         plan = plan_splits(_collect(checked, STATUS_COLUMNS, CHECKED_SCHEMA), cfg.validation_fraction)
     n_bad = sum(plan.rejected.values())
     job.progress(f"{plan.read} examples in {len(files)} files: {plan.train} train, {plan.validation} validation "
@@ -100,8 +98,8 @@ def prepare(cfg: FinetuneConfig, job: Run) -> Prepared:
     for line in plan.rejected_examples[:5]:
         job.progress(f"  rejected {line}")
     if not plan.train:
-        return Prepared(None, None, plan, split_info(plan, 0, token_counts(TOKENS_SCHEMA.empty_table()),
-                                                     token_counts(TOKENS_SCHEMA.empty_table())))
+        nothing = token_counts(TOKENS_SCHEMA.empty_table())
+        return PreparedDatasets(None, None, plan, split_info(plan, 0, nothing, nothing))
     try:
         check_plan(plan, cfg)
     except DatasetError as exc:
@@ -111,20 +109,41 @@ def prepare(cfg: FinetuneConfig, job: Run) -> Prepared:
     if cfg.max_train_examples:
         train = train.limit(cfg.max_train_examples)
     evals = map_stage(checked, select_split, kwargs={"split": "validation", "threshold": plan.threshold})
-    base_path = prepare_base(cfg, tokenizer_texts(train.take(20000)) if cfg.base_model == TINY else None)
-    tok = StageResources(num_cpus=res.num_cpus, concurrency=res.concurrency, batch_size=res.batch_size)
+    if cfg.base_model == TINY:  # a tokenizer trained on the examples + a random Llama, in OUTPUT/base_model
+        with job.step("tiny base model"):
+            base_path = prepare_base(cfg, tokenizer_texts(train.take(20000)))
+    else:
+        base_path = prepare_base(cfg)
     kwargs = {"tokenizer_path": base_path, "max_length": cfg.max_length, "packing": cfg.packing,
               "trust_remote_code": cfg.trust_remote_code}
     with job.step("tokenise + pack"):
-        datasets = {"train": map_stage(train, tokenize_examples, tok, kwargs=kwargs).materialize(),
-                    "validation": map_stage(evals, tokenize_examples, tok, kwargs=kwargs).materialize()}
+        datasets = {"train": map_stage(train, tokenize_examples, res, kwargs=kwargs).materialize(),
+                    "validation": map_stage(evals, tokenize_examples, res, kwargs=kwargs).materialize()}
         counts = {k: token_counts(_collect(v, ["n_tokens", "n_label_tokens", "n_examples"], TOKENS_SCHEMA))
                   for k, v in datasets.items()}
     n_train = min(plan.train, cfg.max_train_examples or plan.train)
     info = split_info(plan, n_train, counts["train"], counts["validation"])
     job.progress(f"token rows: {info['train_rows']} train, {info['eval_rows']} validation "
                  f"({info['tokens']['train']} train tokens, max_length {cfg.max_length})")
-    return Prepared(datasets, base_path, plan, info)
+    return PreparedDatasets(datasets, base_path, plan, info)
+
+
+def extra_dataset_inputs(cfg: FinetuneConfig) -> dict[str, str]:
+    """``extra_dataset_dirs`` as inputs: their content is part of the fingerprint too."""
+    return {f"extra_dataset_dirs[{i}]": d for i, d in enumerate(cfg.extra_dataset_dirs)}
+
+
+# Fields that change neither the trained weights nor how they are trained: left out of the key
+# that names a run's checkpoint directory (changing the registry re-registers, it does not retrain).
+CHECKPOINT_VOLATILE = (*VOLATILE, "registry", "eval_every_steps", "eval_max_batches")
+
+
+def checkpoint_run_name(cfg: FinetuneConfig) -> str:
+    """``<run_name>-<key>``: the key covers the config and the dataset's fingerprint, so a rerun of an
+    unfinished run resumes from its checkpoints and a changed config or dataset never picks up
+    another run's state (the torchrun entry uses the same name)."""
+    key = fingerprint(dataclasses.replace(SPEC, volatile=CHECKPOINT_VOLATILE), cfg)[0][:8]
+    return f"{cfg.resolved_run_name()}-{key}"
 
 
 def train_plan(cfg: FinetuneConfig, train_rows: int, base_path: str) -> Plan:
@@ -138,7 +157,7 @@ def train_plan(cfg: FinetuneConfig, train_rows: int, base_path: str) -> Plan:
         raise JobError(f"{exc}: lower optim.micro_batch_size or scaling.num_workers, or add examples") from exc
 
 
-def rejected_report(cfg: FinetuneConfig, data: Prepared) -> dict[str, Any]:
+def rejected_report(cfg: FinetuneConfig, data: PreparedDatasets) -> dict[str, Any]:
     """The report of a run that could not train: what was read and why each row was rejected."""
     return {"phase": cfg.phase, "dataset": cfg.dataset_dirs(), **data.info}
 
@@ -154,9 +173,10 @@ def run(cfg: FinetuneConfig, job: Run) -> dict[str, Any]:
         return rejected_report(cfg, data)
     assert data.base_path is not None
     plan = train_plan(cfg, data.info["train_rows"], data.base_path)
-    # Checkpoints of this config and dataset only: a rerun of an unfinished run resumes from them,
-    # a changed config or dataset never picks up another run's state.
-    run_name = f"{cfg.resolved_run_name()}-{fingerprint(SPEC, cfg)[0][:8]}"
+    run_name = checkpoint_run_name(cfg)
+    if job.force:  # redo means from scratch, not from this config's last checkpoint
+        job.progress(f"--force: training from scratch (removing {cfg.resolved_storage_path()}/{run_name})")
+        fs.delete(fs.join(cfg.resolved_storage_path(), run_name))
     with job.step("train"), ProgressRelay(job.progress) as relay:
         try:
             result = build_trainer(cfg, data.datasets, plan, run_name=run_name, relay=relay.queue).fit()
@@ -190,7 +210,8 @@ def failure_message(exc: BaseException) -> str:
 
 
 def register(cfg: FinetuneConfig, trained: FinetuneConfig, report: dict[str, Any], *, run: str) -> dict[str, Any]:
-    """Make this adapter the specialist of its phase in ``cfg.registry``."""
+    """Make the adapter of ``report`` the specialist of ``cfg.phase`` in ``cfg.registry`` (recording
+    ``trained``, the config it was trained with: a sweep's winner differs from its base)."""
     from training.registry import dataset_version, register as put
 
     assert cfg.registry
@@ -231,5 +252,5 @@ SPEC = JobSpec(
     flags={"--dataset": "dataset_dir", "--phase": "phase", "--output": "output_dir"},
     inputs={"dataset_dir": "a dataset written by python -m jobs.build_dataset"},
     volatile=VOLATILE, outputs=lambda r: r["examples"]["train"], inputs_count=lambda r: r["examples"]["read"],
-    description=__doc__,
+    description=__doc__, extra_inputs=extra_dataset_inputs,
 )

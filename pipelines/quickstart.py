@@ -1,4 +1,4 @@
-"""The whole pipeline on the bundled sample: corpus → docs → dataset → tiny LoRA fine-tune.
+"""The whole pipeline on the bundled sample: corpus → docs → dataset → tiny LoRA specialists → evaluation.
 
 Each step is the ordinary job (its own YAML config and ``--output`` under the quickstart's
 output directory), run through the job skeleton, so a rerun skips every step whose config
@@ -17,33 +17,48 @@ from pydantic import Field
 from chipforge import job as jobs
 from chipforge.config import Config
 from chipforge.job import JobSpec, Run
+from chipforge.vocab import Phase
 
-Step = Literal["corpus", "docs", "dataset", "finetune"]
+Step = Literal["corpus", "docs", "dataset", "finetune", "evaluate"]
 PIPELINES = {"corpus": "pipelines.corpus", "docs": "pipelines.docs", "dataset": "pipelines.dataset",
-             "finetune": "pipelines.finetune"}
+             "finetune": "pipelines.finetune", "evaluate": "pipelines.evaluate"}
+_JOB_MODULE = {"corpus": "jobs.build_corpus", "docs": "jobs.scrape_docs", "dataset": "jobs.build_dataset",
+               "finetune": "jobs.finetune", "evaluate": "jobs.evaluate"}
 
 
 class QuickstartConfig(Config):
     output_dir: str = "out/quickstart"
-    steps: list[Step] = Field(default_factory=lambda: ["corpus", "docs", "dataset", "finetune"])
+    steps: list[Step] = Field(default_factory=lambda: ["corpus", "docs", "dataset", "finetune", "evaluate"])
     corpus_config: str = "jobs/configs/corpus_sample.yaml"
     docs_config: str = "jobs/configs/docs_sample.yaml"
     dataset_config: str = "jobs/configs/dataset_sample.yaml"
     finetune_config: str = "jobs/configs/finetune_tiny_cpu.yaml"
-    finetune_phase: str = "rtl_design"
+    evaluate_config: str = "jobs/configs/evaluate_sample.yaml"
+    # One tiny LoRA specialist per phase, all on the first one's tiny base model, registered in
+    # OUTPUT/registry.json (what `python -m jobs.serve --registry` and the evaluation read).
+    specialists: list[Phase] = Field(default_factory=lambda: ["rtl_design", "synthesis"], min_length=1)
 
 
-def step_argv(cfg: QuickstartConfig) -> dict[str, list[str]]:
-    """Each step's command line, wired so each step reads the previous steps' outputs."""
+def step_argv(cfg: QuickstartConfig) -> list[tuple[str, str, list[str]]]:
+    """(step, label, command line) of each job, wired so each reads the previous ones' outputs."""
     out = cfg.output_dir.rstrip("/")
-    return {
-        "corpus": ["--config", cfg.corpus_config, "--output", f"{out}/corpus"],
-        "docs": ["--config", cfg.docs_config, "--output", f"{out}/docs"],
-        "dataset": ["--config", cfg.dataset_config, "--corpus", f"{out}/corpus", "--docs", f"{out}/docs",
-                    "--output", f"{out}/dataset"],
-        "finetune": ["--config", cfg.finetune_config, "--dataset", f"{out}/dataset", "--phase", cfg.finetune_phase,
-                     "--output", f"{out}/finetune"],
-    }
+    registry = f"{out}/registry.json"
+    plan: list[tuple[str, str, list[str]]] = [
+        ("corpus", "corpus", ["--config", cfg.corpus_config, "--output", f"{out}/corpus"]),
+        ("docs", "docs", ["--config", cfg.docs_config, "--output", f"{out}/docs"]),
+        ("dataset", "dataset", ["--config", cfg.dataset_config, "--corpus", f"{out}/corpus", "--docs", f"{out}/docs",
+                                "--output", f"{out}/dataset"]),
+    ]
+    first = f"{out}/specialists/{cfg.specialists[0]}"
+    for i, phase in enumerate(cfg.specialists):
+        argv = ["--config", cfg.finetune_config, "--dataset", f"{out}/dataset", "--phase", phase,
+                "--output", f"{out}/specialists/{phase}", f"registry={registry}"]
+        if i:  # one base model for every specialist: the first one's tiny model
+            argv.append(f"base_model={first}/base_model")
+        plan.append(("finetune", f"finetune {phase}", argv))
+    plan.append(("evaluate", "evaluate", ["--config", cfg.evaluate_config, "--registry", registry,
+                                          "--dataset", f"{out}/dataset", "--output", f"{out}/evaluation"]))
+    return [p for p in plan if p[0] in cfg.steps]
 
 
 def run_step(step: str, argv: list[str]) -> int:
@@ -54,28 +69,27 @@ def run_step(step: str, argv: list[str]) -> int:
 
 def run(cfg: QuickstartConfig, job: Run, runner: Any = None) -> dict[str, Any]:
     runner = runner or run_step
-    argvs = step_argv(cfg)
     extra = [*(["--force"] if job.force else []), *(["--verbose"] if job.verbose else [])]
     steps: dict[str, dict[str, Any]] = {}
-    for step in cfg.steps:
-        print(f"=== quickstart {step}: python -m {_JOB_MODULE[step]} {' '.join(argvs[step])}", flush=True)
+    plan = step_argv(cfg)
+    for step, label, argv in plan:
+        print(f"=== quickstart {label}: python -m {_JOB_MODULE[step]} {' '.join(argv)}", flush=True)
         t0 = time.perf_counter()
-        rc = runner(step, argvs[step] + extra)
-        steps[step] = {"argv": argvs[step], "exit_code": rc, "wall_s": round(time.perf_counter() - t0, 2)}
+        rc = runner(step, argv + extra)
+        steps[label] = {"argv": argv, "exit_code": rc, "wall_s": round(time.perf_counter() - t0, 2)}
         if rc != 0:
-            print(f"=== quickstart: step {step} failed with exit code {rc}; stopping", flush=True)
+            print(f"=== quickstart: step {label} failed with exit code {rc}; stopping", flush=True)
             break
-    ok = len(steps) == len(cfg.steps) and all(s["exit_code"] == 0 for s in steps.values())
-    return {"ok": ok, "step_results": steps, "n_steps_ok": sum(s["exit_code"] == 0 for s in steps.values())}
-
-
-_JOB_MODULE = {"corpus": "jobs.build_corpus", "docs": "jobs.scrape_docs", "dataset": "jobs.build_dataset",
-               "finetune": "jobs.finetune"}
+    ok = len(steps) == len(plan) and all(s["exit_code"] == 0 for s in steps.values())
+    return {"ok": ok, "step_results": steps, "n_steps_ok": sum(s["exit_code"] == 0 for s in steps.values()),
+            "registry": f"{cfg.output_dir.rstrip('/')}/registry.json" if "finetune" in cfg.steps else None}
 
 
 def summary(report: dict[str, Any]) -> str:
-    lines = [f"  {step:<9} {'ok' if r['exit_code'] == 0 else 'FAILED (exit %d)' % r['exit_code']:<16} "
+    lines = [f"  {step:<22} {'ok' if r['exit_code'] == 0 else 'FAILED (exit %d)' % r['exit_code']:<16} "
              f"{r['wall_s']:>7.1f} s" for step, r in report["step_results"].items()]
+    if report["ok"] and report.get("registry"):
+        lines.append(f"  serve the specialists: python -m jobs.serve --registry {report['registry']}")
     return "\n".join(lines)
 
 

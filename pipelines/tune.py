@@ -23,7 +23,7 @@ from pydantic import Field
 from chipforge import fs
 from chipforge.config import Config
 from chipforge.job import JobError, JobSpec, Run
-from pipelines.finetune import VOLATILE, prepare, register, rejected_report, train_plan
+from pipelines.finetune import VOLATILE, extra_dataset_inputs, prepare, register, rejected_report, train_plan
 from training.config import FinetuneConfig
 from training.sweep import AshaSettings, SearchSpace, apply_trial, param_space
 
@@ -108,9 +108,11 @@ def run(cfg: TuneJobConfig, job: Run) -> dict[str, Any]:
             scheduler=ASHAScheduler(max_t=cfg.asha.max_t, grace_period=cfg.asha.grace_period,
                                     reduction_factor=cfg.asha.reduction_factor),
         ),
-        run_config=tune.RunConfig(name=f"tune-{base.phase}", storage_path=storage, verbose=0,
+        run_config=tune.RunConfig(name=f"tune-{base.phase}", storage_path=storage, verbose=1 if job.verbose else 0,
                                   callbacks=[_trial_callback(job.progress, cfg.metric)]),
     )
+    if not job.verbose:  # Tune's newer console output prints its tables even at verbose=0
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     with job.step("sweep"):
         grid = tuner.fit()
     trials = []
@@ -169,5 +171,5 @@ SPEC = JobSpec(
     inputs={"finetune.dataset_dir": "a dataset written by python -m jobs.build_dataset"},
     volatile=("trial_cpus", "max_concurrent_trials", *(f"finetune.{v}" for v in VOLATILE)),
     outputs=lambda r: r["examples"]["train"], inputs_count=lambda r: r["examples"]["read"],
-    description=__doc__,
+    description=__doc__, extra_inputs=lambda cfg: extra_dataset_inputs(cfg.finetune),
 )

@@ -440,12 +440,20 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
     return state
 
 
+def quiet_library_warnings() -> None:
+    """Deprecation notices of torch/transformers/peft internals, once per rank, tell the user nothing."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train V2 entry: ``config = {"cfg": FinetuneConfig dump, "plan": Plan fields, "relay": queue or None}``."""
     import torch
 
     cfg = FinetuneConfig.model_validate(config["cfg"])
     plan = Plan(**config["plan"])
+    quiet_library_warnings()
     if cfg.scaling.use_gpu:
         import ray.train.torch
 
@@ -544,6 +552,7 @@ def run_local(cfg: FinetuneConfig, run_id: str | None = None) -> dict[str, Any] 
     from training.data import load_tokenizer, prepare_local
 
     t0 = time.perf_counter()
+    quiet_library_warnings()
     rank, world = init_distributed(cfg.scaling.use_gpu)
     data = prepare_local(cfg, is_builder=rank == 0, wait=dist.barrier)
     pad_id = load_tokenizer(data.base_path, cfg.trust_remote_code).pad_token_id

@@ -140,9 +140,12 @@ def no_jit_ops(use_gpu: bool) -> None:
 
 def build_engine(model: Any, ds_config: dict[str, Any], *, use_gpu: bool = True) -> tuple[Any, Any]:
     """``deepspeed.initialize`` over the trainable (LoRA) parameters; reuses an existing process group."""
+    import logging
+
     import deepspeed
 
     no_jit_ops(use_gpu)
+    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)  # its info/warnings are not the user's business
 
     params = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, scheduler = deepspeed.initialize(model=model, config=ds_config, model_parameters=params)

@@ -1,4 +1,4 @@
-"""jobs.finetune: bad rows rejected at the stage boundary, resume, skip on rerun, rerun on a changed dataset."""
+"""jobs.finetune: bad rows rejected at the stage boundary, resume, skip on rerun, --force, rerun on a changed dataset."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def progress_steps(out: str) -> list[int]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_finetune_resumes_skips_when_up_to_date_and_reruns_on_a_changed_dataset(ray_session, tmp_path, capsys):
+def test_finetune_resumes_skips_when_up_to_date_forces_and_reruns_on_a_changed_dataset(ray_session, tmp_path, capsys):
     ds = write_dataset(tmp_path / "ds", rows(n_train=40, n_val=0))  # no validation split: a share is held out
     write_parquet(ds.joinpath(*TRAIN, "part-bad.parquet"), bad_rows()[:1])
     out, registry = tmp_path / "ft", tmp_path / "registry.json"
@@ -121,7 +121,14 @@ def test_finetune_resumes_skips_when_up_to_date_and_reruns_on_a_changed_dataset(
     assert "up to date, skipped" in capsys.readouterr().out
     assert json.loads((out / "report.json").read_text())["wall_s"] == report["wall_s"]
 
-    # 4. the dataset changed: trained again, from scratch (not from the other dataset's checkpoints)
+    # 4. --force redoes it from scratch (not from this config's final checkpoint)
+    assert finetune.main(["--force", *argv]) == 0
+    forced_out = capsys.readouterr().out
+    forced = json.loads((out / "report.json").read_text())
+    assert "--force: training from scratch" in forced_out and forced["resumed_from_step"] == []
+    assert progress_steps(forced_out)[0] == 1 and forced["run_name"] == report["run_name"]
+
+    # 5. the dataset changed: trained again, from scratch (not from the other dataset's checkpoints)
     write_dataset(ds, rows(n_train=44, n_val=0))
     assert finetune.main(argv) == 0
     assert "rerunning (inputs changed: dataset_dir)" in capsys.readouterr().out

@@ -29,6 +29,8 @@ from tests.synthesis.conftest import SDC, VERILOG, CannedServer, fenced
 from tests.synthesis.conftest import canned_server, tiny_model  # noqa: F401 — fixtures shared with the engine tests
 from tests.synthesis.test_seeds import module_row, write_docs
 
+pytestmark = pytest.mark.tools("iverilog", "vvp", "verilator", "yosys", "tclsh", "bwrap")
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(REPO.joinpath("jobs", "configs").glob("synthesize_*.yaml"))
 

@@ -1,42 +1,65 @@
-"""jobs.tune: a 2-trial sweep whose better trial (lower eval loss) is registered."""
+"""jobs.tune: with no arguments it sweeps the bundled sample (offline, tiny model) and registers the better trial."""
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
 import pytest
 
 from jobs import tune
-from tests.training._data import rows, write_dataset
 from training.registry import dataset_version
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = str(REPO / "jobs" / "configs" / "tune_tiny_cpu.yaml")
+
+
+def test_training_jobs_are_leaves():
+    """Entry points import pipelines and libraries, never another job module."""
+    for name in ("finetune", "tune", "train_torchrun"):
+        tree = ast.parse((REPO / "jobs" / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in imported if m == "jobs" or m.startswith("jobs.")}, (name, imported)
+        if name != "train_torchrun":  # config, spec and body live in pipelines/
+            assert len((REPO / "jobs" / f"{name}.py").read_text().splitlines()) <= 45
+
+
+def test_help_names_the_flags(capsys):
+    with pytest.raises(SystemExit):
+        tune.main(["--help"])
+    out = capsys.readouterr().out
+    for flag in ("--dataset DATASET_DIR", "--phase PHASE", "--output OUTPUT_DIR", "--registry REGISTRY", "--force"):
+        assert flag in out
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_two_trial_sweep_registers_the_lower_eval_loss_trial(ray_session, tmp_path):
-    dataset = write_dataset(tmp_path / "ds", rows(n_train=32, n_val=6))
+def test_tune_with_no_arguments_sweeps_the_bundled_sample(ray_session, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # the shipped config's paths (sample/dataset) are relative to the repository
     out, registry = tmp_path / "tune", tmp_path / "registry.json"
-    argv = ["--config", CONFIG, "--dataset", str(dataset), "--output", str(out), "--registry", str(registry),
-            "finetune.max_length=128", "finetune.optim.epochs=2", "finetune.eval_every_steps=4",
-            "search.lr={kind: grid, values: [0.00001, 0.008]}"]
-    assert tune.main(argv) == 0
+    # only where results go is changed: config, dataset and model are the defaults
+    assert tune.main(["--output", str(out), "--registry", str(registry)]) == 0
+    printed = capsys.readouterr().out
     sweep = json.loads((out / "sweep.json").read_text())
     trials = sweep["trials"]
     assert len(trials) == 2 and all(t["error"] is None and t["eval_loss"] is not None for t in trials)
     best = min(trials, key=lambda t: t["eval_loss"])
     worst = max(trials, key=lambda t: t["eval_loss"])
-    assert best["eval_loss"] < worst["eval_loss"] and best["config"] == {"lr": 0.008}
+    assert best["eval_loss"] < worst["eval_loss"] and best["config"] == {"lr": 0.01}
     assert sweep["best_trial"] == best["trial_id"]
+    assert sum(f"trial {t['trial_id']} finished" in printed for t in trials) == 2
 
     entry = json.loads(registry.read_text())["specialists"]["rtl_design"]
     assert entry["metrics"]["eval_loss"] == pytest.approx(best["eval_loss"])
-    assert entry["config"]["optim"]["lr"] == 0.008
+    assert entry["config"]["optim"]["lr"] == 0.01
     assert entry["adapter_path"] == str(out / "adapter") and (out / "adapter" / "adapter_model.safetensors").exists()
     assert entry["base_model"] == str(out / "base_model")
-    assert entry["dataset_version"] == dataset_version(str(dataset), "rtl_design")
+    assert entry["dataset_version"] == dataset_version("sample/dataset", "rtl_design")
     report = json.loads((out / "report.json").read_text())
     assert report["best_trial"] == best["trial_id"] and report["eval_loss"] == pytest.approx(best["eval_loss"])
+    assert report["examples"]["validation"] >= 1 and report["eval_rows"] >= 1
+    assert printed.rstrip().splitlines()[-1].startswith("registered as the rtl_design specialist")
+
+    assert tune.main(["--output", str(out), "--registry", str(registry)]) == 0  # same inputs: skipped
+    assert "up to date, skipped" in capsys.readouterr().out

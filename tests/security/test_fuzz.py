@@ -30,6 +30,8 @@ from synthesis.validate import Settings, Validator, tcl_problem, validate_row, v
 from tests.synthesis.conftest import good_reply
 from tests.synthesis.test_validate import RegexParser
 
+pytestmark = pytest.mark.tools("iverilog", "vvp", "verilator", "yosys", "tclsh", "bwrap")
+
 SEED = 8
 N_YOSYS = 1500
 N_TCL = 1500

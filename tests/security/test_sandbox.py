@@ -28,6 +28,8 @@ from synthesis import sandbox
 from synthesis.sandbox import Limits, SandboxError
 from tests.security.conftest import Canary, assert_no_survivors
 
+pytestmark = pytest.mark.tools("bwrap")
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _ISOLATION = sandbox.isolation()
 if _ISOLATION["mode"] != "bwrap" and "not found" not in _ISOLATION["detail"]:

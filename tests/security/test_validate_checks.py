@@ -22,6 +22,8 @@ from synthesis.validate import (TCL_COVERED, TCL_PURE, Rejection, Settings, TclS
                                 vvp_problem, yosys_commands, yosys_problem)
 from tests.synthesis.test_validate import RegexParser, make_parser
 
+pytestmark = pytest.mark.tools("iverilog", "vvp", "yosys", "tclsh", "bwrap")
+
 READ = "read_verilog cf_counter.v cf_alu.v cf_top.v\n"
 
 

@@ -17,6 +17,8 @@ import pytest
 from synthesis import sandbox
 from synthesis.sandbox import Limits, SandboxError, SandboxUnavailable
 
+pytestmark = pytest.mark.tools("bwrap")
+
 BWRAP = sandbox.isolation()["mode"] == "bwrap"
 needs_bwrap = pytest.mark.skipif(not BWRAP and "not found" not in sandbox.isolation()["detail"],
                                  reason=f"the kernel forbids bwrap's namespaces: {sandbox.isolation()['detail']}")

@@ -18,6 +18,8 @@ from synthesis.validate import (CANDIDATE_SCHEMA, Settings, ValidateStage, Valid
                                        commands_from_docs, tcl_command_names, validate_row)
 from tests.synthesis.conftest import SDC, STA_POWER, VERILOG, YOSYS, good_reply
 
+pytestmark = pytest.mark.tools("iverilog", "vvp", "verilator", "yosys", "tclsh", "bwrap")
+
 
 class RegexParser:
     """Stand-in for corpus.verilog.VerilogParser until it lands: module/endmodule balance."""

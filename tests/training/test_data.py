@@ -269,3 +269,29 @@ def test_prepare_local_reports_rejections_and_fails_clearly_with_one_example(tmp
     one = write_dataset(tmp_path / "one", rows(n_train=1, n_val=0))
     with pytest.raises(DatasetError, match="at least 2"):
         prepare_local(cfg.model_copy(update={"dataset_dir": str(one)}))
+
+
+def test_checkpoints_are_keyed_by_what_decides_the_weights(tmp_path):
+    from chipforge import fs
+    from pipelines.finetune import checkpoint_run_name
+
+    root = write_dataset(tmp_path / "ds", rows(n_train=4, n_val=0))
+    cfg = FinetuneConfig(dataset_dir=str(root), output_dir=str(tmp_path / "o"))
+    name = checkpoint_run_name(cfg)
+    assert name.startswith("finetune-rtl_design-")
+    assert checkpoint_run_name(cfg.model_copy(update={"registry": "r.json", "max_failures": 0})) == name
+    assert checkpoint_run_name(cfg.model_copy(update={"max_length": 64})) != name
+    write_dataset(root, rows(n_train=5, n_val=0))
+    assert checkpoint_run_name(cfg) != name  # another dataset: other checkpoints
+    # a dataset written by a job is identified by its marker's fingerprint, not its files
+    fs.write_json(str(root / "_chipforge" / "dataset.json"), {"fingerprint": "f1"})
+    marked = checkpoint_run_name(cfg)
+    write_dataset(root, rows(n_train=6, n_val=0))
+    assert checkpoint_run_name(cfg) == marked
+    fs.write_json(str(root / "_chipforge" / "dataset.json"), {"fingerprint": "f2"})
+    assert checkpoint_run_name(cfg) != marked
+    synth = write_dataset(tmp_path / "synth", rows(n_train=2, n_val=0), subdir="synthetic")
+    with_synth = cfg.model_copy(update={"extra_dataset_dirs": [str(synth)]})
+    key = checkpoint_run_name(with_synth)
+    write_dataset(synth, rows(n_train=3, n_val=0), subdir="synthetic")
+    assert checkpoint_run_name(with_synth) != key  # extra dataset directories count too

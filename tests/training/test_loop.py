@@ -66,7 +66,9 @@ def test_torchrun_overfits_resumes_after_failure_and_saves_a_peft_adapter(tiny_d
     lines = first.stdout.splitlines()
     assert [ln.split()[1].split("/")[0] for ln in lines if ln.startswith("step ") and "eval" not in ln] == \
         ["1", "5", "10"], first.stdout
-    assert sum("eval loss" in ln for ln in lines) == 1 and "Building extension" not in first.stdout + first.stderr
+    assert sum("eval loss" in ln for ln in lines) == 1
+    for jit in ("Building extension", "built successfully", "ninja"):  # nothing is JIT-compiled on CPU
+        assert jit not in first.stdout + first.stderr
 
     second = torchrun(cfg)  # same command again: resumes from step 10
     assert second.returncode == 0, second.stderr[-3000:]

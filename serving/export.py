@@ -1,0 +1,334 @@
+"""Exports of registered specialists: a merged Hugging Face model, or an Ollama Modelfile + adapter.
+
+- ``merged``: the adapter merged into the base (PEFT ``merge_and_unload``) and saved with the
+  tokenizer in Hugging Face layout (``config.json``, ``model.safetensors``, tokenizer files,
+  chat template): loadable by ``AutoModelForCausalLM.from_pretrained`` and by vLLM.
+- ``ollama``: per specialist a directory with a ``Modelfile`` and ``adapter/`` (the LoRA in
+  safetensors). ``FROM`` is the base (an Ollama model name or path from the config, else the base
+  saved once in safetensors to ``OUTPUT/base``), ``ADAPTER ./adapter``, ``SYSTEM`` the phase's
+  system prompt, ``TEMPLATE`` the tokenizer's chat template translated to Ollama's Go template
+  (only when the translation renders conversations exactly as the Jinja template does),
+  ``PARAMETER`` temperature, context length and stop tokens, ``LICENSE`` from the licences of
+  the examples the specialist was trained on. Relative paths in a Modelfile are resolved
+  against its directory by ``ollama create``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from chipforge import fs
+from chipforge.vocab import SYSTEM_PROMPTS
+from serving.catalog import Catalog, Specialist, localize
+
+
+# --------------------------------------------------------------------------- chat template → Go template
+
+@dataclass(frozen=True)
+class TemplateParts:
+    system_prefix: str
+    system_suffix: str
+    user_prefix: str
+    user_suffix: str
+    assistant_prefix: str  # also the generation prompt
+    assistant_suffix: str
+    bos: str = ""
+
+    def render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """What the Go template below produces (used to check the translation)."""
+        out = []
+        for i, m in enumerate(messages):
+            last = i == len(messages) - 1
+            if m["role"] == "system":
+                out.append(self.system_prefix + m["content"] + self.system_suffix)
+            elif m["role"] == "user":
+                out.append(self.user_prefix + m["content"] + self.user_suffix)
+                if last and add_generation_prompt:
+                    out.append(self.assistant_prefix)
+            elif m["role"] == "assistant":
+                out.append(self.assistant_prefix + m["content"] + ("" if last else self.assistant_suffix))
+        return "".join(out)
+
+    def go_template(self) -> str:
+        return ('{{ range $i, $_ := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}'
+                '{{ if eq .Role "system" }}' + self.system_prefix + '{{ .Content }}' + self.system_suffix +
+                '{{ else if eq .Role "user" }}' + self.user_prefix + '{{ .Content }}' + self.user_suffix +
+                '{{ if $last }}' + self.assistant_prefix + '{{ end }}'
+                '{{ else if eq .Role "assistant" }}' + self.assistant_prefix + '{{ .Content }}'
+                '{{ if not $last }}' + self.assistant_suffix + '{{ end }}{{ end }}{{ end }}')
+
+
+def _between(text: str, before: str | None, after: str | None) -> str | None:
+    start = 0 if before is None else text.find(before)
+    if start < 0:
+        return None
+    start = 0 if before is None else start + len(before)
+    if after is None:
+        return text[start:]
+    end = text.find(after, start)
+    return None if end < 0 else text[start:end]
+
+
+def template_parts(tokenizer: Any) -> TemplateParts | None:
+    """Prefixes/suffixes of each role read off the Jinja template by rendering sentinel messages,
+    or None when the template cannot be expressed that way (checked on multi-turn conversations)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    S, U, A = "SYSQXZ1", "USRQXZ2", "ASTQXZ3"
+
+    def render(msgs: list[dict[str, str]], gen: bool) -> str:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+    try:
+        u_gen = render([{"role": "user", "content": U}], True)
+        u_only = render([{"role": "user", "content": U}], False)
+        ua = render([{"role": "user", "content": U}, {"role": "assistant", "content": A}], False)
+        su = render([{"role": "system", "content": S}, {"role": "user", "content": U}], False)
+    except Exception:  # noqa: BLE001 - a template that rejects these conversations
+        return None
+    bos = tokenizer.bos_token or ""
+    lead = u_only[:u_only.find(U)]
+    if bos and not lead.startswith(bos):
+        bos = ""
+    user_prefix = lead[len(bos):]
+    user_suffix = _between(u_only, U, None)
+    gen_tail = _between(u_gen, U, None)
+    sys_lead = su[:su.find(S)] if S in su else None
+    if user_suffix is None or gen_tail is None or sys_lead is None or not gen_tail.startswith(user_suffix):
+        return None
+    assistant_prefix = gen_tail[len(user_suffix):]
+    system_prefix = sys_lead[len(bos):] if sys_lead.startswith(bos) else None
+    mid = _between(su, S, U)
+    if system_prefix is None or mid is None or not mid.endswith(user_prefix):
+        return None
+    system_suffix = mid[:len(mid) - len(user_prefix)] if user_prefix else mid
+    assistant_suffix = _between(ua, A, None)
+    if assistant_suffix is None:
+        return None
+    parts = TemplateParts(system_prefix, system_suffix, user_prefix, user_suffix, assistant_prefix, assistant_suffix,
+                          bos)
+    checks = [
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+         {"role": "assistant", "content": "hello"}, {"role": "user", "content": "timing?"}],
+        [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+        [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+    ]
+    for msgs in checks:
+        try:
+            want = render(msgs, True)
+        except Exception:  # noqa: BLE001
+            return None
+        if want != bos + parts.render(msgs, True):
+            return None
+    literal = "".join([system_prefix, system_suffix, user_prefix, user_suffix, assistant_prefix, assistant_suffix])
+    if "{{" in literal or '"""' in literal:
+        return None
+    return parts
+
+
+# --------------------------------------------------------------------------- licences
+
+def training_licences(entry: dict[str, Any], phase: str) -> tuple[Counter[str], list[str]]:
+    """(licence → examples, dataset dirs read) over every split of the phase in the dataset(s) the
+    specialist was trained on (``config.dataset_dir`` and ``config.extra_dataset_dirs`` of its registry entry)."""
+    import pyarrow.parquet as pq
+
+    cfg = entry.get("config") or {}
+    dirs = [d for d in [cfg.get("dataset_dir"), *(cfg.get("extra_dataset_dirs") or [])] if isinstance(d, str) and d]
+    counts: Counter[str] = Counter()
+    read = []
+    for d in dirs:
+        if not fs.exists(d):
+            continue
+        read.append(d)
+        for sub in ("examples", "synthetic"):
+            for path in fs.listdir(fs.join(d, sub, f"phase={phase}"), recursive=True):
+                if not path.endswith(".parquet"):
+                    continue
+                filesystem, _ = fs.resolve(d)
+                with filesystem.open_input_file(path) as f:
+                    table = pq.read_table(f, columns=["license"])
+                counts.update(x or "unknown" for x in table.column("license").to_pylist())
+    return counts, read
+
+
+def licence_text(s: Specialist, counts: Counter[str], read: list[str]) -> str:
+    lines = [f"{s.name} is a LoRA adapter for {s.base_model}; the base model's own licence applies to it."]
+    if counts:
+        total = sum(counts.values())
+        lines.append(f"It was fine-tuned on {total} examples derived from sources under these licences "
+                     "(SPDX id: examples):")
+        lines += [f"  {lic}: {n}" for lic, n in counts.most_common()]
+        lines.append("Each source's terms apply to the material derived from it; see the dataset's provenance "
+                     f"columns ({', '.join(read)}).")
+    else:
+        lines.append("The licences of its training data are unknown: the dataset it was trained on was not "
+                     "available when this export was made.")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- exports
+
+def _load_base(base: str, dtype: str, trust_remote_code: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from serving.engine import resolve_dtype
+    from training.tiny import quiet_hf
+
+    with quiet_hf():
+        tok = AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code)
+        kw = {"dtype": "auto" if dtype == "auto" else resolve_dtype(dtype, "cpu")}
+        model = AutoModelForCausalLM.from_pretrained(base, trust_remote_code=trust_remote_code, **kw)
+    return model, tok
+
+
+def export_merged(s: Specialist, out_dir: str, *, dtype: str = "auto", cache_dir: str = "~/.cache/chipforge/serving",
+                  trust_remote_code: bool = False) -> dict[str, Any]:
+    """``out_dir``: the base with ``s``'s adapter merged in, and the tokenizer (Hugging Face layout)."""
+    from peft import PeftModel
+
+    from training.tiny import quiet_hf
+
+    base = localize(s.base_model, cache_dir)
+    model, tok = _load_base(base, dtype, trust_remote_code)
+    merged = PeftModel.from_pretrained(model, localize(s.adapter_path, cache_dir)).merge_and_unload()
+    local = out_dir if not fs.is_uri(out_dir) else None
+    tmp_root = local or os.path.join(os.path.expanduser(cache_dir), "export-tmp")
+    with fs.atomic_dir(local) if local else _tempdir(tmp_root) as tmp:
+        with quiet_hf():
+            merged.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+        with open(os.path.join(tmp, "chipforge.json"), "w") as f:
+            json.dump({"name": s.name, "phase": s.phase, "base_model": s.base_model, "adapter_path": s.adapter_path,
+                       "metrics": s.metrics, "registered_at": s.registered_at, "format": "merged"}, f, indent=2)
+        if not local:
+            _upload(tmp, out_dir)
+    return {"name": s.name, "phase": s.phase, "path": out_dir, "format": "merged"}
+
+
+class _tempdir:
+    def __init__(self, root: str) -> None:
+        import tempfile
+
+        os.makedirs(root, exist_ok=True)
+        self.path = tempfile.mkdtemp(dir=root)
+
+    def __enter__(self) -> str:
+        return self.path
+
+    def __exit__(self, *exc: Any) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _upload(local_dir: str, dest: str) -> None:
+    for root, _, files in os.walk(local_dir):
+        for name in files:
+            p = os.path.join(root, name)
+            with open(p, "rb") as f:
+                fs.write_bytes(fs.join(dest, os.path.relpath(p, local_dir)), f.read())
+
+
+def _adapter_files(src: str, dest: str) -> None:
+    """The adapter's config and weights in safetensors (converted from adapter_model.bin if needed)."""
+    os.makedirs(dest, exist_ok=True)
+    shutil.copy2(os.path.join(src, "adapter_config.json"), os.path.join(dest, "adapter_config.json"))
+    st = os.path.join(src, "adapter_model.safetensors")
+    if os.path.exists(st):
+        shutil.copy2(st, os.path.join(dest, "adapter_model.safetensors"))
+        return
+    import torch
+    from safetensors.torch import save_file
+
+    state = torch.load(os.path.join(src, "adapter_model.bin"), map_location="cpu", weights_only=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(dest, "adapter_model.safetensors"))
+
+
+def _quote(text: str) -> str:
+    if '"""' in text:
+        raise ValueError('text contains """ and cannot be quoted in a Modelfile')
+    return '"""' + text + '"""'
+
+
+def modelfile(s: Specialist, *, base_ref: str, adapter_ref: str, template: str | None, system: str | None,
+              temperature: float, num_ctx: int, stops: list[str], licence: str,
+              extra: dict[str, Any] | None = None, note: str | None = None) -> str:
+    lines = [f"# {s.name}: the {s.phase} specialist (LoRA adapter) on {s.base_model}",
+             f"# ollama create {s.name} -f Modelfile      (relative paths are resolved from this directory)",
+             f"FROM {base_ref}", f"ADAPTER {adapter_ref}"]
+    if template is not None:
+        lines.append(f"TEMPLATE {_quote(template)}")
+    else:
+        lines.append(f"# TEMPLATE: {note or 'the chat template could not be translated'}; Ollama uses the base's")
+    if system:
+        lines.append(f"SYSTEM {_quote(system)}")
+    lines += [f"PARAMETER temperature {temperature:g}", f"PARAMETER num_ctx {num_ctx}"]
+    lines += [f"PARAMETER stop {json.dumps(t)}" for t in stops]
+    for k, v in (extra or {}).items():
+        lines.append(f"PARAMETER {k} {v}")
+    lines.append(f"LICENSE {_quote(licence)}")
+    return "\n".join(lines) + "\n"
+
+
+def export_ollama(specialists: list[Specialist], entries: dict[str, dict[str, Any]], out_dir: str, *,
+                  base_ref: str | None, temperature: float, num_ctx: int | None, extra: dict[str, Any],
+                  cache_dir: str = "~/.cache/chipforge/serving", trust_remote_code: bool = False) -> list[dict[str, Any]]:
+    """Per specialist ``out_dir/<name>/{Modelfile,adapter/}``; the base once in ``out_dir/base`` unless
+    ``base_ref`` names it; ``out_dir/README.md`` with the ``ollama create`` commands."""
+    from serving.engine import stop_tokens
+    from training.tiny import quiet_hf
+
+    if fs.is_uri(out_dir):
+        raise ValueError("the ollama export writes a local directory (ollama create reads local files)")
+    os.makedirs(out_dir, exist_ok=True)
+    results = []
+    by_base: dict[str, tuple[Any, Any]] = {}
+    for s in specialists:
+        base_local = localize(s.base_model, cache_dir)
+        if base_local not in by_base:
+            by_base[base_local] = _load_base(base_local, "auto", trust_remote_code)
+        model, tok = by_base[base_local]
+        if base_ref is not None:
+            from_ref = base_ref
+        else:
+            base_dir = os.path.join(out_dir, "base" if len(by_base) == 1 else f"base-{len(by_base)}")
+            if not os.path.exists(os.path.join(base_dir, "config.json")):
+                with fs.atomic_dir(base_dir) as tmp, quiet_hf():
+                    model.save_pretrained(tmp, safe_serialization=True)
+                    tok.save_pretrained(tmp)
+            from_ref = "../" + os.path.basename(base_dir)
+        parts = template_parts(tok)
+        ctx = getattr(model.config, "max_position_embeddings", None) or 2048
+        ctx = min(ctx, num_ctx) if num_ctx else ctx
+        _, stops = stop_tokens(tok, model.generation_config)
+        counts, read = training_licences(entries.get(s.phase, {}), s.phase)
+        dest = os.path.join(out_dir, s.name)
+        with fs.atomic_dir(dest) as tmp:
+            _adapter_files(localize(s.adapter_path, cache_dir), os.path.join(tmp, "adapter"))
+            text = modelfile(s, base_ref=from_ref, adapter_ref="./adapter",
+                             template=parts.go_template() if parts else None, system=SYSTEM_PROMPTS.get(s.phase),
+                             temperature=temperature, num_ctx=ctx, stops=stops, licence=licence_text(s, counts, read),
+                             extra=extra,
+                             note=None if getattr(tok, "chat_template", None) else "the tokenizer has no chat template")
+            with open(os.path.join(tmp, "Modelfile"), "w") as f:
+                f.write(text)
+        results.append({"name": s.name, "phase": s.phase, "path": dest, "format": "ollama", "from": from_ref,
+                        "template": parts is not None, "licences": dict(counts)})
+    readme = ["# chipforge specialists for Ollama", "",
+              "Create each model (run from any directory; paths in a Modelfile are relative to it):", ""]
+    readme += [f"    ollama create {r['name']} -f {os.path.join(out_dir, r['name'], 'Modelfile')}" for r in results]
+    readme += ["", f"then `ollama run {results[0]['name']}`." if results else ""]
+    with open(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write("\n".join(readme) + "\n")
+    return results
+
+
+def select(catalog: Catalog, phase: str) -> list[Specialist]:
+    if phase == "all":
+        return list(catalog.specialists.values())
+    return [catalog.specialists[phase]]

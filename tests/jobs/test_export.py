@@ -1,0 +1,131 @@
+"""``python -m jobs.export``: merged Hugging Face models and Ollama Modelfiles from the registry."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from chipforge.vocab import SYSTEM_PROMPTS
+from jobs import export as export_job
+from serving.export import TemplateParts, template_parts
+from tests.serving import fixtures
+
+INSTRUCTION = re.compile(r'^(FROM|ADAPTER|TEMPLATE|SYSTEM|PARAMETER|LICENSE|MESSAGE)\s+(.*)$')
+
+
+@pytest.fixture(scope="module")
+def tiny_registry(tmp_path_factory: pytest.TempPathFactory):
+    return fixtures.tiny_registry(tmp_path_factory)
+
+
+def parse_modelfile(text: str) -> list[tuple[str, str]]:
+    """(instruction, argument) pairs; triple-quoted arguments may span lines."""
+    out, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if not line.strip() or line.startswith("#"):
+            continue
+        m = INSTRUCTION.match(line)
+        assert m, f"not a Modelfile instruction: {line!r}"
+        arg = m.group(2)
+        if arg.startswith('"""'):
+            while not (arg.endswith('"""') and len(arg) >= 6):
+                arg += "\n" + lines[i]
+                i += 1
+            arg = arg[3:-3]
+        out.append((m.group(1), arg))
+    return out
+
+
+def test_merged_export_matches_the_peft_model(tiny_registry, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "merged"
+    argv = ["--registry", tiny_registry["registry"], "--phase", "timing_analysis", "--format", "merged",
+            "--output", str(out)]
+    assert export_job.main(argv) == 0
+    d = out / "chipforge-timing_analysis"
+    assert (d / "model.safetensors").exists() and (d / "config.json").exists() and (d / "tokenizer.json").exists()
+    assert not (d / "adapter_config.json").exists()  # a plain model: transformers and vLLM load it as such
+    merged = AutoModelForCausalLM.from_pretrained(d)
+    tok = AutoTokenizer.from_pretrained(d)
+    assert tok.chat_template
+    model, ref_tok = fixtures.peft_reference(tiny_registry)
+    model.set_adapter("timing_analysis")
+    ids = torch.tensor([ref_tok("The worst negative slack is on the path")["input_ids"]])
+    assert tok("x")["input_ids"] == ref_tok("x")["input_ids"]
+    with torch.inference_mode():
+        want = model(input_ids=ids).logits
+        got = merged(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), float((got - want).abs().max())
+    assert not torch.allclose(got, base, atol=1e-3)  # the adapter is really in there
+    assert export_job.main(argv) == 0  # a rerun with the same inputs is skipped
+
+
+def test_ollama_export_writes_complete_modelfiles(tiny_registry, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ollama"
+    assert export_job.main(["--registry", tiny_registry["registry"], "--phase", "all", "--format", "ollama",
+                            "--output", str(out)]) == 0
+    assert "ollama create chipforge-rtl_design -f" in capsys.readouterr().out
+    readme = (out / "README.md").read_text()
+    for phase in fixtures.PHASES:
+        name = f"chipforge-{phase}"
+        d = out / name
+        assert f"ollama create {name} -f {d / 'Modelfile'}" in readme
+        ins = parse_modelfile((d / "Modelfile").read_text())
+        kinds = [k for k, _ in ins]
+        assert {"FROM", "ADAPTER", "TEMPLATE", "SYSTEM", "PARAMETER", "LICENSE"} <= set(kinds)
+        args = dict((k, a) for k, a in ins if k != "PARAMETER")
+        base = (d / args["FROM"]).resolve()
+        assert args["FROM"] == "../base" and {"config.json", "model.safetensors", "tokenizer.json"} <= {
+            p.name for p in base.iterdir()}
+        adapter = (d / args["ADAPTER"]).resolve()
+        assert args["ADAPTER"] == "./adapter" and (adapter / "adapter_config.json").exists()
+        src = load_file(Path(tiny_registry["adapters"][phase]) / "adapter_model.safetensors")
+        got = load_file(adapter / "adapter_model.safetensors")
+        assert src.keys() == got.keys() and all((src[k] == got[k]).all() for k in src)
+        assert args["SYSTEM"] == SYSTEM_PROMPTS[phase]
+        params = [a.split(" ", 1) for k, a in ins if k == "PARAMETER"]
+        assert ["temperature", "0.2"] in params and ["num_ctx", "2048"] in params
+        assert {v for k, v in params if k == "stop"} == {'"<|end|>"', '"</s>"'}
+        assert "{{ .Content }}" in args["TEMPLATE"] and "<|assistant|>" in args["TEMPLATE"]
+        assert "Apache-2.0" in args["LICENSE"] and "LoRA adapter" in args["LICENSE"]
+
+
+def test_unknown_phase_is_a_usage_error(tiny_registry, tmp_path, capsys):
+    argv = ["--registry", tiny_registry["registry"], "--phase", "routing", "--output", str(tmp_path / "x")]
+    assert export_job.main(argv) == 2 and "routing" in capsys.readouterr().err
+    assert export_job.main([*argv[:3], "wizardry", *argv[4:]]) == 2
+
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# Llama-2 style: the system prompt is folded into the first user turn, which the per-role form cannot express.
+FOLDED = ("{% for m in messages %}{% if m['role'] == 'system' %}{% set sys = m['content'] %}"
+          "{% elif m['role'] == 'user' %}{{ '[INST] ' + (sys + ' ' if sys is defined and loop.index0 == 1 else '') "
+          "+ m['content'] + ' [/INST]' }}{% else %}{{ ' ' + m['content'] + ' </s>' }}{% endif %}{% endfor %}")
+
+
+def test_template_translation(tiny_registry):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_registry["base"])
+    parts = template_parts(tok)
+    assert parts == TemplateParts("<|system|>\n", "<|end|>\n", "<|user|>\n", "<|end|>\n", "<|assistant|>\n",
+                                  "<|end|>\n</s>", "<s>")
+    tok.chat_template = CHATML
+    chatml = template_parts(tok)
+    assert chatml is not None and chatml.user_prefix == "<|im_start|>user\n" and chatml.bos == ""
+    assert chatml.go_template().count("{{ .Content }}") == 3
+    tok.chat_template = FOLDED
+    assert template_parts(tok) is None
+    tok.chat_template = None
+    assert template_parts(tok) is None
