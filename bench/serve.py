@@ -12,9 +12,10 @@ generated tokens/s, latency p50/p99, TTFT p50/p99 and failures (the run fails if
 
 The baseline is what one would write without a server: one process, the same base model and
 adapters loaded with PEFT, ``set_adapter`` + ``generate`` (greedy, same prompts, same token
-counts) one request after another, for the same number of requests (capped by --baseline-max),
-with the same torch thread count as a server replica. ratio = server tokens/s / baseline
-tokens/s. Results: bench/results/serve.json.
+counts) one request after another (--baseline-max requests in all),
+with the same torch thread count as a server replica, run before and after the server (the
+machine's load drifts; the mean is used). ratio = server tokens/s / baseline tokens/s.
+Results: bench/results/serve.json.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RESULTS = REPO / "bench" / "results" / "serve.json"
 PROMPTS = ["The worst negative slack is on", "module counter(input clk, input rst", "How do I close timing on",
            "Run yosys and report the cell count of"]
+
+
+def write_result(path: Path, key: str, value: dict[str, Any]) -> None:
+    """One entry per configuration (key) in the results file, replaced when rerun."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = value
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def pct(xs: list[float], q: float) -> float | None:
@@ -165,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--cpus-per-replica", type=float, default=1.0)
     ap.add_argument("--max-batch-size", type=int, default=8)
-    ap.add_argument("--baseline-max", type=int, default=64, help="cap on baseline requests")
+    ap.add_argument("--baseline-max", type=int, default=64, help="baseline requests in all (half before the server, half after)")
+    ap.add_argument("--hidden", type=int, default=64, help="hidden size of the tiny model the bench builds")
+    ap.add_argument("--layers", type=int, default=2, help="layers of the tiny model the bench builds")
     ap.add_argument("--output", default=str(RESULTS))
     args = ap.parse_args(argv)
 
@@ -182,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         from serving.tiny import build_tiny_registry
 
         print("building a tiny registry (base + 2 adapters) ...", flush=True)
-        registry = build_tiny_registry(tmp)["registry"]
+        registry = build_tiny_registry(tmp, hidden_size=args.hidden, num_layers=args.layers, steps=4)["registry"]
     catalog = load_catalog(registry)
     models = {s.name: s.phase for s in catalog.specialists.values()}
     models[catalog.groups[0].name] = None
@@ -190,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     info = {"base": catalog.groups[0].base_model, "adapters": {s.phase: s.adapter_path for s in group0}}
     models = {m: p for m, p in models.items() if p is None or p in info["adapters"]}
     threads = max(1, int(args.cpus_per_replica))
+    n_base = max(len(models), args.baseline_max // 2)
+    print(f"baseline (before): plain PEFT generate, {n_base} sequential requests ...", flush=True)
+    before = baseline(info, models, n_base, args.max_tokens, threads)
 
     port = free_port()
     ray.init(num_cpus=max(2, int(args.replicas * args.cpus_per_replica) + 1), include_dashboard=False,
@@ -215,14 +231,17 @@ def main(argv: list[str] | None = None) -> int:
         pass
     serve.shutdown()
     ray.shutdown()
-    n = max(len(models), min(args.baseline_max, server["ok"]))
-    print(f"baseline: plain PEFT generate, {n} sequential requests ...", flush=True)
-    base = baseline(info, models, n, args.max_tokens, threads)
+    print(f"baseline (after): plain PEFT generate, {n_base} sequential requests ...", flush=True)
+    after = baseline(info, models, n_base, args.max_tokens, threads)
+    # The machine's load can drift while the server runs: the baseline runs before and after it.
+    base = {k: round((before[k] + after[k]) / 2, 3) for k in ("requests_per_s", "tokens_per_s", "latency_p50_s")}
+    base.update(requests=before["requests"] + after["requests"], torch_threads=threads, before=before, after=after)
     ratio = round(server["tokens_per_s"] / base["tokens_per_s"], 3) if base["tokens_per_s"] else None
     result = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                                               "load_avg_1m": round(os.getloadavg()[0], 2)},
-        "config": {"registry": registry if args.registry else "tiny (built by the bench)", "clients": args.clients,
+        "config": {"registry": registry if args.registry else
+                   f"tiny (built by the bench: hidden {args.hidden}, {args.layers} layers)", "clients": args.clients,
                    "duration_s": args.duration, "max_tokens": args.max_tokens, "replicas": args.replicas,
                    "cpus_per_replica": args.cpus_per_replica, "max_batch_size": args.max_batch_size,
                    "models": list(models)},
@@ -230,16 +249,15 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_tokens_per_s_server_to_baseline": ratio,
     }
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    tmp_out.replace(out)
+    key = (f"registry {registry}" if args.registry else f"tiny h{args.hidden} l{args.layers}") + \
+        f", {args.clients} clients, {args.max_tokens} tokens"
+    write_result(out, key, result)
     s = server
     print(f"server:   {s['ok']}/{s['requests']} ok ({s['failed']} failed), {s['requests_per_s']} req/s, "
           f"{s['tokens_per_s']} tokens/s, latency p50 {s['latency_p50_s']} s p99 {s['latency_p99_s']} s, "
           f"TTFT p50 {s['ttft_p50_s']} s p99 {s['ttft_p99_s']} s", flush=True)
     print(f"baseline: {base['requests_per_s']} req/s, {base['tokens_per_s']} tokens/s, p50 {base['latency_p50_s']} s; "
-          f"ratio server/baseline tokens/s = {ratio}  → {out}", flush=True)
+          f"ratio server/baseline tokens/s = {ratio}  → {out} [{key}]", flush=True)
     return 0 if s["failed"] == 0 else 1
 
 

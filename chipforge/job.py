@@ -55,7 +55,8 @@ class JobSpec(Generic[C]):
     a field set to None or an empty string is not an input of this run. ``output_field`` names
     the output directory's field. ``volatile`` fields (resources, cache locations) do not change
     results and are left out of the fingerprint. ``outputs`` counts the primary outputs in a
-    report (for the exit-code policy); ``inputs_count`` counts what went in.
+    report (for the exit-code policy); ``inputs_count`` counts what went in; ``failure`` returns a message when a
+    finished body still failed (a driver whose step failed).
     """
 
     name: str
@@ -67,6 +68,7 @@ class JobSpec(Generic[C]):
     output_field: str = "output_dir"
     volatile: tuple[str, ...] = ()
     outputs: Callable[[dict[str, Any]], int] | None = None
+    failure: Callable[[dict[str, Any]], str | None] | None = None
     inputs_count: Callable[[dict[str, Any]], int] | None = None
     uses_ray: bool = True
     description: str | None = None
@@ -198,7 +200,8 @@ class _Step:
 
     def __enter__(self) -> "_Step":
         self.t0, self.c0 = time.perf_counter(), time.process_time()
-        self.run.progress(f"{self.name} ...")
+        if self.run.verbose:
+            self.run.progress(f"{self.name} ...")
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -206,7 +209,7 @@ class _Step:
         self.run.steps[self.name] = {"wall_s": round(wall, 2),
                                      "driver_cpu_s": round(time.process_time() - self.c0, 2)}
         if exc[0] is None:
-            self.run.progress(f"{self.name} done in {wall:.1f} s")
+            self.run.progress(f"{self.name}: {wall:.1f} s")
 
 
 # --------------------------------------------------------------------------- Ray, quietly
@@ -289,6 +292,12 @@ def main(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], argv: Seque
     return execute(spec, body, cfg, force=opts.flag("force"), verbose=opts.flag("verbose"))
 
 
+def _ray_started() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
 def _local_log_dir() -> str:
     import tempfile
 
@@ -331,9 +340,11 @@ def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, 
     log = os.path.join(_local_log_dir(), f"{spec.name}-{os.getpid()}.log")
     try:
         with NativeLog(log) if quiet else _nothing():
-            if spec.uses_ray:
+            if spec.uses_ray and not _ray_started():
                 with run.step("ray start"):
                     init_ray(verbose)
+            elif spec.uses_ray:
+                init_ray(verbose)
             report = body(cfg, run)
     except JobError as exc:
         print(f"error: {spec.name}: {exc}", file=sys.stderr, flush=True)
@@ -348,12 +359,16 @@ def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, 
     wall = time.perf_counter() - run._t0
     n_out = spec.outputs(report) if spec.outputs else None
     n_in = spec.inputs_count(report) if spec.inputs_count else None
-    failed = n_out == 0 and (n_in is None or n_in > 0)
+    failed_because = spec.failure(report) if spec.failure else None
+    failed = failed_because is not None or (n_out == 0 and (n_in is None or n_in > 0))
     report = {"job": spec.name, "status": "failed" if failed else "ok", "fingerprint": fp,
               "config": cfg.model_dump(mode="json"), **report, "steps": run.steps, "wall_s": round(wall, 2)}
     fs.write_json(fs.join(out, "report.json"), report)
     text = spec.summary(report)
     print(f"== {spec.name} summary ({report['status']}, {wall:.1f} s) → {out}\n{text}", flush=True)
+    if failed_because:
+        print(f"error: {spec.name}: {failed_because}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
     if failed:
         print(f"error: {spec.name}: no output from {n_in if n_in is not None else 'the'} inputs: every input was "
               f"rejected (reasons in {fs.join(out, 'report.json')})", file=sys.stderr, flush=True)

@@ -145,7 +145,7 @@ def summary(report: dict[str, Any]) -> str:
              f"failed {t['failed']}; {t['bytes']} bytes downloaded/read",
              f"  chunks: {t['chunks_before_dedup']} before dedup, {t['dedup_dropped']} exact duplicates dropped, "
              f"{t['too_short_dropped']} too short dropped, {t['extract_errors']} pages failed extraction"]
-    for s in report["sources"]:
+    for s in (s for s in report["sources"] if s["failed"]):
         reasons = ", ".join(f"{k} {v}" for k, v in s["failure_reasons"].items()) or "none"
         lines.append(f"  {s['source']:<18} {s['kind']:<5} pages {s['pages']:>4}  chunks {s['chunks']:>5}  "
                      f"failed {s['failed']:>3} ({reasons})")

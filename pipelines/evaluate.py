@@ -211,7 +211,7 @@ def read_split(dataset_dir: str, phase: str, split: str) -> list[dict[str, Any]]
                                                dataset_dir.split("://", 1)[0] + "://" + p)
                 with filesystem.open_input_file(inner) as f:
                     rows += pq.read_table(f, columns=["id", "messages"]).to_pylist()
-    return sorted(rows, key=lambda r: r["id"])
+    return sorted({r["id"]: r for r in reversed(rows)}.values(), key=lambda r: r["id"])  # an id once
 
 
 def dataset_phases(dataset_dir: str | None) -> list[str]:
@@ -781,8 +781,9 @@ def run(cfg: EvaluateConfig, job: Run) -> dict[str, Any]:
                         passed = sum(r["verdict"] == "pass" for r in small)
                         job.progress(f"checked {len(small)}/{total} rows ({100 * done:.0f}%), {passed} passed")
                         next_report, t_last = done + 0.1, time.perf_counter()
-    if len(small) != total:
-        raise JobError(f"{total - len(small)} of {total} rows came back without a verdict")
+        if len(small) != total or len({r["row_id"] for r in small}) != total:  # samples/ is left as it was
+            raise JobError(f"{total} rows sent, {len(small)} verdicts came back "
+                           f"({len({r['row_id'] for r in small})} distinct)")
     with job.step("aggregate"):
         report = aggregate(small, cfg, specs, phase_info, problems, suite, classifier, route_items, engine_info)
     report.update({

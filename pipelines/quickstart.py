@@ -52,9 +52,9 @@ def step_argv(cfg: QuickstartConfig) -> list[tuple[str, str, list[str]]]:
     first = f"{out}/specialists/{cfg.specialists[0]}"
     for i, phase in enumerate(cfg.specialists):
         argv = ["--config", cfg.finetune_config, "--dataset", f"{out}/dataset", "--phase", phase,
-                "--output", f"{out}/specialists/{phase}", f"registry={registry}"]
-        if i:  # one base model for every specialist: the first one's tiny model
-            argv.append(f"base_model={first}/base_model")
+                "--output", f"{out}/specialists/{phase}", f"registry={registry}", "log_every_steps=18"]
+        if i:  # one base model for every specialist (the first one's), one worker for the small phases
+            argv += [f"base_model={first}/base_model", "scaling.num_workers=1", "optim.micro_batch_size=1"]
         plan.append(("finetune", f"finetune {phase}", argv))
     plan.append(("evaluate", "evaluate", ["--config", cfg.evaluate_config, "--registry", registry,
                                           "--dataset", f"{out}/dataset", "--output", f"{out}/evaluation"]))
@@ -93,6 +93,11 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _failure(report: dict[str, Any]) -> str | None:
+    failed = [k for k, r in report["step_results"].items() if r["exit_code"] != 0]
+    return None if report["ok"] else f"step {failed[0] if failed else '?'} failed (its own error is above)"
+
+
 SPEC = JobSpec(name="quickstart", config=QuickstartConfig, default_config="jobs/configs/quickstart.yaml",
                summary=summary, flags={"--output": "output_dir"}, uses_ray=False, marker=False,
-               outputs=lambda r: r["n_steps_ok"] if r["ok"] else 0, description=__doc__)
+               failure=_failure, description=__doc__)

@@ -35,10 +35,18 @@ __all__ = ["SPEC", "ServeConfig", "run", "summary"]
 
 
 def catalog_of(cfg: ServeConfig) -> Catalog:
+    """The registry's specialists; a local adapter or base model that is not there is a usage error."""
     try:
-        return load_catalog(cfg.registry, prefix=cfg.names.prefix, base_name=cfg.names.base, phases=cfg.phases)
+        catalog = load_catalog(cfg.registry, prefix=cfg.names.prefix, base_name=cfg.names.base, phases=cfg.phases)
     except CatalogError as exc:
         raise ConfigError(f"registry: {exc}") from exc
+    missing = [f"{s.name}: adapter_path {s.adapter_path}" for s in catalog.specialists.values()
+               if not fs.is_uri(s.adapter_path) and not fs.exists(s.adapter_path)]
+    missing += [f"{g.name}: base_model {g.base_model}" for g in catalog.groups
+                if os.path.isabs(g.base_model) and not os.path.exists(g.base_model)]
+    if missing:
+        raise ConfigError(f"registry {cfg.registry}: these do not exist on this machine:\n  " + "\n  ".join(missing))
+    return catalog
 
 
 def endpoint(cfg: ServeConfig) -> str:
@@ -134,7 +142,9 @@ def run(cfg: ServeConfig, job: Run) -> dict[str, Any]:
     report: dict[str, Any] = {"url": url, "models": catalog.model_names(), "backend": cfg.backend,
                               "registry": cfg.registry, "api_key": bool(key_env), "prometheus": metrics}
     if cfg.detach:
-        job.progress(f"detached: application {cfg.app_name!r} keeps running (serve status; serve shutdown to stop)")
+        where = "until this process's local Ray exits (ray start --head first to keep it)" if started_ray else \
+            "on the cluster (serve status; serve delete or serve shutdown to stop)"
+        job.progress(f"detached: application {cfg.app_name!r} keeps running {where}")
         return report
     print("  Ctrl-C to stop", flush=True)
     report["stats"] = _wait(cfg)

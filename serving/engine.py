@@ -427,6 +427,10 @@ class HFEngine:
     def _sample(self, logits: Any, rows: list[_Row], counts: Any) -> list[int]:
         import torch
 
+        if all(r.params.temperature <= 0 and not r.params.logit_bias and not r.params.ignore_eos
+               and not (counts is not None and (r.params.presence_penalty or r.params.frequency_penalty))
+               for r in rows):
+            return [int(t) for t in torch.argmax(logits, dim=-1).tolist()]  # all greedy: no copy of the logits
         logits = logits.float().cpu()
         out = []
         for i, r in enumerate(rows):
