@@ -9,11 +9,13 @@ the pipeline (later steps would only read missing inputs).
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from typing import Any, Literal
 
 from pydantic import Field
 
+from chipforge import fs
 from chipforge import job as jobs
 from chipforge.config import Config
 from chipforge.job import JobSpec, Run
@@ -39,6 +41,11 @@ class QuickstartConfig(Config):
     specialists: list[Phase] = Field(default_factory=lambda: ["rtl_design", "synthesis"], min_length=1)
 
 
+def _absolute(path: str) -> str:
+    """Ray workers do not share the driver's working directory: local paths they read are absolute."""
+    return path if fs.is_uri(path) else os.path.abspath(path)
+
+
 def step_argv(cfg: QuickstartConfig) -> list[tuple[str, str, list[str]]]:
     """(step, label, command line) of each job, wired so each reads the previous ones' outputs."""
     out = cfg.output_dir.rstrip("/")
@@ -54,7 +61,7 @@ def step_argv(cfg: QuickstartConfig) -> list[tuple[str, str, list[str]]]:
         argv = ["--config", cfg.finetune_config, "--dataset", f"{out}/dataset", "--phase", phase,
                 "--output", f"{out}/specialists/{phase}", f"registry={registry}", "log_every_steps=18"]
         if i:  # one base model for every specialist (the first one's), one worker for the small phases
-            argv += [f"base_model={first}/base_model", "scaling.num_workers=1", "optim.micro_batch_size=1"]
+            argv += [f"base_model={_absolute(first)}/base_model", "scaling.num_workers=1", "optim.micro_batch_size=1"]
         plan.append(("finetune", f"finetune {phase}", argv))
     plan.append(("evaluate", "evaluate", ["--config", cfg.evaluate_config, "--registry", registry,
                                           "--dataset", f"{out}/dataset", "--output", f"{out}/evaluation"]))

@@ -332,21 +332,19 @@ class Ingress:
         self.api_key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
         self.stats = Stats(cfg.router.recent_decisions)
         triage = self.catalog.specialists.get("triage")
-        scorer = None
-        if triage is not None:
-            handle = servers[triage.group]
-
-            async def scorer(text: str, phases: list[str]) -> dict[str, float]:
-                return await handle.score_phases.remote(text, phases, "triage")
-
+        self._triage_handle = servers[triage.group] if triage is not None else None
         r = cfg.router
         self.router = Router(self.catalog, mode=r.mode, threshold=r.threshold, fallback=r.fallback,
-                             classifier=r.classifier, scorer=scorer)
+                             classifier=r.classifier, scorer=self._triage_scores if triage is not None else None)
         self._info: dict[int, dict[str, Any]] = {}
         logger.info("chipforge ingress: models %s, router %s (threshold %.2f), api key %s",
                     self.catalog.model_names(), self.router.mode, r.threshold, "on" if self.api_key else "off")
 
     # ------------------------------------------------------------------ helpers
+
+    async def _triage_scores(self, text: str, phases: list[str]) -> dict[str, float]:
+        """The triage specialist's log-likelihood of answering each phase (on its model server)."""
+        return await self._triage_handle.score_phases.remote(text, phases, "triage")
 
     def _auth(self, request: Request) -> None:
         if not self.api_key:

@@ -87,6 +87,9 @@ def test_stop_strings_max_tokens_and_seeds(engine):
     b, _ = result(submit(engine, PROMPTS[1], None, temperature=1.0, seed=7))
     c, _ = result(submit(engine, PROMPTS[1], None, temperature=1.0, seed=8))
     assert a == b and a != c
+    greedy, _ = result(submit(engine, PROMPTS[1], None, max_tokens=8))
+    nucleus, _ = result(submit(engine, PROMPTS[1], None, max_tokens=8, temperature=1.0, top_p=1e-6, seed=3))
+    assert nucleus == greedy  # a nucleus of one token is greedy decoding
     n, end = result(submit(engine, PROMPTS[1], None, max_tokens=7, ignore_eos=True))
     assert end["completion_tokens"] == 7
 

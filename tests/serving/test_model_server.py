@@ -1,0 +1,76 @@
+"""The hf model server's request handling in-process (no Serve): templating, limits, triage scoring."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from serving.catalog import load_catalog
+from serving.router import triage_answer
+
+
+@pytest.fixture(scope="module")
+def server(tiny_registry: dict[str, Any]):
+    from serving.app import ModelServer
+
+    catalog = load_catalog(tiny_registry["registry"])
+    g = catalog.groups[0]
+    args = {"registry": tiny_registry["registry"], "hf": {"torch_threads": 1, "max_model_len": 128},
+            "limits": {"default_max_tokens": 5}}
+    ms = ModelServer({"index": 0, "base_model": g.base_model, "phases": list(g.phases)}, catalog.to_dict(), args)
+    yield ms
+    ms.engine.shutdown()
+
+
+def collect(ms, req: dict[str, Any]) -> list[dict[str, Any]]:
+    async def run() -> list[dict[str, Any]]:
+        return [ev async for batch in ms.generate(req) for ev in batch]
+
+    return asyncio.run(run())
+
+
+def chat(**kw: Any) -> dict[str, Any]:
+    return {"kind": "chat", "adapter": "rtl_design", "n": 1, "stream": False, "max_tokens": None,
+            "sampling": {"temperature": 0.0}, "messages": [{"role": "user", "content": "hi"}], **kw}
+
+
+def test_generate_events_and_defaults(server):
+    events = collect(server, chat(system_prompt="You design RTL."))
+    start, *rest = events
+    with_system = server.engine.chat_prompt_ids([{"role": "system", "content": "You design RTL."},
+                                                 {"role": "user", "content": "hi"}])
+    assert start == {"type": "start", "prompt_tokens": [len(with_system)]}
+    done = [e for e in rest if e.get("done")]
+    assert len(done) == 1 and done[0]["completion_tokens"] <= 5  # limits.default_max_tokens
+    two = collect(server, {"kind": "completion", "adapter": None, "n": 2, "stream": True, "max_tokens": 3,
+                           "echo": True, "sampling": {"temperature": 0.0}, "prompts": ["module", [5, 6, 7]]})
+    assert two[0]["prompt_tokens"][2:] == [3, 3]
+    assert {e["index"] for e in two if e.get("done")} == {0, 1, 2, 3}
+    assert [e["text"] for e in two if e.get("index") == 0 and "text" in e][0] == "module"  # echo
+
+
+def test_request_errors_are_events_not_exceptions(server):
+    (err,) = collect(server, chat(max_tokens=125))
+    assert err["type"] == "error" and err["status"] == 400 and err["param"] == "max_tokens"
+    assert "128 tokens" in err["message"] and "125 in the completion" in err["message"]
+    (err,) = collect(server, chat(messages=[{"role": "user", "content": "word " * 200}]))
+    assert err["status"] == 400 and "maximum context length is 128" in err["message"]
+    (err,) = collect(server, {"kind": "completion", "adapter": None, "n": 1, "max_tokens": 2,
+                              "sampling": {"temperature": 0.0}, "prompts": [[10**7]]})
+    assert err["status"] == 400 and "outside the vocabulary" in err["message"]
+
+
+def test_triage_scores_are_the_answer_likelihoods(server):
+    phases = ["rtl_design", "timing_analysis"]
+    got = asyncio.run(server.score_phases("Fix my hold violation", phases, "timing_analysis"))
+    assert set(got) == set(phases) and all(v < 0 for v in got.values())
+    e = server.engine
+    from chipforge.vocab import SYSTEM_PROMPTS
+
+    prompt = e.chat_prompt_ids([{"role": "system", "content": SYSTEM_PROMPTS["triage"]},
+                                {"role": "user", "content": "Fix my hold violation"}])
+    text = e.tokenizer.decode(prompt, skip_special_tokens=False)
+    cont = e.tokenizer(text + triage_answer("rtl_design"), add_special_tokens=False)["input_ids"][len(prompt):]
+    assert got["rtl_design"] == pytest.approx(e.score(prompt, [cont], "timing_analysis")[0], abs=1e-5)
