@@ -329,7 +329,8 @@ def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, 
         if done.get("fingerprint") == fp:
             print(f"== {spec.name}: up to date, skipped (same config and inputs as the run of "
                   f"{done.get('finished_at', '?')}; --force to redo) → {out}", flush=True)
-            print(done.get("summary", ""), flush=True)
+            if verbose:
+                print(done.get("summary", ""), flush=True)
             return EXIT_OK
         changed = [k for k, v in inputs.items() if done.get("inputs", {}).get(k) != v]
         why = f"inputs changed: {', '.join(changed)}" if changed else "config changed"

@@ -46,6 +46,8 @@ def rule_for(rel: Path) -> str | None:
         return "cluster_launcher"
     if re.fullmatch(r"k8s/[^/]+\.ya?ml", s):
         return "kuberay"
+    if re.fullmatch(r"serving/serve_config[^/]*\.ya?ml", s):
+        return "serve_config"
     return None
 
 
@@ -153,7 +155,9 @@ def check_kuberay(path: Path) -> None:
                 assert isinstance(spec.get("ttlSecondsAfterFinished", 0), int)
             _cluster_spec_ok(spec["rayClusterSpec"], f"{path}:rayClusterSpec")
         elif kind == "RayService":
-            yaml.safe_load(spec["serveConfigV2"])
+            from tests.serving.test_configs import check_serve_dict
+
+            check_serve_dict(yaml.safe_load(spec["serveConfigV2"]), f"{path}:serveConfigV2")
             _cluster_spec_ok(spec["rayClusterConfig"], f"{path}:rayClusterConfig")
         elif kind == "RayCluster":
             _cluster_spec_ok(spec, f"{path}:spec")
@@ -166,6 +170,7 @@ CHECKS = {
     "manifest": check_manifest,
     "cluster_launcher": check_cluster_launcher,
     "kuberay": check_kuberay,
+    "serve_config": lambda p: __import__("tests.serving.test_configs", fromlist=["x"]).check_serve_config(p),
 }
 
 
