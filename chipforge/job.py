@@ -249,10 +249,11 @@ def quiet_ray_loggers(verbose: bool) -> None:
 
 
 class NativeLog:
-    """While active, file descriptor 2 (where Ray's C++ core worker writes) goes to a log file.
+    """While active, file descriptor 2 and ``sys.stderr`` go to a log file.
 
-    Python's ``sys.stderr`` is re-pointed at a copy of the original descriptor, so the job's own
-    errors and tracebacks still reach the terminal; only native lines are kept out of it.
+    Ray's C++ core worker and its error-reporting thread write there (worker-start warnings,
+    harmless error-level lines); the job's own progress goes to stdout, and the skeleton prints
+    its errors and tracebacks after this is closed, so they reach the terminal.
     """
 
     def __init__(self, path: str) -> None:
@@ -263,10 +264,10 @@ class NativeLog:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         self.saved = os.dup(2)
         self.old_stderr = sys.stderr
-        sys.stderr = os.fdopen(os.dup(self.saved), "w", buffering=1, encoding="utf-8", errors="replace")
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 2)
         os.close(fd)
+        sys.stderr = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -25,7 +25,7 @@ from evaluation.models import ModelSpec, engine_row
 REFERENCE = "reference"
 
 
-def _hash(*parts: Any) -> str:
+def row_hash(*parts: Any) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:20]
 
 
@@ -37,11 +37,11 @@ class Rows:
 
     def add(self, kind: str, suite: str, item_id: str, messages: list[dict[str, str]], models: Sequence[str], *,
             sampling: Mapping[str, Any], sample: int = -1, target: Mapping[str, Any] | None = None) -> None:
-        prompt_id = _hash(kind, suite, item_id, sample)
+        prompt_id = row_hash(kind, suite, item_id, sample)
         text = json.dumps(messages, ensure_ascii=False)
         for model in models:
             self.rows.append({
-                "row_id": _hash(prompt_id, model), "prompt_id": prompt_id, "kind": kind, "suite": suite,
+                "row_id": row_hash(prompt_id, model), "prompt_id": prompt_id, "kind": kind, "suite": suite,
                 "item_id": item_id, "model": model, "sample": sample, "messages_json": text,
                 "temperature": float(sampling["temperature"]), "top_p": float(sampling["top_p"]),
                 "max_tokens": int(sampling["max_tokens"]), "seed": sampling.get("seed"),
@@ -199,8 +199,8 @@ def build_rows(cfg: Any, specs: Sequence[ModelSpec], phases: Sequence[str], prob
 def reference_row(kind: str, suite: str, item_id: str, messages: list[dict[str, str]], answer: str,
                   target: Mapping[str, Any]) -> dict[str, Any]:
     """A self-check row: the problem answered by its own reference solution (no engine)."""
-    prompt_id = _hash(kind, suite, item_id, -1)
-    row = {"row_id": _hash(prompt_id, REFERENCE), "prompt_id": prompt_id, "kind": kind, "suite": suite,
+    prompt_id = row_hash(kind, suite, item_id, -1)
+    row = {"row_id": row_hash(prompt_id, REFERENCE), "prompt_id": prompt_id, "kind": kind, "suite": suite,
            "item_id": item_id, "model": REFERENCE, "sample": -1,
            "messages_json": json.dumps(messages, ensure_ascii=False),
            "temperature": None, "top_p": None, "max_tokens": None, "seed": None,

@@ -256,7 +256,12 @@ def summary(r: dict[str, Any]) -> str:
              f"base model {', '.join(map(str, bases)) or '-'}",
              f"simulator: {r['simulator'].get('iverilog')} / {r['simulator'].get('vvp')}; "
              f"sandbox {r['sandbox']['mode']}"]
+    base_only = [p for p, ph in r["phases"].items() if set(ph["loss"]) <= {"base"} and set(ph["generation"]) <= {"base"}]
+    if base_only and len(base_only) < len(r["phases"]):
+        lines.append(f"{len(base_only)} phases without a specialist (base only): {', '.join(base_only)}; see report.json")
     for phase, ph in r["phases"].items():
+        if phase in base_only and len(base_only) < len(r["phases"]):
+            continue
         bits = []
         for m, v in ph["loss"].items():
             bits.append(f"{m} loss {_f(v['loss'])} ppl {_f(v['perplexity'], 1)}")
@@ -294,16 +299,15 @@ def summary(r: dict[str, Any]) -> str:
     diffs = [x for x in r["side_by_side"] if x["difference"] is not None]
     if diffs:
         lines.append("specialist vs base (difference = specialist - base):")
-        for x in diffs[:24]:
+        shown = [x for x in diffs if x["metric"] in ("loss", "pass_rate", "pass_at_1", "compile_rate")][:8]
+        for x in shown:
             lines.append(f"  {x['specialist']:<16} {x['area'][:28]:<28} {x['metric']:<13} {_f(x['specialist_value'])} "
                          f"vs {_f(x['base_value'])} ({x['difference']:+.3f})")
-        if len(diffs) > 24:
-            lines.append(f"  ... {len(diffs) - 24} more in report.json / report.html")
+        if len(diffs) > len(shown):
+            lines.append(f"  ... {len(diffs) - len(shown)} more in report.json / report.html")
     lines.append(f"rows: {r['rows']['total']} judged {r['rows']['judged']}; samples → {r['samples_dir']}; "
                  f"report → {r['report_html']}")
     if r.get("random_weights"):
-        lines.append("note: the base is a tiny random-weight model (built in-process or by the fine-tuning job's "
-                     "base_model: tiny): its answers are noise, so generation and benchmark scores are ~0. This run "
-                     "checks the harness (prompts, engines, sandboxed checks, counts); evaluate real models with a "
-                     "registry of real specialists and --engine vllm/openai.")
+        lines.append("note: a tiny random-weight base: generation and benchmark scores are ~0 by design; this run "
+                     "checks the harness (evaluate real specialists with --registry and --engine vllm/openai).")
     return "\n".join(lines)

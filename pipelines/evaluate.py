@@ -54,7 +54,7 @@ from evaluation import smoke as smoke_mod
 from evaluation.checks import check_batch
 from evaluation.models import (OUTPUT_SCHEMA, PROMPT_SCHEMA, ModelSpec, ModelWorker, build_openai_processor,
                                build_vllm_processor, resolve_models, to_output)
-from evaluation.prompts import _hash, build_rows, dataset_phases
+from evaluation.prompts import row_hash, build_rows, dataset_phases
 from evaluation.report import aggregate, random_base, registry_blocks, summary
 from evaluation.simulate import SimSettings, simulator_versions
 from synthesis import engines, sandbox
@@ -157,8 +157,6 @@ class EvaluateConfig(Config):
             raise ValueError("evaluate_models=false evaluates nothing unless reference=true")
         return self
 
-
-# --------------------------------------------------------------------------- prompt rows
 
 # --------------------------------------------------------------------------- engines on Ray
 
@@ -264,7 +262,7 @@ def check_engine(cfg: EvaluateConfig, specs: Sequence[ModelSpec]) -> dict[str, A
     return {}
 
 
-# --------------------------------------------------------------------------- aggregation
+# --------------------------------------------------------------------------- routing classifier
 
 def classifier_eval(cfg: EvaluateConfig, route_items: list[dict[str, Any]], suite: dict[str, Any] | None
                     ) -> dict[str, Any]:
@@ -354,7 +352,7 @@ def run(cfg: EvaluateConfig, job: Run) -> dict[str, Any]:
         from corpus.phases import load_labelled
 
         all_items = load_labelled(cfg.routing.eval_path, list(PHASES))
-        route_items = sorted(all_items, key=lambda r: _hash(r["id"]))[: cfg.routing.max_items or len(all_items)]
+        route_items = sorted(all_items, key=lambda r: row_hash(r["id"]))[: cfg.routing.max_items or len(all_items)]
     job.progress("models: " + (", ".join(f"{m.name} ({m.kind}{', ' + m.adapter_path if m.adapter_path else ''})"
                                          for m in specs) or "none") + (" + reference" if cfg.reference else ""))
     engine_info = check_engine(cfg, specs)

@@ -137,14 +137,17 @@ def test_help_shows_field_names_not_internal_dests(tmp_path: Path, capsys) -> No
     assert "--output OUTPUT_DIR" in text and "--force" in text and "FLAG__" not in text
 
 
-def test_native_log_keeps_fd2_lines_out_of_the_terminal(tmp_path: Path, capfd) -> None:
+def test_native_log_keeps_ray_lines_out_of_the_terminal(tmp_path: Path, capfd) -> None:
     import os
     import sys
 
     log = tmp_path / "native.log"
     with job.NativeLog(str(log)):
         os.write(2, b"core_worker.cc:1 native noise\n")
-        print("python error line", file=sys.stderr, flush=True)
+        print("(raylet) WARNING: python-side noise", file=sys.stderr, flush=True)
+        print("progress line", flush=True)
+    print("error after the job", file=sys.stderr, flush=True)
     captured = capfd.readouterr()
-    assert "native noise" not in captured.err and "python error line" in captured.err
-    assert "native noise" in log.read_text()
+    assert "noise" not in captured.err and "progress line" in captured.out
+    assert "error after the job" in captured.err
+    assert "native noise" in log.read_text() and "python-side noise" in log.read_text()

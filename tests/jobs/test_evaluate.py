@@ -18,7 +18,8 @@ import pytest
 
 from chipforge.config import launch_command, load_config, read_yaml, validate
 from jobs import evaluate as job_module
-from pipelines.evaluate import SPEC, EvaluateConfig, Rows, build_rows, greedy
+from evaluation.prompts import Rows, build_rows, greedy
+from pipelines.evaluate import SPEC, EvaluateConfig
 from synthesis.engines import SamplingConfig
 from tests.evaluation.conftest import fake_models, rtllm_checkout, specialists, v2_checkout  # noqa: F401 — fixtures
 

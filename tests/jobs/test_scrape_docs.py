@@ -97,7 +97,7 @@ def test_job_crawls_a_site_and_reuses_its_cache(ray_session, doc_site: DocSite, 
     assert sum(u.endswith("/sta.md") for u in table.column("url").to_pylist()) == 1  # first in URL order kept
     assert any("```yosys\nread_verilog top.v" in t for t in table.column("text").to_pylist())
 
-    assert scrape_docs.main(["--config", str(cfg), "--output", str(out)]) == 0
+    assert scrape_docs.main(["--config", str(cfg), "--output", str(out), "--force"]) == 0
     again = json.loads((out / "report.json").read_text())
     site2 = next(s for s in again["sources"] if s["source"] == "testsite")
     assert site2["revalidated"] == 7 and site2["fetched"] == 0

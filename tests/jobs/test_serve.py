@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 
 import pytest
@@ -60,3 +62,4 @@ def test_serve_job_deploys_the_registry(ray_session, tiny_registry, tmp_path, ca
         assert report["status"] == "ok" and report["url"] == url and report["models"][0] == "chipforge"
     finally:
         serve.delete("job-test")
+        os.environ["CHIPFORGE_TEST_SERVE_APP_DELETED"] = "1"  # read by tests/serving/test_server.py
