@@ -156,7 +156,8 @@ def load_config(
 
 
 _EXTRA_HELP = {"--force": "redo the job even if its output is up to date",
-               "--verbose": "show Ray's own log lines and progress bars"}
+               "--verbose": "show Ray's own log lines and progress bars",
+               "--brief": "print the first lines of the summary only (the quickstart's steps)"}
 
 
 def validate(cls: type[C], data: Mapping[str, Any], *, source: str,

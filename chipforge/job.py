@@ -182,6 +182,7 @@ class Run:
     output_dir: str
     verbose: bool = False
     force: bool = False
+    brief: bool = False
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     _t0: float = field(default_factory=time.perf_counter)
 
@@ -285,12 +286,12 @@ def main(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], argv: Seque
     try:
         cfg, opts = load_config(
             spec.config, argv, prog=f"python -m jobs.{_module_name(spec)}", default_config=spec.default_config,
-            flags=spec.flags, description=spec.description, extra_flags=("--force", "--verbose"), with_origins=True)
+            flags=spec.flags, description=spec.description, extra_flags=("--force", "--verbose", "--brief"), with_origins=True)
         check_paths(spec, cfg, opts.origin)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
-    return execute(spec, body, cfg, force=opts.flag("force"), verbose=opts.flag("verbose"))
+    return execute(spec, body, cfg, force=opts.flag("force"), verbose=opts.flag("verbose"), brief=opts.flag("brief"))
 
 
 def _ray_started() -> bool:
@@ -320,7 +321,7 @@ def _module_name(spec: JobSpec[Any]) -> str:
 
 
 def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, *, force: bool = False,
-            verbose: bool = False) -> int:
+            verbose: bool = False, brief: bool = False) -> int:
     """Steps 2–4 of the skeleton for an already validated config (tests and the quickstart call this)."""
     out = str(_get(cfg, spec.output_field))
     fp, inputs = fingerprint(spec, cfg)
@@ -336,7 +337,7 @@ def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, 
         changed = [k for k, v in inputs.items() if done.get("inputs", {}).get(k) != v]
         why = f"inputs changed: {', '.join(changed)}" if changed else "config changed"
         print(f"== {spec.name}: rerunning ({why})", flush=True)
-    run = Run(spec.name, out, verbose=verbose, force=force)
+    run = Run(spec.name, out, verbose=verbose, force=force, brief=brief)
     fs.delete(marker)
     quiet = spec.uses_ray and not verbose
     log = os.path.join(_local_log_dir(), f"{spec.name}-{os.getpid()}.log")
@@ -367,7 +368,10 @@ def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, 
               "config": cfg.model_dump(mode="json"), **report, "steps": run.steps, "wall_s": round(wall, 2)}
     fs.write_json(fs.join(out, "report.json"), report)
     text = spec.summary(report)
-    print(f"== {spec.name} summary ({report['status']}, {wall:.1f} s) → {out}\n{text}", flush=True)
+    shown = text
+    if brief and text.count("\n") > 2:
+        shown = "\n".join(text.splitlines()[:2] + [f"(full summary: {fs.join(out, 'report.json')})"])
+    print(f"== {spec.name} summary ({report['status']}, {wall:.1f} s) → {out}\n{shown}", flush=True)
     if failed_because:
         print(f"error: {spec.name}: {failed_because}", file=sys.stderr, flush=True)
         return EXIT_FAILED

@@ -387,14 +387,14 @@ def run(cfg: EvaluateConfig, job: Run) -> dict[str, Any]:
                 "problems": all_problems, "settings": asdict(cfg.simulation.settings()), "phases": list(PHASES),
                 "samples_dir": worker_tmp, "allow_unsandboxed": cfg.simulation.allow_unsandboxed})
             with job.step("generate + check"):
-                next_report, t_last = 0.1, time.perf_counter()
+                next_report, t_last = 0.5, time.perf_counter()
                 for batch in checked.iter_batches(batch_format="pyarrow", batch_size=None):
                     small += batch.to_pylist()
                     done = len(small) / max(1, total)
                     if done >= next_report or time.perf_counter() - t_last > 30:
                         passed = sum(r["verdict"] == "pass" for r in small)
                         job.progress(f"checked {len(small)}/{total} rows ({100 * done:.0f}%), {passed} passed")
-                        next_report, t_last = done + 0.1, time.perf_counter()
+                        next_report, t_last = done + 0.5, time.perf_counter()
         if len(small) != total or len({r["row_id"] for r in small}) != total:  # samples/ is left as it was
             raise JobError(f"{total} rows sent, {len(small)} verdicts came back "
                            f"({len({r['row_id'] for r in small})} distinct)")

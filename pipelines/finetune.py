@@ -235,11 +235,11 @@ def summary(r: dict[str, Any]) -> str:
     first, last = r["train_loss_first"], r["train_loss_last"]
     change = f" ({100 * (last - first) / first:+.0f}%)" if first else ""
     resumed = f", resumed after step(s) {r['resumed_from_step']}" if r.get("resumed_from_step") else ""
+    lines[:0] = [f"loss: {first:.3f} -> {last:.3f}{change}; eval loss {r['eval_loss']:.3f} "
+                 f"(perplexity {r['eval_perplexity']:.1f})"]
     lines += [
         f"training: {r['optimizer_steps']} steps ({r['epochs_done']} epochs) on {r['train_rows']} token rows, "
         f"{r['tokens_per_s']:.0f} tokens/s, {r['train_time_s']:.1f} s in training steps{resumed}",
-        f"loss: {first:.3f} -> {last:.3f}{change}; eval loss {r['eval_loss']:.3f} "
-        f"(perplexity {r['eval_perplexity']:.1f})",
         f"adapter: {r['adapter_path']} (PEFT; tokenizer/, config.yaml, tensorboard/ beside it)",
     ]
     if r.get("registry_entry"):

@@ -76,7 +76,8 @@ def run_step(step: str, argv: list[str]) -> int:
 
 def run(cfg: QuickstartConfig, job: Run, runner: Any = None) -> dict[str, Any]:
     runner = runner or run_step
-    extra = [*(["--force"] if job.force else []), *(["--verbose"] if job.verbose else [])]
+    extra = [*(["--force"] if job.force else []), *(["--verbose"] if job.verbose else []),
+             *([] if job.verbose else ["--brief"])]
     steps: dict[str, dict[str, Any]] = {}
     plan = step_argv(cfg)
     for step, label, argv in plan:
