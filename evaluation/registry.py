@@ -10,30 +10,14 @@ never sees half a file. ``training.registry`` is only read here (it is owned by 
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from chipforge import fs
+from training.registry import lock
 
 
-@contextlib.contextmanager
-def registry_lock(path: str) -> Iterator[None]:
-    """The lock ``training.registry.register`` holds while it writes (``<path>.lock``, flock)."""
-    if fs.is_uri(path):
-        yield
-        return
-    import fcntl
-
-    lock_path = os.path.abspath(os.path.expanduser(path)) + ".lock"
-    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
-    with open(lock_path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+registry_lock = lock  # the lock training.registry.register holds while it writes
 
 
 def record_evaluations(path: str, evaluations: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -63,13 +63,14 @@ def get(path: str, phase: str) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def _lock(path: str) -> Iterator[None]:
+def lock(path: str) -> Iterator[None]:
+    """Exclusive lock (``<path>.lock``, flock) held by every writer of the registry file."""
     if fs.is_uri(path):  # object stores: last writer wins (each write is still atomic)
         yield
         return
     import fcntl
 
-    lock_path = os.path.abspath(path) + ".lock"
+    lock_path = os.path.abspath(os.path.expanduser(path)) + ".lock"
     os.makedirs(os.path.dirname(lock_path), exist_ok=True)
     with open(lock_path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -101,7 +102,7 @@ def register(
         "run": run,
         "registered_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    with _lock(path):
+    with lock(path):
         data = load(path)
         data["specialists"][phase] = entry
         fs.write_json(path, data)
