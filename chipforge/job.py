@@ -74,6 +74,9 @@ class JobSpec(Generic[C]):
     description: str | None = None
     extra_inputs: Callable[[Any], Mapping[str, str]] | None = None
     marker: bool = True
+    # Checks that need the inputs (not just the config) and must fail before Ray starts; raises
+    # ConfigError (exit 2) naming what is wrong.
+    preflight: Callable[[Any], None] | None = None
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -337,6 +340,12 @@ def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, 
         changed = [k for k, v in inputs.items() if done.get("inputs", {}).get(k) != v]
         why = f"inputs changed: {', '.join(changed)}" if changed else "config changed"
         print(f"== {spec.name}: rerunning ({why})", flush=True)
+    if spec.preflight:
+        try:
+            spec.preflight(cfg)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return EXIT_USAGE
     run = Run(spec.name, out, verbose=verbose, force=force, brief=brief)
     fs.delete(marker)
     quiet = spec.uses_ray and not verbose

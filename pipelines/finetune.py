@@ -79,13 +79,8 @@ def prepare(cfg: FinetuneConfig, job: Run) -> PreparedDatasets:
     from training.data import CHECKED_SCHEMA
     from training.model import prepare_base
 
-    try:
-        files = example_files(cfg.dataset_dirs(), cfg.phase)
-    except DatasetError as exc:  # a phase the dataset lacks: a usage error, like a bad flag
-        raise ConfigError(str(exc)) from exc
-    for d in cfg.extra_dataset_dirs:
-        if not fs.exists(d):
-            raise ConfigError(f"extra_dataset_dirs: input {d!r} does not exist (expected a dataset directory)")
+    check_inputs(cfg)
+    files = example_files(cfg.dataset_dirs(), cfg.phase)
     res = cfg.tokenize
     with job.step("read + validate"):
         items = [{"path": worker_path(f["path"]), "split": f["split"]} for f in files]
@@ -126,6 +121,17 @@ def prepare(cfg: FinetuneConfig, job: Run) -> PreparedDatasets:
     job.progress(f"token rows: {info['train_rows']} train, {info['eval_rows']} validation "
                  f"({info['tokens']['train']} train tokens, max_length {cfg.max_length})")
     return PreparedDatasets(datasets, base_path, plan, info)
+
+
+def check_inputs(cfg: FinetuneConfig) -> None:
+    """Before Ray starts: the dataset has the phase, and every extra dataset directory exists."""
+    try:
+        example_files(cfg.dataset_dirs(), cfg.phase)
+    except DatasetError as exc:  # a phase the dataset lacks: a usage error, like a bad flag
+        raise ConfigError(str(exc)) from exc
+    for d in cfg.extra_dataset_dirs:
+        if not fs.exists(d):
+            raise ConfigError(f"extra_dataset_dirs: input {d!r} does not exist (expected a dataset directory)")
 
 
 def extra_dataset_inputs(cfg: FinetuneConfig) -> dict[str, str]:
@@ -222,13 +228,23 @@ def register(cfg: FinetuneConfig, trained: FinetuneConfig, report: dict[str, Any
                config=trained.model_dump(mode="json"), run=run)
 
 
-def summary(r: dict[str, Any]) -> str:
+def data_lines(r: dict[str, Any]) -> list[str]:
+    """The summary's lines on what was read, split and rejected (finetune and tune)."""
     ex = r["examples"]
     lines = [f"examples: {ex['read']} read; {ex['train']} train, {ex['validation']} validation "
              f"({ex['validation_from']})"]
     if r.get("rejected"):
         lines.append(f"rejected: {sum(r['rejected'].values())} rows {r['rejected']}")
         lines += [f"  {m}" for m in r.get("rejected_examples", [])[:3]]
+    return lines
+
+
+def registered_line(r: dict[str, Any]) -> list[str]:
+    return [f"registered as the {r['phase']} specialist in {r['config']['registry']}"] if r.get("registry_entry") else []
+
+
+def summary(r: dict[str, Any]) -> str:
+    lines = data_lines(r)
     if "optimizer_steps" not in r:
         lines.append("not trained: no valid training example")
         return "\n".join(lines)
@@ -242,9 +258,7 @@ def summary(r: dict[str, Any]) -> str:
         f"{r['tokens_per_s']:.0f} tokens/s, {r['train_time_s']:.1f} s in training steps{resumed}",
         f"adapter: {r['adapter_path']} (PEFT; tokenizer/, config.yaml, tensorboard/ beside it)",
     ]
-    if r.get("registry_entry"):
-        lines.append(f"registered as the {r['phase']} specialist in {r['config']['registry']}")
-    return "\n".join(lines)
+    return "\n".join(lines + registered_line(r))
 
 
 SPEC = JobSpec(
@@ -252,5 +266,5 @@ SPEC = JobSpec(
     flags={"--dataset": "dataset_dir", "--phase": "phase", "--output": "output_dir"},
     inputs={"dataset_dir": "a dataset written by python -m jobs.build_dataset"},
     volatile=VOLATILE, outputs=lambda r: r["examples"]["train"], inputs_count=lambda r: r["examples"]["read"],
-    description=__doc__, extra_inputs=extra_dataset_inputs,
+    description=__doc__, extra_inputs=extra_dataset_inputs, preflight=check_inputs,
 )

@@ -23,7 +23,17 @@ from pydantic import Field
 from chipforge import fs
 from chipforge.config import Config
 from chipforge.job import JobError, JobSpec, Run
-from pipelines.finetune import VOLATILE, extra_dataset_inputs, prepare, register, rejected_report, train_plan
+from pipelines.finetune import (
+    VOLATILE,
+    check_inputs,
+    data_lines,
+    extra_dataset_inputs,
+    prepare,
+    register,
+    registered_line,
+    rejected_report,
+    train_plan,
+)
 from training.config import FinetuneConfig
 from training.sweep import AshaSettings, SearchSpace, apply_trial, param_space
 
@@ -138,12 +148,7 @@ def run(cfg: TuneJobConfig, job: Run) -> dict[str, Any]:
 
 
 def summary(r: dict[str, Any]) -> str:
-    ex = r["examples"]
-    lines = [f"examples: {ex['read']} read; {ex['train']} train, {ex['validation']} validation "
-             f"({ex['validation_from']})"]
-    if r.get("rejected"):
-        lines.append(f"rejected: {sum(r['rejected'].values())} rows {r['rejected']}")
-        lines += [f"  {m}" for m in r.get("rejected_examples", [])[:3]]
+    lines = data_lines(r)
     if "best_trial" not in r:
         lines.append("no sweep: no valid training example")
         return "\n".join(lines)
@@ -159,9 +164,7 @@ def summary(r: dict[str, Any]) -> str:
         f"(perplexity {r['eval_perplexity']:.1f}), loss {r['train_loss_first']:.3f} -> {r['train_loss_last']:.3f}",
         f"adapter: {r['adapter_path']} (PEFT); every trial in sweep.json",
     ]
-    if r.get("registry_entry"):
-        lines.append(f"registered as the {r['phase']} specialist in {r['config']['registry']}")
-    return "\n".join(lines)
+    return "\n".join(lines + registered_line(r))
 
 
 SPEC = JobSpec(
@@ -172,4 +175,5 @@ SPEC = JobSpec(
     volatile=("trial_cpus", "max_concurrent_trials", *(f"finetune.{v}" for v in VOLATILE)),
     outputs=lambda r: r["examples"]["train"], inputs_count=lambda r: r["examples"]["read"],
     description=__doc__, extra_inputs=lambda cfg: extra_dataset_inputs(cfg.finetune),
+    preflight=lambda cfg: check_inputs(cfg.finetune),
 )
