@@ -110,3 +110,17 @@ def fit_to_cluster(stages: Mapping[str, StageResources], total_cpus: float, *, r
         say(f"stages asked for {demand:g} CPUs of {total_cpus:g}; scaled to fit: "
             + ", ".join(f"{k} {v.concurrency or 1}x{v.num_cpus:g}" for k, v in out.items()))
     return out
+
+
+def read_cpus(stages: Mapping[str, StageResources], total_cpus: float, *, want: float = 1.0) -> float | None:
+    """CPUs for each read task beside the (fitted) actor pools ``stages``: ``want`` where it fits.
+
+    Ray Data read tasks ask for 1 CPU by default; on a 1-CPU cluster :func:`fit_to_cluster` can
+    only leave a fraction free, and a read that asks for more than is free waits forever. This
+    returns what is free (at least 0.05, at most ``want``); None when Ray is not running (keep
+    Ray's default).
+    """
+    if total_cpus <= 0:
+        return None
+    used = sum(r.num_cpus * (r.concurrency or 1) for r in stages.values())
+    return round(max(0.05, min(want, total_cpus - used)), 2)

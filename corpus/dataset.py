@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import posixpath
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,6 +32,7 @@ import pyarrow.compute as pc
 
 from chipforge.vocab import SYSTEM_PROMPTS, content_hash
 from corpus.schema import DOCS_SCHEMA, EXAMPLES_SCHEMA, MODULES_SCHEMA, SchemaError, conform, from_rows
+from corpus.splits import doc_group, module_group
 
 log = logging.getLogger(__name__)
 
@@ -61,80 +63,240 @@ def make_example(phase: str, task: str, user: str, assistant: str, source: str,
     }
 
 
-def _spec(row: dict[str, Any]) -> str:
-    ports = "\n".join(f"- {p['direction'] or ''} {p['type'] or ''} {p['name']}".replace("  ", " ")
-                      for p in row.get("ports") or [])
-    params = "\n".join(f"- {p['name']} (default {p['default']})" for p in row.get("parameters") or [])
-    parts = [f"Module name: {row['name']}", f"Description:\n{row['comment'].strip()}"]
+def description(row: Mapping[str, Any]) -> str:
+    """The author's header comment without a leading ``<name>:`` / ``<name> -`` prefix (issue 13:
+    15 of 19 explanations began by repeating the module name)."""
+    text = (row.get("comment") or "").strip()
+    name = re.escape(row.get("name") or "")
+    if name:
+        text = re.sub(rf"^\s*(?:module\s+)?`?{name}`?\s*(?:[:\-\u2013\u2014]+|is\b)\s*", "", text, count=1,
+                      flags=re.IGNORECASE)
+    text = text.strip()
+    return text[:1].upper() + text[1:]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z][A-Za-z0-9_]*", text.lower())
+
+
+def describable(row: Mapping[str, Any], min_chars: int, min_words: int = 4) -> bool:
+    """Whether the author's comment describes behaviour rather than restating the header: at
+    least ``min_chars`` characters and ``min_words`` words that are not the module's, its
+    ports' or its parameters' names (``clk``, ``data`` ... alone describe nothing)."""
+    text = description(row)
+    if len(text) < min_chars:
+        return False
+    names = {(row.get("name") or "").lower(), "module", "input", "output", "inout", "wire", "reg", "logic"}
+    names |= {(p.get("name") or "").lower() for p in (row.get("ports") or []) + (row.get("parameters") or [])}
+    return sum(1 for w in _words(text) if w not in names) >= min_words
+
+
+def _width(ptype: str) -> str:
+    """Width of a port from its declared type: ``[7:0]`` → 8 bits, ``[W-1:0]`` → W bits."""
+    m = re.search(r"\[([^\]:]+):([^\]]+)\]", ptype)
+    if not m:
+        return "1 bit" if not re.search(r"[A-Za-z_]\w*\.\w+|_t\b|_if\b", ptype) else f"type {ptype.strip()}"
+    hi, lo = m.group(1).strip(), m.group(2).strip()
+    if hi.isdigit() and lo.isdigit():
+        n = abs(int(hi) - int(lo)) + 1
+        return f"{n} bit" + ("s" if n != 1 else "")
+    minus = re.fullmatch(r"(.+?)\s*-\s*1", hi)
+    if minus and lo == "0":
+        return f"{minus.group(1).strip()} bits"
+    return f"bits [{hi}:{lo}]"
+
+
+def _port_kind(ptype: str) -> str:
+    """``8 bits, reg`` from ``reg [7:0]``: the width, then the declared keywords without the range."""
+    words = re.sub(r"\[[^\]]*\]", " ", ptype).split()
+    return ", ".join([_width(ptype), *words]) if words and not _width(ptype).startswith("type ") else _width(ptype)
+
+
+def port_comments(source: str, ports: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Port name → the author's trailing ``//`` comment on its declaration line, where there is one."""
+    out: dict[str, str] = {}
+    names = {p.get("name") for p in ports if p.get("name")}
+    for line in source.splitlines():
+        code, sep, comment = line.partition("//")
+        if not sep or not comment.strip():
+            continue
+        for name in names:
+            if name not in out and re.search(rf"\b(input|output|inout)\b.*\b{re.escape(name)}\b", code):
+                out[name] = comment.strip()
+    return out
+
+
+def spec_text(row: Mapping[str, Any]) -> str:
+    """A specification from everything the parser knows except the body: the kind and name, the
+    author's description, the parameters with defaults, the ports with direction, width and the
+    author's port comments, and the submodules it instantiates (localparams are implementation)."""
+    kind = row.get("kind") or "module"
+    comments = port_comments(row.get("source") or "", row.get("ports") or [])
+    parts = [f"{kind.capitalize()} name: {row['name']}", f"Behaviour:\n{description(row)}"]
+    params = [p for p in row.get("parameters") or [] if (p.get("kind") or "parameter") == "parameter"]
     if params:
-        parts.append(f"Parameters:\n{params}")
+        parts.append("Parameters:\n" + "\n".join(f"- {p['name']} (default {p['default']})" for p in params))
+    ports = row.get("ports") or []
     if ports:
-        parts.append(f"Ports:\n{ports}")
+        lines = []
+        for p in ports:
+            ptype = p.get("type") or ""
+            signed = ", signed" if re.search(r"\bsigned\b", ptype) else ""
+            note = f": {comments[p['name']]}" if p["name"] in comments else ""
+            lines.append(f"- {p['name']}: {p.get('direction') or 'port'}, {_width(ptype)}{signed}{note}")
+        parts.append("Ports:\n" + "\n".join(lines))
+    subs = sorted(set(row.get("instances") or []))
+    if subs:
+        parts.append("Instantiates: " + ", ".join(subs))
     return "\n\n".join(parts)
 
 
-def _explanation(row: dict[str, Any]) -> str:
-    """Answer for explain_module: the author's comment, then the interface and the submodules."""
-    parts = [f"`{row['name']}`: {row['comment'].strip()}"]
-    ins = [p for p in row.get("ports") or [] if (p.get("direction") or "").startswith("in")]
-    outs = [p for p in row.get("ports") or [] if (p.get("direction") or "").startswith("out")]
-    other = [p for p in row.get("ports") or [] if p not in ins and p not in outs]
+def _explanation(row: Mapping[str, Any]) -> str:
+    """Answer for explain_module: the author's description (no name prefix), the interface, the submodules."""
+    parts = [description(row)]
+    ports = row.get("ports") or []
+    ins = [p for p in ports if (p.get("direction") or "").startswith("in")]
+    outs = [p for p in ports if (p.get("direction") or "").startswith("out")]
+    other = [p for p in ports if p not in ins and p not in outs]
     for label, ps in (("Inputs", ins), ("Outputs", outs), ("Other ports", other)):
         if ps:
-            parts.append(f"{label}: " + ", ".join(f"`{p['name']}`" + (f" ({p['type']})" if p.get("type") else "") for p in ps) + ".")
-    if row.get("parameters"):
-        parts.append("Parameters: " + ", ".join(f"`{p['name']}` (default {p['default']})" for p in row["parameters"]) + ".")
+            parts.append(f"{label}: " + ", ".join(f"`{p['name']}` ({_port_kind(p.get('type') or '')})" for p in ps) + ".")
+    params = [p for p in row.get("parameters") or [] if (p.get("kind") or "parameter") == "parameter"]
+    if params:
+        parts.append("Parameters: " + ", ".join(f"`{p['name']}` (default {p['default']})" for p in params) + ".")
     if row.get("instances"):
         parts.append("It instantiates: " + ", ".join(f"`{i}`" for i in sorted(set(row["instances"]))) + ".")
     return "\n\n".join(parts)
 
 
 def module_skip_reason(row: dict[str, Any], min_comment_chars: int, max_error_share: float) -> str | None:
+    """Why a module yields no examples, or None. ``description_too_short``: the module cannot be
+    described (see ``describable``), so no specification can be written for it."""
+    # --- decontam: the corpus job marked this module as a copy of a benchmark problem ---
+    if row.get("contaminated_by"):
+        return f"contaminated_module:{row['contaminated_by']}"
+    # --- end decontam ---
     if not row.get("keep"):
         return "not_kept_by_dedup"
     if not row.get("parse_ok") or (row.get("error_line_share") or 0.0) > max_error_share:
         return "parse_error"
-    if len((row.get("comment") or "").strip()) < min_comment_chars:
+    if not describable(row, min_comment_chars):
         return "description_too_short"
     return None
 
 
+def header_end(source: str) -> int | None:
+    """Character offset just past the declaration header (``module m #(...) (...);``): the first
+    ``;`` outside parentheses, comments and strings; None when there is none."""
+    depth, i, n = 0, 0, len(source)
+    while i < n:
+        c = source[i]
+        if source.startswith("//", i):
+            i = source.find("\n", i)
+            i = n if i < 0 else i
+            continue
+        if source.startswith("/*", i):
+            j = source.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+            continue
+        if c == '"':
+            j = i + 1
+            while j < n and source[j] != '"':
+                j += 2 if source[j] == "\\" else 1
+            i = j + 1
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == ";" and depth == 0:
+            return i + 1
+        i += 1
+    return None
+
+
+def split_header(row: Mapping[str, Any]) -> tuple[str, str] | str:
+    """(header, body) for complete_module, or the reason it cannot be built.
+
+    A package has no port header (``package p;`` says nothing the spec does not), so it is
+    skipped rather than cut at the first ``);`` inside a function, as the line-based split did."""
+    kind = row.get("kind") or "module"
+    if kind == "package":
+        return "package_has_no_header"
+    src = row["source"]
+    end = header_end(src)
+    if end is None:
+        return "no_header"
+    nl = src.find("\n", end)
+    cut = len(src) if nl < 0 else nl
+    header, body = src[:cut].rstrip(), src[cut:].strip("\n")
+    lines = [ln for ln in body.splitlines() if ln.strip()]
+    if len(lines) < 2:  # only the end keyword: nothing to complete
+        return "empty_body"
+    return header, body
+
+
 def module_examples(row: dict[str, Any], phase: str = "rtl_design") -> list[dict[str, Any]]:
-    """write_module / explain_module / complete_module for one kept, described module."""
+    """write_module / explain_module / complete_module for one kept, described module.
+
+    A complete_module that cannot be built comes back as a skip row ``complete_module_skipped:<reason>``.
+    """
     src = row["source"]
     prov = {"repo": row["repo"], "commit": row.get("commit"), "path": row["path"],
             "start_line": row.get("start_line"), "end_line": row.get("end_line"), "url": row.get("url"),
             "section": None, "generator": None}
-    spec = _spec(row)
-    lines = src.splitlines()
-    header_end = next((i for i, ln in enumerate(lines) if ");" in ln), 0) + 1
-    header, body = "\n".join(lines[:header_end]), "\n".join(lines[header_end:])
+    spec = spec_text(row)
+    kind = row.get("kind") or "module"
+    lang = "systemverilog" if kind in ("package", "interface") or re.search(r"\blogic\b", src) else "verilog"
     out = [
-        make_example(phase, "write_module", f"Write a Verilog module from this specification.\n\n{spec}",
-                     f"```verilog\n{src}\n```", "verilog_code", prov, row.get("license")),
-        make_example(phase, "explain_module", f"Explain what this module does.\n\n```verilog\n{src}\n```",
+        make_example(phase, "write_module", f"Write a {'SystemVerilog' if lang == 'systemverilog' else 'Verilog'} "
+                     f"{kind} from this specification.\n\n{spec}",
+                     f"```{lang}\n{src}\n```", "verilog_code", prov, row.get("license")),
+        make_example(phase, "explain_module", f"Explain what this {kind} does.\n\n```{lang}\n{src}\n```",
                      _explanation(row), "verilog_code", prov, row.get("license")),
     ]
-    if body.strip():
+    parts = split_header(row)
+    if isinstance(parts, str):
+        out.append({"skip": f"complete_module_skipped:{parts}", "phase": phase, "group": row["repo"]})
+    else:
+        header, body = parts
         out.append(make_example(phase, "complete_module",
-                                f"Complete the body of this module.\n\n{spec}\n\n```verilog\n{header}\n```",
-                                f"```verilog\n{body}\n```", "verilog_code", prov, row.get("license")))
+                                f"Complete the body of this {kind}.\n\n{spec}\n\n```{lang}\n{header}\n```",
+                                f"```{lang}\n{body}\n```", "verilog_code", prov, row.get("license")))
     return out
 
 
+DOC_QUESTIONS: tuple[str, ...] = (
+    "In {tool}, what does the documentation say about {topic}?",
+    "Can you explain {topic} in {tool}?",
+    "I am using {tool}. What should I know about {topic}?",
+)
+
+
+def doc_question(row: Mapping[str, Any]) -> str:
+    """A question from the section's titles only (no engine here): never any of the answer's
+    text (issue 13: every prompt ended with ``(context: <the answer's first line>)``). The
+    template is picked by a hash of the chunk id, so the wording varies but is reproducible."""
+    path = [s for s in (row.get("section_path") or []) if s]
+    if len(path) >= 2:
+        topic = f"\"{path[-1]}\" (in \"{path[0]}\")"
+    else:
+        topic = f"\"{(path or [row.get('title') or row['source']])[0]}\""
+    tool = row.get("tool") or row["source"]
+    template = DOC_QUESTIONS[int(content_hash(row.get("id") or topic)[:8], 16) % len(DOC_QUESTIONS)]
+    return template.format(tool=tool, topic=topic)
+
+
 def doc_examples(row: dict[str, Any], phase: str) -> list[dict[str, Any]]:
-    """doc_qa grounded in the chunk, plus a triage (router) example for the same question."""
+    """doc_qa (a section-title question, the section as the answer). Router (triage) examples
+    come from corpus/router.py (labelled questions), not from the classifier's phase here."""
     path = [s for s in (row.get("section_path") or []) if s]
     topic = " > ".join(path) or (row.get("title") or row["source"])
-    tool = row.get("tool") or row["source"]
-    first = row["text"].strip().split("\n", 1)[0][:160]
-    question = f"In {tool}, what does the documentation say about \"{topic}\"? (context: {first})"
+    question = doc_question(row)
     prov = {"repo": None, "commit": None, "path": None, "start_line": None, "end_line": None,
             "url": row.get("url"), "section": topic, "generator": None}
     return [
         make_example(phase, "doc_qa", question, row["text"].strip(), "documentation", prov, row.get("license")),
-        make_example("triage", "route", question, json.dumps({"phase": phase}), "documentation", prov,
-                     row.get("license")),
     ]
 
 
@@ -246,7 +408,7 @@ class ModuleStage:
     Phase: ``rtl_design`` unless a classifier is given (``classify=True``) and it assigns another
     phase (e.g. power_analysis for a clock-gating cell) with probability ≥ ``min_confidence``
     over the module's name + header comment: a module is RTL first, so only a confident call
-    moves it. Each kept module also yields one triage (router) example from its spec.
+    moves it. No triage (router) examples here: corpus/router.py builds them from labelled questions.
     """
 
     def __init__(self, min_comment_chars: int = 20, max_error_share: float = 0.05, classify: bool = False,
@@ -261,20 +423,18 @@ class ModuleStage:
     def phases(self, rows: list[dict[str, Any]]) -> list[str]:
         if self.clf is None or not rows:
             return ["rtl_design"] * len(rows)
-        return module_phases(self.clf, [f"{r['name']}: {r['comment']}" for r in rows], self.min_confidence)
+        return module_phases(self.clf, [f"{r['name']}: {r.get('comment') or ''}" for r in rows], self.min_confidence)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         batch, rows = validate_rows(batch, MODULES_SCHEMA, MODULE_REQUIRED, "repo", "dataset.modules")
-        usable: list[dict[str, Any]] = []
-        for r in batch.to_pylist():
+        modules = batch.to_pylist()
+        # every valid row is classified, so the report can say which phase a filter took rows from
+        for r, phase in zip(modules, self.phases(modules)):
             reason = module_skip_reason(r, self.min_comment_chars, self.max_error_share)
             if reason:
-                rows.append({"skip": reason, "group": r["repo"]})
+                rows.append({"skip": reason, "phase": phase, "group": module_group(r)})
             else:
-                usable.append(r)
-        for r, phase in zip(usable, self.phases(usable)):
-            rows.extend(module_examples(r, phase))
-            rows.append(module_triage_example(r, phase))
+                rows.extend({**e, "group": module_group(r)} for e in module_examples(r, phase))
         return _tagged(rows, lambda e: e["provenance"]["repo"])
 
 
@@ -294,17 +454,8 @@ def module_phases(clf: Any, texts: list[str], min_confidence: float) -> list[str
     return out
 
 
-def module_triage_example(row: dict[str, Any], phase: str) -> dict[str, Any]:
-    """Router example: the module's spec as a request → {"phase": ...}."""
-    first = (row.get("comment") or "").strip().splitlines()[0][:200] if row.get("comment") else row["name"]
-    question = f"I need a Verilog module `{row['name']}`: {first}"
-    prov = {"repo": row["repo"], "commit": row.get("commit"), "path": row["path"], "start_line": row.get("start_line"),
-            "end_line": row.get("end_line"), "url": row.get("url"), "section": None, "generator": None}
-    return make_example("triage", "route", question, json.dumps({"phase": phase}), "verilog_code", prov, row.get("license"))
-
-
 class DocStage:
-    """Batch of DOCS_SCHEMA rows → doc_qa + triage rows; phase from the classifier with the tool prior."""
+    """Batch of DOCS_SCHEMA rows → doc_qa rows; phase from the classifier with the tool prior."""
 
     def __init__(self, model_path: str | None = None, min_chars: int = 80) -> None:
         from corpus.phases import PhaseClassifier
@@ -316,12 +467,13 @@ class DocStage:
         docs = table.to_pylist()
         phases = self.clf.predict([d["text"] for d in docs], tools=[d.get("tool") for d in docs]) if docs else []
         for d, ph in zip(docs, phases):
+            group = doc_group(d)  # the page, not the whole source (corpus.splits)
             if len((d.get("text") or "").strip()) < self.min_chars:
-                rows.append({"skip": "doc_too_short", "group": d["source"]})
+                rows.append({"skip": "doc_too_short", "phase": ph, "group": group})
             elif ph == "triage":
-                rows.append({"skip": "doc_general_no_phase", "group": d["source"]})
+                rows.append({"skip": "doc_general_no_phase", "phase": ph, "group": group})
             else:
-                rows.extend({**e, "group": d["source"]} for e in doc_examples(d, ph))
+                rows.extend({**e, "group": group} for e in doc_examples(d, ph))
         return _tagged(rows, lambda e: e["group"])
 
 

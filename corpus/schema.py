@@ -71,6 +71,8 @@ MODULES_SCHEMA = pa.schema(
         pa.field("dup_cluster", pa.string()),  # id of the cluster's representative row
         pa.field("dup_kind", pa.string()),  # unique | exact | near
         pa.field("keep", pa.bool_()),  # True for exactly one row per cluster
+        # benchmark problem id the module copies (corpus.decontam; null: clean or not checked)
+        pa.field("contaminated_by", pa.string()),
     ]
 )
 

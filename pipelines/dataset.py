@@ -4,9 +4,17 @@ Ray Data maps the example builders (actor classes that load the phase classifier
 module rows (``DIR/modules/repo=<name>/``) and doc chunks (``DIR/docs/``), then decontaminates
 against local benchmark checkouts in a second map stage. The driver reads back only
 (id, phase, group, skip) to count drops, apply the per-repository cap and assign each group
-(repository for modules, documentation source for docs) to one split; a last map stage applies
+(repository for modules, documentation page for docs: corpus.splits) to one split, so that every
+phase's splits meet ``split_min_examples`` where the phase has groups enough (corpus.splits.assign_by_phase;
+a phase that cannot is a warning in the report); a last map stage applies
 that and the driver streams rows into ``DIR/examples/phase=<p>/split=<s>/part-00000.parquet``
 (one ParquetWriter per partition, the whole ``examples/`` directory renamed into place).
+
+Router (triage) examples come from labelled questions (``corpus.router``, config ``router``),
+never from the phase classifier: built on the driver (engine-written ones on Ray when
+``router.engine`` is set), they join the tagged rows with groups ``router:<train|validation>``,
+skip the repository cap and keep their own split; ``report["router"]`` scores a classifier
+trained on them against the held-out ``router.eval_path``.
 """
 
 from __future__ import annotations
@@ -17,16 +25,18 @@ from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from chipforge import fs
 from chipforge.config import Config
 from chipforge.job import JobError, JobSpec, Run
-from chipforge.stage import StageResources, cluster_cpus, fit_to_cluster, map_stage
+from chipforge.stage import StageResources, cluster_cpus, fit_to_cluster, map_stage, read_cpus
 from corpus.dataset import (DOC_REQUIRED, MODULE_REQUIRED, ApplySplits, DecontamStage, DocStage, ModuleStage,
                             cap_per_group, check_input_files)
+from corpus.router import RouterConfig, build_examples, is_router_group, prompt_rows, score_router
+from corpus.router import tagged as tagged_router
 from corpus.schema import EXAMPLES_SCHEMA, SchemaError, conform
-from corpus.splits import assign_groups
+from corpus.splits import DEFAULT_MIN_EXAMPLES, assign_by_phase
 
 
 def _resources() -> StageResources:
@@ -41,7 +51,10 @@ class DatasetConfig(Config):
     output_dir: str = "out/sample/dataset"
     seed: int = 0
     split_ratios: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
-    max_group_share: float = 0.25  # per phase, per repository/doc source (floor: see corpus.dataset.cap_per_group)
+    # per phase: at least this many examples in each split, where the phase has enough groups
+    # (train is filled first, then validation, then test); a phase that cannot is a report warning
+    split_min_examples: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_MIN_EXAMPLES))
+    max_group_share: float = 0.25  # per phase, per repository / doc page (floor: see corpus.dataset.cap_per_group)
     min_comment_chars: int = 20  # modules whose header comment is shorter are skipped (no description)
     max_error_share: float = 0.05  # modules with a larger share of lines in parse ERROR nodes are skipped
     min_doc_chars: int = 80  # shorter doc chunks are skipped
@@ -49,11 +62,20 @@ class DatasetConfig(Config):
     module_min_confidence: float = 0.6
     classifier_path: str | None = None  # None: train from the shipped set (corpus/data/phase_train.jsonl)
     benchmark_paths: list[str] = Field(default_factory=list)  # VerilogEval / RTLLM checkouts
+    router: RouterConfig = Field(default_factory=RouterConfig)  # triage examples: labelled questions (corpus.router)
     ngram: int = 13
     modules: StageResources = Field(default_factory=_resources)
     docs: StageResources = Field(default_factory=_resources)
     decontam: StageResources = Field(default_factory=_resources)
     write: StageResources = Field(default_factory=_resources)
+
+    @model_validator(mode="after")
+    def _check_split_minimums(self) -> "DatasetConfig":
+        unknown = sorted(set(self.split_min_examples) - set(self.split_ratios))
+        if unknown or any(v < 0 for v in self.split_min_examples.values()):
+            raise ValueError(f"split_min_examples {self.split_min_examples} must map splits of split_ratios "
+                             f"({list(self.split_ratios)}) to counts >= 0")
+        return self
 
 
 def _dist(xs: list[int]) -> dict[str, int]:
@@ -64,8 +86,42 @@ def _dist(xs: list[int]) -> dict[str, int]:
     return {"min": s[0], "p50": q(0.5), "p90": q(0.9), "max": s[-1]}
 
 
-def build(cfg: DatasetConfig, job: Run | None = None) -> Any:
-    """Tagged examples (corpus.dataset.TAGGED_SCHEMA) from modules and docs, decontaminated."""
+def router_data(cfg: DatasetConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Router (triage) examples and their report: the labelled questions, plus engine-written
+    ones when ``router.engine`` is set and ``router.per_phase`` > 0 (generated on Ray)."""
+    rc = cfg.router
+    if rc.engine is None or rc.per_phase == 0:
+        return build_examples(rc)
+    import ray
+
+    from pipelines.synthesis import make_engine
+    from synthesis.engines import local_model_problem
+
+    problem = local_model_problem(rc.engine.hf.model_path, rc.engine.hf.allow_download) if rc.engine.name == "hf" else None
+    if problem:
+        raise JobError(f"router.{problem}")
+    prompts = prompt_rows(rc.per_phase, seed=rc.seed)
+    engine, _ = make_engine(rc.engine)
+    return build_examples(rc, engine(ray.data.from_items(prompts)).take_all(), prompts)
+
+
+def plan_resources(cfg: DatasetConfig, total_cpus: float, say: Any = None) -> tuple[dict[str, StageResources], dict[str, float]]:
+    """(actor pool resources by stage, read_parquet options) that fit ``total_cpus`` together.
+
+    The module, doc and decontamination pools run at the same time as the Parquet read tasks;
+    pools that take every CPU (three 0.5-CPU pools on 2 CPUs) leave the reads waiting forever
+    (issue 13). :func:`chipforge.stage.fit_to_cluster` scales the pools to leave a CPU free and
+    :func:`chipforge.stage.read_cpus` sizes the reads to what is left (a fraction on 1 CPU).
+    """
+    stages = {"modules": cfg.modules, "docs": cfg.docs, **({"decontam": cfg.decontam} if cfg.benchmark_paths else {})}
+    res = fit_to_cluster(stages, total_cpus, say=say)
+    n = read_cpus(res, total_cpus)
+    return res, ({"num_cpus": n} if n is not None else {})
+
+
+def build(cfg: DatasetConfig, job: Run | None = None, router: Any = None) -> Any:
+    """Tagged examples (corpus.dataset.TAGGED_SCHEMA) from modules, docs and ``router`` (a tagged
+    table of router examples, corpus.router.tagged), decontaminated."""
     import ray
 
     mods_dir = fs.join(cfg.corpus_dir, "modules") if cfg.corpus_dir else ""
@@ -81,20 +137,21 @@ def build(cfg: DatasetConfig, job: Run | None = None) -> Any:
             check_input_files(docs_dir, DOC_REQUIRED, "docs")
     except SchemaError as exc:
         raise JobError(str(exc)) from exc
-    stages = {"modules": cfg.modules, "docs": cfg.docs, **({"decontam": cfg.decontam} if cfg.benchmark_paths else {})}
-    res = fit_to_cluster(stages, cluster_cpus(), say=job.progress if job else None)
+    res, read = plan_resources(cfg, cluster_cpus(), say=job.progress if job else None)
     parts = []
     if mods_dir:
         # Ray's default partitioning is hive: repo=<name>/ directories give the repo column.
-        parts.append(map_stage(ray.data.read_parquet(mods_dir), ModuleStage, res["modules"], kwargs=
+        parts.append(map_stage(ray.data.read_parquet(mods_dir, **read), ModuleStage, res["modules"], kwargs=
                           {"min_comment_chars": cfg.min_comment_chars, "max_error_share": cfg.max_error_share,
                            "classify": cfg.classify_modules, "model_path": cfg.classifier_path,
                            "min_confidence": cfg.module_min_confidence}))
     if docs_dir:
-        parts.append(map_stage(ray.data.read_parquet(docs_dir), DocStage, res["docs"],
+        parts.append(map_stage(ray.data.read_parquet(docs_dir, **read), DocStage, res["docs"],
                                kwargs={"model_path": cfg.classifier_path, "min_chars": cfg.min_doc_chars}))
     if not parts:
         raise JobError("no input: set corpus_dir (--corpus) and/or docs_dir (--docs)")
+    if router is not None and router.num_rows:
+        parts.append(ray.data.from_arrow(router))
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     if cfg.benchmark_paths:
         ds = map_stage(ds, DecontamStage, res["decontam"], kwargs={"benchmark_paths": cfg.benchmark_paths, "n": cfg.ngram})
@@ -104,27 +161,51 @@ def build(cfg: DatasetConfig, job: Run | None = None) -> Any:
 def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
     """The job's body: example builders and decontamination on Ray Data; splits assigned on the driver."""
     t0 = time.time()
+    with job.step("router questions"):
+        router_rows, router_report = router_data(cfg)
     with job.step("build examples"):
-        tagged = build(cfg, job)
+        tagged = build(cfg, job, router=tagged_router(router_rows))
     # Driver: small metadata only (id, phase, group, skip) → drops, cap, split map.
     meta = tagged.select_columns(["id", "phase", "group", "skip"]).take_all()
     dropped: Counter[str] = Counter()
     contaminated: Counter[str] = Counter()
+    # (phase, group) → reason → removed, for the per-phase, per-split report (phase None: an invalid row)
+    removed: dict[tuple[str | None, str], Counter[str]] = defaultdict(Counter)
     seen: set[str] = set()
     rows: list[dict[str, Any]] = []
     for m in sorted(meta, key=lambda m: (m["id"] or "", m["group"] or "")):
         if m["skip"]:
-            dropped[m["skip"].split(":")[0]] += 1
+            reason = m["skip"].split(":")[0]
+            dropped[reason] += 1
+            removed[(m["phase"], m["group"])][reason] += 1
             if m["skip"].startswith("contaminated:"):
                 contaminated[m["skip"].split(":", 1)[1]] += 1
         elif m["id"] in seen:
             dropped["duplicate_example"] += 1
+            removed[(m["phase"], m["group"])]["duplicate_example"] += 1
         else:
             seen.add(m["id"])
             rows.append(m)
-    rows, n_capped = cap_per_group(rows, "group", cfg.max_group_share)
+    # Router rows keep their own split (train/validation by question, corpus.router): no repository cap.
+    routed = [r for r in rows if is_router_group(r["group"])]
+    corpus_rows = [r for r in rows if not is_router_group(r["group"])]
+    # the cap's unit is the split group: a repository, or a documentation page (a tool's manual is
+    # expected to dominate its phase; a capped source left thin phases such as timing with a handful)
+    rows, n_capped = cap_per_group(corpus_rows, "group", cfg.max_group_share)
     dropped["repo_cap"] += n_capped
-    split_of = assign_groups(Counter(r["group"] for r in rows), cfg.split_ratios, seed=cfg.seed)
+    kept_pairs = {(r["id"], r["group"]) for r in rows}
+    for r in corpus_rows:
+        if (r["id"], r["group"]) not in kept_pairs:
+            removed[(r["phase"], r["group"])]["repo_cap"] += 1
+    rows += routed
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in rows:
+        counts[r["group"]][r["phase"]] += 1
+    plan = assign_by_phase(counts, cfg.split_ratios, cfg.split_min_examples, seed=cfg.seed,
+                           pinned={g: g.split(":", 1)[1] for g in {r["group"] for r in routed}})
+    split_of = plan.split_of
+    for w in plan.warnings:
+        job.progress(f"warning: {w}")
     keep = {(r["id"], r["group"]) for r in rows}
     examples = map_stage(tagged, ApplySplits, cfg.write, kwargs={"split_of": split_of, "keep": keep})
     stats: dict[tuple[str, str], dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
@@ -148,13 +229,24 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
         finally:
             for w in writers.values():
                 w.close()
-    per = {f"{p}/{s}": {"count": len(v["tokens"]), "tokens": _dist(v["tokens"]),
-                        "sources": dict(Counter(v["source"])), "tasks": dict(Counter(v["task"]))}
-           for (p, s), v in sorted(stats.items())}
+    removed_at: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for (p, g), reasons in removed.items():
+        removed_at[(p or "unknown", split_of.get(g, "unassigned"))].update(reasons)
+    cells = sorted(set(stats) | set(removed_at) | {(p, s) for p, by in plan.counts.items() for s in by})
+    per = {f"{p}/{s}": {"count": len(stats[(p, s)]["tokens"]) if (p, s) in stats else 0,
+                        "groups": plan.groups.get(p, {}).get(s, 0),
+                        "tokens": _dist(stats[(p, s)]["tokens"]) if (p, s) in stats else {},
+                        "sources": dict(Counter(stats[(p, s)]["source"])) if (p, s) in stats else {},
+                        "tasks": dict(Counter(stats[(p, s)]["task"])) if (p, s) in stats else {},
+                        "removed": dict(sorted(removed_at[(p, s)].items()))}
+           for p, s in cells}
     report = {"n_examples": sum(v["count"] for v in per.values()), "per_phase_split": per,
               "dropped": dict(dropped),
               "dropped_units": "inputs (modules, doc chunks) for skip reasons; examples for repo_cap, "
                                "duplicate_example and contaminated", "contaminated_per_benchmark": dict(contaminated),
+              "removed_units": "per_phase_split[...].removed: inputs by the phase the classifier gave them and "
+                               "the split of their group ('unassigned': a group with no kept example)",
+              "split_min_examples": cfg.split_min_examples, "split_warnings": plan.warnings,
               "groups_per_split": dict(Counter(split_of.values())), "split_of_group": split_of,
               "token_count": "approx: ceil(chars/4) of system+user (prompt) and assistant (completion)",
               "wall_s": round(time.time() - t0, 2)}
@@ -163,6 +255,10 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
         phase_counts[p] += len(v["tokens"])
     report["per_phase"] = dict(sorted(phase_counts.items()))
     report["n_inputs"] = len(meta)
+    kept_router = {r["id"] for r in routed}
+    router_kept = [e for e in router_rows if e["id"] in kept_router]
+    report["router"] = {**router_report, "n_in_dataset": len(router_kept),
+                        "eval": score_router(router_kept, cfg.router.eval_path)}
     return report
 
 
@@ -177,6 +273,11 @@ def summary(report: dict[str, Any]) -> str:
         p50 = max((c.get("tokens", {}).get("p50") or 0) for c in cells)
         lines.append(f"  {phase:<16}" + "".join(f"{c.get('count', 0):>11}" for c in cells) + f"   {p50:>10}")
     lines.append(f"  dropped: {report['dropped'] or 'none'}; contaminated: {report['contaminated_per_benchmark'] or 'none'}")
+    lines.extend(f"  warning: {w}" for w in report.get("split_warnings") or [])
+    if report.get("router"):
+        ev = report["router"]["eval"]
+        lines.append(f"  router: {report['router']['n_in_dataset']} triage examples; a classifier trained on them scores "
+                     f"macro-F1 {ev['macro_f1']:.3f} on the held-out {ev['n_eval']} ({ev['questions_macro_f1']:.3f} on its questions)")
     return "\n".join(lines)
 
 
@@ -188,6 +289,8 @@ SPEC = JobSpec(
             "classifier_path": "a phase classifier saved by corpus.phases"},
     volatile=("modules", "docs", "decontam", "write"),
     outputs=lambda r: r["n_examples"], inputs_count=lambda r: r["n_inputs"],
-    extra_inputs=lambda cfg: {f"benchmark:{i}": p for i, p in enumerate(cfg.benchmark_paths)},
+    extra_inputs=lambda cfg: {**{f"benchmark:{i}": p for i, p in enumerate(cfg.benchmark_paths)},
+                              **{f"router:{i}": p for i, p in enumerate(cfg.router.questions_paths)},
+                              "router:eval": cfg.router.eval_path},
     description=__doc__,
 )

@@ -42,7 +42,7 @@ from chipforge.stage import StageResources, cluster_cpus, fit_to_cluster, map_st
 from corpus.dataset import make_example
 from corpus.docs.sources import LocalSource
 from corpus.schema import EXAMPLES_SCHEMA, from_rows
-from synthesis import engines, sandbox, seeds, templates, validate
+from synthesis import engines, sandbox, seeds, signatures, templates, validate
 from synthesis.engines import EngineConfig, EngineUnavailable, SamplingConfig, VLLMConfig
 
 THIN_PHASES = SPECIALIST_PHASES
@@ -553,6 +553,7 @@ def run(cfg: SynthesizeConfig, job: Run) -> dict[str, Any]:
         timeout_s=cfg.validation.timeout_s, sim_timeout_s=cfg.validation.sim_timeout_s,
         memory_mb=cfg.validation.memory_mb, max_output_bytes=cfg.validation.max_output_kb * 1024,
         allowed_commands={k: sorted(v) for k, v in allowed.items()},
+        signatures=signatures.signature_table(doc_rows, cfg.validation.command_lists),  # + options mined from docs
     )
     design = validate.design_context()
     phase_templates = {p: templates.templates_for(p, pc.tasks) for p, pc in cfg.phases.items()}

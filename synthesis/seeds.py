@@ -9,7 +9,7 @@
 - ``read_local_docs`` chunks local documentation directories in-process (the bundled
   ``sample/docs``), so a run on the sample needs no docs job.
 
-Every seed has a ``group`` (``group_of``): its repository or documentation source, the unit
+Every seed has a ``group`` (``group_of``): its repository or documentation page, the unit
 the dataset job puts wholly into one split. An example grown from a seed goes into the split
 of the seed's group, so a test repository never reaches training through synthesis.
 
@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from chipforge.vocab import content_hash
 from corpus.schema import DOCS_SCHEMA, MODULES_SCHEMA, conform
+from corpus.splits import doc_group
 from synthesis.templates import Template
 
 PROMPT_SCHEMA = pa.schema(
@@ -127,7 +128,7 @@ def doc_seeds(rows: Iterable[Mapping[str, Any]], *, max_chars: int = 3000,
               min_chars: int = 200) -> tuple[list[dict], list[dict]]:
     """(doc seeds, raw rows with tool/source/text for command lists) from ``DOCS_SCHEMA`` rows.
 
-    A seed's ``group`` is the chunk's documentation source (``DOCS_SCHEMA.source``), the unit
+    A seed's ``group`` is the chunk's documentation page (``corpus.splits.doc_group``), the unit
     the dataset job assigns to one split (``split_of_group`` in its report).
     """
     rows = list(rows)
@@ -137,7 +138,7 @@ def doc_seeds(rows: Iterable[Mapping[str, Any]], *, max_chars: int = 3000,
         if len(text) < min_chars:
             continue
         seeds.append({
-            "kind": "doc", "id": r["id"], "group": r.get("source"), "tool": r.get("tool"), "title": r.get("title"),
+            "kind": "doc", "id": r["id"], "group": doc_group(r), "tool": r.get("tool"), "title": r.get("title"),
             "url": r.get("url"), "section": " > ".join(r.get("section_path") or []), "license": r.get("license"),
             "text": text[:max_chars], "phases": doc_phases(r),
         })
@@ -202,6 +203,7 @@ def load_module_seeds(corpus_dir: str, *, min_lines: int = 8, max_lines: int = 1
     table = _read(path, MODULES_SCHEMA, "synthesize: read modules", filt)
     n = pc.fill_null(table.column("n_lines"), 0)
     table = table.filter(pc.and_(pc.greater_equal(n, min_lines), pc.less_equal(n, max_lines)))
+    table = table.filter(pc.is_null(table.column("contaminated_by")))  # decontam: no benchmark copies as seeds
     seeds = []
     for r in table.select(["id", "repo", "url", "commit", "path", "license", "name", "start_line", "end_line",
                            "source"]).to_pylist():
@@ -219,7 +221,7 @@ def provenance(seed: Mapping[str, Any], generator: str) -> dict[str, Any]:
 
 
 def group_of(seed: Mapping[str, Any]) -> str:
-    """The split group of a seed: its repository (modules), documentation source (docs) or
+    """The split group of a seed: its repository (modules), documentation page (docs) or
     ``topic:<text>`` (topics, which come from no data). Examples inherit this group's split."""
     if seed.get("group"):
         return str(seed["group"])

@@ -35,7 +35,15 @@ the working directory can reach ``report.json``.
   safe interpreter where only pure Tcl and recording aliases of the allowed tool commands
   exist, every branch and loop body runs once, and anything else that is reached (``exec``
   via ``eval``, ``apply``, ``subst``, ``lsort -command``, ``$c``, ...) is reported by name.
-  That run decides.
+  That run decides. It also checks what the script MEANS (``synthesis.signatures``): every
+  documented command's options against its signature (``assets/signatures.json``, extended
+  from the docs job's chunks: an invented option, an option without its value, a value that
+  is not a number, a negative load or transition, a zero period are rejections), its object
+  names against the shipped design as Yosys reads it (``get_ports nope`` or ``-from u_nope``
+  is ``tcl/no_such_port``/``no_such_cell``/...), clocks against those the SDC created
+  before use, and a few rules (an input delay that is negative without ``-min`` or not less
+  than its clock's period, an input delay on an output port, an exception with no
+  ``-from``/``-to``/``-through``, a setup multicycle of 0).
 
 Every parse of model output is bounded (size, nesting, work), and ``validate_row`` turns any
 unexpected exception into the rejection ``internal/<ExceptionType>``: one bad reply is one
@@ -54,7 +62,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from synthesis import sandbox
+from synthesis import sandbox, signatures
 from synthesis.parsing import Answer, ParseError, parse_answer
 from synthesis.templates import FAIL_MARKER, PASS_MARKER, TEMPLATES, Template
 
@@ -564,7 +572,13 @@ UNSAFE_TCL_WORDS = frozenset(
 )
 MAX_TCL_DEPTH = 24  # nested brackets/bodies the static scan follows; deeper is a rejection
 TCL_WORK_FACTOR = 40  # the static scan reads at most this many characters per input character
-TCL_CHECKER_EVENTS = frozenset({"DENY", "REDEFINE", "SYNTAX", "LIMIT", "DONE", "INCOMPLETE"})
+TCL_CHECKER_EVENTS = frozenset({"DENY", "REDEFINE", "SYNTAX", "LIMIT", "DONE", "INCOMPLETE", "BAD"})
+# Semantic findings of the checker (``BAD <code> <why>``): each code is the rejection
+# ``tcl/<code>``; an unlisted code is ``tcl/semantic``.
+TCL_SEMANTIC_CODES = frozenset({
+    "unknown_option", "missing_value", "bad_value", "negative_value", "nonpositive_value", "missing_option",
+    "missing_argument", "extra_argument", "no_such_port", "no_such_cell", "no_such_pin", "no_such_net",
+    "no_such_clock", "no_such_object", "no_such_design", "wrong_direction", "delay_exceeds_period"})
 
 
 class TclSyntaxError(ValueError):
@@ -933,8 +947,10 @@ def tcl_checker_problem(stdout: str, tool: str) -> Rejection | None:
     for line in stdout.splitlines():
         kind, _, rest = line.partition(" ")
         if kind in TCL_CHECKER_EVENTS:
-            events.append((kind, rest.strip().strip("{}")[:120]))
+            events.append((kind, rest.strip().strip("{}")[:240]))
     kinds = {k for k, _ in events}
+    semantic = [text for kind, text in events if kind == "BAD"]
+    events = [(kind, text) for kind, text in events if kind != "BAD"]
     if "INCOMPLETE" in kinds:
         return Rejection("tcl/syntax", "tclsh: the script is not complete (unbalanced braces, brackets or quotes)")
     for kind, text in events:
@@ -951,7 +967,16 @@ def tcl_checker_problem(stdout: str, tool: str) -> Rejection | None:
             return Rejection("tcl/resource_limit", cap(f"tclsh: {text}", 160))
     if "DONE" not in kinds:
         return Rejection("tcl/checker_failed", "the safe-interpreter run did not finish")
+    if semantic:  # only once nothing unsafe was reached: safety reasons come first
+        code, _, why = semantic[0].partition(" ")
+        reason = f"tcl/{code}" if code in TCL_SEMANTIC_CODES else "tcl/semantic"
+        return Rejection(reason, cap(tcl_unescape_event(why)))
     return None
+
+
+def tcl_unescape_event(text: str) -> str:
+    """A checker event's text without the backslashes Tcl's list quoting may have added."""
+    return re.sub(r"\\(.)", r"\1", text)
 
 
 # ------------------------------------------------------------------------ command lists
@@ -1030,6 +1055,8 @@ class Settings:
     fail_marker: str = FAIL_MARKER
     grammar: str = "systemverilog"
     allowed_commands: dict[str, list[str]] = field(default_factory=dict)  # tool -> commands
+    # command -> documented signature (``signatures.signature_table``); empty: the shipped table
+    signatures: dict[str, dict[str, Any]] = field(default_factory=dict)
     tcl_timeout_s: float = 10.0  # the safe-interpreter run (its own limit inside is 5 s; 512 MB at most)
 
     def limits(self, timeout_s: float | None = None) -> sandbox.Limits:
@@ -1054,7 +1081,14 @@ class Validator:
         allowed = self.settings.allowed_commands or {k: sorted(v) for k, v in command_lists()[0].items()}
         self.allowed = {tool: frozenset(cmds) for tool, cmds in allowed.items()}
         self.tcl_checker = tcl_checker_script()  # fails at start-up if the asset is missing
+        table = self.settings.signatures or signatures.signature_table()
+        self.signatures_tcl = {tool: signatures.checker_signatures(table, cmds) for tool, cmds in self.allowed.items()}
         self.detail = ""
+
+    @property
+    def design_objects_tcl(self) -> str:
+        """The shipped design's objects (read by Yosys in the sandbox once per process), for the checker."""
+        return signatures.cached_design_objects(tuple(sorted(self.design.items())), DESIGN_TOP)
 
     @property
     def parser(self) -> Parser:
@@ -1156,10 +1190,11 @@ class Validator:
         """Run the script in the safe-interpreter checker (``tclsh`` in the sandbox); this decides."""
         allowed = sorted(self.allowed.get(tool, frozenset()))
         files = {"checker.tcl": self.tcl_checker, "candidate.tcl": script, "allowed.txt": "\n".join(allowed) + "\n",
-                 "pure.txt": "\n".join(sorted(TCL_PURE)) + "\n"}
+                 "pure.txt": "\n".join(sorted(TCL_PURE)) + "\n", "signatures.txt": self.signatures_tcl.get(tool, ""),
+                 "design.txt": self.design_objects_tcl}
         limits = sandbox.Limits(timeout_s=self.settings.tcl_timeout_s, memory_mb=min(self.settings.memory_mb, 512),
                                 max_output_bytes=self.settings.max_output_bytes)
-        r = sandbox.run(["tclsh", "checker.tcl"], files, limits=limits)
+        r = sandbox.run(["tclsh", "checker.tcl", tool], files, limits=limits)
         if r.timed_out:
             return self._reject("tcl/timeout",
                                 f"the safe-interpreter run took more than {self.settings.tcl_timeout_s} s")

@@ -1,18 +1,33 @@
 # chipforge Tcl checker: runs a model-written OpenSTA/OpenROAD/SDC script in a locked-down
 # safe interpreter and reports every command it reaches that is not allowed.
 #
-# Run by synthesis/validate.py as `tclsh tcl_checker.tcl` inside sandbox.run, in a directory
-# holding:
+# Run by synthesis/validate.py as `tclsh tcl_checker.tcl FLAVOUR` (sdc, opensta or openroad)
+# inside sandbox.run, in a directory holding:
 #   candidate.tcl  the script to check
 #   allowed.txt    tool commands allowed for this flavour (sdc/opensta/openroad), one a line
 #   pure.txt       pure Tcl commands the script may use as they are (set, list, string, ...)
+#   signatures.txt documented signatures of the allowed commands, a Tcl dict (optional):
+#                  command -> {options {-opt type ...} args {{name type optional} ...}
+#                              required {-opt ...} strict 0|1}  (synthesis/signatures.py)
+#   design.txt     the objects of the design the script refers to, a Tcl dict (optional):
+#                  top NAME modules {NAME {ports {name in|out|inout ...} cells {...}
+#                  registers {...} nets {...} pins {...}} ...}, read from it by Yosys
 #
 # How: `interp create -safe` already hides exec/open/socket/source/load/file/cd/glob/...; on
 # top of that every command, in every namespace, that is not in pure.txt is deleted, so
 # dynamic dispatch ($c, eval, subst, apply, lsort -command, {*}) can only reach:
 #   - pure Tcl commands (pure.txt);
-#   - one recording alias per allowed tool command (returns a plausible value: a list of
-#     two objects for get_*/all_*/find_*, 1.0 for get_property, "" otherwise);
+#   - one alias per allowed tool command. A documented command (signatures.txt) has its
+#     arguments checked as OpenSTA's parse_key_args reads them: an unknown option, an option
+#     without its value, a value of the wrong type (not a number, negative, zero period, not
+#     one of an enumeration) or a missing required option/argument is reported; object
+#     queries (get_ports/get_cells/get_pins/get_nets/get_clocks, all_*) return the names of
+#     the design's objects that match and report a pattern that matches none; object
+#     arguments (-from, -clock, port lists, ...) must name objects of the design or clocks
+#     created earlier (in the sdc flavour; OpenSTA/OpenROAD scripts may rely on clocks of
+#     an SDC file the flow read); a few semantic rules (an input delay that is negative or
+#     not less than its clock's period, an input delay on an output port, an exception
+#     without -from/-to/-through, ...). Other commands return a plausible value;
 #   - coverage versions of the commands that run script arguments (if, while, for, foreach,
 #     lmap, switch, try, catch, eval, uplevel, proc, apply, dict for/map/with/update/filter,
 #     lsort -command; expr and subst run each [command substitution] first, even one behind
@@ -20,7 +35,8 @@
 #     command by command, continuing after errors, so code behind a false condition or after
 #     a failing command is still reached; loops run once;
 #   - `unknown`, which records the name of anything else (exec, open, socket, ...) as DENY.
-# Procedures the script defines are also called once at the end with placeholder arguments.
+# Procedures the script defines are also called once at the end with placeholder arguments
+# (their semantic problems are not reported then: the arguments are placeholders).
 # `proc` may not replace an existing command (e.g. `proc if ...` to hide a branch), may not
 # take the name of any Tcl command (`proc exec` would hide later calls of exec) and may not
 # name another namespace; `apply` may not name a namespace. The run is bounded by a command
@@ -30,6 +46,9 @@
 #   DENY <name>       a command that is neither pure Tcl nor an allowed tool command was called
 #   REDEFINE <name>   proc/apply tried to replace a command or to leave the global namespace
 #   SYNTAX <message>  the Tcl parser rejected (part of) the script
+#   BAD <code> <why>  a documented command was called wrongly (code: unknown_option,
+#                     missing_value, bad_value, negative_value, nonpositive_value, ...);
+#                     at most MAX_BAD of them, never while probing placeholders
 #   LIMIT <message>   the command-count, time or recursion limit was reached
 #   DONE <n>          the check ran to the end; n = tool commands called (always printed)
 # Exit status 3 (and INCOMPLETE) when the script is not a complete Tcl script.
@@ -47,7 +66,7 @@ set candidate_procs [dict create]
 proc emit {kind {text ""}} {
     global nevents MAX_EVENTS
     if {[incr nevents] > $MAX_EVENTS && $kind ne "DONE"} { return }
-    set text [string map [list \n {\n} \r {\r}] [string range $text 0 119]]
+    set text [string map [list \n {\n} \r {\r}] [string range $text 0 [expr {$kind eq "BAD" ? 239 : 119}]]]
     puts [list $kind $text]
 }
 
@@ -402,20 +421,442 @@ proc cover_lsort {args} {
     set k [lsearch -exact [lrange $args 0 end-1] -command]
     if {$k >= 0 && $k + 1 < [llength $args] - 1} {
         set prefix [lindex $args [expr {$k + 1}]]
+        set was $::probing
+        set ::probing 1
         if {!$limit_hit && [catch {$s eval [list {*}$prefix a b]} msg] == 1} { note_error $msg }
+        set ::probing $was
     }
     return [$s invokehidden lsort {*}$args]
 }
 
-# ------------------------------------------------------------------ recording aliases
+# ------------------------------------------------------------- documented commands, checked
+
+set flavour [lindex $argv 0]
+proc slurp_optional {name} { expr {[file exists $name] ? [slurp $name] : ""} }
+set sigs [slurp_optional signatures.txt]
+set design [slurp_optional design.txt]
+set MAX_BAD 5
+set nbad 0
+set probing 0
+set clocks [dict create]   ;# clock name -> period ("" when not known)
+set clock_sources {}       ;# ports/pins clocks were created on (all_inputs -no_clocks)
+# Clocks may come from an SDC file the flow read (OpenSTA/OpenROAD scripts, read_sdc): then
+# a clock name that this script did not create is not an error.
+set clocks_open [expr {$flavour ne "sdc"}]
+set have_design [expr {[dict exists $design top] && [dict exists $design modules [dict get $design top]]}]
+set top [expr {$have_design ? [dict get $design top] : ""}]
+
+proc bad {code msg} {
+    global probing nbad MAX_BAD
+    if {$probing || $nbad >= $MAX_BAD} { return }
+    incr nbad
+    emit BAD "$code $msg"
+}
+
+proc objs {kind} {
+    global design top
+    return [dict get $design modules $top $kind]
+}
+
+proc port_names {} {
+    set out {}
+    foreach {p dir} [objs ports] {
+        if {[string first "\[" $p] < 0} { lappend out $p }
+    }
+    return $out
+}
+
+# A few names of a kind, for a rejection's explanation.
+proc some {names} {
+    set names [lsearch -all -inline -not $names {*\[*}]
+    set text [join [lrange $names 0 7] " "]
+    if {[llength $names] > 8} { append text " ..." }
+    expr {$text eq "" ? "none" : $text}
+}
+
+# OpenSTA patterns: * and ? are wildcards, brackets (also \[ \]) are literal; -regexp and
+# -nocase as the get_* commands take them. Names of ``kind`` that match, or with ``hier``
+# (get_* -hierarchical) names whose last path component matches.
+proc match_names {pattern names {regexp 0} {nocase 0} {hier 0}} {
+    set out {}
+    set pattern [string range $pattern 0 199]
+    set nc [expr {$nocase ? "-nocase" : "-exact"}]
+    if {$regexp} {
+        set flags [expr {$nocase ? {-nocase} : {}}]
+        foreach n $names {
+            set leaf [lindex [split $n /] end]
+            if {(![catch {regexp {*}$flags -- "^(?:$pattern)\$" $n} r] && $r)
+                || ($hier && ![catch {regexp {*}$flags -- "^(?:$pattern)\$" $leaf} r] && $r)} { lappend out $n }
+        }
+        return $out
+    }
+    set g [string map [list "\\\[" "\[" "\\\]" "\]"] $pattern]
+    set g [string map [list "\\" "\\\\" "\[" "\\\[" "\]" "\\\]"] $g]
+    foreach n $names {
+        set leaf [lindex [split $n /] end]
+        if {$nocase} {
+            if {[string match -nocase $g $n] || ($hier && [string match -nocase $g $leaf])} { lappend out $n }
+        } elseif {[string match $g $n] || ($hier && [string match $g $leaf])} {
+            lappend out $n
+        }
+    }
+    return $out
+}
+
+# Pins: those of the design's instances, or any pin of a register (its library cell's pins
+# are not known here: the part after the last / is not checked).
+proc match_pins {pattern {regexp 0} {nocase 0} {hier 0}} {
+    set found [match_names $pattern [objs pins] $regexp $nocase $hier]
+    if {![llength $found] && [set k [string last / $pattern]] > 0} {
+        if {[llength [match_names [string range $pattern 0 [expr {$k - 1}]] [objs registers] $regexp $nocase $hier]]} {
+            return [list $pattern]
+        }
+    }
+    return $found
+}
+
+proc match_kind {kind pattern {regexp 0} {nocase 0} {hier 0}} {
+    global clocks design
+    switch -- $kind {
+        port { return [match_names $pattern [dict keys [objs ports]] $regexp $nocase] }
+        cell { return [match_names $pattern [concat [objs cells] [objs registers]] $regexp $nocase $hier] }
+        net { return [match_names $pattern [objs nets] $regexp $nocase $hier] }
+        pin { return [match_pins $pattern $regexp $nocase $hier] }
+        clock { return [match_names $pattern [dict keys $clocks] $regexp $nocase] }
+        design { return [match_names $pattern [dict keys [dict get $design modules]]] }
+    }
+    return {}
+}
+
+proc kind_names {kind} {
+    global clocks
+    switch -- $kind {
+        port { return [port_names] }
+        cell { return [concat [objs cells] [objs registers]] }
+        net { return [objs nets] }
+        pin { return [objs pins] }
+        clock { return [dict keys $clocks] }
+    }
+    return {}
+}
+
+# get_ports/get_cells/get_pins/get_nets/get_clocks: the matching names; a pattern that
+# matches nothing is reported (unless -quiet, or a clock that an SDC file may define).
+proc query {cmd kind call} {
+    global have_design clocks_open top
+    set opts [dict get $call opts]
+    set patterns [lindex [dict get $call args] 0]
+    if {$kind ne "clock" && !$have_design} { return [list ${kind}0 ${kind}1] }
+    if {[dict exists $opts -of_objects]} { return [lrange [kind_names $kind] 0 1] }
+    if {[catch {llength $patterns} len]} { bad bad_value "$cmd: the patterns are not a Tcl list"; return {} }
+    if {$len == 0} { return [kind_names $kind] }
+    set regexp [dict exists $opts -regexp]
+    set nocase [dict exists $opts -nocase]
+    set hier [dict exists $opts -hierarchical]
+    set out {}
+    foreach p $patterns {
+        set found [match_kind $kind $p $regexp $nocase $hier]
+        if {![llength $found]} {
+            if {$kind eq "clock" && $clocks_open} {
+                lappend out $p
+            } elseif {![dict exists $opts -quiet]} {
+                set where [expr {$kind eq "clock" ? "created so far" : "of $top"}]
+                bad no_such_$kind "$cmd $p: no $kind matches (${kind}s $where: [some [kind_names $kind]])"
+            }
+        }
+        lappend out {*}$found
+    }
+    return [lsort -unique $out]
+}
+
+# Whether a name given as an object (not through a query) is one: a port, pin, cell, net,
+# clock or module of the design.
+proc object_kinds {el kinds} {
+    foreach kind $kinds {
+        if {[llength [match_kind $kind $el]]} { return 1 }
+    }
+    return 0
+}
+
+proc check_objects {cmd what type value} {
+    global have_design clocks_open top clocks
+    if {[catch {llength $value}]} { bad bad_value "$cmd $what: '$value' is not a Tcl list"; return }
+    foreach el $value {
+        if {$el eq ""} { continue }
+        switch -- $type {
+            clocks {
+                if {![object_kinds $el clock] && !$clocks_open} {
+                    bad no_such_clock "$cmd $what: no clock $el (clocks created so far: [some [dict keys $clocks]])"
+                }
+            }
+            ports {
+                if {$have_design && ![object_kinds $el {port pin}]} {
+                    bad no_such_port "$cmd $what: $el is not a port or pin of $top (ports: [some [port_names]])"
+                }
+            }
+            design {
+                if {$have_design && ![object_kinds $el design]} {
+                    set mods [some [dict keys [dict get $::design modules]]]
+                    bad no_such_design "$cmd $what: $el is not a module of the design ($mods)"
+                }
+            }
+            default {
+                if {$have_design && ![object_kinds $el {port pin cell net clock design}] && !$clocks_open} {
+                    bad no_such_object "$cmd $what: $el is not a port, pin, cell, net or clock of $top"
+                }
+            }
+        }
+    }
+}
+
+proc is_num {v} { string is double -strict $v }
+
+proc check_value {cmd what type value} {
+    if {$value eq ""} { return }  ;# a placeholder (a loop over an empty list): nothing to check
+    switch -glob -- $type {
+        flag - string { }
+        number - nonneg - positive {
+            if {![is_num $value]} {
+                bad bad_value "$cmd $what: '$value' is not a number"
+            } elseif {$type eq "nonneg" && $value < 0} {
+                bad negative_value "$cmd $what: $value is negative (it must be >= 0)"
+            } elseif {$type eq "positive" && $value <= 0} {
+                bad nonpositive_value "$cmd $what: $value must be greater than 0"
+            }
+        }
+        int - nonneg_int - positive_int {
+            if {![string is entier -strict $value]} {
+                bad bad_value "$cmd $what: '$value' is not an integer"
+            } elseif {$type eq "nonneg_int" && $value < 0} {
+                bad negative_value "$cmd $what: $value is negative (it must be >= 0)"
+            } elseif {$type eq "positive_int" && $value <= 0} {
+                bad nonpositive_value "$cmd $what: $value must be greater than 0"
+            }
+        }
+        edges {
+            if {[catch {llength $value}]} { bad bad_value "$cmd $what: '$value' is not a list of edges"; return }
+            set last -1
+            foreach e $value {
+                if {![is_num $e]} { bad bad_value "$cmd $what: edge '$e' is not a number"; return }
+                if {$e < 0} { bad negative_value "$cmd $what: edge $e is negative"; return }
+                if {$e < $last} { bad bad_value "$cmd $what: edges {$value} do not increase"; return }
+                set last $e
+            }
+        }
+        enum:* {
+            set words [split [string range $type 5 end] |]
+            if {$value ni $words} { bad bad_value "$cmd $what: '$value' is not one of [join $words {, }]" }
+        }
+        default { check_objects $cmd $what $type $value }
+    }
+}
+
+# Read a call as OpenSTA's parse_key_args does: a word "-x" with a letter after the dash
+# is an option, or the prefix of one (its value, if it takes one, is the next word whatever
+# it is); everything else is a positional argument (so -2 is a negative number).
+# Returns {opts {-opt value ...} args {positional ...}}.
+proc parse_call {cmd sig argv} {
+    set options [dict get $sig options]
+    set strict [dict get $sig strict]
+    set opts [dict create]
+    set pos {}
+    set n [llength $argv]
+    for {set i 0} {$i < $n} {incr i} {
+        set a [lindex $argv $i]
+        if {$a in {> >>}} { incr i; continue }  ;# output redirection of report commands, with its file
+        if {[string length $a] >= 2 && [string index $a 0] eq "-" && [string is alpha [string index $a 1]]} {
+            if {![dict exists $options $a]} {
+                # parse_key_args takes a unique-enough prefix: the first option (one with a
+                # value before a flag) that starts with the word (-hier is -hierarchical).
+                set full ""
+                foreach want {value flag} {
+                    dict for {o t} $options {
+                        if {$full eq "" && ($t eq "flag") == ($want eq "flag") && [string first $a $o] == 0} {
+                            set full $o
+                        }
+                    }
+                }
+                if {$full eq ""} {
+                    set known [join [lrange [dict keys $options] 0 11] " "]
+                    bad unknown_option "$cmd $a: not a documented option of $cmd (options: $known)"
+                    continue
+                }
+                set a $full
+            }
+            set type [dict get $options $a]
+            if {$type eq "flag"} { dict set opts $a 1; continue }
+            if {$i + 1 >= $n} { bad missing_value "$cmd $a: the option needs a value"; continue }
+            incr i
+            dict set opts $a [lindex $argv $i]
+            check_value $cmd $a $type [lindex $argv $i]
+        } else {
+            lappend pos $a
+        }
+    }
+    set specs [dict get $sig args]
+    set k 0
+    foreach spec $specs {
+        lassign $spec pname ptype optional
+        if {$k < [llength $pos]} {
+            check_value $cmd $pname $ptype [lindex $pos $k]
+        } elseif {$strict && !$optional} {
+            bad missing_argument "$cmd: the $pname argument is missing"
+        }
+        incr k
+    }
+    if {$strict} {
+        if {[llength $pos] > [llength $specs]} {
+            bad extra_argument "$cmd: unexpected argument '[lindex $pos [llength $specs]]'"
+        }
+        foreach r [dict get $sig required] {
+            if {![dict exists $opts $r]} { bad missing_option "$cmd: $r is required" }
+        }
+    }
+    return [dict create opts $opts args $pos]
+}
+
+proc opt {call name {default ""}} {
+    set opts [dict get $call opts]
+    expr {[dict exists $opts $name] ? [dict get $opts $name] : $default}
+}
+
+proc arg {call k} { lindex [dict get $call args] $k }
+
+proc clock_period {name} {
+    global clocks
+    expr {[dict exists $clocks $name] ? [dict get $clocks $name] : ""}
+}
+
+# What the documented commands mean beyond their signatures.
+proc semantics {name call} {
+    global clocks clock_sources clocks_open have_design top design
+    switch -- $name {
+        create_clock {
+            set pins [arg $call 0]
+            set clk [opt $call -name [lindex $pins 0]]
+            if {$clk eq ""} {
+                bad missing_argument "create_clock: give -name or the ports/pins of the clock"
+                return ""
+            }
+            set period [opt $call -period]
+            set wave [opt $call -waveform]
+            if {[is_num $period] && $period > 0 && ![catch {llength $wave} nw] && $nw > 0} {
+                if {$nw % 2} { bad bad_value "create_clock -waveform: {$wave} needs an even number of edges" }
+                set first [lindex $wave 0]
+                if {[is_num $first] && $first >= $period} {
+                    bad bad_value "create_clock -waveform: the first edge $first is not within the period $period"
+                }
+            }
+            dict set clocks $clk [expr {[is_num $period] ? $period : ""}]
+            lappend clock_sources {*}$pins
+            return $clk
+        }
+        create_generated_clock {
+            set pins [arg $call 0]
+            set clk [opt $call -name [lindex $pins 0]]
+            set opts [dict get $call opts]
+            if {![dict exists $opts -divide_by] && ![dict exists $opts -multiply_by] && ![dict exists $opts -edges]} {
+                bad missing_option "create_generated_clock: one of -divide_by, -multiply_by or -edges is required"
+            }
+            if {$clk ne ""} { dict set clocks $clk "" }
+            lappend clock_sources {*}$pins
+            return $clk
+        }
+        set_input_delay - set_output_delay {
+            set delay [arg $call 0]
+            set clk [opt $call -clock]
+            set opts [dict get $call opts]
+            if {[is_num $delay] && $delay < 0 && ![dict exists $opts -min]} {
+                bad negative_value "$name $delay: a negative external delay is only meaningful as a -min (hold) delay"
+            }
+            set period [clock_period $clk]
+            if {[is_num $delay] && [is_num $period] && $period > 0 && $delay >= $period && ![dict exists $opts -min]} {
+                bad delay_exceeds_period \
+                    "$name $delay: not less than the period $period of clock $clk, no time is left for the logic"
+            }
+            if {$have_design && ![catch {llength [arg $call 1]}]} {
+                set want [expr {$name eq "set_input_delay" ? "out" : "in"}]
+                set ports [objs ports]
+                foreach el [arg $call 1] {
+                    if {[dict exists $ports $el] && [dict get $ports $el] eq $want} {
+                        set dir [expr {$want eq "out" ? "an output" : "an input"}]
+                        bad wrong_direction "$name: $el is $dir port of $top"
+                        break
+                    }
+                }
+            }
+        }
+        set_clock_uncertainty {
+            set u [arg $call 0]
+            if {[is_num $u] && ![catch {llength [arg $call 1]}]} {
+                foreach clk [arg $call 1] {
+                    set period [clock_period $clk]
+                    if {[is_num $period] && $period > 0 && $u >= $period} {
+                        bad delay_exceeds_period \
+                            "set_clock_uncertainty $u: not less than the period $period of clock $clk"
+                        break
+                    }
+                }
+            }
+        }
+        set_false_path - set_multicycle_path - set_max_delay - set_min_delay {
+            set opts [dict get $call opts]
+            set has 0
+            foreach o {-from -rise_from -fall_from -to -rise_to -fall_to -through -rise_through -fall_through} {
+                if {[dict exists $opts $o]} { set has 1 }
+            }
+            if {!$has} { bad missing_option "$name: -from, -to or -through is required" }
+            if {$name eq "set_multicycle_path"} {
+                set m [arg $call 0]
+                if {[string is entier -strict $m] && $m < 1 && ![dict exists $opts -hold]} {
+                    bad nonpositive_value "set_multicycle_path $m: a setup multiplier must be at least 1"
+                }
+            }
+        }
+        read_sdc - source { set clocks_open 1 }
+        link_design - current_design {
+            set d [arg $call 0]
+            if {$d ne "" && $have_design && [dict exists $design modules $d]} { set top $d }
+            return $top
+        }
+        get_ports { return [query $name port $call] }
+        get_cells { return [query $name cell $call] }
+        get_pins { return [query $name pin $call] }
+        get_nets { return [query $name net $call] }
+        get_clocks { return [query $name clock $call] }
+        all_clocks { return [dict keys $clocks] }
+        all_inputs - all_outputs {
+            if {!$have_design} { return {port0 port1} }
+            set out {}
+            foreach p [port_names] {
+                set dir [dict get [objs ports] $p]
+                if {$dir eq "inout" || $dir eq [expr {$name eq "all_inputs" ? "in" : "out"}]} {
+                    if {[dict exists [dict get $call opts] -no_clocks] && $p in $clock_sources} { continue }
+                    lappend out $p
+                }
+            }
+            return $out
+        }
+        all_registers {
+            if {!$have_design} { return {reg0 reg1} }
+            return [lsearch -all -inline [objs registers] *_reg*]
+        }
+    }
+    return ""
+}
 
 proc tool_call {name args} {
-    global ncalls
+    global ncalls sigs top
     incr ncalls
+    if {[dict exists $sigs $name]} {
+        set call [parse_call $name [dict get $sigs $name] $args]
+        set result [semantics $name $call]
+        if {$result ne "" || [string match get_* $name] || [string match all_* $name]} { return $result }
+    }
     switch -glob -- $name {
         get_property - get_attribute { return 1.0 }
         get_name - get_full_name { return obj0 }
-        current_design { return top }
+        current_design { return $top }
         get_* - all_* - find_* { return {obj0 obj1} }
         default { return "" }
     }
@@ -455,6 +896,7 @@ if {![info complete $text]} {
 }
 run_script $text
 # Probe every procedure definition once, including ones defined or redefined by probes.
+set probing 1
 set probed [dict create]
 set i 0
 while {!$limit_hit && $i < 500} {

@@ -70,11 +70,40 @@ def test_build_dataset_end_to_end(ray_session: None, tmp_path: Path, assets: Pat
     phases = {r["phase"] for r in rows}
     assert {"rtl_design", "triage", "synthesis", "timing_analysis", "placement"} <= phases
     split_of: dict[str, set[str]] = {}
+    # router (triage) rows: labelled questions in train/validation only, none from the held-out eval file
+    triage = [r for r in rows if r["phase"] == "triage"]
+    assert triage and {r["split"] for r in triage} == {"train", "validation"} and {r["task"] for r in triage} == {"route"}
+    assert rep["router"]["n_in_dataset"] == len(triage) and rep["router"]["eval"]["macro_f1"] >= 0.85
+    held_out = {json.loads(line)["text"] for line in open(rep["router"]["eval_path"])}
+    assert not held_out & {m["content"] for r in rows for m in r["messages"]}
     for r in rows:
-        g = r["provenance"]["repo"] or r["provenance"]["url"].split("/")[3]
-        split_of.setdefault(g, set()).add(r["split"])
         assert "toggle_in" not in json.dumps(r["messages"])
+        if r["phase"] == "triage":
+            continue
+        g = r["provenance"]["repo"] or r["provenance"]["url"]  # a repository, or a documentation page
+        split_of.setdefault(g, set()).add(r["split"])
     assert all(len(s) == 1 for s in split_of.values())
+    # issue 13: split within each phase by group, so a phase with three groups or more has every split
+    groups_of: dict[str, set[str]] = {}
+    for r in rows:
+        if r["phase"] != "triage":
+            groups_of.setdefault(r["phase"], set()).add(r["provenance"]["repo"] or r["provenance"]["url"])
+    assert len(groups_of["timing_analysis"]) >= 3  # three OpenSTA pages: one source, no longer one group
+    for phase, groups in groups_of.items():
+        cells = {s: rep["per_phase_split"].get(f"{phase}/{s}", {}).get("count", 0) for s in ("train", "validation", "test")}
+        if len(groups) >= 3:
+            assert min(cells.values()) >= 1, (phase, cells)
+            assert not [w for w in rep["split_warnings"] if w.startswith(f"phase {phase}:")]
+        else:
+            assert cells["train"] >= 1 and [w for w in rep["split_warnings"] if w.startswith(f"phase {phase}:")]
+    # what each filter removed, per phase and split, adds up to the totals
+    removed: dict[str, int] = {}
+    for cell in rep["per_phase_split"].values():
+        for reason, n in cell["removed"].items():
+            removed[reason] = removed.get(reason, 0) + n
+    assert removed == {k: v for k, v in rep["dropped"].items() if v}
+    repo0 = rep["split_of_group"]["repo0"]
+    assert rep["per_phase_split"][f"rtl_design/{repo0}"]["removed"]["contaminated"] >= 1
     rtl = [r for r in rows if r["phase"] == "rtl_design"]
     assert sum(r["provenance"]["repo"] == "big" for r in rtl) <= 0.25 * (len(rtl) + rep["dropped"]["repo_cap"]) + 1
     # report: per phase and split with token distribution, and a rerun is identical (deterministic)
@@ -95,3 +124,63 @@ def test_missing_input_dir_is_an_error_before_ray(tmp_path: Path, capsys) -> Non
     err = capsys.readouterr().err
     assert "--corpus" in err and "does not exist" in err
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- resources (issue 13)
+
+def test_resource_plan_fits_small_clusters() -> None:
+    """Actor pools plus one read task fit the cluster: three 0.5-CPU pools on 2 CPUs left the reads
+    no CPU and the job waited forever; on 1 CPU a 1-CPU read task can never start."""
+    from pipelines.dataset import DatasetConfig, plan_resources
+
+    cfg = DatasetConfig(benchmark_paths=["bench"])
+    for total in (1.0, 2.0, 3.0, 64.0):
+        res, read = plan_resources(cfg, total)
+        actors = sum(r.num_cpus * (r.concurrency or 1) for r in res.values())
+        assert set(res) == {"modules", "docs", "decontam"}
+        assert 0 < read["num_cpus"] <= 1.0 and actors + read["num_cpus"] <= total + 1e-9, (total, res, read)
+    assert plan_resources(cfg, 0.0)[1] == {}  # no Ray attached: Ray's defaults
+
+
+TWO_CPU_RUN = """
+import os, sys
+import ray
+ray.init(address="local", num_cpus=2, num_gpus=0, object_store_memory=256 * 1024**2, include_dashboard=False,
+         log_to_driver=False, runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": os.getcwd()}})
+from jobs.build_dataset import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.integration
+def test_dataset_job_with_benchmarks_finishes_on_a_2_cpu_ray(tmp_path: Path, assets: Path, repo_root: Path) -> None:
+    """The default stage resources with benchmark_paths on a 2-CPU Ray (the tests' shared Ray has 4
+    CPUs and missed the hang): a fresh Ray in a subprocess, which must finish well within the timeout."""
+    import os
+    import subprocess
+    import sys
+
+    mods = [_module(f"repo{r}", i) for r in range(3) for i in range(3)]
+    for repo in sorted({m["repo"] for m in mods}):
+        (tmp_path / f"c/modules/repo={repo}").mkdir(parents=True)
+        pq.write_table(from_rows([m for m in mods if m["repo"] == repo], MODULES_SCHEMA, stage="test"),
+                       tmp_path / f"c/modules/repo={repo}/part-0.parquet")
+    docs = [{"id": f"d{i}", "source": "opensta", "tool": "opensta", "url": f"http://127.0.0.1/sta/{i}", "title": f"Page {i}",
+             "section_path": [f"Page {i}"], "license": "ISC",
+             "text": f"report_checks prints the path with the worst setup slack and the required time (page {i})."}
+            for i in range(3)]
+    (tmp_path / "d/docs").mkdir(parents=True)
+    pq.write_table(from_rows(docs, DOCS_SCHEMA, stage="test"), tmp_path / "d/docs/part.parquet")
+    bench = [str(assets / "benchmarks/rtllm"), str(assets / "benchmarks/verilogeval")]
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(repo_root)}
+    try:
+        proc = subprocess.run([sys.executable, "-c", TWO_CPU_RUN, "--corpus", str(tmp_path / "c"), "--docs",
+                               str(tmp_path / "d"), "--output", str(out), f"benchmark_paths={json.dumps(bench)}"],
+                              cwd=repo_root, env=env, capture_output=True, text=True, timeout=420)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the dataset job hung on a 2-CPU Ray: {(exc.stdout or b'')[-2000:]!r}") from None
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "scaled to fit" in proc.stdout  # the plan was checked against the 2 CPUs
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["per_phase_split"]["rtl_design/train"]["count"] > 0

@@ -361,6 +361,23 @@ def test_tcl_checker_run_is_bounded(v: Validator) -> None:
     assert v.check_tcl("set s [string repeat x 200000000]\nset t $s$s$s\n", "sdc") == "tcl/checker_failed"  # 512 MB
 
 
+def test_semantic_findings_never_hide_an_unsafe_command(v: Validator) -> None:
+    """Many wrong options, ports and clocks first, then exec reached at run time: the unsafe
+    command is still what the rejection names (semantic findings are capped and come last)."""
+    noise = "".join(f"create_clock -period -{k} -freq{k} [get_ports nope{k}]\nset_input_delay 1 -clock c{k} x{k}\n"
+                    for k in range(60))
+    script = noise + 'eval [string reverse "di cexe"]\n'
+    assert v.tcl_dynamic(script, "sdc") == "tcl/unsafe_command", v.detail
+    assert "exec" in v.detail
+
+
+def test_semantic_detail_is_the_answers_own_text(v: Validator) -> None:
+    """A semantic rejection explains itself with the script's own words and the design's names only."""
+    assert v.check_tcl("set_load 0.1 [get_ports {/etc/passwd}]\n", "sdc") == "tcl/no_such_port"
+    assert "/etc/passwd" in v.detail and "root:" not in v.detail
+    assert "clk" in v.detail  # the ports the design does have
+
+
 def test_tcl_checker_lists_match() -> None:
     text = validate.tcl_checker_script()
     covered = set(re.search(r"set covered \{([^}]*)\}", text).group(1).split())

@@ -51,7 +51,9 @@ def test_load_doc_seeds(tmp_path: Path) -> None:
     assert found[0]["phases"] == ["synthesis"] and found[1]["phases"] == ["power_analysis"]
     assert "routing" in found[2]["phases"] and len(found[0]["text"]) <= 300 and found[1]["section"] == "Power > report"
     assert len(raw) == 4 and raw[1]["tool"] == "opensta"
-    assert [seeds.group_of(s) for s in found] == ["yosys", "opensta", "openroad"]  # the doc source, as in the dataset
+    # the documentation page, as in the dataset (corpus.splits.doc_group)
+    assert [seeds.group_of(s) for s in found] == ["yosys:https://docs/yosys/synth", "opensta:https://docs/opensta/power",
+                                                  "openroad:https://docs/openroad/route"]
     with pytest.raises(FileNotFoundError, match="no docs/"):
         seeds.load_doc_seeds(str(tmp_path / "absent"))
 
@@ -84,7 +86,7 @@ def test_sample_docs_are_read_in_process_with_the_docs_jobs_source_names(repo_ro
     rows, stats = seeds.read_local_docs(sources, chunk_chars=docs_cfg["chunk"]["max_chars"])
     assert set(stats) == {s.name for s in sources} and all(v["pages"] > 0 and v["failed"] == 0 for v in stats.values())
     found, raw = seeds.doc_seeds(rows)
-    assert {s["group"] for s in found} == {s.name for s in sources}
+    assert {s["group"].split(":", 1)[0] for s in found} == {s.name for s in sources}  # <source>:<page>
     split_of_group = json.loads((repo_root / "sample" / "dataset" / "report.json").read_text())["split_of_group"]
     assert {s["group"] for s in found} <= set(split_of_group)  # every sample doc group has a split in the dataset
     assert {"synthesis", "timing_analysis"} <= {p for s in found for p in s["phases"]}
