@@ -496,13 +496,16 @@ def _tagged(rows: list[dict[str, Any]], group: Any) -> pa.Table:
 
 
 class DecontamStage:
-    """Tagged batch → same rows, with ``skip = "contaminated:<suite>"`` where user+assistant text
-    shares an n-gram with a benchmark problem's prompt or reference (index built once per actor)."""
+    """Tagged batch → same rows, with ``skip = "contaminated:<suite>:<methods>"`` where the example
+    copies a benchmark problem: its user+assistant text shares an n-gram with a problem's prompt
+    or reference (``text_13gram``), or holds most of a reference solution's identifier-canonical
+    token n-grams, so a renamed copy is caught too (``canonical``); ``corpus.decontam``. Both
+    indexes are built once per actor."""
 
     def __init__(self, benchmark_paths: Sequence[str], n: int = 13) -> None:
-        from corpus.decontam import BenchmarkIndex
+        from corpus.decontam import Decontaminator
 
-        self.index = BenchmarkIndex.from_paths(list(benchmark_paths), n=n)
+        self.check = Decontaminator.from_paths(list(benchmark_paths), ngram=n).check
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from corpus.decontam import BenchmarkIndex
@@ -512,9 +515,9 @@ class DecontamStage:
             if ex is None:
                 continue
             msgs = json.loads(ex)["messages"]
-            hits = self.index.hits("\n".join(m["content"] for m in msgs if m["role"] != "system"))
-            if hits:
-                skip[i] = "contaminated:" + sorted({BenchmarkIndex.suite(h) for h in hits})[0]
+            match = self.check("\n".join(m["content"] for m in msgs if m["role"] != "system"))
+            if match:
+                skip[i] = f"contaminated:{BenchmarkIndex.suite(match.problem_id)}:{'+'.join(match.methods)}"
         return batch.set_column(batch.schema.get_field_index("skip"), "skip", pa.array(skip, pa.string()))
 
 

@@ -169,6 +169,7 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
     meta = tagged.select_columns(["id", "phase", "group", "skip"]).take_all()
     dropped: Counter[str] = Counter()
     contaminated: Counter[str] = Counter()
+    contaminated_by_method: Counter[str] = Counter()  # an example caught by both counts under both
     # (phase, group) → reason → removed, for the per-phase, per-split report (phase None: an invalid row)
     removed: dict[tuple[str | None, str], Counter[str]] = defaultdict(Counter)
     seen: set[str] = set()
@@ -179,7 +180,10 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
             dropped[reason] += 1
             removed[(m["phase"], m["group"])][reason] += 1
             if m["skip"].startswith("contaminated:"):
-                contaminated[m["skip"].split(":", 1)[1]] += 1
+                _, suite, methods = m["skip"].split(":", 2)
+                contaminated[suite] += 1
+                for method in methods.split("+"):
+                    contaminated_by_method[method] += 1
         elif m["id"] in seen:
             dropped["duplicate_example"] += 1
             removed[(m["phase"], m["group"])]["duplicate_example"] += 1
@@ -244,6 +248,7 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
               "dropped": dict(dropped),
               "dropped_units": "inputs (modules, doc chunks) for skip reasons; examples for repo_cap, "
                                "duplicate_example and contaminated", "contaminated_per_benchmark": dict(contaminated),
+                               "contaminated_per_method": dict(contaminated_by_method),
               "removed_units": "per_phase_split[...].removed: inputs by the phase the classifier gave them and "
                                "the split of their group ('unassigned': a group with no kept example)",
               "split_min_examples": cfg.split_min_examples, "split_warnings": plan.warnings,

@@ -118,7 +118,7 @@ def test_decontam_stage_drops_planted_overlap_keeps_clean(assets: Path) -> None:
     by_group = defaultdict(list)
     for g, s in zip(out.column("group").to_pylist(), out.column("skip").to_pylist()):
         by_group[g].append(s)
-    assert "contaminated:rtllm" in by_group["r1"]  # write/explain/complete carry the reference
+    assert "contaminated:rtllm:text_13gram+canonical" in by_group["r1"]  # write/explain/complete carry the reference
     assert by_group["clean"] == [None] * 3  # write, explain, complete (router examples come from corpus.router)
 
 
@@ -226,3 +226,24 @@ def test_no_sample_example_prompt_shares_a_long_ngram_with_its_answer(repo_root:
         if shared:
             leaks.append((ex_id[:12], task, " ".join(sorted(shared)[0])))
     assert not leaks, leaks[:5]
+
+
+def test_decontam_stage_catches_a_renamed_copy_by_canonical_tokens(tmp_path: Path) -> None:
+    """Issue 13: an example whose module is a benchmark reference with every identifier renamed
+    and comments dropped shares no word 13-gram, and is still dropped (method ``canonical``)."""
+    from tests.corpus.test_decontam import PLANTED_COPY, PLANTED_ID, PLANTED_REF, UNRELATED
+
+    root = tmp_path / "verilog-eval" / "dataset_spec-to-rtl"
+    root.mkdir(parents=True)
+    (root / f"{PLANTED_ID}_prompt.txt").write_text("Detect 1, 0, 1 on in; pulse found after the final 1.\n")
+    (root / f"{PLANTED_ID}_ref.sv").write_text(PLANTED_REF)
+    (root / f"{PLANTED_ID}_test.sv").write_text("module tb; endmodule\n")
+    rows = [mod(source=PLANTED_COPY, name="pattern_watch", repo="copied"), mod(source=UNRELATED, name="blink_ctrl", repo="clean")]
+    tagged = ModuleStage()(from_rows(rows, MODULES_SCHEMA, stage="test"))
+    out = DecontamStage([str(tmp_path / "verilog-eval")])(tagged)
+    skips = defaultdict(set)
+    for g, s in zip(out.column("group").to_pylist(), out.column("skip").to_pylist()):
+        skips[g].add(s)
+    assert skips["copied"] and all(s == "contaminated:verilogeval-v2:canonical" for s in skips["copied"] if s)
+    assert "contaminated:verilogeval-v2:canonical" in skips["copied"]
+    assert not any(s and s.startswith("contaminated") for s in skips["clean"])
