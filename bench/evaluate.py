@@ -8,27 +8,37 @@ below), then:
   directory, ``iverilog`` (the job's command line), ``vvp -n``, check the pass line. No sandbox,
   no Ray: the floor of what one core can do;
 - **sandboxed loop**: the same samples through ``evaluation.simulate.run_problem`` in one process
-  (bubblewrap per tool run, as in the job), to show the sandbox's own cost;
+  (one bubblewrap sandbox per sample, compile and simulation inside, as in the job), to show the
+  sandbox's own cost;
 - **job**: ``python -m jobs.evaluate --reference evaluate_models=false`` on the generated
   checkout (each problem answered with its reference, so every sample is compiled and
   simulated), in a fresh process with a local Ray, with the check stage limited to W parallel
-  tasks for each W of ``--workers``. Samples/s is N over the job's ``generate + check`` step.
+  tasks for each W of ``--workers``. Samples/s is N over the job's ``generate + check`` step,
+  Ray Data's start-up of the stage included (so a small N understates what a cluster-sized run
+  gets). Each check task gets ``--batch-size`` samples; by default about N / (4 W), so every
+  worker gets several tasks and the per-task cost is spread over many samples.
 
 Reports samples/s for each, the job's samples/s per worker divided by the plain loop's (the
 ratio per core; 1.0 means no overhead over a bare loop) and by the sandboxed loop's (what is
 left is Ray's share), and the job's wall time against W. The loops are measured right before
 each job run. Writes ``bench/results/evaluate.json``.
 
-    python bench/evaluate.py [--problems 48] [--workers 1 2] [--repeat 1] [--batch-size 2]
+``--marginal F`` also runs each job on the first F·N problems: from the two step times
+t(n) = start-up + n / rate, the stage's fixed start-up (a fresh Ray's first Data stage: worker
+imports, planning) and its marginal samples/s, i.e. what a run large enough to amortise the
+start-up gets per worker; both are reported beside the whole-step figures, never instead.
+
+    python bench/evaluate.py [--problems 48] [--workers 1 2] [--repeat 1] [--batch-size N]
 
 On a shared machine, wall-clock figures vary with the other load; the load average at the start
-and end is recorded with the results.
+and end, and at the start of each run, is recorded with the results.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -118,12 +128,19 @@ def sandboxed_loop(problems: list[dict]) -> tuple[float, int]:
     return time.perf_counter() - t0, passed
 
 
-def run_job(checkout: Path, out: Path, workers: int, batch_size: int) -> dict:
+def auto_batch(n: int, workers: int) -> int:
+    """Samples per check task: about four tasks per worker (load balance), at most 50 samples each."""
+    return max(1, min(50, math.ceil(n / (4 * workers))))
+
+
+def run_job(checkout: Path, out: Path, workers: int, batch_size: int, max_problems: int | None = None) -> dict:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
     argv = [sys.executable, "-m", "jobs.evaluate", "--output", str(out), "--force", "--reference",
             "evaluate_models=false", "dataset_dir=null", "smoke=false", "routing.enabled=false",
             f"benchmarks.verilog_eval_v2={checkout}", f"simulation.resources.concurrency={workers}",
             f"simulation.resources.batch_size={batch_size}"]
+    if max_problems:
+        argv.append(f"benchmarks.max_problems={max_problems}")
     t0 = time.perf_counter()
     p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - t0
@@ -133,7 +150,8 @@ def run_job(checkout: Path, out: Path, workers: int, batch_size: int) -> dict:
     step = rep["steps"]["generate + check"]["wall_s"]
     cells = rep["benchmarks"]["verilog_eval_v2/spec-to-rtl"]["reference"]
     return {"workers": workers, "batch_size": batch_size, "samples": cells["samples"], "passed": cells["passed"],
-            "check_step_s": step, "job_wall_s": round(wall, 2), "ray_start_s": rep["steps"]["ray start"]["wall_s"]}
+            "check_step_s": step, "job_wall_s": round(wall, 2), "ray_start_s": rep["steps"]["ray start"]["wall_s"],
+            "isolation": rep["sandbox"]["isolation"]["mode"]}
 
 
 def main() -> None:
@@ -141,8 +159,11 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=48)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=2,
-                    help="samples per check task (simulation.resources.batch_size)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="samples per check task (simulation.resources.batch_size); default about N / (4 W)")
+    ap.add_argument("--marginal", type=float, default=0.0, metavar="F",
+                    help="also run each job on the first F*N problems (0 < F < 1) to separate the stage's fixed "
+                         "start-up from its marginal samples/s")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "evaluate.json"))
     args = ap.parse_args()
     from evaluation.benchmarks import load_verilog_eval_v2
@@ -156,15 +177,34 @@ def main() -> None:
         for r in range(args.repeat):
             for w in args.workers:
                 # the loops run right before each job run: on a shared machine the load drifts
+                load = os.getloadavg()
                 plain, boxed = plain_loop(problems), sandboxed_loop(problems)
-                job = run_job(checkout, Path(tmp) / f"out{w}-{r}", w, args.batch_size)
+                if plain[1] != n or boxed[1] != n:
+                    raise RuntimeError(f"loops passed {plain[1]} and {boxed[1]} of {n} samples")
+                job = run_job(checkout, Path(tmp) / f"out{w}-{r}", w, args.batch_size or auto_batch(n, w))
+                if job["passed"] != n:
+                    raise RuntimeError(f"the job passed {job['passed']} of {n} samples")
                 job.update(
-                    repeat=r, plain_samples_per_s=round(n / plain[0], 3),
+                    repeat=r, loadavg_at_start=[round(x, 2) for x in load], plain_samples_per_s=round(n / plain[0], 3),
                     sandboxed_samples_per_s=round(n / boxed[0], 3), samples_per_s=round(n / job["check_step_s"], 3))
                 job["samples_per_s_per_worker"] = round(job["samples_per_s"] / w, 3)
                 job["ratio_per_core_vs_plain"] = round(job["samples_per_s_per_worker"] / job["plain_samples_per_s"], 3)
                 job["ratio_per_core_vs_sandboxed_loop"] = round(
                     job["samples_per_s_per_worker"] / job["sandboxed_samples_per_s"], 3)
+                if 0 < args.marginal < 1:
+                    m = max(1, round(n * args.marginal))
+                    small = run_job(checkout, Path(tmp) / f"out{w}-{r}-small", w,
+                                    args.batch_size or auto_batch(m, w), max_problems=m)
+                    per_sample = (job["check_step_s"] - small["check_step_s"]) / (n - m)
+                    if per_sample > 0:
+                        job.update(
+                            small_problems=m, small_check_step_s=small["check_step_s"],
+                            stage_startup_s=round(job["check_step_s"] - n * per_sample, 2),
+                            marginal_samples_per_s=round(1 / per_sample, 3),
+                            marginal_ratio_per_core_vs_plain=round(1 / per_sample / w / job["plain_samples_per_s"], 3))
+                        print(f"    marginal: {m} problems in {small['check_step_s']:.2f} s → start-up "
+                              f"{job['stage_startup_s']:.2f} s, {job['marginal_samples_per_s']:.2f} samples/s "
+                              f"(ratio per core {job['marginal_ratio_per_core_vs_plain']:.2f} vs plain)", flush=True)
                 runs.append(job)
                 print(f"[{r}] plain loop {job['plain_samples_per_s']:.2f}/s, sandboxed loop "
                       f"{job['sandboxed_samples_per_s']:.2f}/s; job with {w} worker(s): check step "
@@ -177,14 +217,16 @@ def main() -> None:
     best = {str(w): min((j for j in runs if j["workers"] == w), key=lambda j: j["check_step_s"])
             for w in args.workers}
     result = {
-        "problems": n, "cpus": os.cpu_count(), "batch_size": args.batch_size, "loadavg_start": load0,
+        "command": " ".join(["python", "bench/evaluate.py", *sys.argv[1:]]),
+        "problems": n, "cpus": os.cpu_count(), "batch_size": args.batch_size or "auto", "loadavg_start": load0,
         "loadavg_end": os.getloadavg(), "best_by_workers": best,
         "wall_vs_workers": {w: j["check_step_s"] for w, j in best.items()},
         "runs": runs,
         "note": "samples/s of the job = samples / its 'generate + check' step (Ray Data tasks, each sample compiled "
-                "and simulated in two bubblewrap sandboxes, fixed start-up of the step included); plain loop = "
+                "and simulated in one bubblewrap sandbox, fixed start-up of the step included); plain loop = "
                 "iverilog + vvp in one process without sandbox; ratio per core = job samples/s per worker / loop "
-                "samples/s measured just before that job run.",
+                "samples/s measured just before that job run. With --marginal: stage_startup_s and "
+                "marginal_samples_per_s from the step times at N and F*N problems (t = start-up + n / rate).",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

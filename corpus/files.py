@@ -2,6 +2,21 @@
 
 Never opens a path whose real location is outside the repository root (symlinks are resolved
 with ``os.path.realpath`` first). Skipped files are counted by reason.
+
+Which files are source is decided by content, not size: the size cap (``DEFAULT_MAX_FILE_BYTES``,
+32 MiB) only bounds memory, so multi-MB generated RTL (nvdla's) is read and parsed. A file is
+skipped as data or as another language (``content_reason``):
+
+- ``binary``: NUL bytes;
+- ``hex_image``: a memory image (``$readmemh`` data): most non-empty lines are hex digits/x/z/_/@;
+- ``template``: a Mako/Jinja template (``% for`` lines, ``<%``, ``${...}``, ``{%`` outside ``//``
+  comments and strings), which no Verilog parser can read before it is rendered;
+- ``c_preprocessor``: C-preprocessor lines (``#include``, ``#define``) and no design unit: a C
+  header named ``.vh``. A Verilog file that also has ``#ifdef`` lines (one of nvdla's) is read; the
+  preprocessor (``corpus.preprocess``) evaluates those lines.
+
+Content checks look at a bounded sample (``_SAMPLE_BYTES``) and use byte searches first, so a
+large file costs little.
 """
 
 from __future__ import annotations
@@ -14,8 +29,16 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 DEFAULT_EXTENSIONS = (".v", ".sv", ".vh", ".svh")
-SKIP_REASONS = ("too_large", "binary", "symlink_outside", "symlink_loop", "symlink_broken", "unreadable")
+DEFAULT_MAX_FILE_BYTES = 32 * 1024 * 1024  # a memory bound only; content decides what is source
+CONTENT_REASONS = ("binary", "hex_image", "template", "c_preprocessor")
+SKIP_REASONS = ("too_large", *CONTENT_REASONS, "symlink_outside", "symlink_loop", "symlink_broken", "unreadable")
 _HEX_LINE = re.compile(r"^[0-9a-fA-FxXzZ_@\s]+$")
+_SAMPLE_BYTES = 256 * 1024  # hex-image check: the first lines are enough to tell
+_LINE_COMMENT = re.compile(rb'//[^\n]*|"(?:\\.|[^"\\\n])*"')  # line comments and strings
+_TEMPLATE = re.compile(rb"^[ \t]*%[ \t]*(?:if|for|endif|endfor|else|elif|def|enddef|import|namespace)\b"
+                       rb"|<%|\$\{|\{%", re.M)
+_CPP_DIRECTIVE = re.compile(rb"#[ \t]*(?:include|define|ifdef|ifndef|if|elif|else|endif|undef|pragma)\b")
+_UNIT_WORD = re.compile(rb"\b(?:module|macromodule|interface|package|program|primitive)\b")
 
 
 @dataclass
@@ -26,15 +49,54 @@ class ReadResult:
     n_bytes: int = 0
 
 
-def is_binary(data: bytes) -> bool:
-    """NUL bytes, or a hex/memory image: most non-empty lines are hex digits/x/z/_/@ only."""
-    if b"\x00" in data:
-        return True
-    lines = [ln for ln in data.decode("latin-1").splitlines() if ln.strip()]
+def is_hex_image(data: bytes) -> bool:
+    """A hex/memory image: most non-empty lines (of the first ``_SAMPLE_BYTES``) are hex digits/x/z/_/@."""
+    sample = data[:_SAMPLE_BYTES]
+    if len(data) > _SAMPLE_BYTES:
+        sample = sample[: sample.rfind(b"\n") + 1] or sample  # whole lines only
+    lines = [ln for ln in sample.decode("latin-1").splitlines() if ln.strip()]
     if not lines:
         return False
     hexlike = sum(1 for ln in lines if _HEX_LINE.match(ln))
     return hexlike > 0.5 * len(lines)
+
+
+def is_binary(data: bytes) -> bool:
+    """NUL bytes, or a hex/memory image (``is_hex_image``): not source text either way."""
+    return b"\x00" in data or is_hex_image(data)
+
+
+def is_template(data: bytes) -> bool:
+    """Mako/Jinja template markers outside ``//`` comments and strings (nvdla's comments hold ``${1}``)."""
+    if not any(m in data for m in (b"%", b"${", b"{%")):
+        return False
+    return _TEMPLATE.search(_LINE_COMMENT.sub(b"", data)) is not None
+
+
+def has_cpp_directives(data: bytes) -> bool:
+    """A C-preprocessor directive at the start of a line (``#include``, ``#ifdef``, ...)."""
+    if b"#" not in data:
+        return False
+    for m in _CPP_DIRECTIVE.finditer(data):
+        i = m.start() - 1
+        while i >= 0 and data[i] in b" \t\r":  # blanks only back to the line start (no rescans)
+            i -= 1
+        if i < 0 or data[i] == 0x0A:
+            return True
+    return False
+
+
+def content_reason(data: bytes) -> str | None:
+    """Why ``data`` is not Verilog source to parse (one of ``CONTENT_REASONS``), or None."""
+    if b"\x00" in data:
+        return "binary"
+    if is_hex_image(data):
+        return "hex_image"
+    if is_template(data):
+        return "template"
+    if has_cpp_directives(data) and _UNIT_WORD.search(_LINE_COMMENT.sub(b"", data)) is None:
+        return "c_preprocessor"
+    return None
 
 
 def decode(data: bytes) -> tuple[str, str]:
@@ -67,7 +129,7 @@ def read_repo(
     extensions: Sequence[str] = DEFAULT_EXTENSIONS,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    max_file_bytes: int = 1_000_000,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> ReadResult:
     """Walk ``root`` (skipping ``.git/``) and read the selected files, sorted by path."""
     out = ReadResult()
@@ -107,8 +169,9 @@ def read_repo(
         if len(data) > max_file_bytes:
             out.skipped["too_large"] += 1
             continue
-        if is_binary(data):
-            out.skipped["binary"] += 1
+        reason = content_reason(data)
+        if reason is not None:
+            out.skipped[reason] += 1
             continue
         text, encoding = decode(data)
         out.encodings[encoding] += 1

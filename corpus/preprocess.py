@@ -19,6 +19,22 @@ the original file:
   declaration, or a call whose arguments hold a property (``|->``, ``##``): those get a neutral
   token (``32``, ``0``, ``0:0``, ``logic``) or are blanked.
 
+Also (issue 9, constructs of the users' repositories):
+
+- a ``//`` comment inside a multi-line macro argument is removed before the argument is joined
+  onto one line (it used to swallow the rest of the call);
+- an ``include`` used inside a line (``#(`include "pll.vh")``) is replaced by the file's text,
+  preprocessed and joined onto that line; an ``include`` on its own line still only contributes
+  its defines (cached per header, defines before it and resolver scope);
+- C-preprocessor lines (``#ifdef``/``#else``/``#endif``/``#define``/``#include`` at the start of a
+  line, one of nvdla's files) are evaluated like their backtick twins;
+- an unknown macro whose arguments hold statements (``;``) is blanked, and one used as a member
+  name (``a.`NAME``) becomes the identifier ``NAME``;
+- ``rewrite_gaps``: grammar gaps of tree-sitter-systemverilog that slang accepts are rewritten on
+  their line (``$clog2(N)'(x)`` casts, ``.Name`` parameter shorthand, ``global``/``expect`` as
+  names, hierarchical covergroup cross items, ``$fatal(2)``, ``module $cell``), counted by kind in
+  ``Preprocessed.rewrites``.
+
 Unbalanced or malformed directives never raise: an unmatched ``else``/``endif`` is blanked and an
 unterminated ``ifdef`` runs to the end of the text.
 
@@ -46,14 +62,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["ExpansionLimit", "Macro", "ParseTimeout", "PreprocessError", "Preprocessed", "preprocess",
-           "strip_comments"]
+           "rewrite_gaps", "strip_comments"]
 
 # Comments, strings and backtick words, in the order they must be recognised.
 _TOKEN = re.compile(r'//[^\n]*|/\*.*?(?:\*/|\Z)|"(?:\\.|[^"\\\n])*"?|`[A-Za-z_][\w$]*', re.S)
+# From a position, everything up to and including the next backtick word outside comments and
+# strings (possessive, so a text without one fails in linear time).
+_SKIP_TO_MACRO = re.compile(
+    r'(?:[^`/"]++|//[^\n]*+|/\*(?:[^*]++|\*(?!/))*+(?:\*/)?|"(?:\\.|[^"\\\n])*+"?|/|`(?![A-Za-z_]))*+'
+    r'(`[A-Za-z_][\w$]*)', re.S)
+# The same, also matching C-preprocessor directive lines (used only for a text that has one).
+_TOKEN_CPP = re.compile(_TOKEN.pattern + r'|^[ \t]*\#[ \t]*(?:ifdef|ifndef|if|elif|else|endif|define|undef|include)\b',
+                        re.S | re.M)
+# A C-preprocessor directive line (``#ifdef X`` in a .v file meant for cpp), mapped to its Verilog twin.
+_CPP_LINE = re.compile(r"^[ \t]*#[ \t]*(?:ifdef|ifndef|if|elif|else|endif|define|undef|include)\b", re.M)
+_CPP_PROBE = re.compile(r"#[ \t]*(?:ifdef|ifndef|if|elif|else|endif|define|undef|include)\b")
+_CPP_WORD = {"if": "ifdef", "elif": "elsif"}
+_CPP_DEFINED = re.compile(r"\bdefined\s*\(?\s*([A-Za-z_]\w*)\s*\)?")
+# Arguments of an unknown macro that the grammar cannot take as an expression: statements.
+_STRING = re.compile(r'"(?:\\.|[^"\\])*"')
 _IDENT = re.compile(r"[ \t]*([A-Za-z_][\w$]*)")
 _NAME = re.compile(r"[A-Za-z_][\w$]*")
 _COMMENT = re.compile(r'//[^\n]*|/\*.*?(?:\*/|\Z)|("(?:\\.|[^"\\\n])*")', re.S)
-_PROPERTY_OPS = re.compile(r"\|->|\|=>|##|\bdisable\s+iff\b|\biff\b|\bs_eventually\b|\bthroughout\b")
+_PROPERTY_OPS = re.compile(r"\|->|\|=>|##|\bdisable\s+iff\b|\biff\b|\bs_eventually\b|\bthroughout\b|\balways\b"
+                           r"|\bnexttime\b|\bs_until\b|\buntil\b")
 _BASED_DIGITS = re.compile(r"'[sS]?[bBoOdDhH][ \t]*$")
 _TYPE_USE = re.compile(r"[ \t]+[A-Za-z_][\w$]*[ \t]*(?:[;,=)]|\[)")
 _PARAM_WORD = re.compile(r"\b[A-Za-z_]\w*\b")
@@ -76,6 +108,11 @@ _LINE_DIRECTIVES = frozenset(
 )
 _CONDITIONALS = frozenset({"ifdef", "ifndef", "elsif", "else", "endif"})
 _MAX_DEPTH = 16  # include nesting (deeper includes are not read)
+# Defines after an ``include``, by (header text, resolver scope, depth, defines before): the same
+# header included by many files of a batch is run once per distinct state (bounded, per process).
+_INCLUDE_CACHE: dict[tuple[object, ...], dict[str, "Macro"]] = {}
+_CACHE_ENTRIES = 1024
+_CACHE_MAX_TEXT = 1_000_000
 MAX_MACRO_DEPTH = 64  # macro expansion nesting; deeper raises ExpansionLimit
 EXPANSION_FACTOR = 10  # expansion budget: EXPANSION_FACTOR × input characters ...
 MIN_EXPANSION_CHARS = 4_000_000  # ... but never less than this
@@ -144,6 +181,9 @@ class Preprocessed:
     n_conditionals: int = 0  # ifdef/ifndef chains met
     n_expanded: int = 0  # macro uses expanded from known defines
     n_neutralised: int = 0  # unknown macro uses replaced by a neutral token or blanked
+    n_cpp_directives: int = 0  # C-preprocessor lines (``#ifdef``, ``#define``) handled like their ` twins
+    n_inline_includes: int = 0  # ``include``s in the middle of a line, replaced by the file's text
+    rewrites: dict[str, int] = field(default_factory=dict)  # grammar-gap rewrites by kind (``rewrite_gaps``)
     includes: list[str] = field(default_factory=list)  # include names met in active text
     unresolved_includes: list[str] = field(default_factory=list)
 
@@ -314,7 +354,8 @@ class _Pass:
         values: dict[str, str] = {}
         for idx, pname in enumerate(mac.params):
             if idx < len(args) and args[idx].strip():
-                values[pname] = " ".join(args[idx].split())
+                # A `//` comment in a multi-line argument would swallow the rest of the joined line.
+                values[pname] = " ".join(strip_comments(args[idx]).split())
             else:
                 dv = mac.defaults[idx] if idx < len(mac.defaults) else None
                 values[pname] = dv or ""
@@ -354,9 +395,40 @@ class _Pass:
         if self.depth >= _MAX_DEPTH:
             return
         self.budget.spend(len(text))  # a header included many times is scanned many times
-        # Only the include's defines matter: its text is not inserted (line numbers stay).
+        # Only the include's defines matter: its text is not inserted (line numbers stay). The
+        # defines after it depend on its text, the defines before it and, for nested includes,
+        # where the resolver looks: with a resolver that says (``cache_scope``), they are cached.
+        scope = getattr(self.resolve, "cache_scope", None)
+        key = None
+        if scope is not None and len(text) <= _CACHE_MAX_TEXT:
+            key = (text, scope if "include" in text else None, self.depth,
+                   tuple(sorted(self.defines.items())))
+            after = _INCLUDE_CACHE.get(key)
+            if after is not None:
+                self.defines.clear()
+                self.defines.update(after)
+                return
         sub = _Pass(self.defines, self.resolve, self.depth + 1, Preprocessed(""), self.budget, self.max_depth)
         sub.run(text)
+        if key is not None:
+            if len(_INCLUDE_CACHE) >= _CACHE_ENTRIES:
+                _INCLUDE_CACHE.clear()
+            _INCLUDE_CACHE[key] = dict(self.defines)
+
+    def inline_include(self, name: str) -> str | None:
+        """The text of an ``include`` used inside a line, preprocessed with the current defines,
+        comments removed and joined onto one line (None: not found or nested too deep)."""
+        self.result.includes.append(name)
+        text = self.resolve(name) if self.resolve is not None else None
+        if text is None:
+            self.result.unresolved_includes.append(name)
+            return None
+        if self.depth >= _MAX_DEPTH:
+            return None
+        self.budget.spend(len(text))
+        self.result.n_inline_includes += 1
+        sub = _Pass(self.defines, self.resolve, self.depth + 1, Preprocessed(""), self.budget, self.max_depth)
+        return " ".join(strip_comments(sub.run(text)).split())
 
     # -- the main pass --
     def run(self, text: str) -> str:
@@ -367,22 +439,50 @@ class _Pass:
         stack: list[list[bool]] = []  # [parent_active, taken]
         n = len(text)
         i = 0
-        search = _TOKEN.search
+        # Without C-preprocessor lines, one anchored match skips comments and strings in C up to
+        # the next backtick word (a Python step per directive or macro, not per comment).
+        cpp = has_cpp_lines(text)
+        search = _TOKEN_CPP.search if cpp else None
+        skip_to_macro = _SKIP_TO_MACRO.match
         budget = self.budget
         n_tokens = 0
         while True:
-            m = search(text, i)
-            if m is None:
-                break
+            if search is None:
+                m = skip_to_macro(text, i)
+                if m is None:
+                    break
+                tok = m.group(1)
+                s, e = m.start(1), m.end()
+            else:
+                m = search(text, i)
+                if m is None:
+                    break
+                tok = m.group(0)
+                s, e = m.start(), m.end()
             n_tokens += 1
             if not n_tokens & 4095:
                 budget.check_deadline()
-            tok = m.group(0)
-            s, e = m.start(), m.end()
             i = e
-            if tok[0] != "`":
+            if tok[0] == "`":
+                word = tok[1:]
+            elif tok[-1].isalpha() and _CPP_LINE.match(tok):
+                word = tok.split("#", 1)[1].strip()
+                word = _CPP_WORD.get(word, word)
+                res.n_cpp_directives += 1
+                if word == "ifdef" and tok.split("#", 1)[1].strip() == "if":
+                    k = text.find("\n", e)
+                    k = n if k < 0 else k
+                    arg = _CPP_DEFINED.sub(lambda m: m.group(1), text[e:k])
+                    res.n_conditionals += 1
+                    cond = self.defined("(" + arg + ")") if active else False
+                    out.append(text[pos:s] if active else _newlines(text[pos:s]))
+                    out.append(" ")
+                    pos = i = k
+                    stack.append([active, cond])
+                    active = active and cond
+                    continue
+            else:
                 continue
-            word = tok[1:]
             if word in _CONDITIONALS:
                 arg_end = e
                 arg = ""
@@ -445,13 +545,22 @@ class _Pass:
                 end = n if end < 0 else end
                 line = text[e:end]
                 im = re.match(r'\s*(?:"([^"]+)"|<([^>]+)>|`([A-Za-z_][\w$]*))', line)
+                name = None
                 if im:
                     name = im.group(1) or im.group(2)
                     if im.group(3):
                         mac = self.defines.get(im.group(3))
                         name = mac.body.strip('"<> ') if mac is not None else None
-                    if name:
-                        self.include(name)
+                if im and name and not _at_line_start(text, s):
+                    # Used as inline text (``#(`include "p.vh")``): the file's text goes in its place,
+                    # on this line, and the rest of the line stays.
+                    body = self.inline_include(name)
+                    out.append(text[pos:s])
+                    out.append(" " if body is None else body)
+                    pos = i = e + im.end()
+                    continue
+                if name:
+                    self.include(name)
                 out.append(text[pos:s])
                 out.append(" ")
                 pos = i = end
@@ -517,14 +626,33 @@ class _Pass:
             parsed = _balanced(text, k, self.budget)
             if parsed is not None:
                 args, end = parsed
-                if _PROPERTY_OPS.search(" ".join(args)):  # an assertion macro: blank it
+                joined = _STRING.sub("", " ".join(args))
+                # An assertion macro, or one taking statements (``F(wait (x);, ...)``): blank it.
+                if _PROPERTY_OPS.search(joined) or ";" in joined:
                     self.result.n_neutralised += 1
                     return _blank(text[s:end]), end
             return None, e
+        if before.endswith("."):  # a.`NAME: a member named by a macro
+            self.result.n_neutralised += 1
+            return word, e
         if at_line_start and not before.strip() and _TYPE_USE.match(text, e):  # `T name;  a macro as a type
             self.result.n_neutralised += 1
             return "logic", e
         return None, e
+
+
+def _at_line_start(text: str, i: int) -> bool:
+    """Only blanks between the start of its line and ``text[i]`` (the walk stops at the first
+    non-blank, so a long line costs no more than its blanks)."""
+    i -= 1
+    while i >= 0 and text[i] in " \t\r":
+        i -= 1
+    return i < 0 or text[i] == "\n"
+
+
+def has_cpp_lines(text: str) -> bool:
+    """Whether ``text`` holds a C-preprocessor directive line (``#ifdef``, ``#define``, ...)."""
+    return any(_at_line_start(text, m.start()) for m in _CPP_PROBE.finditer(text))
 
 
 def preprocess(
@@ -535,6 +663,7 @@ def preprocess(
     max_depth: int = MAX_MACRO_DEPTH,
     max_chars: int | None = None,
     deadline: float | None = None,
+    rewrite: bool = True,
 ) -> Preprocessed:
     """Rewrite ``text`` for parsing; the result has exactly as many newlines as ``text``.
 
@@ -543,13 +672,93 @@ def preprocess(
     ``max_depth``: macro nesting limit; ``max_chars``: expansion budget in characters (None:
     ``max(EXPANSION_FACTOR × len(text), MIN_EXPANSION_CHARS)``); ``deadline``: a
     ``time.monotonic()`` value. Raises ``ExpansionLimit`` or ``ParseTimeout`` past them.
+    ``rewrite``: also apply ``rewrite_gaps`` (grammar-gap rewrites; counted in ``rewrites``).
     """
     result = Preprocessed(text, dict(defines or {}))
-    if "`" not in text:
-        return result
-    if max_chars is None:
-        max_chars = max(EXPANSION_FACTOR * len(text), MIN_EXPANSION_CHARS)
-    budget = _Budget(max_chars, deadline)
-    budget.check_deadline()
-    result.text = _Pass(result.defines, resolve, 0, result, budget, max_depth).run(text)
+    if "`" in text or has_cpp_lines(text):
+        if max_chars is None:
+            max_chars = max(EXPANSION_FACTOR * len(text), MIN_EXPANSION_CHARS)
+        budget = _Budget(max_chars, deadline)
+        budget.check_deadline()
+        result.text = _Pass(result.defines, resolve, 0, result, budget, max_depth).run(text)
+    if rewrite:
+        result.text = rewrite_gaps(result.text, result.rewrites, deadline)
     return result
+
+
+# Grammar gaps of tree-sitter-systemverilog 0.4.1 that slang accepts, each rewritten on its own line
+# (newlines never change): (kind, quick substring test, pattern, replacement). Patterns start with a
+# literal so that the regex engine skips ahead fast; conditions on the text before a match are
+# checked in the replacement function (``_after``).
+def _after(chars: str, repl: Callable[[re.Match[str]], str]) -> Callable[[re.Match[str]], str]:
+    """``repl`` applied only where the last non-blank character before the match is in ``chars``
+    ("": where it is not an identifier character, a backslash or a backtick)."""
+
+    def sub(m: re.Match[str]) -> str:
+        s, i = m.string, m.start() - 1
+        if chars:
+            while i >= 0 and s[i] in " \t\r\n":
+                i -= 1
+            return repl(m) if i >= 0 and s[i] in chars else m.group(0)
+        return m.group(0) if i >= 0 and (s[i].isalnum() or s[i] in "_$\\`") else repl(m)
+
+    return sub
+
+
+_GAP_REWRITES: list[tuple[str, str, re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+    # $fatal(2): a finish number alone is rejected; with a message it parses.
+    ("fatal_finish_number", "$fatal", re.compile(r"\$fatal\s*\(\s*(\d+)\s*\)"), lambda m: f'$fatal({m[1]}, "")'),
+    # $clog2(N)'(x), $size(a)'(x): a cast whose type is a function call; the cast is dropped.
+    ("function_cast", ")'(", re.compile(r"\$[A-Za-z_]\w*\s*\((?:[^()\n]|\([^()\n]*\))*\)\s*'(?=\()"), lambda m: ""),
+    # `.Name` shorthand in a parameter override (`#(.W, .D)`): `.Name(Name)`.
+    ("dot_name_shorthand", ".", re.compile(r"\.([A-Za-z_][\w$]*)(?=\s*[,)])"),
+     _after("(,", lambda m: f".{m[1]}({m[1]})")),
+    # SV keywords used as identifiers: escaped identifiers (`\\global `) name the same object.
+    ("keyword_identifier", "global", re.compile(r"global\b(?!\s*clocking)"), _after("", lambda m: "\\global ")),
+    ("keyword_identifier", "expect", re.compile(r"expect\b(?=\s*(?:[;,)\]=}]|<=|\[|\.))"),
+     _after("", lambda m: "\\expect ")),
+    ("keyword_identifier", ".expect", re.compile(r"(?<=\.)expect\b"), lambda m: "\\expect "),
+    # `module $_DLATCH_P_ (...)`: a yosys techmap cell named like a system task; escaped, it parses.
+    ("dollar_unit_name", "$", re.compile(r"(module|primitive)([ \t]+)\$([\w$]+)"),
+     _after("", lambda m: f"{m[1]}{m[2]}\\${m[3]} ")),
+]
+# covergroup `cross a.b, c` and `binsof(a.b)`: hierarchical cross items; their dots become underscores
+# (the list up to `iff`, `{` or `;`; the `iff` expression is left alone).
+_CROSS = re.compile(r"(?<![\w$])(?:cross\b(?:(?!\biff\b)[^;{])*|binsof\s*\([^()]*\))")
+_CROSS_DOT = re.compile(r"(?<=[\w$])\.(?=[A-Za-z_])")
+
+
+def rewrite_gaps(text: str, counts: dict[str, int] | None = None, deadline: float | None = None) -> str:
+    """Rewrite the constructs of ``_GAP_REWRITES`` (and hierarchical cross items) so that
+    tree-sitter-systemverilog parses them; every change stays within its line, so line numbers
+    hold. ``counts`` (kind -> number of rewrites) is updated when given. Each rewrite is one
+    linear regex pass; ``deadline`` (``time.monotonic()``) is checked between them."""
+    for kind, probe, pattern, repl in _GAP_REWRITES:
+        if deadline is not None and time.monotonic() > deadline:
+            raise ParseTimeout("grammar rewrites ran past the parse deadline")
+        if probe not in text:
+            continue
+        n_changed = 0
+
+        def counted(m: re.Match[str], repl: Callable[[re.Match[str]], str] = repl) -> str:
+            nonlocal n_changed
+            out = repl(m)
+            n_changed += out != m.group(0)
+            return out
+
+        text = pattern.sub(counted, text)
+        if n_changed and counts is not None:
+            counts[kind] = counts.get(kind, 0) + n_changed
+    if "covergroup" in text:
+        n_dots = 0
+
+        def undot(m: re.Match[str]) -> str:
+            nonlocal n_dots
+            fixed, k = _CROSS_DOT.subn("_", m.group(0))
+            n_dots += k
+            return fixed
+
+        text = _CROSS.sub(undot, text)
+        if n_dots and counts is not None:
+            counts["cross_hierarchical_item"] = counts.get("cross_hierarchical_item", 0) + n_dots
+    return text

@@ -11,12 +11,20 @@ Each is parsed again on its own (keyword line to end keyword, preprocessed the s
 even that fails it still gets a record (name, lines, source, ``parse_ok=False``) so no module
 is lost.
 
-Speed: the tree is never walked node by node in Python. Units and instantiations come from
-tree-sitter queries (run in C), ERROR nodes from a descent through ``has_error`` subtrees only,
-and the per-unit extraction looks at the header and the unit's top-level items. The recovery
+Speed (issue 9: the stage at the cost of its parser). The tree is never walked node by node in
+Python and no query runs over the whole tree (a query visits every node, expressions included: on
+the users' repositories that alone cost a fifth of the parse). Units are the root's children (or
+an ERROR node's, or another unit's items); each unit's extraction is one pass over its items, which
+opens only wrappers, generate constructs, bind directives and ERROR nodes (for instances). In a
+non-ANSI unit, a body declaration is examined only if its bytes name a port. ERROR rows come from a
+descent through ``has_error`` subtrees only. Comments and source come from the original lines; the
+scan for units the tree lost reads only the text outside units that parsed clean. The recovery
 parses a unit's lines only up to its end keyword or the next unit keyword line, whichever comes
-first, so a file of thousands of unterminated headers stays linear (it used to re-parse the rest
-of the file for every one of them: 3,000 lines of ``module mN(`` took minutes).
+first, so a file of thousands of unterminated headers stays linear. ``bench/parse_speed.py``
+measures the stage against the plain tree-sitter loop and says where the time goes.
+
+Names: an escaped simple identifier (``\\global ``, which the preprocessor writes for SV keywords
+used as names) is the same identifier as ``global`` and is recorded so.
 
 Limits (issue 8): each file's parse has a time limit (``timeout_s``, default 30 s) checked by
 tree-sitter's progress callback, by the preprocessor and between units; the preprocessor
@@ -34,9 +42,10 @@ import posixpath
 import re
 import textwrap
 import time
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from itertools import count
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
@@ -50,6 +59,7 @@ from corpus.schema import FILES_SCHEMA, PARSED_MODULES_SCHEMA, conform, from_row
 __all__ = ["GRAMMARS", "DEFAULT_PARSE_TIMEOUT_S", "ExpansionLimit", "ParseStage", "ParseTimeout", "PreprocessError",
            "VerilogParser", "detect_language", "failure_reason", "merge_parse_stats", "normalize"]
 
+_BATCH_IDS = count()
 DEFAULT_PARSE_TIMEOUT_S = 30.0  # per file: preprocessing, tree-sitter, extraction and recovery
 _READ_CHUNK = 1 << 20  # bytes handed to tree-sitter per read callback (zero-copy memoryview slices)
 
@@ -68,12 +78,14 @@ _UNIT_KINDS = {
     "program_declaration": "program",
     "udp_declaration": "primitive",
 }
-_INSTANCE_TYPES = (
-    "module_instantiation",
-    "udp_instantiation",
-    "interface_instantiation",
-    "program_instantiation",
-    "checker_instantiation",
+_INSTANCE_TYPES = frozenset(
+    {
+        "module_instantiation",
+        "udp_instantiation",
+        "interface_instantiation",
+        "program_instantiation",
+        "checker_instantiation",
+    }
 )
 _IDENT_TYPES = frozenset({"simple_identifier", "escaped_identifier"})
 _HEADERS = frozenset(
@@ -130,7 +142,17 @@ _END_KEYWORD = {
     "program": "endprogram",
     "primitive": "endprimitive",
 }
-_MAX_QUERY_DEPTH = 16
+_GENERATE = frozenset(
+    {
+        "generate_region", "conditional_generate_construct", "if_generate_construct",
+        "case_generate_construct", "case_generate_item", "loop_generate_construct", "generate_block",
+        "bind_directive", "bind_instantiation",  # `bind target module_name inst (...)`
+    }
+)
+_WORD_BYTES = re.compile(rb"[A-Za-z_][\w$]*")
+_BODY_DECLS = frozenset({"net_declaration", "data_declaration"})
+_SIMPLE_ESCAPED = re.compile(rb"\\[A-Za-z_$][\w$]*")
+_REG_WORD = re.compile(r"\breg\b")
 # Expression/type subtrees never hold parameter assignments; ``collect`` does not descend into them.
 _LEAF_SUBTREES = frozenset(
     {
@@ -290,6 +312,12 @@ class _Unit:
     instances: list[str] = field(default_factory=list)
 
 
+# Every item type ``_Extractor.unit`` acts on; the rest of a unit body is skipped at one lookup each.
+_ITEM_TYPES = (_WRAPPERS | _GENERATE | _INSTANCE_TYPES | _HEADERS | _BODY_DECLS | set(_UNIT_KINDS)
+               | {"ERROR", "parameter_declaration", "local_parameter_declaration", "port_declaration",
+                  "udp_port_declaration"})
+
+
 class _Extractor:
     """Field extraction for one parsed text; ``src`` is the UTF-8 text tree-sitter saw."""
 
@@ -297,7 +325,12 @@ class _Extractor:
         self.src = src
 
     def text(self, node: Any) -> str:
-        return self.src[node.start_byte : node.end_byte].decode("utf-8", "replace")
+        """The node's text; an escaped simple identifier (``\\global ``, which the preprocessor
+        writes for SV keywords used as names) is the same name as ``global`` and reads so."""
+        raw = self.src[node.start_byte : node.end_byte]
+        if raw[:1] == b"\\" and _SIMPLE_ESCAPED.fullmatch(raw):
+            return raw[1:].decode("ascii")
+        return raw.decode("utf-8", "replace")
 
     def between(self, start: int, end: int) -> str:
         return self.src[start:end].decode("utf-8", "replace")
@@ -353,15 +386,6 @@ class _Extractor:
                         ident = self.first_ident(cc)
                         return self.text(ident) if ident is not None else None
         return None
-
-    @staticmethod
-    def items(node: Any) -> list[Any]:
-        if node.type not in _WRAPPERS:
-            return [node]
-        out: list[Any] = []
-        for c in node.named_children:
-            out.extend(_Extractor.items(c))
-        return out
 
     # -- parameters --
     def params(self, decl: Any, kind: str) -> list[dict[str, str]]:
@@ -465,21 +489,51 @@ class _Extractor:
         )
 
     # -- a whole unit --
-    def unit(self, node: Any, kind: str, name: str) -> _Unit:
+    def unit(self, node: Any, kind: str, name: str, nested: list[Any]) -> _Unit:
+        """Header fields, top-level parameters/ports and instantiated module names of one unit.
+
+        One pass over the unit's items: wrappers (``_WRAPPERS``) are opened, generate
+        constructs and ERROR nodes are searched for instances only (``scan_instances``), and
+        units declared inside this one are appended to ``nested`` for the caller.
+        """
         end = node.end_point
         end_row = end.row - 1 if end.column == 0 and end.row > node.start_point.row else end.row
         if node.has_error:
             end_row = self.extend_to_end_keyword(node, kind, end_row)
         u = _Unit(kind, name, node.start_point.row, end_row, not node.has_error)
         nonansi: list[str] | None = None
+        port_words: frozenset[bytes] = frozenset()
         body_ports: dict[str, dict[str, str]] = {}
         body_types: dict[str, str] = {}
-        for child in node.named_children:
-            t = child.type
-            if t == "ERROR":
+        instances: dict[str, None] = {}
+        src = self.src
+        stack = list(reversed(node.named_children))
+        while stack:
+            item = stack.pop()
+            it = item.type
+            if it not in _ITEM_TYPES:  # always blocks, assigns, ...: one set lookup each
                 continue
-            if t in _HEADERS:
-                for c in child.named_children:
+            if it in _BODY_DECLS:
+                # Only declarations naming a port of a non-ANSI header matter; most are internal
+                # nets, so a word test on the bytes skips them without walking their nodes.
+                if nonansi is None or not any(
+                        w in port_words for w in _WORD_BYTES.findall(src, item.start_byte, item.end_byte)):
+                    continue
+                info = self.typed_decl(item)
+                if info is not None and info[0]:
+                    for n in info[1]:
+                        body_types.setdefault(n, info[0])
+                continue
+            if it in _WRAPPERS:
+                stack.extend(reversed(item.named_children))
+                continue
+            if it == "ERROR" or it in _GENERATE:
+                self.scan_instances(item, instances, nested)
+                continue
+            if it in _INSTANCE_TYPES:
+                self.add_instance(item, instances)
+            elif it in _HEADERS:
+                for c in item.named_children:
                     ct = c.type
                     if ct == "parameter_port_list":
                         u.parameters.extend(self.param_port_list(c))
@@ -491,46 +545,42 @@ class _Extractor:
                             ident = p if p.type in _IDENT_TYPES else self.first_ident(p)
                             if ident is not None and self.text(ident):
                                 nonansi.append(self.text(ident))
+                        port_words = frozenset(n.encode() for n in nonansi)
                     elif ct == "udp_declaration_port_list":
                         for d in c.named_children:
                             info = self.typed_decl(d)
                             if info is not None:
-                                typ = "reg" if re.search(r"\breg\b", self.text(d)) else ""
+                                typ = "reg" if _REG_WORD.search(self.text(d)) else ""
                                 for n in info[1]:
                                     direction = _DIRECTION_DECLS.get(d.type, "")
                                     u.ports.append({"name": n, "direction": direction, "type": typ})
-                continue
-            for item in self.items(child):
-                it = item.type
-                if it == "parameter_declaration":
-                    u.parameters.extend(self.params(item, "parameter"))
-                elif it == "local_parameter_declaration":
-                    u.parameters.extend(self.params(item, "localparam"))
-                elif it in ("port_declaration", "udp_port_declaration"):
-                    for d in item.named_children:
-                        if d.type == "attribute_instance":
-                            continue
-                        info = self.typed_decl(d)
-                        if info is None:
-                            continue
-                        typ, names = info
-                        if d.type == "interface_port_declaration":
-                            direction = "modport" if "." in typ else "interface"
-                        elif d.type == "udp_reg_declaration":
-                            for n in names:
-                                body_types[n] = "reg"
-                            continue
-                        else:
-                            direction = _DIRECTION_DECLS.get(d.type, "")
-                            if d.type == "udp_output_declaration":
-                                typ = "reg" if re.search(r"\breg\b", self.text(d)) else ""
+            elif it == "parameter_declaration":
+                u.parameters.extend(self.params(item, "parameter"))
+            elif it == "local_parameter_declaration":
+                u.parameters.extend(self.params(item, "localparam"))
+            elif it in ("port_declaration", "udp_port_declaration"):
+                for d in item.named_children:
+                    if d.type == "attribute_instance":
+                        continue
+                    info = self.typed_decl(d)
+                    if info is None:
+                        continue
+                    typ, names = info
+                    if d.type == "interface_port_declaration":
+                        direction = "modport" if "." in typ else "interface"
+                    elif d.type == "udp_reg_declaration":
                         for n in names:
-                            body_ports[n] = {"name": n, "direction": direction, "type": typ}
-                elif nonansi is not None and it in ("net_declaration", "data_declaration"):
-                    info = self.typed_decl(item)
-                    if info is not None and info[0]:
-                        for n in info[1]:
-                            body_types.setdefault(n, info[0])
+                            body_types[n] = "reg"
+                        continue
+                    else:
+                        direction = _DIRECTION_DECLS.get(d.type, "")
+                        if d.type == "udp_output_declaration":
+                            typ = "reg" if _REG_WORD.search(self.text(d)) else ""
+                    for n in names:
+                        body_ports[n] = {"name": n, "direction": direction, "type": typ}
+            elif it in _UNIT_KINDS:
+                nested.append(item)
+        u.instances = [k for k in instances if k]
         if nonansi is not None:
             for n in nonansi:
                 p = body_ports.pop(n, None) or {"name": n, "direction": "", "type": ""}
@@ -541,6 +591,31 @@ class _Extractor:
                 if extra and (not p["type"] or p["type"].startswith(("[", "signed"))):
                     p["type"] = extra if "[" in extra else _squash(f"{extra} {p['type']}")
         return u
+
+    def add_instance(self, inst: Any, instances: dict[str, None]) -> None:
+        """Record the module name an instantiation node names (first identifier)."""
+        first = inst.named_child(0)
+        if first is not None and first.type in _IDENT_TYPES:
+            instances.setdefault(self.text(first), None)
+            return
+        tnode = inst.child_by_field_name("instance_type")
+        ident = tnode if tnode is not None else self.first_ident(inst)
+        if ident is not None:
+            instances.setdefault(self.text(ident), None)
+
+    def scan_instances(self, node: Any, instances: dict[str, None], nested: list[Any]) -> None:
+        """Instances inside generate constructs and ERROR nodes, in document order; only
+        generate/wrapper/ERROR nodes are opened (never statements or expressions)."""
+        stack = list(reversed(node.named_children))
+        while stack:
+            n = stack.pop()
+            t = n.type
+            if t in _INSTANCE_TYPES:
+                self.add_instance(n, instances)
+            elif t in _GENERATE or t in _WRAPPERS or t == "ERROR":
+                stack.extend(reversed(n.named_children))
+            elif t in _UNIT_KINDS:
+                nested.append(n)
 
 
 class VerilogParser:
@@ -555,16 +630,11 @@ class VerilogParser:
         self.timeout_s = timeout_s
         if grammar not in GRAMMARS:
             raise ValueError(f"unknown grammar {grammar!r}: expected one of {sorted(GRAMMARS)}")
-        from tree_sitter import Language, Parser, Query, QueryCursor
+        from tree_sitter import Language, Parser
 
         module_name, self.grammar = GRAMMARS[grammar]
         self.language = Language(importlib.import_module(module_name).language())
         self._parser = Parser(self.language)
-        has = self.language.id_for_node_kind
-        units = " ".join(f"({t})" for t in _UNIT_KINDS if has(t, True) is not None)
-        insts = " ".join(f"({t})" for t in _INSTANCE_TYPES if has(t, True) is not None)
-        self._query = Query(self.language, f"[{units}] @unit [{insts}] @inst")
-        self._cursor_cls = QueryCursor
 
     def _tree(self, src: bytes, deadline: float | None) -> Any:
         """tree-sitter parse of ``src``; with a deadline, cancelled by the progress callback."""
@@ -626,33 +696,30 @@ class VerilogParser:
                 stack.extend(c for c in n.children if c.has_error)
         cum = [0, *accumulate(marks)]  # cum[r] = error rows before row r
         _check_deadline(deadline, "error scan")
-        cursor = self._cursor_cls(self._query)
-        cursor.set_max_start_depth(_MAX_QUERY_DEPTH)  # units and instances are never inside expressions
-        captures = cursor.captures(root)
-        unit_nodes = sorted(captures.get("unit", []), key=lambda n: n.start_byte)
-        inst_nodes = sorted(captures.get("inst", []), key=lambda n: n.start_byte)
-        inst_starts = [n.start_byte for n in inst_nodes]
         ex = _Extractor(src)
         units: list[_Unit] = []
-        for node in unit_nodes:
+        # Units are children of the root, or of ERROR nodes the parser wrapped them in, or items
+        # of another unit (``unit`` hands those back): no query over the whole tree is needed.
+        todo = [n for n in reversed(root.named_children)]
+        while todo:
+            node = todo.pop()
+            t = node.type
+            if t == "ERROR":
+                todo.extend(reversed(node.named_children))
+                continue
+            kind = _UNIT_KINDS.get(t)
+            if kind is None:
+                continue
             _check_deadline(deadline, "extraction")
             name = ex.unit_name(node)
             if not name:
                 continue
-            kind = _UNIT_KINDS[node.type]
-            u = ex.unit(node, kind, name)
+            nested: list[Any] = []
+            u = ex.unit(node, kind, name, nested)
             u.error_rows = cum[u.end_row + 1] - cum[u.start_row]
             u.parse_ok = u.parse_ok and u.error_rows == 0
-            lo = bisect_left(inst_starts, node.start_byte)
-            hi = bisect_left(inst_starts, node.end_byte)
-            seen: dict[str, None] = {}
-            for inst in inst_nodes[lo:hi]:
-                tnode = inst.child_by_field_name("instance_type")
-                ident = tnode if tnode is not None else ex.first_ident(inst)
-                if ident is not None:
-                    seen.setdefault(ex.text(ident), None)
-            u.instances = [k for k in seen if k]
             units.append(u)
+            todo.extend(reversed(nested))
         return units, cum, final_defines
 
     def parse(self, text: str, path: str = "", *,
@@ -680,11 +747,26 @@ class VerilogParser:
         units, cum, final_defines = self._parse_units(text, defines, resolve, preprocess, deadline)
         found = {u.name for u in units}
         extra: list[_Unit] = []
-        candidates = list(_UNIT_LINE.finditer(text)) if recover else []
+        candidates: list[re.Match[str]] = []
+        clean_starts: list[int] = []  # offsets of the first lines of units that parsed clean
+        if recover:
+            # Units the tree lost sit outside the spans of units that parsed clean: only the
+            # gaps between those spans are scanned for unit keyword lines.
+            acc = [0, *accumulate(map(len, lines))]  # offset of row r = acc[r] + r
+            pos = 0
+            for u in sorted((u for u in units if u.parse_ok), key=lambda u: u.start_row):
+                a = acc[u.start_row] + u.start_row
+                if a > pos:
+                    candidates.extend(_UNIT_LINE.finditer(text, pos, a))
+                clean_starts.append(a)
+                end_row = min(u.end_row, len(lines) - 1)
+                pos = max(pos, acc[end_row + 1] + end_row + 1)
+            candidates.extend(_UNIT_LINE.finditer(text, pos))
         lost = [k for k, m in enumerate(candidates) if m.group(2) not in found]
         if lost:
             comments = _BlockComments(text)
-            bounds = [m.start(1) for m in candidates if not comments.contains(m.start(1))]  # unit lines
+            bounds = sorted([m.start(1) for m in candidates if not comments.contains(m.start(1))]
+                            + clean_starts)  # unit lines
         row_pos, row = 0, 0  # incremental line counting: text[:row_pos] has ``row`` newlines
         for k in lost:
             m = candidates[k]
@@ -758,9 +840,13 @@ def include_basenames(files: Mapping[str, str]) -> dict[str, str]:
     return by_base
 
 
-def include_resolver(files: Mapping[str, str], by_base: Mapping[str, str], path: str) -> Callable[[str], str | None]:
+def include_resolver(files: Mapping[str, str], by_base: Mapping[str, str], path: str,
+                     scope: Hashable | None = None) -> Callable[[str], str | None]:
     """Resolve ``include`` names against the files of the same repository in the batch:
-    relative to the including file, then to the repository root, then by file name."""
+    relative to the including file, then to the repository root, then by file name.
+
+    ``scope`` (unique to ``files``, e.g. a batch number and the repository) lets the preprocessor
+    cache the defines of headers included by many files (``resolve.cache_scope``)."""
 
     def resolve(name: str) -> str | None:
         name = name.strip()
@@ -770,6 +856,8 @@ def include_resolver(files: Mapping[str, str], by_base: Mapping[str, str], path:
         p = by_base.get(posixpath.basename(name))
         return files[p] if p is not None else None
 
+    if scope is not None:
+        resolve.cache_scope = (scope, posixpath.dirname(path))  # type: ignore[attr-defined]
     return resolve
 
 
@@ -819,6 +907,7 @@ class ParseStage:
             if f["text"] and "`define" in f["text"]:
                 headers.setdefault(f["repo"], {})[f["path"]] = f["text"]
         bases = {repo: include_basenames(h) for repo, h in headers.items()}
+        batch_id = next(_BATCH_IDS)  # scopes the preprocessor's include cache to this batch's files
         rows: list[dict[str, Any]] = []
         parsed = 0
         reasons: Counter[str] = Counter()
@@ -829,7 +918,8 @@ class ParseStage:
             if not text:
                 continue
             try:
-                resolve = include_resolver(headers.get(f["repo"], {}), bases.get(f["repo"], {}), f["path"])
+                resolve = include_resolver(headers.get(f["repo"], {}), bases.get(f["repo"], {}), f["path"],
+                                           scope=(batch_id, f["repo"]))
                 records = self.parser.parse(text, f["path"], resolve=resolve, timeout_s=self.parse_timeout_s)
             except Exception as exc:  # one bad file never fails the batch
                 reason = failure_reason(exc)

@@ -1,11 +1,21 @@
-"""Tool runs on model-written Verilog, each one in its own bubblewrap sandbox (``synthesis.sandbox``).
+"""Tool runs on model-written Verilog, each answer in its own bubblewrap sandbox (``synthesis.sandbox``).
 
 ``run_problem`` judges one answer to one benchmark or smoke problem: a static safety check of the
 answer (``synthesis.validate.verilog_problem``: no file I/O, ``$system``, DPI or includes leaving
-the directory), then ``iverilog`` with the problem's own command line, then ``vvp -n`` on the
-compiled image, each in a fresh sandbox directory with a wall-clock limit. A run past its limit
-is killed with its whole sandbox (PID namespace), never anything else on the machine. Every
-answer gets exactly one verdict, ``pass`` or ``fail`` with one class of ``FAILURE_CLASSES``:
+the directory), then, in ONE fresh sandbox per answer, a fixed script (``SIM_SCRIPT``, not
+model-written) that runs ``iverilog`` with the problem's own command line under its own time
+limit (``timeout``, compile limit) and, when it succeeds, ``vvp -n`` on the compiled image under
+the simulation limit. The compiler's log and exit status go to files that are read back without
+following links; the simulation's output is the run's captured (capped) output. The sandbox's
+wall-clock limit (both limits plus a margin) is the backstop: past it, or past the output cap,
+the whole sandbox (PID namespace) is killed, never anything else on the machine.
+
+Why one sandbox and not one per tool: each bubblewrap start costs about as much as compiling and
+simulating a small problem. The compiled image never leaves the sandbox, so nothing is checked
+between the two steps: before, the image was read back into the parent (no-follow, size-capped)
+only to carry it into the second sandbox; both steps now run under the same isolation and
+limits, and the model-written code only ever runs (in ``vvp``) inside it. Every answer gets
+exactly one verdict, ``pass`` or ``fail`` with one class of ``FAILURE_CLASSES``:
 
 - ``engine_error``: the engine returned no answer (the error is the log);
 - ``no_code``: no Verilog module in the answer;
@@ -16,11 +26,13 @@ answer gets exactly one verdict, ``pass`` or ``fail`` with one class of ``FAILUR
 - ``sim_mismatch``: the simulation finished without the pass marker (wrong outputs, a crash).
 
 ``verilog_checks`` scores a test-split answer: parses (the corpus parser), compiles
-(``iverilog -g2012``) and lints (``verilator --lint-only``), three independent booleans.
+(``iverilog -g2012``) and lints (``verilator --lint-only``), three independent booleans; the
+two tools run one after the other in one sandbox (``CHECK_SCRIPT``), each under the compile limit.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -33,6 +45,29 @@ FAILURE_CLASSES = ("engine_error", "no_code", "unsafe", "syntax", "compile", "ti
 UNSAFE_REASONS = ("verilog/unsafe_system_task", "verilog/unsafe_file_io", "verilog/unknown_system_task",
                   "verilog/dpi", "verilog/unsafe_include")
 _SYNTAX = re.compile(r"syntax error|Syntax in assignment|I give up", re.I)
+# Exit status of a command that ``timeout -k`` stopped: 124 (ended by TERM), 137 (KILL after the grace second).
+TIMEOUT_STATUSES = (124, 137)
+COMPILE_LOG, COMPILE_RC = ".cf-compile.log", ".cf-compile.rc"
+NO_IMAGE = "no-image"
+# argv: sh -c SIM_SCRIPT sh COMPILE_S SIM_S iverilog ARGS... (the problem's compile line, as arguments:
+# nothing model-written is ever part of the script). The compiler's status is written only once it
+# has finished, so a missing status file means the compile step never ended.
+SIM_SCRIPT = f"""ct=$1; st=$2; shift 2
+timeout -k 1 "$ct" "$@" >{COMPILE_LOG} 2>&1
+rc=$?
+if [ "$rc" = 0 ] && [ ! -f sim.vvp ]; then rc={NO_IMAGE}; fi
+echo "$rc" >{COMPILE_RC}
+[ "$rc" = 0 ] || exit 0
+exec timeout -k 1 "$st" vvp -n sim.vvp
+"""
+# argv: sh -c CHECK_SCRIPT sh LIMIT_S: compile, then lint, each with its own log and status file.
+CHECK_FILES = {tool: (f".cf-{tool}.log", f".cf-{tool}.rc") for tool in ("iverilog", "verilator")}
+CHECK_SCRIPT = """t=$1
+timeout -k 1 "$t" iverilog -g2012 -o answer.vvp answer.sv >.cf-iverilog.log 2>&1; echo $? >.cf-iverilog.rc
+timeout -k 1 "$t" verilator --lint-only --timing -Wno-MULTITOP answer.sv >.cf-verilator.log 2>&1
+echo $? >.cf-verilator.rc
+"""
+MARGIN_S = 5.0  # sandbox wall limit beyond the steps' own limits (and their 1 s grace each)
 
 
 @dataclass(frozen=True)
@@ -42,11 +77,39 @@ class SimSettings:
     compile_timeout_s: float = 60.0
     sim_timeout_s: float = 30.0
     memory_mb: int = 2048
-    max_output_bytes: int = 4 * 1024 * 1024  # tool output and the compiled image read back
+    max_output_bytes: int = 4 * 1024 * 1024  # captured simulation output; each tool log read back
     log_chars: int = 2000
 
     def limits(self, timeout_s: float) -> sandbox.Limits:
         return sandbox.Limits(timeout_s=timeout_s, memory_mb=self.memory_mb, max_output_bytes=self.max_output_bytes)
+
+
+def _seconds(limit_s: float) -> str:
+    """A limit as ``timeout`` reads it; never ``0``, which would mean no limit at all."""
+    return f"{max(limit_s, 0.001):.3f}"
+
+
+def _status(files: dict[str, bytes], name: str) -> str | None:
+    """A step's exit status as the script wrote it (None: the step never finished)."""
+    raw = files.get(name)
+    return raw.decode("ascii", "replace").strip() if raw is not None else None
+
+
+def _timed_out(status: str | int | None) -> bool:
+    return str(status) in {str(s) for s in TIMEOUT_STATUSES}
+
+
+@functools.lru_cache(maxsize=None)
+def _installed(tool: str) -> bool:
+    return shutil.which(tool, path=sandbox.SAFE_PATH) is not None
+
+
+def require_tools(*names: str) -> None:
+    """Raise ``SandboxError`` when a tool the script runs is not installed (as ``sandbox.run`` does
+    for its own argv[0]): a missing simulator is the harness's error, not the answer's failure."""
+    missing = [t for t in names if not _installed(t)]
+    if missing:
+        raise sandbox.SandboxError(f"tool(s) {missing} not installed (looked in {sandbox.SAFE_PATH})")
 
 
 def excerpt(text: str, n: int) -> str:
@@ -82,31 +145,39 @@ def run_problem(problem: dict[str, Any], code: str | None, settings: SimSettings
     refused = unsafe_or_refused(code)
     if refused:
         return verdict(False, refused[0], excerpt(refused[1], n))
+    require_tools(problem["compile_argv"][0], "vvp", "timeout")
     files: dict[str, str | bytes] = dict(problem["files"])
     files[problem["answer_file"]] = code
-    comp = sandbox.run(problem["compile_argv"], files, limits=settings.limits(settings.compile_timeout_s),
-                       collect=["sim.vvp"])
-    if comp.timed_out or comp.output_truncated:
-        return verdict(False, "timeout", excerpt(f"iverilog killed after {settings.compile_timeout_s:g} s "
-                                                 f"(or for flooding its output)\n{comp.output}", n), stage="compile")
-    if comp.returncode == 0 and "sim.vvp" in comp.rejected_files:
-        return verdict(False, "compile", f"compiled image not read back: {comp.rejected_files['sim.vvp']}",
+    ct, st = settings.compile_timeout_s, settings.sim_timeout_s
+    argv = ["sh", "-c", SIM_SCRIPT, "sh", _seconds(ct), _seconds(st), *problem["compile_argv"]]
+    run = sandbox.run(argv, files, limits=settings.limits(ct + st + 2 + MARGIN_S), collect=[COMPILE_LOG, COMPILE_RC])
+    status = _status(run.files, COMPILE_RC)
+    comp_log = run.files.get(COMPILE_LOG, b"").decode("utf-8", "replace")
+    if COMPILE_LOG in run.rejected_files:
+        comp_log += f"\n[compiler log not read back: {run.rejected_files[COMPILE_LOG]}]"
+    if status is None or _timed_out(status):
+        if status is None and not run.timed_out:  # the script itself failed before the compiler ended
+            return verdict(False, "compile", excerpt(f"compile step did not finish (exit {run.returncode})\n"
+                                                     f"{run.output}\n{comp_log}", n), stage="compile")
+        return verdict(False, "timeout", excerpt(f"iverilog killed after {ct:g} s; its sandbox and every process "
+                                                 f"in it ended\n{comp_log}", n), stage="compile")
+    if status == NO_IMAGE:
+        return verdict(False, "compile", excerpt(f"iverilog exit 0 but no compiled image sim.vvp\n{comp_log}", n),
                        stage="compile")
-    if comp.returncode != 0 or "sim.vvp" not in comp.files:
-        cls = "syntax" if _SYNTAX.search(comp.output) else "compile"
-        return verdict(False, cls, excerpt(comp.output or f"iverilog exit {comp.returncode}", n), stage="compile")
-    sim_files = {k: v for k, v in problem["files"].items()}
-    sim_files["sim.vvp"] = comp.files["sim.vvp"]
-    sim = sandbox.run(["vvp", "-n", "sim.vvp"], sim_files, limits=settings.limits(settings.sim_timeout_s))
-    if sim.timed_out or sim.output_truncated:
-        why = "output cap" if sim.output_truncated else f"{settings.sim_timeout_s:g} s"
+    if status != "0":
+        if COMPILE_LOG in run.rejected_files:  # a compiler flooding its log is stopped like a flooding tool
+            return verdict(False, "timeout", excerpt(f"iverilog flooded its log\n{comp_log}", n), stage="compile")
+        cls = "syntax" if _SYNTAX.search(comp_log) else "compile"
+        return verdict(False, cls, excerpt(comp_log or f"iverilog exit {status}", n), stage="compile")
+    if run.timed_out or run.output_truncated or _timed_out(run.returncode):
+        why = "output cap" if run.output_truncated else f"{st:g} s"
         return verdict(False, "timeout", excerpt(f"vvp killed ({why}); its sandbox and every process in it ended\n"
-                                                 f"{sim.output}", n), stage="simulate")
-    out = sim.output
+                                                 f"{run.output}", n), stage="simulate")
+    out = run.output
     failed = problem.get("fail_regex") and re.search(problem["fail_regex"], out)
     if re.search(problem["pass_regex"], out) and not failed:
         return verdict(True, None, excerpt(out, n), stage="simulate")
-    return verdict(False, "sim_mismatch", excerpt(out or f"vvp exit {sim.returncode}, no output", n),
+    return verdict(False, "sim_mismatch", excerpt(out or f"vvp exit {run.returncode}, no output", n),
                    stage="simulate")
 
 
@@ -136,16 +207,24 @@ def verilog_checks(code: str | None, settings: SimSettings) -> dict[str, Any]:
         parsed = bool(units) and all(u.get("parse_ok", False) for u in units)
     except Exception:  # noqa: BLE001 - parser limits: does not parse
         parsed = False
-    files = {"answer.sv": code}
-    limits = settings.limits(settings.compile_timeout_s)
-    comp = sandbox.run(["iverilog", "-g2012", "-o", "answer.vvp", "answer.sv"], files, limits=limits)
-    lint = sandbox.run(["verilator", "--lint-only", "--timing", "-Wno-MULTITOP", "answer.sv"], files, limits=limits)
-    log = excerpt(f"iverilog: {comp.output.strip() or 'ok'}\nverilator: {lint.output.strip() or 'ok'}",
-                  settings.log_chars)
-    compiled = comp.ok
+    require_tools("iverilog", "verilator", "timeout")
+    t = settings.compile_timeout_s
+    run = sandbox.run(["sh", "-c", CHECK_SCRIPT, "sh", _seconds(t)], {"answer.sv": code},
+                      limits=settings.limits(2 * (t + 1) + MARGIN_S), collect=[f for pair in CHECK_FILES.values()
+                                                                                for f in pair])
+    logs, status = {}, {}
+    for tool, (log_name, rc_name) in CHECK_FILES.items():
+        logs[tool] = run.files.get(log_name, b"").decode("utf-8", "replace").strip()
+        if log_name in run.rejected_files:
+            logs[tool] += f"\n[log not read back: {run.rejected_files[log_name]}]"
+        status[tool] = _status(run.files, rc_name)
+    log = excerpt(f"iverilog: {logs['iverilog'] or 'ok'}\nverilator: {logs['verilator'] or 'ok'}", settings.log_chars)
+    compiled = status["iverilog"] == "0"
+    comp_timeout = status["iverilog"] is None or _timed_out(status["iverilog"])
     cls = None if compiled else (
-        "timeout" if comp.timed_out else "syntax" if _SYNTAX.search(comp.output) else "compile")
-    return {"parse": parsed, "compile": compiled, "lint": lint.ok, "log": log, "failure_class": cls}
+        "timeout" if comp_timeout else "syntax" if _SYNTAX.search(logs["iverilog"]) else "compile")
+    return {"parse": parsed, "compile": compiled, "lint": status["verilator"] == "0", "log": log,
+            "failure_class": cls}
 
 
 def simulator_versions() -> dict[str, str]:

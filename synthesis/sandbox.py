@@ -12,17 +12,23 @@ inside a ``bwrap`` sandbox, which is also the tool's working directory. The sand
   ``/proc`` is the sandbox's own; ``/tmp`` is a small private tmpfs;
 * an empty environment but ``PATH``, ``HOME=/work``, ``TMPDIR=/tmp`` and a locale;
 * limits: ``RLIMIT_AS`` (memory per process), ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (any file it
-  writes), ``RLIMIT_NPROC`` (set by ``prlimit`` inside the sandbox: the count is then per
-  sandbox, since each sandbox has its own user namespace), a wall-clock limit and a cap on
-  captured output. On timeout or overflow bwrap's process group is killed; the sandbox's
+  writes), ``RLIMIT_CORE`` 0 and ``RLIMIT_NPROC``, all set (hard and soft) by ``prlimit``
+  inside the sandbox before the tool is executed (the process count is then per sandbox,
+  since each sandbox has its own user namespace), a wall-clock limit and a cap on captured
+  output. On timeout or overflow bwrap's process group is killed; the sandbox's
   init dies with it (``--die-with-parent``) and with it, by the kernel, every process in the
   PID namespace, including ones that called ``setsid`` or double-forked. ``run`` returns only
   once that init is gone, so nothing started inside is alive when it returns.
 
 Running as root, bwrap itself is started as ``nobody`` (65534) so the sandbox is an ordinary
 user's user namespace (the kernel ignores ``RLIMIT_NPROC`` for uid 0, even inside a user
-namespace). Only where that fails (unprivileged user namespaces disabled) does a root job
-run bwrap as root, without a process-count limit; ``isolation()`` says so.
+namespace). The switch is made by ``setpriv`` (real, effective and saved ids, no supplementary
+groups) exec'd in front of bwrap, so the parent never runs Python between fork and exec and
+``subprocess`` can use ``vfork``: a ``preexec_fn`` forces a full ``fork`` of the calling
+process, which costs tens of milliseconds per run in a large one (a Ray worker). Without
+``prlimit`` or ``setpriv`` the limits and the switch fall back to a ``preexec_fn``. Only where
+running as ``nobody`` fails (unprivileged user namespaces disabled) does a root job run bwrap
+as root, without a process-count limit; ``isolation()`` says so.
 
 Files named in ``collect`` are read back by the parent without ever following a link: each
 path component is opened with ``O_NOFOLLOW`` relative to the directory's fd, only regular
@@ -42,6 +48,7 @@ import errno
 import functools
 import json
 import logging
+import math
 import os
 import resource
 import select
@@ -148,6 +155,7 @@ class _Plan:
     run_as: int | None
     bwrap: str = ""
     prlimit: str = ""
+    setpriv: str = ""
     features: frozenset[str] = frozenset()
     namespaces: tuple[str, ...] = ()
     process_limit: str = "none"
@@ -174,12 +182,13 @@ def _plan() -> _Plan:
         return replace(fallback, detail=f"bwrap does not run: {exc}")
     features = frozenset(f for f in OPTIONAL_FLAGS if f in help_text)
     prlimit = shutil.which("prlimit", path=SAFE_PATH) or ""
+    setpriv = shutil.which("setpriv", path=SAFE_PATH) or ""
     script = (f"for n in {' '.join(PROBED_NAMESPACES)}; do echo \"$n $(readlink /proc/self/ns/$n)\"; done; "
               "echo \"uid $(id -u)\"")
     errors = []
     for run_as in ([NOBODY, None] if root else [None]):
         limit = "per-sandbox" if prlimit and (run_as is not None or not root) else "none"
-        plan = _Plan("bwrap", run_as, bwrap, prlimit, features, process_limit=limit, detail=version)
+        plan = _Plan("bwrap", run_as, bwrap, prlimit, setpriv, features, process_limit=limit, detail=version)
         who = f"uid {os.geteuid() if run_as is None else run_as}"
         try:
             r = _execute(["sh", "-c", script], {}, Limits(timeout_s=30, memory_mb=512), (), None, plan)
@@ -300,9 +309,10 @@ def _execute(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limi
                      "TMPDIR": "/tmp" if sandboxed else workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         child_env.update(env or {})
         info_r = info_w = -1
+        preexec = _make_preexec(limits, plan)
         if sandboxed:
             info_r, info_w = os.pipe()
-            cmd = _bwrap_argv(plan, workdir, limits, child_env, info_w) + list(argv)
+            cmd = _launcher(plan) + _bwrap_argv(plan, workdir, limits, child_env, info_w) + list(argv)
         else:
             cmd = list(argv)
         t0 = time.perf_counter()
@@ -310,7 +320,7 @@ def _execute(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limi
             proc = subprocess.Popen(
                 cmd, cwd="/" if sandboxed else workdir, env=child_env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-                pass_fds=(info_w,) if sandboxed else (), preexec_fn=_make_preexec(limits, plan),
+                pass_fds=(info_w,) if sandboxed else (), preexec_fn=preexec,
             )
         except BaseException:
             if info_r >= 0:
@@ -328,17 +338,7 @@ def _execute(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limi
                    for s, sink in ((proc.stdout, out), (proc.stderr, err))]
         for t in threads:
             t.start()
-        timed_out = False
-        deadline = t0 + limits.timeout_s
-        while proc.poll() is None:
-            if overflow.is_set():
-                _killpg(pgid)
-                break
-            if time.perf_counter() > deadline:
-                timed_out = True
-                _killpg(pgid)
-                break
-            time.sleep(0.01)
+        timed_out = _watch(proc, t0 + limits.timeout_s, overflow)
         proc.wait()
         if init is not None:
             init.wait_gone()
@@ -385,6 +385,21 @@ def _bwrap_argv(plan: _Plan, workdir: str, limits: Limits, env: Mapping[str, str
         args.append("--clearenv")
         for key, value in env.items():
             args += ["--setenv", key, value]
+    args += _ro_view()
+    sized = "--size" in plan.features
+    args += ["--dev", "/dev", "--proc", "/proc"]
+    args += [*(["--size", str(MIB)] if sized else []), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
+    args += [*(["--size", str(limits.tmp_mb * MIB)] if sized else []), "--tmpfs", "/tmp"]
+    args += ["--bind", workdir, WORKDIR, "--chdir", WORKDIR, "--uid", str(NOBODY), "--gid", str(NOBODY), "--"]
+    if plan.prlimit:
+        args += [plan.prlimit, *(f"--{name}={value}:{value}" for name, value in _rlimits(limits)), "--"]
+    return args
+
+
+@functools.lru_cache(maxsize=1)
+def _ro_view() -> tuple[str, ...]:
+    """bwrap options for the read-only view of the host (``RO_*``), resolved once per process."""
+    args: list[str] = []
     for path in RO_DIRS:
         args += ["--ro-bind", path, path]
     for path in RO_LINK_OR_DIRS:
@@ -394,27 +409,69 @@ def _bwrap_argv(plan: _Plan, workdir: str, limits: Limits, env: Mapping[str, str
             args += ["--ro-bind", path, path]
     for path in RO_TRY:
         args += ["--ro-bind-try", path, path]
-    sized = "--size" in plan.features
-    args += ["--dev", "/dev", "--proc", "/proc"]
-    args += [*(["--size", str(MIB)] if sized else []), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
-    args += [*(["--size", str(limits.tmp_mb * MIB)] if sized else []), "--tmpfs", "/tmp"]
-    args += ["--bind", workdir, WORKDIR, "--chdir", WORKDIR, "--uid", str(NOBODY), "--gid", str(NOBODY), "--"]
-    if plan.prlimit:
-        n = limits.max_processes
-        args += [plan.prlimit, f"--nproc={n}:{n}", "--"]
-    return args
+    return tuple(args)
 
 
-def _make_preexec(limits: Limits, plan: _Plan) -> Callable[[], None]:
+def _rlimits(limits: Limits) -> list[tuple[str, int]]:
+    """(``prlimit`` option name, value) of every limit a tool runs under; the process count last."""
+    cpu = int(limits.cpu_s if limits.cpu_s is not None else limits.timeout_s + 1)
+    return [("as", limits.memory_mb * MIB), ("cpu", cpu), ("fsize", limits.max_file_bytes), ("core", 0),
+            ("nproc", limits.max_processes)]
+
+
+def _launcher(plan: _Plan) -> list[str]:
+    """``setpriv`` in front of bwrap when it must start as another uid (root: ``nobody``), else nothing.
+
+    Only used when ``_make_preexec`` returns None, i.e. when ``setpriv`` and ``prlimit`` exist.
+    """
+    if plan.run_as is None or not plan.setpriv or not plan.prlimit:
+        return []
+    return [plan.setpriv, f"--reuid={plan.run_as}", f"--regid={plan.run_as}", "--clear-groups", "--"]
+
+
+def _watch(proc: subprocess.Popen, deadline: float, overflow: threading.Event) -> bool:
+    """Wait for ``proc`` to exit; kill its group at ``deadline`` or on output overflow. True if timed out.
+
+    Sleeps on a pidfd (woken the moment the process exits) instead of polling, so a short run
+    costs no polling latency; the output flag is looked at every 50 ms.
+    """
+    try:
+        pidfd: int | None = os.pidfd_open(proc.pid)  # our unreaped child: the pid cannot be reused
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        while proc.poll() is None:
+            if overflow.is_set():
+                _killpg(proc.pid)
+                return False
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                _killpg(proc.pid)
+                return True
+            if pidfd is not None:
+                _wait_readable(pidfd, min(remaining, 0.05))
+            else:
+                time.sleep(min(remaining, 0.01))
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _make_preexec(limits: Limits, plan: _Plan) -> Callable[[], None] | None:
     """The function run in the child between fork and exec: limits, then privileges.
 
+    None when bwrap runs with ``prlimit`` inside (all limits) and, where the uid must change,
+    ``setpriv`` in front (``_launcher``): then nothing runs between fork and exec and
+    ``subprocess`` uses ``vfork`` instead of copying the caller's address space.
     Everything it needs is resolved here, in the parent, so the child only makes syscalls.
     Unsandboxed as root the process count is limited per host user (``nobody``); as another
     user it is not (``RLIMIT_NPROC`` would count all of that user's processes).
     """
-    mem = limits.memory_mb * MIB
-    cpu = int(limits.cpu_s if limits.cpu_s is not None else limits.timeout_s + 1)
-    fsize = limits.max_file_bytes
+    if plan.mode == "bwrap" and plan.prlimit and (plan.run_as is None or plan.setpriv):
+        return None
+    values = dict(_rlimits(limits))
+    mem, cpu, fsize = values["as"], values["cpu"], values["fsize"]
     nproc = limits.max_processes if plan.mode == "none" and plan.run_as is not None else None
     run_as = plan.run_as
     setrlimit = resource.setrlimit
@@ -465,7 +522,7 @@ class _InitWatch:
         self._thread.join(timeout=2.0)
         try:
             if self.pidfd is not None:
-                if not select.select([self.pidfd], [], [], timeout_s)[0]:
+                if not _wait_readable(self.pidfd, timeout_s):
                     log.warning("sandbox: init %s still running %.0fs after bwrap ended", self.pid, timeout_s)
             elif self.pid is not None:
                 deadline = time.monotonic() + timeout_s
@@ -474,6 +531,16 @@ class _InitWatch:
         finally:
             if self.pidfd is not None:
                 os.close(self.pidfd)
+
+
+def _wait_readable(fd: int, timeout_s: float) -> bool:
+    """True once ``fd`` (a pidfd: its process has exited) is readable within ``timeout_s``.
+
+    ``poll``, not ``select``: a busy process (a Ray worker) may hold fds numbered past 1024.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0, math.ceil(timeout_s * 1000))))
 
 
 def _alive(pid: int) -> bool:

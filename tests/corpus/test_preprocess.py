@@ -122,3 +122,105 @@ def test_no_backtick_is_returned_unchanged() -> None:
 def test_strip_comments_keeps_strings_and_newlines() -> None:
     src = 'a // x\n/* b\n c */ s = "//not";\n'
     assert strip_comments(src) == 'a  \n \n s = "//not";\n'
+
+
+# -- issue 9: constructs of the users' repositories, on Verilog written for these tests --
+def test_comment_inside_a_multi_line_macro_argument_does_not_swallow_the_call() -> None:
+    src = (
+        "`define CHECK(name, expr) name: assert property (@(posedge clk) (expr));\n"
+        "module watch (input clk, req, ack);\n"
+        "  `CHECK(req_ack_A,\n"
+        "         // a request is answered on the next cycle\n"
+        "         req |=> ack)\n"
+        "  assign unused = req;\n"
+        "endmodule\n"
+    )
+    out = preprocess(src).text.split("\n")
+    assert len(out) == src.count("\n") + 1
+    assert out[2].strip() == "req_ack_A: assert property (@(posedge clk) (req |=> ack));"
+    assert "//" not in out[2]
+    assert out[5] == "  assign unused = req;"
+
+
+def test_include_used_as_inline_text_is_inserted_on_its_line() -> None:
+    header = "parameter int DIV = 4, // divider\n  parameter int MUL = `MUL_DEFAULT\n"
+
+    def resolve(name: str) -> str | None:
+        return header if name == "pll_params.vh" else None
+
+    src = '`define MUL_DEFAULT 8\nmodule pll_wrap #(`include "pll_params.vh") (input clk);\nendmodule\n'
+    out = preprocess(src, resolve=resolve)
+    got = out.text.split("\n")
+    assert len(got) == 4
+    assert got[1] == "module pll_wrap #(parameter int DIV = 4, parameter int MUL = 8) (input clk);"
+    assert out.n_inline_includes == 1 and out.includes == ["pll_params.vh"]
+    missing = preprocess('module m #(`include "nope.vh") ();\n').text
+    assert missing.split("\n")[0] == "module m #( ) ();"  # the rest of the line stays
+    assert preprocess(src, resolve=resolve).text.count("\n") == src.count("\n")
+
+
+def test_c_preprocessor_lines_are_evaluated_like_their_backtick_twins() -> None:
+    src = "module cfg;\n#ifdef FAST\n  wire a;\n#else\n  wire b;\n#endif\n#include \"x.h\"\nendmodule\n"
+    out = preprocess(src)
+    assert lines(out.text) == ["module cfg;", "", "", "", "wire b;", "", "", "endmodule", ""]
+    assert out.n_cpp_directives == 4
+    assert lines(preprocess(src, {"FAST": Macro("FAST", "")}).text)[2] == "wire a;"
+    assert lines(preprocess("#define FAST\n#if defined(FAST)\nx\n#endif\n").text) == ["", "", "x", "", ""]
+    assert preprocess("initial #5 a = 1;\nassign #(2) b = c;\n").text == "initial #5 a = 1;\nassign #(2) b = c;\n"
+
+
+def test_unknown_macros_taking_statements_or_naming_members() -> None:
+    src = (
+        '  `WAIT_OR_FAIL(wait (done == 1);, 100, "timed out")\n'
+        "  x = regs[i].`FIELD_NAME;\n"
+        '  `LOG("a; b")\n'
+    )
+    out = preprocess(src).text.split("\n")
+    assert out[0].strip() == ""
+    assert out[1] == "  x = regs[i].FIELD_NAME;"
+    assert out[2] == '  `LOG("a; b")'  # a `;` inside a string is not a statement
+
+
+def test_grammar_gap_rewrites_keep_lines_and_are_counted() -> None:
+    src = (
+        "assign narrow = $clog2(DEPTH)'(count) + $bits(w)'(v);\n"
+        "fifo #(.DEPTH,\n  .WIDTH(8)) u_fifo (.clk, .d(d));\n"
+        "logic global, other;\n"
+        "global clocking gclk @(posedge clk); endclocking\n"
+        "assign expect = top.expect;\n"
+        "covergroup cg; st_cross: cross u_core.state, mode iff (u_core.en); endgroup\n"
+        "initial $fatal(1);\n"
+    )
+    out = preprocess(src)
+    got = out.text.split("\n")
+    assert len(got) == src.count("\n") + 1
+    assert got[0] == "assign narrow = (count) + (v);"
+    assert got[1] == "fifo #(.DEPTH(DEPTH),"
+    assert got[2] == "  .WIDTH(8)) u_fifo (.clk(clk), .d(d));"
+    assert got[3] == "logic \\global , other;"
+    assert got[4] == "global clocking gclk @(posedge clk); endclocking"
+    assert got[5] == "assign \\expect  = top.\\expect ;"
+    assert got[6] == "covergroup cg; st_cross: cross u_core_state, mode iff (u_core.en); endgroup"
+    assert got[7] == 'initial $fatal(1, "");'
+    assert out.rewrites == {"function_cast": 2, "dot_name_shorthand": 2, "keyword_identifier": 3,
+                            "cross_hierarchical_item": 1, "fatal_finish_number": 1}
+    assert preprocess(src, rewrite=False).text == src
+
+
+def test_include_cache_keeps_results_that_depend_on_prior_defines_and_location() -> None:
+    from corpus.verilog import include_resolver
+
+    files = {
+        "inc/w.vh": "`ifdef WIDE\n`define W 64\n`else\n`define W 32\n`endif\n`include \"leaf.vh\"\n",
+        "a/leaf.vh": "`define LEAF 1\n",
+        "b/leaf.vh": "`define LEAF 2\n",
+    }
+    by_base = {"w.vh": "inc/w.vh"}
+    src_wide = '`define WIDE\n`include "w.vh"\nlocalparam P = `W + `LEAF;\n'
+    src_narrow = '`include "w.vh"\n\nlocalparam P = `W + `LEAF;\n'
+    got = []
+    for path, src in [("a/x.v", src_wide), ("a/y.v", src_narrow), ("b/z.v", src_narrow), ("a/y2.v", src_narrow)]:
+        resolve = include_resolver(files, by_base, path, scope="batch-under-test")
+        got.append(preprocess(src, resolve=resolve).text.split("\n")[2])
+    assert got == ["localparam P = 64 + 1;", "localparam P = 32 + 1;", "localparam P = 32 + 2;",
+                   "localparam P = 32 + 1;"]

@@ -504,3 +504,102 @@ def test_sample_corpus_units_comments_duplicates_and_licences(sv: VerilogParser)
     assert licences["student_labs"] is None
     assert not any((d / ".git").exists() for d in SAMPLE.iterdir())
     assert sum(f.stat().st_size for f in SAMPLE.rglob("*") if f.is_file()) < 150_000
+
+
+# -- issue 9: grammar gaps and constructs of the users' repositories (Verilog written for these tests) --
+GAPS = """\
+`define CHECK(name, expr) name: assert property (@(posedge clk) (expr));
+// Exercises constructs tree-sitter-systemverilog rejects as written.
+module gap_zoo #(
+  parameter int DEPTH = 8
+) (
+  input  logic clk,
+  input  logic global,
+  output logic expect
+);
+  logic [$clog2(DEPTH)-1:0] count;
+  assign expect = count == $clog2(DEPTH)'(DEPTH - 1);
+  fifo #(.DEPTH, .WIDTH(4)) u_fifo (.clk, .global(global));
+  covergroup cg @(posedge clk);
+    cp_a: coverpoint u_fifo.level;
+    cp_b: coverpoint count;
+    ab: cross u_fifo.level, cp_b iff (u_fifo.valid);
+  endgroup
+  always_ff @(posedge clk) if (count > DEPTH) $fatal(1);
+  `CHECK(count_A,
+         // never past the top
+         count <= DEPTH)
+endmodule
+"""
+
+
+def test_grammar_gaps_parse_clean_and_names_read_as_written(sv: VerilogParser) -> None:
+    [r] = sv.parse(GAPS, "gap_zoo.sv")
+    assert (r["name"], r["start_line"], r["end_line"]) == ("gap_zoo", 3, 22)
+    assert (r["parse_ok"], r["error_line_share"]) == (True, 0.0)
+    assert ports(r) == [("clk", "input", "logic"), ("global", "input", "logic"), ("expect", "output", "logic")]
+    assert r["instances"] == ["fifo"]
+    assert r["source"] == "\n".join(GAPS.split("\n")[2:22])  # the original text, not the rewrite
+    [raw] = sv.parse(GAPS, "gap_zoo.sv", preprocess=False)
+    assert raw["parse_ok"] is False  # what the grammar does with the text as written
+
+
+def test_inline_include_in_a_parameter_list(sv: VerilogParser) -> None:
+    files = {"pll.vh": "parameter int DIV = 2,\n  parameter int MUL = 5\n"}
+    text = '// PLL wrapper.\nmodule pll_top #(`include "pll.vh") (input clk_i, output clk_o);\n  assign clk_o = clk_i;\nendmodule\n'
+    [r] = sv.parse(text, "pll_top.sv", resolve=files.get)
+    assert params(r) == [("DIV", "2", "parameter"), ("MUL", "5", "parameter")]
+    assert (r["parse_ok"], r["start_line"], r["end_line"]) == (True, 2, 4)
+
+
+def test_c_preprocessor_lines_in_a_verilog_file(sv: VerilogParser) -> None:
+    text = (
+        "module part_o (input clk, output [1:0] y);\n"
+        "#ifdef WITH_DMA\n"
+        "  dma u_dma (.clk(clk));\n"
+        "#else\n"
+        "  assign y = 2'b00;\n"
+        "#endif\n"
+        "endmodule\n"
+    )
+    [r] = sv.parse(text, "part_o.v")
+    assert (r["parse_ok"], r["instances"], r["end_line"]) == (True, [], 7)
+    [on] = sv.parse(text, "part_o.v", defines={"WITH_DMA": ""})
+    assert on["instances"] == ["dma"]
+
+
+def test_instances_in_bind_directives_and_deep_generate_nesting(sv: VerilogParser) -> None:
+    depth = 12  # nested generate blocks put the instance far below the unit
+    opens = "".join(f"  if (P > {i}) begin : g{i}\n" for i in range(depth))
+    closes = "  end\n" * depth
+    text = (
+        "module binder;\n  bind target_mod checker_mod u_chk (.*);\nendmodule\n"
+        f"module deep #(parameter P = 20) ();\n{opens}  leaf u_leaf ();\n{closes}  top_leaf u_top ();\nendmodule\n"
+    )
+    r = by_name(sv.parse(text, "b.sv"))
+    assert r["binder"]["instances"] == ["checker_mod"]
+    assert r["deep"]["instances"] == ["leaf", "top_leaf"]
+    assert r["deep"]["parse_ok"] is True
+
+
+def test_parse_time_limit_bounds_a_large_file() -> None:
+    import time
+
+    unit = "module m{i} (input a, output y); assign y = a & ~a | (a ^ a); endmodule\n"
+    text = "".join(unit.format(i=i) for i in range(400_000))  # ~31 MB: several seconds of tree-sitter alone
+    table = files_table([{"repo": "r", "path": "huge.v", "text": text},
+                         {"repo": "r", "path": "ok.v", "text": "module ok; endmodule\n"}])
+    stage = ParseStage(parse_timeout_s=0.3)
+    t = time.process_time()  # CPU time: robust to other load on the machine
+    out = stage(table)
+    cpu = time.process_time() - t
+    assert out.column("name").to_pylist() == ["ok"]
+    assert stage.last_stats["failed_by_reason"] == {"timeout": 1}
+    assert cpu < 3.0, cpu  # the limit, not the file's size, bounds the time (unbounded: ~10 s of CPU)
+
+
+def test_techmap_cell_named_with_a_dollar(sv: VerilogParser) -> None:
+    text = "// Map a latch cell.\nmodule $_LATCH_N_ (input E, input D, output Q);\n  LAT_X1 _map_ (.G(E), .D(D), .Q(Q));\nendmodule\n"
+    [r] = sv.parse(text, "techmap.v")
+    assert (r["name"], r["start_line"], r["end_line"], r["parse_ok"]) == ("$_LATCH_N_", 2, 4, True)
+    assert r["instances"] == ["LAT_X1"] and [p["name"] for p in r["ports"]] == ["E", "D", "Q"]

@@ -18,7 +18,7 @@ from evaluation import benchmarks as bench
 from evaluation import smoke
 from evaluation.checks import SMALL_SCHEMA, check_batch, check_row, parse_phase
 from evaluation.models import OUTPUT_SCHEMA, engine_row
-from evaluation.simulate import SimSettings, excerpt, verilog_checks
+from evaluation.simulate import SimSettings, excerpt, run_problem, verilog_checks
 from tests.evaluation.conftest import answer_for
 
 pytestmark = pytest.mark.tools("iverilog", "vvp", "verilator", "bwrap")
@@ -94,6 +94,50 @@ def test_never_ending_simulation_is_killed_and_counted_and_nothing_else_dies(
         for b in bystanders:
             b.kill()
             b.wait()
+
+
+def test_each_answer_is_compiled_and_simulated_in_one_sandbox(v2_checkout: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """One bubblewrap start per answer (compile + simulate), and one per test-split check (compile + lint)."""
+    from synthesis import sandbox
+
+    calls: list[list[str]] = []
+    real_run = sandbox.run
+
+    def counting_run(argv, *args, **kwargs):
+        calls.append(list(argv))
+        return real_run(argv, *args, **kwargs)
+
+    monkeypatch.setattr(sandbox, "run", counting_run)
+    p = bench.load_verilog_eval_v2(str(v2_checkout / "dataset_spec-to-rtl"))[0]
+    for how, cls in (("reference", None), ("syntax", "syntax"), ("wrong", "sim_mismatch")):
+        calls.clear()
+        res = check_row(row(p, answer_for(p, how)), {p["key"]: p}, FAST, PHASES)
+        assert (res["failure_class"], len(calls)) == (cls, 1), how
+    calls.clear()
+    good = "module m(input a, output y);\n  assign y = ~a;\nendmodule\n"
+    assert verilog_checks(good, FAST)["compile"] and len(calls) == 1
+
+
+def test_compile_and_simulation_keep_their_own_time_limits(v2_checkout: Path) -> None:
+    """A compile past its limit is a compile-stage timeout; a hanging simulation is stopped at the
+    simulation limit, not at the sandbox's whole budget (compile + simulation + margin)."""
+    p = bench.load_verilog_eval_v2(str(v2_checkout / "dataset_spec-to-rtl"))[0]
+    code = bench.extract_verilog(answer_for(p, "reference"), p["top"], p.get("header"))
+    slow_compile = run_problem(p, code, SimSettings(compile_timeout_s=0.001, sim_timeout_s=30.0))
+    assert (slow_compile["failure_class"], slow_compile["stage"]) == ("timeout", "compile")
+    hang = bench.extract_verilog(answer_for(p, "hang"), p["top"], p.get("header"))
+    t0 = time.perf_counter()
+    res = run_problem(p, hang, SimSettings(compile_timeout_s=60.0, sim_timeout_s=2.0))
+    assert (res["failure_class"], res["stage"]) == ("timeout", "simulate")
+    assert time.perf_counter() - t0 < 2.0 + 1 + 20  # the compile limit (60 s) is not spent on the simulation
+
+
+def test_a_compile_that_leaves_no_image_is_a_compile_failure(v2_checkout: Path) -> None:
+    p = dict(bench.load_verilog_eval_v2(str(v2_checkout / "dataset_spec-to-rtl"))[0])
+    p["compile_argv"] = [a if a != "sim.vvp" else "elsewhere.vvp" for a in p["compile_argv"]]
+    res = run_problem(p, p["reference"], FAST)
+    assert (res["failure_class"], res["stage"]) == ("compile", "compile") and "no compiled image" in res["log"]
 
 
 def test_unsafe_answers_are_not_run(v2_checkout: Path) -> None:

@@ -18,6 +18,7 @@ import stat
 import subprocess
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,6 +200,52 @@ def test_fork_bomb_is_bounded(marker: str) -> None:
     forked = int(r.stdout.split()[-1])
     assert 0 < forked < 16
     assert_no_survivors(marker)
+
+
+def test_every_limit_is_set_hard_inside_the_sandbox() -> None:
+    """The tool sees each limit as both soft and hard value (it cannot raise them again)."""
+    lim = Limits(timeout_s=7, memory_mb=300, max_file_bytes=5_000_000, max_processes=20)
+    r = sandbox.run(["cat", "/proc/self/limits"], limits=lim)
+    rows = {line[:26].strip(): line[26:].split()[:2] for line in r.stdout.splitlines()[1:]}
+    assert rows["Max address space"] == [str(300 * 1024 * 1024)] * 2
+    assert rows["Max cpu time"] == ["8", "8"]  # cpu_s defaults to the wall-clock limit + 1
+    assert rows["Max file size"] == ["5000000"] * 2
+    assert rows["Max core file size"] == ["0", "0"]
+    assert rows["Max processes"] == ["20", "20"]
+
+
+def test_bwrap_runs_as_nobody_without_groups_or_capabilities_on_the_host(marker: str) -> None:
+    """Root's job starts bwrap as ``nobody`` (setpriv, or the fallback in the child): no supplementary
+    groups, no capabilities, all four uids and gids dropped, as seen from the host."""
+    if os.geteuid() != 0 or sandbox.isolation()["host_uid"] == 0:
+        pytest.skip("only a root job switches uid before bwrap")
+    seen: dict[str, str] = {}
+
+    def look() -> None:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and not seen:
+            for entry in os.listdir("/proc"):
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as f:
+                        cmd = f.read().split(b"\0")
+                    if not cmd[0].endswith(b"bwrap") or marker.encode() not in cmd:
+                        continue
+                    with open(f"/proc/{entry}/status") as f:
+                        status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+                except (OSError, ValueError):
+                    continue
+                seen.update({k: v.split() for k, v in status.items() if k in ("Uid", "Gid", "Groups", "CapEff",
+                                                                             "CapPrm")})
+                break
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=look)
+    watcher.start()
+    sandbox.run(["sh", "-c", "sleep 3; :", marker], limits=Limits(timeout_s=10))
+    watcher.join()
+    assert seen, "bwrap was not seen running"
+    assert seen["Uid"] == [str(sandbox.NOBODY)] * 4 and seen["Gid"] == [str(sandbox.NOBODY)] * 4
+    assert seen["Groups"] == [] and seen["CapEff"] == seen["CapPrm"] == ["0000000000000000"]
 
 
 def test_memory_limit() -> None:
