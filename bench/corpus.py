@@ -1,22 +1,26 @@
-"""Corpus job benchmark: parse MB/s per core against a plain parser loop, and driver memory vs N.
+"""Corpus job benchmark: whole-job CPU against the raw parser, and what grows with the number of repositories.
 
-Generates N synthetic git repositories of Verilog/SystemVerilog (varied modules written by the
-generator below: counters, shift registers, FIFOs, FSMs, ALUs, register files, generate blocks,
-`ifdef`s, comments, a shared header per repository), then for each N runs the corpus job
-in-process on a local Ray in a fresh child process and reports:
-  - parse-stage MB/s per core: bytes / CPU seconds inside the parse actors (report.json ``parse``;
-    CPU time, like the plain loop, so that Ray's own processes sharing the cores do not count
-    against the stage; the wall-clock MB/s per worker is reported next to it),
-  - the ratio to a plain single-process loop of ``VerilogParser.parse`` over the same files
-    (target: at least 0.7),
-  - the driver's peak memory: the process's peak RSS (VmHWM) and its growth during the job
-    (tracemalloc cannot be used: it crashes with Ray's driver threads). Must not grow with N (the driver never holds module rows).
+Two kinds of input, each run through the corpus job in a fresh child process on a local Ray:
+
+- ``--real MANIFEST``: real repositories as local one-commit git remotes (e.g. the users' eight
+  under /tmp/remotes, made from the ``fetch`` tool's mirrors). The clone cache starts empty, so
+  cloning (shallow, blob-less, sparse) is measured too. The raw parse is a plain single-process
+  loop of ``VerilogParser.parse`` over the same files (from the job's checkouts), ``include``s
+  resolved as the stage resolves them.
+- ``--sizes N ...``: generated corpora of N small repositories (``--files`` Verilog files each,
+  modules written by the generator below). They are plain directories (the job snapshots them,
+  no git), so that 10k or 100k repositories can be made and run on one small machine; ``--git``
+  makes them git repositories instead (slow to generate: three git commands per repository).
+
+Per run it reports wall time; CPU of the whole process tree (driver, raylet, GCS, workers, git:
+sampled with psutil every 0.25 s) during Ray's start-up and during the job after it; CPU per MB
+read; the report's CPU seconds per stage (measured inside each stage's process); the driver's
+peak RSS (VmHWM) and growth during the job; the largest Ray worker RSS seen. It then prints
+what grows with N and why. Targets: whole-job CPU after Ray start-up ≤ 3x the raw parse's CPU
+on the real repositories; driver memory flat from 1k to 100k repositories.
 Writes ``bench/results/corpus.json``.
 
-    python bench/corpus.py [--sizes 20 80] [--files 12] [--cpus 2] [--repeat 2]
-
-Both sides are best of ``--repeat`` (the plain loop in-process, the job in fresh processes);
-on a small shared VM single runs vary by ±20%. Driver memory is the worst of the runs.
+    python bench/corpus.py --real /tmp/remotes/manifest.yaml --sizes 1000 10000 [--files 2] [--cpus 2]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -203,12 +208,12 @@ def _vary(rng: random.Random, unit: str) -> str:
 KINDS = [counter, shift, fsm, alu, regfile, gen_block, sv_fifo]
 
 
-def make_repo(path: Path, rng: random.Random, n_files: int) -> None:
-    path.mkdir(parents=True)
+def make_repo(path: Path, rng: random.Random, n_files: int, git: bool = False) -> None:
+    """One small repository: a licence (or none), a shared header, ``n_files`` files of 1-3 modules, a top."""
+    (path / "rtl").mkdir(parents=True)
     lic = rng.choice(LICENSES)
     if lic:
         (path / "LICENSE").write_text(lic)
-    (path / "rtl").mkdir()
     (path / "rtl" / "defs.vh").write_text("`define DATA_W 32\n`define ADDR_W 12\n")
     names = []
     for f in range(n_files):
@@ -221,17 +226,19 @@ def make_repo(path: Path, rng: random.Random, n_files: int) -> None:
         ext = ".sv" if any("logic" in u for u in units) else ".v"
         (path / "rtl" / f"f{f}{ext}").write_text("`include \"defs.vh\"\n" + "\n".join(units))
     (path / "rtl" / "top.v").write_text(top(rng, _name(rng, "top"), rng.sample(names, min(4, len(names)))))
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench"]):
-        subprocess.run([*GIT, *args], cwd=path, check=True, capture_output=True)
+    if git:
+        for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench"]):
+            subprocess.run([*GIT, *args], cwd=path, check=True, capture_output=True)
 
 
-def make_corpus(base: Path, n_repos: int, n_files: int, seed: int = 0) -> Path:
+def make_corpus(base: Path, n_repos: int, n_files: int, seed: int = 0, git: bool = False) -> Path:
+    """N repositories under ``base/repos`` (1000 per directory) and their manifest."""
     rng = random.Random(seed)
     lines = ["repositories:"]
     for i in range(n_repos):
-        repo = base / "repos" / f"r{i:04d}"
-        make_repo(repo, rng, n_files)
-        lines.append(f"  - {{name: r{i:04d}, url: {repo.as_uri()}}}")
+        repo = base / "repos" / f"g{i // 1000:03d}" / f"r{i:06d}"
+        make_repo(repo, rng, n_files, git)
+        lines.append(f"  - {{name: r{i:06d}, url: {repo}}}")
     manifest = base / "manifest.yaml"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest
@@ -239,17 +246,24 @@ def make_corpus(base: Path, n_repos: int, n_files: int, seed: int = 0) -> Path:
 
 # --- measurements ---------------------------------------------------------------------------
 
-def baseline(repos: Path, repeat: int = 2) -> dict:
-    """Plain single-process loops of ``VerilogParser.parse`` over the same files (CPU seconds, best of repeat).
+def verilog_files(roots: list[Path], max_file_bytes: int) -> list[tuple[str, str, str]]:
+    """(repository, path, text) of every Verilog file under each root (as the job selects them)."""
+    from corpus.files import DEFAULT_EXTENSIONS, decode, is_binary
 
-    ``mb_per_s``: the parser called as the stage calls it (``include``s resolved against the
-    repository's files that hold ``define``s), the reference for the target ratio.
-    ``bare_mb_per_s``: the parser alone, includes unresolved (less work than the stage does).
-    """
+    out = []
+    for root in roots:
+        for p in sorted(root.rglob("*")):
+            if p.suffix.lower() in DEFAULT_EXTENSIONS and p.is_file() and ".git" not in p.parts:
+                data = p.read_bytes()
+                if len(data) <= max_file_bytes and not is_binary(data):
+                    out.append((str(root), p.relative_to(root).as_posix(), decode(data)[0]))
+    return out
+
+
+def raw_parse(files: list[tuple[str, str, str]], repeat: int = 1) -> dict:
+    """A plain single-process loop of ``VerilogParser.parse`` (includes resolved per repository): CPU seconds, best of repeat."""
     from corpus.verilog import VerilogParser, include_basenames, include_resolver
 
-    files = [(p.relative_to(repos).parts[0], p.relative_to(repos).as_posix().split("/", 1)[1], p.read_text())
-             for p in sorted(repos.rglob("*")) if p.suffix in (".v", ".sv", ".vh", ".svh")]
     headers: dict[str, dict[str, str]] = {}
     for repo, path, text in files:
         if "`define" in text:
@@ -257,22 +271,69 @@ def baseline(repos: Path, repeat: int = 2) -> dict:
     bases = {repo: include_basenames(h) for repo, h in headers.items()}
     n_bytes = sum(len(t.encode()) for _, _, t in files)
     parser = VerilogParser("systemverilog")
+    best, units = float("inf"), 0
+    for _ in range(repeat):
+        c0 = time.process_time()
+        units = 0
+        for repo, path, text in files:
+            units += len(parser.parse(text, path, resolve=include_resolver(headers.get(repo, {}), bases.get(repo, {}), path)))
+        best = min(best, time.process_time() - c0)
+    return {"files": len(files), "bytes": n_bytes, "units": units, "cpu_s": round(best, 3),
+            "mb_per_s": round(n_bytes / 1e6 / best, 3) if best else None}
 
-    def loop(resolved: bool) -> tuple[float, int]:
-        best, units = float("inf"), 0
-        for _ in range(repeat):
-            t0 = time.process_time()
-            units = 0
-            for repo, path, text in files:
-                resolve = include_resolver(headers.get(repo, {}), bases.get(repo, {}), path) if resolved else None
-                units += len(parser.parse(text, path, resolve=resolve))
-            best = min(best, time.process_time() - t0)
-        return best, units
 
-    cpu_s, units = loop(resolved=True)
-    bare_s, _ = loop(resolved=False)
-    return {"files": len(files), "bytes": n_bytes, "units": units, "cpu_s": round(cpu_s, 3),
-            "mb_per_s": round(n_bytes / 1e6 / cpu_s, 3), "bare_mb_per_s": round(n_bytes / 1e6 / bare_s, 3)}
+class TreeSampler(threading.Thread):
+    """Samples this process and its descendants (the local Ray) with psutil: CPU per process
+    (last value seen, so processes that exit keep their CPU up to the last sample) and the
+    largest RSS of any Ray worker."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self.me = psutil.Process()
+        self.interval = interval
+        self.cpu: dict[tuple[int, float], float] = {}
+        self.names: dict[tuple[int, float], str] = {}
+        self.worker_peak_rss = 0
+        self.stop = threading.Event()
+
+    def sample(self) -> None:
+        import psutil
+
+        for q in [self.me, *self.me.children(recursive=True)]:
+            try:
+                with q.oneshot():
+                    t = q.cpu_times()
+                    key = (q.pid, q.create_time())
+                    self.cpu[key] = t.user + t.system  # children are sampled themselves (no double count)
+                    cmd = q.cmdline()
+                    name = q.name()
+                    if not name.startswith("ray::"):
+                        name = os.path.basename(cmd[0]) if cmd else name
+                        if name in ("git", "sh") and len(cmd) > 1:  # tell clients from local upload-pack servers
+                            name += " " + next((c for c in cmd[1:] if not c.startswith("-") and "=" not in c), "")[:24]
+                    self.names[key] = name
+                    if q.pid != self.me.pid and q.name().startswith("ray::"):
+                        self.worker_peak_rss = max(self.worker_peak_rss, q.memory_info().rss)
+            except psutil.Error:
+                pass
+
+    def total(self) -> float:
+        self.sample()
+        return sum(self.cpu.values())
+
+    def by_name(self, since: dict[tuple[int, float], float]) -> dict[str, float]:
+        """CPU seconds per process name since the ``since`` snapshot of ``self.cpu``."""
+        out: dict[str, float] = {}
+        for key, cpu in self.cpu.items():
+            name = self.names.get(key, "?")
+            out[name] = round(out.get(name, 0.0) + cpu - since.get(key, 0.0), 2)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1])[:12])
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.sample()
 
 
 def _vm_hwm_mb() -> float:
@@ -282,8 +343,11 @@ def _vm_hwm_mb() -> float:
     return float("nan")
 
 
-def child(manifest: str, out: str, cpus: int) -> None:
-    """One corpus job run in this (fresh) process; prints one JSON line of measurements."""
+def child(manifest: str, out: str, cpus: int, overrides: list[str]) -> None:
+    """One corpus job in this (fresh) process; prints one JSON line of measurements."""
+    sampler = TreeSampler()
+    sampler.start()
+    t0, cpu0 = time.perf_counter(), sampler.total()
     import ray
 
     from chipforge.config import load_config
@@ -297,86 +361,134 @@ def child(manifest: str, out: str, cpus: int) -> None:
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
-    cfg = load_config(CorpusConfig, ["--manifest", manifest, "--output", out, f"cache_dir={out}-cache",
-                                     "clone.concurrency=1", "clone.num_cpus=0.25",
-                                     f"parse.concurrency={cpus}", f"parse.num_cpus={0.75 if cpus > 1 else 0.5}"],
+    cfg = load_config(CorpusConfig, ["--manifest", manifest, "--output", out, f"cache_dir={out}-cache", *overrides],
                       prog="bench", default_config=ROOT / "jobs" / "configs" / "corpus_sample.yaml",
                       flags={"--manifest": "manifest", "--output": "output_dir"})
-    rss0 = _vm_hwm_mb()  # tracemalloc is not usable here: it segfaults with Ray's driver threads
-    t0 = time.perf_counter()
+    time.sleep(1.0)  # let Ray's start-up settle so its CPU is not counted as the job's
+    t1, cpu1, rss0 = time.perf_counter(), sampler.total(), _vm_hwm_mb()
+    snapshot = dict(sampler.cpu)
     report = run(cfg, Run("corpus", out))
-    wall = time.perf_counter() - t0
+    t2, cpu2 = time.perf_counter(), sampler.total()
+    sampler.stop.set()
+    mb = report["files"]["bytes"] / 1e6
     print("BENCH_JSON " + json.dumps({
-        "wall_s": round(wall, 2), "parse": report["parse"], "modules": report["modules"],
-        "repositories_ok": report["repositories"]["ok"], "dedup": report["dedup"],
+        "repositories_ok": report["repositories"]["ok"], "files": report["files"]["read"], "mb": round(mb, 3),
+        "modules": report["modules"], "dedup": report["dedup"], "parse": report["parse"],
+        "ray_start_wall_s": round(t1 - t0, 2), "ray_start_cpu_s": round(cpu1 - cpu0, 2),
+        "wall_s": round(t2 - t1, 2), "job_cpu_s": round(cpu2 - cpu1, 2),
+        "job_cpu_s_per_mb": round((cpu2 - cpu1) / mb, 3) if mb else None,
+        "stage_cpu_s": report["cpu_seconds"],
         "driver_peak_rss_mb": round(_vm_hwm_mb(), 1), "driver_rss_after_ray_init_mb": round(rss0, 1),
         "driver_peak_rss_delta_mb": round(_vm_hwm_mb() - rss0, 1),
+        "worker_peak_rss_mb": round(sampler.worker_peak_rss / 2**20, 1),
+        "job_cpu_s_by_process": sampler.by_name(snapshot),
     }), flush=True)
     ray.shutdown()
 
 
+def run_job(manifest: Path, out: Path, cpus: int, overrides: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--cpus", str(cpus), "--child", str(manifest), str(out),
+                           *[f"--set={o}" for o in overrides]], capture_output=True, text=True, cwd=ROOT)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
+        raise SystemExit(f"corpus job failed for {manifest}")
+    return json.loads(line.split(" ", 1)[1])
+
+
+def checkouts(cache: Path) -> list[Path]:
+    """The job's checkouts in its clone cache (one per repository and commit)."""
+    return sorted(p.parent for p in cache.glob("*/*/.complete"))
+
+
+GROWTH = {
+    "wall_s": "the work: files to clone, read, parse and sign grow with N; on 2 cores Ray's fixed costs dominate small N",
+    "job_cpu_s": "linear in bytes (parse + signatures) plus per-repository costs: the clone call, its status "
+                 "file, the snapshot hash, and the write of modules/repo=<name>/ (one directory and file per "
+                 "repository); Ray Data's per-block task overheads grow with the number of clone calls",
+    "job_cpu_s_per_mb": "flat when per-MB work dominates; falls as fixed costs are amortised",
+    "driver_peak_rss_mb": "the manifest is parsed in the driver (pydantic objects, ~1 KB per repository, freed "
+                          "after it is handed to Ray Data), per-repository counts are one numpy row (64 B), the "
+                          "status file listing (~100 B per repository); statuses are folded one at a time and "
+                          "written to repositories.parquet in chunks; edges and clustered rows only",
+    "worker_peak_rss_mb": "one block per call: bounded by input_blocks and batch sizes, not by N",
+}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[20, 80], help="numbers of repositories")
-    ap.add_argument("--files", type=int, default=12, help="Verilog files per repository")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000], help="numbers of generated repositories")
+    ap.add_argument("--files", type=int, default=2, help="Verilog files per generated repository")
+    ap.add_argument("--git", action="store_true", help="generated repositories are git repositories (slow)")
+    ap.add_argument("--real", default=None, help="manifest of real repositories (local git remotes)")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per size (best MB/s; worst driver memory)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per input (best job CPU)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="job config override key=value")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "corpus.json"))
     ap.add_argument("--child", nargs=2, metavar=("MANIFEST", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(*args.child, cpus=args.cpus)
+        child(*args.child, cpus=args.cpus, overrides=args.overrides)
         return 0
+    from chipforge.config import load_config
+    from pipelines.corpus import CorpusConfig
 
-    results = []
+    overrides = ["clone.concurrency=1", "clone.num_cpus=0.25", f"parse.concurrency={args.cpus}",
+                 f"parse.num_cpus={0.75 if args.cpus > 1 else 0.5}", *args.overrides]
+    max_file_bytes = load_config(CorpusConfig, overrides, prog="bench",
+                                 default_config=ROOT / "jobs" / "configs" / "corpus_sample.yaml").max_file_bytes
+    results: dict = {"cpus": args.cpus, "overrides": overrides, "real": None, "scale": []}
     with tempfile.TemporaryDirectory(prefix="cfbench") as tmp:
+        if args.real:
+            runs = [run_job(Path(args.real), Path(tmp) / f"real{k}", args.cpus, overrides) for k in range(args.repeat)]
+            job = min(runs, key=lambda r: r["job_cpu_s"])
+            raw = raw_parse(verilog_files(checkouts(Path(tmp) / "real0-cache"), max_file_bytes), repeat=2)
+            ratio = round(job["job_cpu_s"] / raw["cpu_s"], 2)
+            results["real"] = {"manifest": args.real, "raw_parse": raw, "job": job, "runs_job_cpu_s":
+                               [r["job_cpu_s"] for r in runs], "job_cpu_over_raw_parse": ratio,
+                               "stage_cpu_over_raw_parse": round(job["stage_cpu_s"]["total"] / raw["cpu_s"], 2)}
+            print(f"real: {job['repositories_ok']} repos, {job['files']} files, {job['mb']} MB, {job['modules']} "
+                  f"modules; Ray start {job['ray_start_wall_s']} s wall / {job['ray_start_cpu_s']} s CPU; job "
+                  f"{job['wall_s']} s wall, {job['job_cpu_s']} s CPU (all processes) = {ratio}x raw parse "
+                  f"{raw['cpu_s']} s (target ≤ 3x); stages {job['stage_cpu_s']}", flush=True)
         for n in args.sizes:
             base = Path(tmp) / f"n{n}"
-            manifest = make_corpus(base, n, args.files)
-            base_line = baseline(base / "repos", repeat=args.repeat)
-            runs = []
-            for k in range(args.repeat):  # best of --repeat fresh jobs, as the plain loop is best of --repeat
-                proc = subprocess.run([sys.executable, __file__, "--cpus", str(args.cpus), "--child", str(manifest),
-                                       str(base / f"out{k}")], capture_output=True, text=True, cwd=ROOT)
-                line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
-                if proc.returncode != 0 or line is None:
-                    print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
-                    raise SystemExit(f"corpus job failed for N={n}")
-                runs.append(json.loads(line.split(" ", 1)[1]))
-            job = max(runs, key=lambda r: r["parse"]["mb_per_s_per_core"] or 0)
-            job["runs_mb_per_s_per_core"] = [r["parse"]["mb_per_s_per_core"] for r in runs]
+            t0 = time.perf_counter()
+            manifest = make_corpus(base, n, args.files, git=args.git)
+            gen_s = time.perf_counter() - t0
+            runs = [run_job(manifest, base / f"out{k}", args.cpus, overrides) for k in range(args.repeat)]
+            job = min(runs, key=lambda r: r["job_cpu_s"])
             job["driver_peak_rss_mb"] = max(r["driver_peak_rss_mb"] for r in runs)
-            job["driver_peak_rss_delta_mb"] = max(r["driver_peak_rss_delta_mb"] for r in runs)
-            per_core = job["parse"]["mb_per_s_per_core"]
-            res = {"repos": n, "baseline": base_line, "job": job,
-                   "parse_mb_per_s_per_core": per_core,
-                   "ratio_to_plain_loop": round(per_core / base_line["mb_per_s"], 3) if per_core else None,
-                   "ratio_to_bare_parser": round(per_core / base_line["bare_mb_per_s"], 3) if per_core else None}
-            results.append(res)
-            print(f"N={n:4d} repos: {base_line['files']} files {base_line['bytes'] / 1e6:.2f} MB, "
-                  f"{job['modules']} modules; parse {per_core} MB/s per core "
-                  f"({job['parse']['mb_per_s_per_worker']} MB/s per worker, wall) vs plain loop "
-                  f"{base_line['mb_per_s']} MB/s → ratio {res['ratio_to_plain_loop']} (target ≥ 0.7; "
-                  f"bare parser {base_line['bare_mb_per_s']} MB/s → {res['ratio_to_bare_parser']}); "
-                  f"driver peak RSS {job['driver_peak_rss_mb']} MB (+{job['driver_peak_rss_delta_mb']} MB "
-                  f"during the job); wall {job['wall_s']} s", flush=True)
-    first, last = results[0]["job"], results[-1]["job"]
-    summary = {
-        "sizes": args.sizes, "cpus": args.cpus, "files_per_repo": args.files, "repeat": args.repeat,
-        "min_ratio_to_plain_loop": min(r["ratio_to_plain_loop"] or 0 for r in results),
-        "driver_rss_delta_mb": [r["job"]["driver_peak_rss_delta_mb"] for r in results],
-        "driver_rss_growth": round(last["driver_peak_rss_mb"] / first["driver_peak_rss_mb"], 3),
-        "results": results,
-    }
-    print(f"ratio ≥ 0.7: {summary['min_ratio_to_plain_loop'] >= 0.7} (min {summary['min_ratio_to_plain_loop']}); "
-          f"driver peak RSS N={args.sizes[-1]} / N={args.sizes[0]}: "
-          f"x{summary['driver_rss_growth']} (growth during the job: {summary['driver_rss_delta_mb']} MB)")
+            raw = raw_parse(verilog_files([base / "repos"], max_file_bytes)) if n <= 10_000 else None
+            results["scale"].append({"repos": n, "generate_s": round(gen_s, 1), "raw_parse": raw, "job": job})
+            vs_raw = f", {round(job['job_cpu_s'] / raw['cpu_s'], 2)}x raw parse" if raw else ""
+            print(f"N={n}: {job['files']} files {job['mb']} MB, {job['modules']} modules; wall {job['wall_s']} s; "
+                  f"job CPU {job['job_cpu_s']} s ({job['job_cpu_s_per_mb']} s/MB{vs_raw}); "
+                  f"driver peak RSS {job['driver_peak_rss_mb']} MB (+{job['driver_peak_rss_delta_mb']} during the "
+                  f"job); worker peak RSS {job['worker_peak_rss_mb']} MB; stages {job['stage_cpu_s']}", flush=True)
+            shutil_rmtree(base)
+    if len(results["scale"]) >= 2:
+        first, last = results["scale"][0], results["scale"][-1]
+        k = last["repos"] / first["repos"]
+        growth = {}
+        print(f"what grows from N={first['repos']} to N={last['repos']} (x{k:g}):")
+        for metric, why in GROWTH.items():
+            a, b = first["job"][metric], last["job"][metric]
+            growth[metric] = {"from": a, "to": b, "x": round(b / a, 2) if a else None, "why": why}
+            print(f"  {metric}: {a} → {b} (x{growth[metric]['x']}): {why}")
+        results["growth"] = growth
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tmp_out = Path(args.out).with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(summary, indent=2))
+    tmp_out.write_text(json.dumps(results, indent=2))
     tmp_out.replace(args.out)
     print(f"wrote {args.out}")
     return 0
+
+
+def shutil_rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

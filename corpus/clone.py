@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -103,6 +104,10 @@ class CloneSettings:
     # directories; relative entries resolve against the working directory at check time.
     # None: the working directory only.
     local_roots: tuple[str, ...] | None = None
+    # Sparse checkout: only files ending in these extensions (any case) plus the root licence
+    # files are checked out, and with ``--filter=blob:none`` only their blobs are fetched.
+    # None or empty: the whole tree. Never used with submodules (their gitlinks must be checked out).
+    sparse_extensions: tuple[str, ...] | None = None
 
     def roots(self) -> list[str]:
         """The allowed local roots as real absolute paths."""
@@ -292,11 +297,51 @@ def remote_commit(url: str, ref: str | None, timeout_s: float) -> str:
     return found["HEAD"]
 
 
+def _ci(text: str) -> str:
+    """A gitignore-style pattern matching ``text`` in any case (``.sv`` → ``.[sS][vV]``)."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else ("[.]" if c == "." else c) for c in text)
+
+
+def sparse_patterns(extensions: Sequence[str]) -> list[str]:
+    """Non-cone sparse-checkout patterns: files with these extensions anywhere, licence files at the root.
+
+    Extensions come from the job's config (trusted), but anything outside ``[A-Za-z0-9._-]`` is
+    refused so that no pattern can widen or escape the selection.
+    """
+    out = []
+    for ext in extensions:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", ext):
+            raise ValueError(f"extension {ext!r} cannot be a sparse-checkout pattern")
+        out.append("*" + _ci(ext))
+    return out + ["/" + _ci("licen") + "[sScC]" + _ci("e") + "*", "/" + _ci("copying") + "*"]
+
+
+def sparse_key(s: CloneSettings, submodules: bool) -> str:
+    """Suffix of a cache entry's directory: checkouts of different selections never share an entry."""
+    if not s.sparse_extensions or submodules:
+        return ""
+    return "-s" + hashlib.sha256("\n".join(sorted(s.sparse_extensions)).encode()).hexdigest()[:8]
+
+
+def _set_sparse(dest: str, patterns: Sequence[str], protocols: Sequence[str]) -> None:
+    """Turn on a non-cone sparse checkout of ``patterns`` in the (not yet checked out) repository ``dest``."""
+    git(["config", "core.sparseCheckout", "true"], cwd=dest, timeout_s=60, protocols=protocols)
+    info = Path(dest, ".git", "info")
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "sparse-checkout").write_text("\n".join(patterns) + "\n")
+
+
 def _fetch(url: str, ref: str | None, dest: str, submodules: bool, s: CloneSettings) -> None:
-    """Check ``ref`` (or the default branch) out into ``dest``; URL and ref come after ``--``."""
+    """Check ``ref`` (or the default branch) out into ``dest``; URL and ref come after ``--``.
+
+    Shallow (``--depth 1``) and blob-less (``--filter=blob:none``, retried without where the
+    remote refuses filters); with ``sparse_extensions`` only the selected files are checked
+    out, so only their blobs cross the network and reach the disk.
+    """
     filters = [["--filter=blob:none"], []] if s.shallow else [[]]
     depth = ["--depth", "1"] if s.shallow else []
     protocols = protocols_for(url)
+    patterns = sparse_patterns(s.sparse_extensions) if sparse_key(s, submodules) else None
     last: CloneError | None = None
     for flt in filters:
         shutil.rmtree(dest, ignore_errors=True)
@@ -305,6 +350,8 @@ def _fetch(url: str, ref: str | None, dest: str, submodules: bool, s: CloneSetti
                 os.makedirs(dest)
                 git(["init", "-q"], cwd=dest, timeout_s=60, protocols=protocols)
                 git(["remote", "add", "--", "origin", url], cwd=dest, timeout_s=60, protocols=protocols)
+                if patterns:
+                    _set_sparse(dest, patterns, protocols)
                 try:
                     git(["fetch", "-q", *depth, *flt, "--", "origin", ref], cwd=dest, timeout_s=s.timeout_s,
                         protocols=protocols)
@@ -316,10 +363,13 @@ def _fetch(url: str, ref: str | None, dest: str, submodules: bool, s: CloneSetti
                     git(["fetch", "-q", *flt, "--", "origin"], cwd=dest, timeout_s=s.timeout_s, protocols=protocols)
                     git(["checkout", "-q", "--detach", ref], cwd=dest, timeout_s=s.timeout_s, protocols=protocols)
             else:
-                args = ["clone", "-q", *depth, *flt]
+                args = ["clone", "-q", *depth, *flt, *(["--no-checkout"] if patterns else [])]
                 if ref:
                     args.append(f"--branch={ref}")
                 git([*args, "--", url, dest], timeout_s=s.timeout_s, protocols=protocols)
+                if patterns:
+                    _set_sparse(dest, patterns, protocols)
+                    git(["checkout", "-q"], cwd=dest, timeout_s=s.timeout_s, protocols=protocols)
             if submodules:
                 # A separate command so that file:// (and local paths) are never allowed for the
                 # URLs in the repository's .gitmodules, even when the repository itself is local.
@@ -354,7 +404,8 @@ def clone(repo: Repository, s: CloneSettings) -> tuple[str, str, bool]:
         return url, snapshot_id(url), False
     base = os.path.join(s.cache_dir, url_key(url))
     commit = _retry(lambda: remote_commit(url, repo.ref, min(s.timeout_s, 120)), s)
-    done = os.path.join(base, commit)
+    suffix = sparse_key(s, repo.submodules)
+    done = os.path.join(base, commit + suffix)
     if os.path.exists(os.path.join(done, ".complete")):
         return done, commit, True
     os.makedirs(base, exist_ok=True)
@@ -365,7 +416,7 @@ def clone(repo: Repository, s: CloneSettings) -> tuple[str, str, bool]:
         size = tree_bytes(tmp)
         if size > s.max_repo_bytes:
             raise CloneError("too big", f"{size} bytes > max_repo_bytes {s.max_repo_bytes}")
-        done = os.path.join(base, commit)
+        done = os.path.join(base, commit + suffix)
         if os.path.exists(os.path.join(done, ".complete")):
             return done, commit, True
         shutil.rmtree(done, ignore_errors=True)
@@ -409,13 +460,16 @@ class CloneAndRead:
         backoff_s: float = 2.0,
         shallow: bool = True,
         local_roots: Sequence[str] | None = None,
+        sparse: bool = True,
     ) -> None:
         """``local_roots``: directories local-path/file:// repositories must lie under (see
-        ``corpus.manifest.local_roots_for``); None: the working directory only."""
+        ``corpus.manifest.local_roots_for``); None: the working directory only. ``sparse``: check
+        out only files with ``extensions`` (and licence files), see ``CloneSettings.sparse_extensions``."""
         self.status_dir = status_dir
         self.settings = CloneSettings(os.path.abspath(os.path.expanduser(cache_dir)), timeout_s, retries, backoff_s,
                                       max_repo_bytes, shallow,
-                                      tuple(local_roots) if local_roots is not None else None)
+                                      tuple(local_roots) if local_roots is not None else None,
+                                      tuple(extensions) if sparse else None)
         self.extensions = tuple(extensions)
         self.max_file_bytes = max_file_bytes
 
@@ -428,7 +482,9 @@ class CloneAndRead:
         return from_rows(rows, FILES_SCHEMA, stage="clone_and_read")
 
     def one(self, index: int, repo: Repository) -> list[dict[str, Any]]:
-        t0 = time.perf_counter()
+        """Clone (or hit the cache) and read one repository; its status, with the CPU seconds spent
+        here and in git (this process and its waited-for children), goes to ``status_dir``."""
+        t0, c0 = time.perf_counter(), _cpu_with_children()
         status: dict[str, Any] = {"repo": repo.name, "url": repo.url, "ref": repo.ref, "manifest_index": index,
                                   "status": "failed", "reason": None, "error": None, "commit": None,
                                   "license": None, "cached": False, "files_read": 0, "skipped": {},
@@ -448,5 +504,12 @@ class CloneAndRead:
         except Exception as exc:  # noqa: BLE001 - one bad repository never fails the job
             status.update(reason="error", error=f"{type(exc).__name__}: {exc}")
         status["seconds"] = round(time.perf_counter() - t0, 3)
+        status["cpu_seconds"] = round(_cpu_with_children() - c0, 4)
         fs.write_json(status_path(self.status_dir, repo.name), status)
         return rows
+
+
+def _cpu_with_children() -> float:
+    """CPU seconds (user + system) of this process plus its terminated, waited-for children (git)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime

@@ -24,11 +24,10 @@ from corpus.licenses import is_permissive
 from corpus.schema import MODULES_SCHEMA, PARSED_MODULES_SCHEMA, conform
 from corpus.verilog import normalize
 
-_MERSENNE = np.uint64((1 << 61) - 1)
-_MAX32 = np.uint64(0xFFFFFFFF)
 _EMPTY = np.uint32(0xFFFFFFFF)
-_CHUNK = 1 << 15  # shingles hashed per numpy step (bounds memory to _CHUNK * num_perm * 8 bytes)
-
+_M1 = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multipliers (golden ratio, splitmix64)
+_M2 = np.uint64(0xBF58476D1CE4E5B9)
+_M3 = np.uint64(0x94D049BB133111EB)
 
 
 class DedupConfig(Config):
@@ -42,7 +41,10 @@ class DedupConfig(Config):
     rows: int | None = Field(None, ge=1)
     seed: int = 1
     max_bucket: int = Field(200, ge=2)  # larger LSH buckets are compared to a window, not all pairs
-    # Resources of the signature stage.
+    # Hash partitions of the one shuffle (bucket keys → edges); None: the cluster's CPUs (at least 1).
+    # Each partition is one task's block: at 2M modules x 12 keys, 64 partitions hold ~0.4M rows each.
+    partitions: int | None = Field(None, ge=1)
+    # Resources of the signature stage (when it is not fused into the parse stage) and the bucket stage.
     num_cpus: float = 1
     batch_size: int | None = 256
     concurrency: int | None = None  # None: Ray Data decides (tasks)
@@ -68,20 +70,121 @@ def shingles(text: str, k: int = 5) -> set[str]:
     return _shingle_tokens(tokens(text), k)
 
 
-def _hash32(items: Iterable[str]) -> np.ndarray:
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=4).digest(), "little")
-         for s in items),
-        dtype=np.uint64,
-    )
+def _token_hash(token: str) -> int:
+    return int.from_bytes(hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=4).digest(), "little")
 
 
-def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients (a, b) of the universal hashes h(x) = (a*x + b) mod (2^61 - 1)."""
-    rng = np.random.RandomState(seed)
-    a = rng.randint(1, 1 << 31, size=num_perm, dtype=np.int64).astype(np.uint64)
-    b = rng.randint(0, 1 << 31, size=num_perm, dtype=np.int64).astype(np.uint64)
-    return a, b
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser (wrapping uint64 arithmetic), low 32 bits kept as uint64."""
+    with np.errstate(over="ignore"):
+        h = (h ^ (h >> np.uint64(30))) * _M2
+        h = (h ^ (h >> np.uint64(27))) * _M3
+        return (h ^ (h >> np.uint64(31))) & np.uint64(0xFFFFFFFF)
+
+
+def shingle_hashes(token_lists: Sequence[Sequence[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(32-bit hashes as uint64, owner row) of every k-token window of every token list.
+
+    Each distinct token is hashed once (blake2b); a window's hash folds its tokens' hashes
+    (h = h*M1 + t + 1, wrapping) and mixes the result, so a shingle's hash depends only on its
+    tokens. Lists of 1..k-1 tokens give one shingle of all their tokens (as ``shingles``);
+    empty lists give none. Duplicate windows of a row are kept (MinHash ignores them).
+    """
+    vocab: dict[str, int] = {}
+    ids = [vocab.setdefault(t, len(vocab)) for toks in token_lists for t in toks]
+    table = np.fromiter((_token_hash(t) for t in vocab), dtype=np.uint64, count=len(vocab))
+    lens = np.fromiter((len(x) for x in token_lists), dtype=np.int64, count=len(token_lists))
+    return _window_hashes(table[np.asarray(ids, dtype=np.int64)], lens, k)
+
+
+def _text_token_hashes(norms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(hash of every token, tokens per text) of whitespace-separated texts, split and
+    dictionary-encoded in Arrow; only the distinct tokens are hashed in Python."""
+    lists = pc.utf8_split_whitespace(pa.array(norms, pa.large_string()))
+    flat = pc.list_flatten(lists)
+    parents = pc.list_parent_indices(lists)
+    real = pc.not_equal(flat, "")  # an empty text splits into one empty token
+    flat, parents = flat.filter(real), parents.filter(real).to_numpy()
+    lens = np.bincount(parents, minlength=len(norms)).astype(np.int64)
+    if len(flat) == 0:
+        return np.zeros(0, np.uint64), lens
+    enc = pc.dictionary_encode(flat)
+    table = np.fromiter((_token_hash(t) for t in enc.dictionary.to_pylist()), dtype=np.uint64,
+                        count=len(enc.dictionary))
+    return table[enc.indices.to_numpy()], lens
+
+
+def _window_hashes(flat: np.ndarray, lens: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """k-token window hashes over the concatenated token hashes of rows of ``lens`` tokens (see shingle_hashes)."""
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    hashes, owners = [], []
+    with np.errstate(over="ignore"):
+        n_win = flat.size - k + 1
+        if n_win > 0:
+            h = np.zeros(n_win, dtype=np.uint64)
+            for j in range(k):
+                h = h * _M1 + flat[j:j + n_win] + np.uint64(1)
+            row_of = np.repeat(np.arange(len(lens)), lens)[:n_win]
+            valid = np.arange(n_win) + k <= ends[row_of]
+            hashes.append(_mix(h[valid]))
+            owners.append(row_of[valid])
+        for r in np.flatnonzero((lens > 0) & (lens < k)):  # short rows: one shingle of all their tokens
+            h1 = np.zeros(1, dtype=np.uint64)
+            for j in range(int(starts[r]), int(ends[r])):
+                h1 = h1 * _M1 + flat[j:j + 1] + np.uint64(1)
+            hashes.append(_mix(h1))
+            owners.append(np.array([r]))
+    if not hashes:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    return np.concatenate(hashes), np.concatenate(owners).astype(np.int64)
+
+
+def _seeded(h: np.ndarray, seed: int) -> np.ndarray:
+    """A full 64-bit hash of each 32-bit shingle hash for ``seed`` (splitmix64 of h + seed*M1 + 1)."""
+    with np.errstate(over="ignore"):
+        x = h.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15 + 1) & 0xFFFFFFFFFFFFFFFF)
+        x = (x ^ (x >> np.uint64(30))) * _M2
+        x = (x ^ (x >> np.uint64(27))) * _M3
+        return x ^ (x >> np.uint64(31))
+
+
+def minhash_hashed(hashes: np.ndarray, owners: np.ndarray, n_rows: int, num_perm: int = 128,
+                   seed: int = 1) -> np.ndarray:
+    """(n_rows, num_perm) uint32 signatures of 32-bit shingle hashes owned by rows (any order).
+
+    Densified one-permutation hashing (Shrivastava & Li 2014, rotation): one 64-bit hash per
+    shingle picks a bin (high bits) and a value (low 31 bits); each row keeps the minimum per
+    bin (one ``np.minimum.at``), and an empty bin takes the value of the next non-empty bin to
+    its right, mixed with the distance. Equal slots estimate the Jaccard similarity as classic
+    MinHash does, at O(shingles) instead of O(shingles x num_perm). Rows without shingles stay
+    all 0xFFFFFFFF.
+    """
+    out = np.full((n_rows, num_perm), _EMPTY, dtype=np.uint32)
+    if hashes.size == 0:
+        return out
+    h = _seeded(hashes, seed)
+    bins = ((h >> np.uint64(40)) % np.uint64(num_perm)).astype(np.int64)
+    vals = ((h & np.uint64(0xFFFFFFFF)) >> np.uint64(1)).astype(np.uint32)
+    np.minimum.at(out.reshape(-1), owners.astype(np.int64) * num_perm + bins, vals)
+    empty = out == _EMPTY
+    todo = np.flatnonzero(empty.any(axis=1) & ~empty.all(axis=1))
+    if todo.size:
+        orig = out[todo]
+        filled = orig.copy()
+        left = filled == _EMPTY
+        with np.errstate(over="ignore"):
+            for d in range(1, num_perm):
+                cand = np.roll(orig, -d, axis=1)
+                take = left & (cand != _EMPTY)
+                if take.any():
+                    mixed = (cand[take].astype(np.uint64) + np.uint64(d) * _M1) * _M2
+                    filled[take] = ((mixed >> np.uint64(33)) & np.uint64(0x7FFFFFFF)).astype(np.uint32)
+                    left &= ~take
+                if not left.any():
+                    break
+        out[todo] = filled
+    return out
 
 
 def minhash(shingle_sets: str | set[str] | Sequence[set[str]], num_perm: int = 128, seed: int = 1,
@@ -90,28 +193,26 @@ def minhash(shingle_sets: str | set[str] | Sequence[set[str]], num_perm: int = 1
 
     A text (shingled with ``k``) or one shingle set gives shape (num_perm,); a sequence of
     shingle sets gives (n, num_perm), computed in one vectorised pass over all shingles. An
-    empty set gives all 0xFFFFFFFF.
+    empty set gives all 0xFFFFFFFF. A shingle's hash depends only on its tokens, so a text and
+    its shingle set (``shingles(text, k)``) give the same signature as ``signatures`` does.
     """
     if isinstance(shingle_sets, str):
-        return minhash([shingles(shingle_sets, k)], num_perm, seed)[0]
+        return signatures([normalize(shingle_sets)], k, num_perm, seed)[0]
     if isinstance(shingle_sets, (set, frozenset)):
         return minhash([shingle_sets], num_perm, seed)[0]
-    sets = list(shingle_sets)
-    out = np.full((len(sets), num_perm), _EMPTY, dtype=np.uint32)
-    owners = np.repeat(np.arange(len(sets)), [len(s) for s in sets])
-    if owners.size == 0:
-        return out
-    h = _hash32(x for s in sets for x in sorted(s))
-    a, b = permutations(num_perm, seed)
-    for lo in range(0, h.size, _CHUNK):
-        hv = h[lo : lo + _CHUNK]
-        vals = (((hv[:, None] * a[None, :] + b[None, :]) % _MERSENNE) & _MAX32).astype(np.uint32)
-        own = owners[lo : lo + _CHUNK]
-        starts = np.flatnonzero(np.r_[True, own[1:] != own[:-1]])
-        mins = np.minimum.reduceat(vals, starts, axis=0)
-        rows = own[starts]
-        out[rows] = np.minimum(out[rows], mins)
-    return out
+    sets = [sorted(s) for s in shingle_sets]
+    toks = [sh.split(" ") for s in sets for sh in s]
+    hashes, owner_of_shingle = shingle_hashes(toks, max(1, max((len(t) for t in toks), default=1)))
+    owners = np.repeat(np.arange(len(sets)), [len(s) for s in sets])[owner_of_shingle]
+    return minhash_hashed(hashes, owners, len(sets), num_perm, seed)
+
+
+def signatures(norms: Sequence[str], k: int = 5, num_perm: int = 128, seed: int = 1) -> np.ndarray:
+    """(n, num_perm) MinHash signatures of normalised texts over their k-token shingles: tokens
+    split and encoded in Arrow, windows and signatures in numpy, no per-shingle Python."""
+    flat, lens = _text_token_hashes(norms)
+    hashes, owners = _window_hashes(flat, lens, k)
+    return minhash_hashed(hashes, owners, len(norms), num_perm, seed)
 
 
 def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> float:
@@ -144,16 +245,25 @@ def band_rows(num_perm: int, threshold: float, bands: int | None = None, rows: i
     return choose_bands(threshold, num_perm)
 
 
+def band_keys(sigs: np.ndarray, bands: int, rows: int | None = None) -> np.ndarray:
+    """(n, bands) uint64 LSH bucket keys of (n, num_perm) signatures: each band's slots folded and
+    mixed with the band's index, so equal keys mean equal slots in the same band (up to 2^-64)."""
+    sigs = np.atleast_2d(np.asarray(sigs, dtype=np.uint32))
+    rows = rows or sigs.shape[1] // bands
+    if bands * rows > sigs.shape[1]:
+        raise ValueError(f"bands*rows = {bands * rows} exceeds the signature length {sigs.shape[1]}")
+    s = sigs[:, :bands * rows].reshape(sigs.shape[0], bands, rows).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = np.broadcast_to((np.arange(bands, dtype=np.uint64) + np.uint64(1)) * _M3, s.shape[:2]).copy()
+        for j in range(rows):
+            h = (h ^ s[:, :, j]) * _M1
+            h ^= h >> np.uint64(29)
+    return h
+
+
 def lsh_bands(sig: np.ndarray, bands: int, rows: int | None = None) -> list[str]:
-    """One bucket key per band, ``'<band>:<hex digest of that band's slots>'``."""
-    rows = rows or len(sig) // bands
-    if bands * rows > len(sig):
-        raise ValueError(f"bands*rows = {bands * rows} exceeds the signature length {len(sig)}")
-    sig = np.ascontiguousarray(sig, dtype=np.uint32)
-    return [
-        f"{i}:{hashlib.blake2b(sig[i * rows:(i + 1) * rows].tobytes(), digest_size=8).hexdigest()}"
-        for i in range(bands)
-    ]
+    """One bucket key per band, ``'<band>:<16 hex digits of band_keys>'``."""
+    return [f"{i}:{int(key):016x}" for i, key in enumerate(band_keys(sig, bands, rows)[0])]
 
 
 def norm_sha256(source: str) -> str:
@@ -166,7 +276,7 @@ SIGNATURES_SCHEMA = pa.schema(
         pa.field("id", pa.string(), nullable=False),
         pa.field("norm_sha256", pa.string()),
         pa.field("signature", pa.list_(pa.uint32())),
-        pa.field("bands", pa.list_(pa.string())),
+        pa.field("bands", pa.list_(pa.uint64())),
         # Keep-policy inputs (small), so the driver never needs module rows.
         pa.field("license", pa.string()),
         pa.field("manifest_index", pa.int32()),
@@ -191,25 +301,23 @@ class SignatureStage:
         self.bands, self.rows = band_rows(num_perm, threshold, bands, rows)
 
     @classmethod
-    def from_config(cls, cfg: DedupConfig) -> SignatureStage:
+    def from_config(cls, cfg: DedupConfig, with_rows: bool = False) -> SignatureStage:
         bands, rows = cfg.band_rows()
-        return cls(cfg.num_perm, cfg.shingle_size, cfg.seed, bands, rows)
+        return cls(cfg.num_perm, cfg.shingle_size, cfg.seed, bands, rows, with_rows=with_rows)
 
     def __call__(self, batch: pa.Table | Mapping[str, Any]) -> pa.Table:
         if not isinstance(batch, pa.Table):
             batch = pa.table(dict(batch))
         col = batch.column_names
-        sources = [s or "" for s in batch.column("source").to_pylist()]
-        norms = [normalize(s) for s in sources]
+        norms = [normalize(x or "") for x in batch.column("source").to_pylist()]
         if "norm_sha256" in col:
-            hashes = [h or sha256_hex(n)
-                      for h, n in zip(batch.column("norm_sha256").to_pylist(), norms)]
+            hashes = [h or sha256_hex(n) for h, n in zip(batch.column("norm_sha256").to_pylist(), norms)]
         else:
             hashes = [sha256_hex(n) for n in norms]
-        sets = [_shingle_tokens(n.split(), self.k) for n in norms]
-        sigs = minhash(sets, self.num_perm, self.seed)
-        bands = [lsh_bands(s, self.bands, self.rows) for s in sigs]
+        sigs = signatures(norms, self.k, self.num_perm, self.seed)
         n = batch.num_rows
+        sig_col = _list_column(sigs, pa.uint32())
+        band_col = _list_column(band_keys(sigs, self.bands, self.rows), pa.uint64())
 
         def get(name: str) -> list[Any]:
             return batch.column(name).to_pylist() if name in col else [None] * n
@@ -217,14 +325,14 @@ class SignatureStage:
         if self.with_rows:
             t = conform(batch, PARSED_MODULES_SCHEMA, stage="dedup.signatures")
             t = t.set_column(t.schema.get_field_index("norm_sha256"), "norm_sha256", pa.array(hashes, pa.string()))
-            t = t.append_column("signature", pa.array(list(sigs), pa.list_(pa.uint32())))
-            return t.append_column("bands", pa.array(bands, pa.list_(pa.string())))
+            t = t.append_column("signature", sig_col)
+            return t.append_column("bands", band_col)
         return pa.table(
             {
                 "id": batch.column("id"),
                 "norm_sha256": pa.array(hashes, pa.string()),
-                "signature": pa.array(list(sigs), pa.list_(pa.uint32())),
-                "bands": pa.array(bands, pa.list_(pa.string())),
+                "signature": sig_col,
+                "bands": band_col,
                 "license": pa.array(get("license"), pa.string()),
                 "manifest_index": pa.array(get("manifest_index"), pa.int32()),
                 "path": pa.array(get("path"), pa.string()),
@@ -232,6 +340,13 @@ class SignatureStage:
             },
             schema=SIGNATURES_SCHEMA,
         )
+
+
+def _list_column(matrix: np.ndarray, type_: pa.DataType) -> pa.Array:
+    """An (n, w) numpy matrix as a list<type_> arrow column without Python objects."""
+    n, w = matrix.shape
+    offsets = pa.array(np.arange(0, (n + 1) * w, w, dtype=np.int32), pa.int32())
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), type_))
 
 
 def _shingle_tokens(toks: list[str], k: int) -> set[str]:
@@ -349,14 +464,22 @@ class NearDupIndex:
 # --- Batch functions composed by jobs/dedup.py (pure, pyarrow in → pyarrow out) ---------------
 
 EDGES_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string())])
-BAND_ROWS_SCHEMA = pa.schema(
+_KEEP_COLUMNS = [pa.field("license", pa.string()), pa.field("manifest_index", pa.int32()),
+                 pa.field("path", pa.string()), pa.field("start_line", pa.int32())]
+KEYS_SCHEMA = pa.schema(
     [
-        pa.field("band", pa.string()),
+        pa.field("key", pa.uint64()),
+        pa.field("exact", pa.bool_()),  # an exact key (norm_sha256) rather than an LSH band key
         pa.field("id", pa.string()),
         pa.field("norm_sha256", pa.string()),
-        pa.field("signature", pa.list_(pa.uint32())),
+        pa.field("signature", pa.list_(pa.uint32())),  # null on exact rows (never compared)
+        *_KEEP_COLUMNS,
     ]
 )
+# Output of ``bucket_edges``: edges (a, b) and, with b null, one row per linked module carrying
+# its keep-policy fields, so the driver never scans the module rows for cluster members.
+LINKS_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string()),
+                          pa.field("norm_sha256", pa.string()), *_KEEP_COLUMNS])
 
 
 def _table(batch: pa.Table | Mapping[str, Any]) -> pa.Table:
@@ -375,42 +498,118 @@ def exact_edges(group: pa.Table | Mapping[str, Any]) -> pa.Table:
     return _edges((ids[0], other) for other in ids[1:])
 
 
-def explode_bands(batch: pa.Table | Mapping[str, Any]) -> pa.Table:
-    """SIGNATURES batch → one row per (band key, module): the LSH bucket membership."""
+def explode_keys(batch: pa.Table | Mapping[str, Any]) -> pa.Table:
+    """SIGNATURES batch (or rows with signature/bands) → KEYS rows: one per (LSH band key, module)
+    plus one exact key (the first 64 bits of norm_sha256) per module; all go through one shuffle."""
     t = _table(batch)
     bands = t.column("bands").combine_chunks()
     parents = pc.list_parent_indices(bands)
-    return pa.table(
-        {
-            "band": pc.list_flatten(bands),
-            "id": t.column("id").take(parents),
-            "norm_sha256": t.column("norm_sha256").take(parents),
-            "signature": t.column("signature").take(parents),
-        },
-        schema=BAND_ROWS_SCHEMA,
-    )
+    n = t.num_rows
+    exact = np.fromiter((int(h[:16], 16) if h else 0 for h in t.column("norm_sha256").to_pylist()),
+                        dtype=np.uint64, count=n)
+    take = pa.concat_arrays([parents.cast(pa.int64()), pa.array(np.arange(n, dtype=np.int64))])
+    sig = t.column("signature").combine_chunks()
+    cols = {
+        "key": pa.concat_arrays([pc.list_flatten(bands).cast(pa.uint64()), pa.array(exact, pa.uint64())]),
+        "exact": pa.array(np.r_[np.zeros(len(parents), bool), np.ones(n, bool)]),
+        "id": t.column("id").take(take),
+        "norm_sha256": t.column("norm_sha256").take(take),
+        "signature": pa.concat_arrays([sig.take(parents), pa.nulls(n, sig.type)]),
+    }
+    for f in _KEEP_COLUMNS:
+        col = t.column(f.name) if f.name in t.column_names else pa.nulls(n, f.type)
+        cols[f.name] = col.cast(f.type).take(take)
+    return pa.table(cols, schema=KEYS_SCHEMA)
 
 
 def near_edges(bucket: pa.Table | Mapping[str, Any], threshold: float = 0.8, max_bucket: int = 200) -> pa.Table:
     """One LSH bucket → verified edges (estimated Jaccard ≥ threshold) between distinct normalised texts.
 
-    Exact copies are collapsed to their smallest id first (exact_edges links the others), so a
+    Exact copies are collapsed to their smallest id first (exact keys link the others), so a
     bucket of many identical modules costs nothing here.
     """
     t = _table(bucket)
-    if t.num_rows < 2:
-        return _edges([])
-    rep: dict[str, tuple[str, np.ndarray]] = {}
-    for mid, h, sig in zip(t.column("id").to_pylist(), t.column("norm_sha256").to_pylist(),
-                           t.column("signature").to_pylist()):
+    return _edges(_near_pairs(t.column("id").to_pylist(), t.column("norm_sha256").to_pylist(),
+                              t.column("signature").to_pylist(), threshold, max_bucket))
+
+
+def _near_pairs(ids: Sequence[str], norms: Sequence[str | None], sigs: Sequence[Any], threshold: float,
+                max_bucket: int) -> list[tuple[str, str]]:
+    """Verified pairs of one bucket; ``sigs[i]`` is row i's signature (a list or a numpy row)."""
+    rep: dict[str | None, tuple[str, int]] = {}
+    for i, (mid, h) in enumerate(zip(ids, norms)):
         if h not in rep or mid < rep[h][0]:
-            rep[h] = (mid, np.asarray(sig, dtype=np.uint32))
+            rep[h] = (mid, i)
     if len(rep) < 2:
-        return _edges([])
-    sigs = {mid: sig for mid, sig in rep.values()}
-    pairs = [(a, b) for a, b in bucket_pairs(list(sigs), max_bucket)
-             if jaccard_estimate(sigs[a], sigs[b]) >= threshold]
-    return _edges(pairs)
+        return []
+    by_id = {mid: np.asarray(sigs[i], dtype=np.uint32) for mid, i in rep.values()}
+    return [(a, b) for a, b in bucket_pairs(list(by_id), max_bucket)
+            if jaccard_estimate(by_id[a], by_id[b]) >= threshold]
+
+
+def _signature_matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A list<uint32> column of equal-length signatures as an (n, num_perm) matrix; null rows are zeros."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    flat = pc.list_flatten(arr).to_numpy()
+    width = flat.size // max(1, int(valid.sum()))
+    out = np.zeros((len(arr), width), dtype=np.uint32)
+    out[valid] = flat.reshape(-1, width) if width else out[valid]
+    return out
+
+
+def bucket_edges(block: pa.Table | Mapping[str, Any], threshold: float = 0.8, max_bucket: int = 200) -> pa.Table:
+    """A hash-partitioned block of KEYS rows (every row of a key in this block) → LINKS rows.
+
+    Rows are sorted by (key, exact) once with numpy; only groups of two or more rows reach
+    Python: an exact group links every member to its smallest id, an LSH bucket gives its
+    verified near edges (``near_edges``). Each linked module is also emitted once as a node
+    row (b null) with its keep-policy fields.
+    """
+    t = _table(block)
+    empty = pa.table({f.name: pa.array([], f.type) for f in LINKS_SCHEMA}, schema=LINKS_SCHEMA)
+    if t.num_rows < 2:
+        return empty
+    keys = t.column("key").to_numpy()
+    exact = np.asarray(t.column("exact").to_numpy(zero_copy_only=False), dtype=bool)
+    order = np.lexsort((exact, keys))
+    k, e = keys[order], exact[order]
+    new = np.r_[True, (k[1:] != k[:-1]) | (e[1:] != e[:-1])]
+    starts = np.flatnonzero(new)
+    sizes = np.diff(np.r_[starts, len(order)])
+    multi = np.flatnonzero(sizes >= 2)
+    if multi.size == 0:
+        return empty
+    rows = np.concatenate([order[starts[g]:starts[g] + sizes[g]] for g in multi])
+    taken = t.take(pa.array(rows))
+    sub = taken.select(["exact", "id", "norm_sha256"]).to_pydict()
+    sigs = _signature_matrix(taken.column("signature"))  # numpy, never Python lists of ints
+    edges: list[tuple[str, str]] = []
+    pos = 0
+    for g in multi:
+        lo, hi = pos, pos + int(sizes[g])
+        pos = hi
+        ids = sub["id"][lo:hi]
+        if sub["exact"][lo]:
+            uniq = sorted(set(ids))
+            edges += [(uniq[0], other) for other in uniq[1:]]
+        else:
+            edges += _near_pairs(ids, sub["norm_sha256"][lo:hi], sigs[lo:hi], threshold, max_bucket)
+    if not edges:
+        return empty
+    linked = sorted({x for pair in edges for x in pair})
+    first: dict[str, int] = {}
+    for mid, i in zip(sub["id"], rows.tolist()):  # every linked module is in some group of two or more
+        first.setdefault(mid, i)
+    nodes = t.take(pa.array([first[m] for m in linked], pa.int64()))
+    n_e = len(edges)
+    return pa.table({
+        "a": pa.array([a for a, _ in edges] + linked, pa.string()),
+        "b": pa.array([b for _, b in edges] + [None] * len(linked), pa.string()),
+        "norm_sha256": pa.concat_arrays([pa.nulls(n_e, pa.string()), nodes.column("norm_sha256").combine_chunks()]),
+        **{f.name: pa.concat_arrays([pa.nulls(n_e, f.type), nodes.column(f.name).combine_chunks()])
+           for f in _KEEP_COLUMNS},
+    }, schema=LINKS_SCHEMA)
 
 
 ASSIGNMENT_FIELDS = ("dup_cluster", "dup_kind", "keep")

@@ -6,12 +6,14 @@ write their per-repository status there (``_status/``) and the driver reads it b
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
-from collections import Counter, defaultdict
-from typing import Any, Literal
+from collections import Counter
+from typing import Any, Iterator, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
@@ -21,18 +23,30 @@ from chipforge.config import Config
 from chipforge.job import JobError, JobSpec, Run
 from chipforge.stage import StageResources, map_stage
 from corpus.clone import CloneAndRead
-from corpus.dedup import DedupConfig
+from corpus.decontam import DecontamConfig  # decontam
+from corpus.dedup import DedupConfig, SignatureStage
 from corpus.files import DEFAULT_EXTENSIONS
 from corpus.manifest import Repository, load_manifest, local_roots_for
 from corpus.verilog import ParseStage, merge_parse_stats
-from pipelines.dedup import run_dedup
+from pipelines.dedup import record, run_dedup
 
 
 class CloneConfig(Config):
-    """Clone+read stage: one repository per call (batch_size is always 1)."""
+    """Clone+read stage: ``batch_size`` repositories per call, ``concurrency`` actors."""
 
     num_cpus: float = 1.0
     concurrency: int = 4  # clone actors (parallel repositories)
+    # Repositories per clone call: 1 balances best; more cut Ray round trips per repository for
+    # many small repositories (all of a call's files then go to one parse call, as one block).
+    batch_size: int = Field(1, ge=1)
+    # Check out only files with the configured extensions (and root licence files); with the
+    # blob filter only their blobs are fetched. Off for repositories with submodules.
+    sparse: bool = True
+    # Clone, parse and sign in the same actor (the parse stage's actors and resources): no clone
+    # actor processes and no file texts through the object store, so less CPU. Best when clones
+    # are fast (local remotes, a nearby mirror); with slow network clones the parse CPUs would
+    # wait on the network, so leave it off there.
+    fused: bool = False
     timeout_s: float = 600.0
     retries: int = 3
     backoff_s: float = 2.0
@@ -61,12 +75,15 @@ class CorpusConfig(Config):
     output_dir: str = "out/sample/corpus"
     cache_dir: str = "~/.cache/chipforge/repos"  # per node; clone cache keyed by url and commit
     extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
-    max_file_bytes: int = 1_000_000
+    max_file_bytes: int = 32 * 1024 * 1024  # a memory bound (corpus.files.DEFAULT_MAX_FILE_BYTES); content decides
     max_repo_bytes: int = 2_000_000_000
     grammar: Literal["systemverilog", "verilog"] = "systemverilog"
     clone: CloneConfig = Field(default_factory=CloneConfig)
     parse: ParseConfig = Field(default_factory=ParseConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    # decontam: modules matching a benchmark (VerilogEval / RTLLM checkouts) get contaminated_by; [] = off
+    benchmark_paths: list[str] = Field(default_factory=list)
+    decontam: DecontamConfig = Field(default_factory=DecontamConfig)
 
 
 class TimedParse(ParseStage):
@@ -74,11 +91,16 @@ class TimedParse(ParseStage):
 
     ``cpu_seconds`` is the actor process's CPU time during the call: MB/s per core stays
     meaningful when a node runs more processes than it has cores; ``seconds`` is wall time.
+    With ``dedup`` (a DedupConfig as a dict) the same call also signs its modules (norm_sha256,
+    MinHash, LSH band keys: ``SignatureStage``), so parsed rows go through the object store
+    once, already signed; that CPU is ``signature_cpu_seconds``, not ``cpu_seconds``.
     """
 
-    def __init__(self, grammar: str, stats_dir: str, parse_timeout_s: float | None = 30.0) -> None:
+    def __init__(self, grammar: str, stats_dir: str, parse_timeout_s: float | None = 30.0,
+                 dedup: dict[str, Any] | None = None) -> None:
         super().__init__(grammar, parse_timeout_s=parse_timeout_s)
         self.stats_dir = stats_dir
+        self.sign = SignatureStage.from_config(DedupConfig(**dedup), with_rows=True) if dedup is not None else None
 
     def __call__(self, batch: Any) -> pa.Table:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -88,36 +110,88 @@ class TimedParse(ParseStage):
         stats = {"files": len(n_bytes), "bytes": int(sum(int(x) for x in n_bytes if x is not None)),
                  "seconds": seconds, "cpu_seconds": cpu_seconds, "modules": out.num_rows}
         stats.update(self.last_stats)  # per-file parse failures by reason (timeouts, expansion limits)
+        if self.sign is not None:
+            c1 = time.process_time()
+            out = self.sign(out)
+            stats["signature_cpu_seconds"] = time.process_time() - c1
         fs.write_json(fs.join(self.stats_dir, uuid.uuid4().hex + ".json"), stats)
         return out
 
 
+COUNT_FIELDS = ("modules", "parse_ok", "error_line_share_sum", "lines", "kept", "exact", "near")
+
+
+class CloneParseSign:
+    """Clone+read, parse and sign in one actor (``clone.fused``): manifest rows → signed module rows."""
+
+    def __init__(self, clone: dict[str, Any], parse: dict[str, Any]) -> None:
+        self.clone = CloneAndRead(**clone)
+        self.parse = TimedParse(**parse)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.parse(self.clone(batch))
+
+
 def module_counts(batch: pa.Table) -> pa.Table:
-    """Per-block, per-repo counts over MODULES rows (so the driver never holds module rows)."""
+    """Per-block, per-repository (``manifest_index``) counts over MODULES rows, one Arrow group-by."""
     if isinstance(batch, dict):
         batch = pa.table(batch)
-    rows = []
-    repos = batch.column("repo").to_pylist()
-    for repo in sorted(set(repos)):
-        sub = batch.filter(pc.equal(batch.column("repo"), repo))
-        keep = sub.column("keep").to_pylist()
-        kinds = Counter(k for k, kept in zip(sub.column("dup_kind").to_pylist(), keep) if not kept)
-        rows.append({
-            "repo": repo,
-            "modules": sub.num_rows,
-            "parse_ok": int(pc.sum(pc.cast(sub.column("parse_ok"), pa.int64())).as_py() or 0),
-            "error_line_share_sum": float(pc.sum(pc.fill_null(sub.column("error_line_share"), 0.0)).as_py() or 0.0),
-            "lines": int(pc.sum(sub.column("n_lines")).as_py() or 0),
-            "kept": int(pc.sum(pc.cast(sub.column("keep"), pa.int64())).as_py() or 0),
-            "exact": kinds.get("exact", 0),
-            "near": kinds.get("near", 0),
-        })
-    return pa.Table.from_pylist(rows, schema=_COUNTS_SCHEMA)
+    removed = pc.invert(batch.column("keep"))
+    kind = batch.column("dup_kind")
+    t = pa.table({
+        "manifest_index": batch.column("manifest_index"),
+        "parse_ok": pc.cast(batch.column("parse_ok"), pa.int64()),
+        "share": pc.fill_null(batch.column("error_line_share"), 0.0),
+        "lines": batch.column("n_lines"),
+        "kept": pc.cast(batch.column("keep"), pa.int64()),
+        "exact": pc.cast(pc.and_(removed, pc.equal(kind, "exact")), pa.int64()),
+        "near": pc.cast(pc.and_(removed, pc.equal(kind, "near")), pa.int64()),
+    })
+    g = t.group_by("manifest_index").aggregate([("parse_ok", "count"), ("parse_ok", "sum"), ("share", "sum"),
+                                                ("lines", "sum"), ("kept", "sum"), ("exact", "sum"), ("near", "sum")])
+    cols = ["parse_ok_count", "parse_ok_sum", "share_sum", "lines_sum", "kept_sum", "exact_sum", "near_sum"]
+    return pa.table({"manifest_index": g.column("manifest_index").cast(pa.int64()),
+                     **{name: g.column(c) for name, c in zip(COUNT_FIELDS, cols)}}, schema=_COUNTS_SCHEMA)
 
 
-_COUNTS_SCHEMA = pa.schema([("repo", pa.string()), ("modules", pa.int64()), ("parse_ok", pa.int64()),
+class RepoCounts:
+    """Module counts per repository in the driver: one numpy row per manifest entry (64 bytes each),
+    filled from the count stage's files, so the driver's memory per repository stays small."""
+
+    def __init__(self, n_repos: int) -> None:
+        self.values = np.zeros((n_repos, len(COUNT_FIELDS)), dtype=np.float64)
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.values[int(row["manifest_index"])] += [row[f] or 0 for f in COUNT_FIELDS]
+
+    def of(self, index: int) -> dict[str, int]:
+        """Integer counts of one repository (its error-line share sum left out)."""
+        return {f: int(v) for f, v in zip(COUNT_FIELDS, self.values[index]) if f != "error_line_share_sum"}
+
+    def total(self) -> dict[str, float]:
+        return dict(zip(COUNT_FIELDS, self.values.sum(axis=0).tolist()))
+
+
+def count_modules(batch: pa.Table, stats_dir: str) -> pa.Table:
+    """Pass-through stage fused before the write: per-repo counts of the batch go to ``stats_dir``
+    as one JSON file, so the driver never reads the written modules back."""
+    c0 = time.process_time()
+    counts = module_counts(batch).to_pylist()
+    record(stats_dir, "count", time.process_time() - c0, counts=counts)
+    return batch
+
+
+_COUNTS_SCHEMA = pa.schema([("manifest_index", pa.int64()), ("modules", pa.int64()), ("parse_ok", pa.int64()),
                             ("error_line_share_sum", pa.float64()), ("lines", pa.int64()), ("kept", pa.int64()),
                             ("exact", pa.int64()), ("near", pa.int64())])
+# The report lists every repository's status up to this many; all of them go to repositories.parquet.
+PER_REPO_IN_REPORT = 1000
+REPOSITORIES_SCHEMA = pa.schema(
+    [(k, pa.string()) for k in ("repo", "url", "ref", "status", "reason", "error", "commit", "license")]
+    + [("manifest_index", pa.int64()), ("cached", pa.bool_()), ("files_read", pa.int64()), ("bytes", pa.int64()),
+       ("skipped", pa.string()), ("encodings", pa.string()), ("seconds", pa.float64()), ("cpu_seconds", pa.float64())]
+    + [(k, pa.int64()) for k in COUNT_FIELDS if k != "error_line_share_sum"])
 
 
 def _worker_url(repo: Repository) -> Repository:
@@ -135,71 +209,145 @@ def _abs(path: str) -> str:
 
 
 def run(cfg: CorpusConfig, job: Run) -> dict[str, Any]:
-    """The job's body: clone + parse + dedup on Ray Data, the modules written once, the report returned."""
+    """The job's body: clone + parse + dedup on Ray Data, the modules written once, the report returned.
+
+    Ray round trips: clone actors → parse actors (which also sign) → materialised once → key
+    files per hash partition → one bucket task per partition → edges to the driver → one apply
+    + count + write pass. Every stage writes its CPU seconds to ``_status/``; the report sums
+    them per stage (``cpu_seconds``), with the driver's own CPU.
+    """
     import ray
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         manifest = load_manifest(cfg.manifest)
     except ValueError as exc:  # bad manifest: clear message naming the file
         raise JobError(str(exc)) from exc
     repos = [_worker_url(r) for r in manifest.repositories]
+    n_repos = len(repos)
     out = _abs(cfg.output_dir)
     status_dir, stats_dir = fs.join(out, "_status"), fs.join(out, "_status", "parse")
+    cpu_dir, counts_dir = fs.join(status_dir, "cpu"), fs.join(status_dir, "counts")
     fs.delete(fs.join(out, "_status"))
-    fs.makedirs(stats_dir)
-    job.progress(f"{len(repos)} repositories from {cfg.manifest}")
+    for d in (stats_dir, cpu_dir, counts_dir):
+        fs.makedirs(d)
+    job.progress(f"{n_repos} repositories from {cfg.manifest}")
 
     items = [{"manifest_index": i, "repository": r.model_dump_json()} for i, r in enumerate(repos)]
     n_blocks = cfg.clone.input_blocks or 4 * cfg.clone.concurrency
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), n_blocks)))
-    files = map_stage(
-        ds, CloneAndRead,
-        StageResources(num_cpus=cfg.clone.num_cpus, batch_size=1,
-                       concurrency=min(cfg.clone.concurrency, max(1, len(repos)))),
-        kwargs={
-            "status_dir": status_dir, "cache_dir": cfg.cache_dir, "extensions": cfg.extensions,
-            "max_file_bytes": cfg.max_file_bytes, "max_repo_bytes": cfg.max_repo_bytes,
-            "timeout_s": cfg.clone.timeout_s, "retries": cfg.clone.retries, "backoff_s": cfg.clone.backoff_s,
-            "shallow": cfg.clone.shallow, "local_roots": local_roots_for(cfg.manifest, cfg.clone.local_roots),
-        },
-    )
-    parsed = map_stage(files, TimedParse, StageResources(num_cpus=cfg.parse.num_cpus, concurrency=cfg.parse.concurrency,
-                                                         batch_size=cfg.parse.batch_size),
-                       kwargs={"grammar": cfg.grammar, "stats_dir": stats_dir,
-                               "parse_timeout_s": cfg.parse.parse_timeout_s})
+    del items, manifest, repos  # in the object store now; the driver keeps no per-repository objects
+    clone_kwargs = {
+        "status_dir": status_dir, "cache_dir": cfg.cache_dir, "extensions": cfg.extensions,
+        "max_file_bytes": cfg.max_file_bytes, "max_repo_bytes": cfg.max_repo_bytes,
+        "timeout_s": cfg.clone.timeout_s, "retries": cfg.clone.retries, "backoff_s": cfg.clone.backoff_s,
+        "shallow": cfg.clone.shallow, "local_roots": local_roots_for(cfg.manifest, cfg.clone.local_roots),
+        "sparse": cfg.clone.sparse,
+    }
+    parse_kwargs = {"grammar": cfg.grammar, "stats_dir": stats_dir, "parse_timeout_s": cfg.parse.parse_timeout_s,
+                    "dedup": cfg.dedup.model_dump()}
+    if cfg.clone.fused:
+        parsed = map_stage(ds, CloneParseSign, StageResources(
+            num_cpus=cfg.parse.num_cpus, batch_size=cfg.clone.batch_size,
+            concurrency=min(cfg.parse.concurrency, max(1, n_repos))),
+            kwargs={"clone": clone_kwargs, "parse": parse_kwargs})
+    else:
+        files = map_stage(ds, CloneAndRead, StageResources(
+            num_cpus=cfg.clone.num_cpus, batch_size=cfg.clone.batch_size,
+            concurrency=min(cfg.clone.concurrency, max(1, n_repos))), kwargs=clone_kwargs)
+        parsed = map_stage(files, TimedParse, StageResources(
+            num_cpus=cfg.parse.num_cpus, concurrency=cfg.parse.concurrency, batch_size=cfg.parse.batch_size),
+            kwargs=parse_kwargs)
     modules_dir = fs.join(out, "modules")
     with job.step("clone + parse + dedup"):
-        modules, dedup_stats = run_dedup(parsed, cfg.dedup)
+        modules, dedup_stats = run_dedup(parsed, cfg.dedup, signed=True, stats_dir=cpu_dir,
+                                         work_dir=fs.join(status_dir, "dedup_keys"))
+        modules = decontaminate(modules, cfg, fs.join(status_dir, "decontam"))  # decontam
+        modules = map_stage(modules, count_modules, kwargs={"stats_dir": counts_dir})
         with fs.atomic_dir(modules_dir) as tmp:
             modules.write_parquet(tmp, partition_cols=["repo"])
 
-    per_repo: dict[str, Counter] = defaultdict(Counter)
-    if fs.listdir(modules_dir):
-        counts = map_stage(ray.data.read_parquet(modules_dir).select_columns(
-            ["repo", "parse_ok", "error_line_share", "n_lines", "keep", "dup_kind"]), module_counts)
-        for batch in counts.iter_batches(batch_format="pyarrow", batch_size=None):
-            for row in batch.to_pylist():
-                per_repo[row.pop("repo")].update(row)
-
-    statuses = [fs.read_json(p) for p in sorted(fs.listdir(status_dir)) if p.endswith(".json")]
-    parse_stats = [fs.read_json(p) for p in fs.listdir(stats_dir) if p.endswith(".json")]
+    counts = RepoCounts(n_repos)
+    stage_cpu: Counter = Counter()
+    for d in (cpu_dir, counts_dir):
+        for path in fs.listdir(d):
+            if path.endswith(".json"):
+                stat = fs.read_json(path)
+                stage_cpu[stat["stage"]] += stat.get("cpu_seconds") or 0.0
+                counts.add(stat.get("counts") or [])
+    parse_stats = [fs.read_json(p) for p in fs.listdir(stats_dir) if p.endswith(".json")]  # one per parse block
+    repositories = fold_statuses(status_dir, counts, fs.join(out, "repositories.parquet"), stage_cpu)
+    decontam = decontam_report(cfg, fs.join(status_dir, "decontam"))  # decontam
     fs.delete(status_dir)
-    return build_report(statuses, per_repo, parse_stats, dedup_stats, time.perf_counter() - t0, cfg)
+    stage_cpu["parse"] = sum(p.get("cpu_seconds", 0.0) for p in parse_stats)
+    stage_cpu["signatures"] = sum(p.get("signature_cpu_seconds", 0.0) for p in parse_stats)
+    stage_cpu["driver"] = time.process_time() - c0
+    cpu = {k: round(v, 3) for k, v in stage_cpu.items()} | {"total": round(sum(stage_cpu.values()), 3)}
+    return build_report(repositories, counts.total(), parse_stats, dedup_stats, time.perf_counter() - t0, cfg,
+                        cpu) | decontam
 
 
-def build_report(statuses: list[dict[str, Any]], per_repo: dict[str, Counter], parse_stats: list[dict[str, Any]],
-                 dedup_stats: dict[str, Any], wall_s: float, cfg: CorpusConfig) -> dict[str, Any]:
-    statuses = sorted(statuses, key=lambda s: s["manifest_index"])
+def _read_json_files(paths: list[str], threads: int = 16, chunk: int = 1000) -> Iterator[dict[str, Any]]:
+    """JSON files in order, read ``threads`` at a time (object stores answer ~20 ms per GET), ``chunk``
+    files in memory at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        for lo in range(0, len(paths), chunk):
+            yield from pool.map(fs.read_json, paths[lo:lo + chunk])
+
+
+def fold_statuses(status_dir: str, counts: RepoCounts, table_path: str, stage_cpu: Counter) -> dict[str, Any]:
+    """Read the per-repository status files one at a time into the report's ``repositories`` and
+    ``files`` sections; every status (with its module counts) goes to ``table_path`` (Parquet, in
+    chunks, rows in status-file order: sort by ``manifest_index``), and into the report itself only
+    up to PER_REPO_IN_REPORT repositories. Clone CPU (git included) is added to ``stage_cpu["clone"]``."""
+    import pyarrow.parquet as pq
+
+    paths = sorted(p for p in fs.listdir(status_dir) if p.endswith(".json"))
     skipped: Counter = Counter()
     encodings: Counter = Counter()
-    for s in statuses:
-        skipped.update(s.get("skipped") or {})
-        encodings.update(s.get("encodings") or {})
-        s.update({k: int(v) for k, v in per_repo.get(s["repo"], Counter()).items() if k != "error_line_share_sum"})
-    total: Counter = Counter()
-    for c in per_repo.values():
-        total.update(c)
+    n_ok = files_read = n_bytes = 0
+    failed: list[dict[str, Any]] = []
+    per_repo: list[dict[str, Any]] = []
+    chunk: list[dict[str, Any]] = []
+    filesystem, path = fs.resolve(table_path)
+    writer = None
+    for i, st in enumerate(_read_json_files(paths)):
+        st.update(counts.of(int(st["manifest_index"])) if st["status"] == "ok" else {})
+        skipped.update(st.get("skipped") or {})
+        encodings.update(st.get("encodings") or {})
+        n_ok += st["status"] == "ok"
+        files_read += st.get("files_read", 0)
+        n_bytes += st.get("bytes", 0)
+        stage_cpu["clone"] += st.get("cpu_seconds") or 0.0
+        if st["status"] != "ok":
+            failed.append({k: st.get(k) for k in ("repo", "url", "ref", "reason", "error")})
+        if len(paths) <= PER_REPO_IN_REPORT:
+            per_repo.append(st)
+        chunk.append({k: (v if not isinstance(v, dict) else json.dumps(v, sort_keys=True)) for k, v in st.items()})
+        if len(chunk) >= 10_000 or i == len(paths) - 1:
+            if writer is None:
+                writer = pq.ParquetWriter(path, REPOSITORIES_SCHEMA, filesystem=filesystem)
+            writer.write_table(pa.Table.from_pylist(chunk, schema=REPOSITORIES_SCHEMA))
+            chunk = []
+    if writer is not None:
+        writer.close()
+    per_repo.sort(key=lambda s: s["manifest_index"])
+    failed.sort(key=lambda f: str(f["repo"]))
+    return {
+        "repositories": {"total": len(paths), "ok": n_ok, "failed": failed,
+                         "per_repo": per_repo if len(paths) <= PER_REPO_IN_REPORT else None,
+                         "table": table_path},
+        "files": {"read": files_read, "bytes": n_bytes, "skipped": dict(skipped), "encodings": dict(encodings)},
+    }
+
+
+def build_report(repositories: dict[str, Any], total: dict[str, float], parse_stats: list[dict[str, Any]],
+                 dedup_stats: dict[str, Any], wall_s: float, cfg: CorpusConfig,
+                 cpu_seconds: dict[str, float] | None = None) -> dict[str, Any]:
+    """The job's report from the folded statuses, the module count totals and the stage statistics."""
+    total = {k: (v if k == "error_line_share_sum" else int(v)) for k, v in total.items()}
     n_mod = total["modules"]
     p_bytes = sum(p["bytes"] for p in parse_stats)
     p_secs = sum(p["seconds"] for p in parse_stats)
@@ -208,19 +356,7 @@ def build_report(statuses: list[dict[str, Any]], per_repo: dict[str, Counter], p
         "manifest": cfg.manifest,
         "output_dir": cfg.output_dir,
         "grammar": cfg.grammar,
-        "repositories": {
-            "total": len(statuses),
-            "ok": sum(s["status"] == "ok" for s in statuses),
-            "failed": [{k: s.get(k) for k in ("repo", "url", "ref", "reason", "error")} for s in statuses
-                       if s["status"] != "ok"],
-            "per_repo": statuses,
-        },
-        "files": {
-            "read": sum(s.get("files_read", 0) for s in statuses),
-            "bytes": sum(s.get("bytes", 0) for s in statuses),
-            "skipped": dict(skipped),
-            "encodings": dict(encodings),
-        },
+        **repositories,
         "lines": total["lines"],
         "modules": n_mod,
         "parse_ok_share": total["parse_ok"] / n_mod if n_mod else None,
@@ -233,6 +369,7 @@ def build_report(statuses: list[dict[str, Any]], per_repo: dict[str, Counter], p
                   "cpu_seconds": round(p_cpu, 3),
                   "mb_per_s_per_core": round(p_bytes / 1e6 / p_cpu, 3) if p_cpu else None,
                   "mb_per_s_per_worker": round(p_bytes / 1e6 / p_secs, 3) if p_secs else None},
+        "cpu_seconds": cpu_seconds or {},
         "wall_s": round(wall_s, 2),
     }
 
@@ -252,7 +389,9 @@ def summary(r: dict[str, Any]) -> str:
         f"kept {r['modules_kept']}",
         f"parse: {r['parse']['mb_per_s_per_core']} MB/s per core (CPU time), "
         f"{r['parse']['mb_per_s_per_worker']} MB/s per worker (wall); wall {r['wall_s']} s",
+        "CPU s per stage: " + ", ".join(f"{k} {v:g}" for k, v in (r.get("cpu_seconds") or {}).items()),
     ]
+    lines += decontam_summary(r)  # decontam
     return "\n".join(lines)
 
 
@@ -270,10 +409,62 @@ def local_inputs(cfg: CorpusConfig) -> dict[str, str]:
             if "://" not in r.url or r.url.startswith("file://")}
 
 
+# --- decontamination (corpus.decontam; owner: decontam) -------------------------------------------
+
+def check_benchmarks(cfg: CorpusConfig) -> None:
+    """Preflight: a missing benchmark path, or one with no recognised benchmark, fails before Ray (exit 2)."""
+    from chipforge.config import ConfigError
+    from corpus.decontam import load_texts
+
+    for p in cfg.benchmark_paths:
+        try:
+            load_texts(p)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"benchmark_paths: {exc}") from exc
+
+
+def decontaminate(modules: Any, cfg: CorpusConfig, stats_dir: str) -> Any:
+    """MODULES dataset → the same rows with ``contaminated_by`` marked (unchanged when no benchmark_paths)."""
+    from chipforge.stage import cluster_cpus, fit_to_cluster
+    from corpus.decontam import ContaminationStage
+
+    if not cfg.benchmark_paths:
+        return modules
+    res = fit_to_cluster({"decontam": cfg.decontam.resources}, cluster_cpus())["decontam"]
+    return map_stage(modules, ContaminationStage, res, kwargs={
+        "benchmark_paths": list(cfg.benchmark_paths), "stats_dir": stats_dir, **cfg.decontam.index_kwargs()})
+
+
+def decontam_report(cfg: CorpusConfig, stats_dir: str) -> dict[str, Any]:
+    """``decontamination`` section of the report: modules checked and flagged, per method and benchmark."""
+    from corpus.decontam import merge_stats
+
+    if not cfg.benchmark_paths:
+        return {"decontamination": None}
+    stats = [fs.read_json(p) for p in fs.listdir(stats_dir) if p.endswith(".json")] if fs.exists(stats_dir) else []
+    return {"decontamination": {"benchmark_paths": list(cfg.benchmark_paths), **merge_stats(stats)}}
+
+
+def decontam_summary(r: dict[str, Any]) -> list[str]:
+    d = r.get("decontamination")
+    if not d:
+        return []
+    return [f"contaminated: {d['contaminated']} of {d['modules_checked']} modules; by method {d['by_method'] or {}}, "
+            f"per benchmark {d['per_benchmark'] or {}}"]
+
+
+def job_inputs(cfg: CorpusConfig) -> dict[str, str]:
+    """Local repositories and benchmark checkouts: their content keys the job's completion marker."""
+    return {**local_inputs(cfg), **{f"benchmark:{i}": p for i, p in enumerate(cfg.benchmark_paths)}}
+
+
 SPEC = JobSpec(
     name="corpus", config=CorpusConfig, default_config="jobs/configs/corpus_sample.yaml", summary=summary,
     flags={"--manifest": "manifest", "--output": "output_dir"}, inputs={"manifest": "a manifest YAML file"},
-    volatile=("cache_dir", "clone", "parse.concurrency", "parse.num_cpus", "dedup.num_cpus", "dedup.concurrency"),
-    outputs=lambda r: r["modules"], inputs_count=lambda r: r["files"]["read"], extra_inputs=local_inputs,
+    volatile=("cache_dir", "clone", "parse.concurrency", "parse.num_cpus", "dedup.num_cpus", "dedup.concurrency",
+              "dedup.partitions", "dedup.batch_size",
+              "decontam.resources"),
+    outputs=lambda r: r["modules"], inputs_count=lambda r: r["files"]["read"], extra_inputs=job_inputs,
+    preflight=check_benchmarks,
     description=__doc__,
 )

@@ -1,49 +1,108 @@
 """Distributed deduplication of parsed modules as Ray Data steps (the corpus job's dedup stage).
 
-parsed → rows + signatures (one map stage, materialised once) →
-  exact: group by norm_sha256 → edges;  near: explode LSH band keys → group by band →
-  verified candidate edges (estimated Jaccard ≥ threshold).
-Only edges and the keep-policy fields of rows that are in a cluster reach the driver; union-find
-runs there, and the id → (cluster, kind, keep) map of clustered rows is broadcast back through
-the object store to a map stage. Every row stays; exactly one per cluster has keep=True.
+signed rows (MinHash + LSH band keys, computed in the parse actors or here), materialised once →
+  one key row per (band key | exact key, module), hash-partitioned by key into ``partitions``
+  Arrow files per block under ``work_dir`` (an external shuffle through storage: no shuffle
+  actors, one write and one read of the small key rows) → one task per partition groups its
+  keys with numpy → verified edges + the keep fields of linked modules.
+Only edges and the keep-policy fields of linked modules reach the driver; union-find runs
+there, and the id → (cluster, kind, keep) map of clustered rows is broadcast back through the
+object store to one map stage. Every row stays; exactly one per cluster has keep=True.
+
+Each stage writes its process CPU seconds per call to ``stats_dir`` when given (``record``),
+so the job can report CPU per stage.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import shutil
+import tempfile
+import time
+import uuid
+from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from chipforge.stage import StageResources, map_stage
+from chipforge import fs
+from chipforge.stage import StageResources, cluster_cpus, map_stage
 from corpus.dedup import (
+    KEYS_SCHEMA,
     DedupConfig,
     SignatureStage,
     apply_assignment,
     assign,
     assignment_stats,
+    bucket_edges,
     clusters,
-    exact_edges,
-    explode_bands,
-    near_edges,
+    explode_keys,
 )
 
-_KEEP_FIELDS = ["id", "norm_sha256", "license", "manifest_index", "path", "start_line"]
 _BROADCAST: dict[str, Any] = {}  # per worker process: object ref hex → assignment dict
+# Rows per key task: many small parse blocks (one per clone call) are bundled into one task, so
+# there are fewer tasks and key files. The apply stage is not bundled: its blocks go to the
+# partitioned write (one directory per repository; pyarrow refuses more than 1,024 per block).
+ROWS_PER_TASK = 8192
 
 
-def _signatures(batch: pa.Table, num_perm: int, shingle_size: int, seed: int, bands: int, rows: int) -> pa.Table:
-    return SignatureStage(num_perm, shingle_size, seed, bands, rows, with_rows=True)(batch)
+def record(stats_dir: str | None, stage: str, cpu_seconds: float, **extra: Any) -> None:
+    """One JSON file ``{stage, cpu_seconds, ...}`` per call under ``stats_dir`` (nothing when None)."""
+    if stats_dir:
+        fs.write_json(fs.join(stats_dir, f"{stage}-{uuid.uuid4().hex}.json"),
+                      {"stage": stage, "cpu_seconds": cpu_seconds, **extra})
 
 
-def _members(batch: pa.Table, ref: list[Any]) -> pa.Table:
-    ids = _broadcast(ref)
-    t = batch.select(_KEEP_FIELDS)
-    return t.filter(pc.is_in(t.column("id"), value_set=pa.array(sorted(ids), pa.string())))
+def timed(stats_dir: str | None, stage: str, fn: Callable[..., pa.Table], *args: Any, **kwargs: Any) -> pa.Table:
+    """``fn(*args, **kwargs)`` with this process's CPU time recorded under ``stage``."""
+    c0 = time.process_time()
+    out = fn(*args, **kwargs)
+    record(stats_dir, stage, time.process_time() - c0, rows=out.num_rows)
+    return out
 
 
-def _apply(batch: pa.Table, ref: list[Any]) -> pa.Table:
-    return apply_assignment(batch, _broadcast(ref))
+def _signatures(batch: pa.Table, num_perm: int, shingle_size: int, seed: int, bands: int, rows: int,
+                stats_dir: str | None = None) -> pa.Table:
+    return timed(stats_dir, "signatures", SignatureStage(num_perm, shingle_size, seed, bands, rows, with_rows=True),
+                 batch)
+
+
+def _partition_keys(batch: pa.Table, work_dir: str, partitions: int, stats_dir: str | None = None) -> pa.Table:
+    """Key rows of a batch, split by ``key % partitions`` into one Arrow file per partition; returns row counts."""
+    c0 = time.process_time()
+    keys = explode_keys(batch)
+    part = pa.array(keys.column("key").to_numpy() % np.uint64(partitions), pa.uint64())
+    name = uuid.uuid4().hex
+    counts = []
+    for p in range(partitions):
+        sub = keys.filter(pc.equal(part, p))
+        if sub.num_rows:
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_file(sink, sub.schema) as writer:
+                writer.write_table(sub)
+            fs.write_bytes(fs.join(work_dir, f"p={p}", name + ".arrow"), sink.getvalue().to_pybytes())
+        counts.append(sub.num_rows)
+    record(stats_dir, "dedup_keys", time.process_time() - c0, rows=keys.num_rows)
+    return pa.table({"partition": pa.array(range(partitions), pa.int32()), "rows": pa.array(counts, pa.int64())})
+
+
+def _buckets(batch: pa.Table, work_dir: str, threshold: float, max_bucket: int,
+             stats_dir: str | None = None) -> pa.Table:
+    """One partition (a one-row batch naming it) → LINKS rows of all its key files."""
+    c0 = time.process_time()
+    out = []
+    for p in batch.column("partition").to_pylist():
+        parts = [pa.ipc.open_file(pa.BufferReader(fs.read_bytes(f))).read_all()
+                 for f in sorted(fs.listdir(fs.join(work_dir, f"p={p}"))) if f.endswith(".arrow")]
+        if parts:
+            out.append(bucket_edges(pa.concat_tables(parts), threshold, max_bucket))
+    links = pa.concat_tables(out) if out else bucket_edges(KEYS_SCHEMA.empty_table(), threshold, max_bucket)
+    record(stats_dir, "dedup_buckets", time.process_time() - c0, rows=links.num_rows)
+    return links
+
+
+def _apply(batch: pa.Table, ref: list[Any], stats_dir: str | None = None) -> pa.Table:
+    return timed(stats_dir, "dedup_apply", apply_assignment, batch, _broadcast(ref))
 
 
 def _broadcast(ref: list[Any]) -> Any:
@@ -57,55 +116,76 @@ def _broadcast(ref: list[Any]) -> Any:
     return _BROADCAST[key]
 
 
-def run_dedup(ds: Any, cfg: DedupConfig) -> tuple[Any, dict[str, Any]]:
-    """PARSED_MODULES dataset → (MODULES dataset, stats). Stats: rows, unique, exact/near dups removed, clusters."""
+def run_dedup(ds: Any, cfg: DedupConfig, *, signed: bool = False, stats_dir: str | None = None,
+              work_dir: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """PARSED_MODULES dataset → (MODULES dataset, stats). Stats: rows, unique, exact/near dups removed, clusters.
+
+    ``signed``: ``ds`` already carries ``norm_sha256``, ``signature`` and ``bands`` (the corpus
+    job signs in its parse actors); otherwise a signature stage runs first. The signed rows are
+    materialised once: the key stage and the final apply stage both read them. ``work_dir``
+    holds the partitioned key files (shared storage on a multi-node cluster; None: a local
+    temporary directory, enough for one node); it is deleted afterwards.
+    """
     import ray
 
     bands, rows = cfg.band_rows()
-    # Whole rows + norm_sha256 + MinHash + band keys, materialised once (each text normalised once).
-    sigs = map_stage(
-        ds, _signatures,
-        StageResources(num_cpus=cfg.num_cpus, concurrency=cfg.concurrency, batch_size=cfg.batch_size),
-        kwargs={"num_perm": cfg.num_perm, "shingle_size": cfg.shingle_size, "seed": cfg.seed,
-                "bands": bands, "rows": rows},
-    ).materialize()
+    if not signed:
+        ds = map_stage(
+            ds, _signatures,
+            StageResources(num_cpus=cfg.num_cpus, concurrency=cfg.concurrency, batch_size=cfg.batch_size),
+            kwargs={"num_perm": cfg.num_perm, "shingle_size": cfg.shingle_size, "seed": cfg.seed,
+                    "bands": bands, "rows": rows, "stats_dir": stats_dir},
+        )
+    sigs = ds.materialize()
     n_rows = sigs.count()
     if not cfg.enabled or n_rows == 0:
         ref = ray.put({})
-        out = map_stage(sigs, _apply, kwargs={"ref": [ref]})
+        out = map_stage(sigs, _apply, kwargs={"ref": [ref], "stats_dir": stats_dir})
         return out, {**assignment_stats(n_rows, {}), "enabled": cfg.enabled}
 
-    exact = sigs.select_columns(["id", "norm_sha256"]).groupby("norm_sha256").map_groups(
-        exact_edges, batch_format="pyarrow")
-    near = map_stage(sigs, explode_bands).groupby("band").map_groups(
-        near_edges, fn_kwargs={"threshold": cfg.threshold, "max_bucket": cfg.max_bucket}, batch_format="pyarrow")
+    partitions = cfg.partitions or max(1, int(cluster_cpus()))
+    own_dir = work_dir is None
+    work_dir = work_dir or tempfile.mkdtemp(prefix="chipforge-dedup-")
+    try:
+        written = map_stage(sigs, _partition_keys, StageResources(batch_size=ROWS_PER_TASK),
+                            kwargs={"work_dir": work_dir, "partitions": partitions, "stats_dir": stats_dir})
+        n_keys = sum(int(b.column("rows").to_numpy().sum())
+                     for b in written.iter_batches(batch_format="pyarrow", batch_size=None))
+        parts = ray.data.from_items([{"partition": p} for p in range(partitions)], override_num_blocks=partitions)
+        links = map_stage(parts, _buckets, StageResources(num_cpus=cfg.num_cpus, batch_size=1),
+                          kwargs={"work_dir": work_dir, "threshold": cfg.threshold, "max_bucket": cfg.max_bucket,
+                                  "stats_dir": stats_dir})
+        batches = list(links.iter_batches(batch_format="pyarrow", batch_size=None))
+    finally:
+        if own_dir:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        else:
+            fs.delete(work_dir)
 
     edges: set[tuple[str, str]] = set()
-    n_exact = n_near = 0
-    for name, part in (("exact", exact), ("near", near)):
-        for batch in part.iter_batches(batch_format="pyarrow", batch_size=None):
-            got = set(zip(batch.column("a").to_pylist(), batch.column("b").to_pylist()))
-            if name == "exact":
-                n_exact += len(got)
+    members: dict[str, dict[str, Any]] = {}
+    for batch in batches:
+        for row in batch.to_pylist():
+            if row["b"] is None:
+                row["id"] = row.pop("a")
+                del row["b"]
+                members[row["id"]] = row
             else:
-                n_near += len(got)
-            edges |= got
+                edges.add((row["a"], row["b"]))
     roots = clusters(edges)
-    del edges
-
+    norm_of = {mid: row.get("norm_sha256") for mid, row in members.items()}
+    n_exact = sum(1 for a, b in edges if norm_of.get(a) is not None and norm_of.get(a) == norm_of.get(b))
+    n_near = len(edges) - n_exact
+    del edges, batches
     members_by_root: dict[str, list[dict[str, Any]]] = {}
-    if roots:
-        ids_ref = ray.put(set(roots))
-        for batch in map_stage(sigs, _members, kwargs={"ref": [ids_ref]}).iter_batches(
-                batch_format="pyarrow", batch_size=None):
-            for row in batch.to_pylist():
-                members_by_root.setdefault(roots[row["id"]], []).append(row)
-        del ids_ref
+    for mid, root in roots.items():
+        members_by_root.setdefault(root, []).append(members[mid])
+    del members, roots
     assignment = assign(members_by_root)
-    del members_by_root, roots
+    del members_by_root
     stats = {**assignment_stats(n_rows, assignment), "enabled": True, "threshold": cfg.threshold,
-             "num_perm": cfg.num_perm, "bands": bands, "rows_per_band": rows,
-             "exact_edges": n_exact, "near_edges": n_near}
+             "num_perm": cfg.num_perm, "bands": bands, "rows_per_band": rows, "partitions": partitions,
+             "key_rows": n_keys, "exact_edges": n_exact, "near_edges": n_near}
     ref = ray.put(assignment)
-    out = map_stage(sigs, _apply, kwargs={"ref": [ref]})
+    out = map_stage(sigs, _apply, kwargs={"ref": [ref], "stats_dir": stats_dir})  # per block: see ROWS_PER_TASK
     return out, stats

@@ -1,4 +1,5 @@
 import json
+import secrets
 import subprocess
 import threading
 import time
@@ -177,3 +178,24 @@ def test_clone_and_read_stage(tmp_path: Path, origin: tuple[Path, str, str]) -> 
     bad = json.loads(Path(status_path(str(tmp_path / "status"), "bad")).read_text())
     assert (good["status"], good["commit"], good["files_read"], good["manifest_index"]) == ("ok", head, 2, 0)
     assert (bad["status"], bad["reason"]) == ("failed", "missing ref") and "nope" in bad["error"]
+    assert good["cpu_seconds"] > 0  # the actor's CPU plus its git children, for the report's cpu_seconds
+
+
+def test_sparse_checkout_fetches_only_selected_files(tmp_path: Path) -> None:
+    big = secrets.token_hex(200_000)  # 400 KB that no compression shrinks below 200 KB
+    repo = tmp_path / "origin"
+    make_repo(repo, {"rtl/a.v": "module a; endmodule\n", "rtl/B.SV": "module b; endmodule\n", "LICENSE": "MIT License\n",
+                     "docs/big.bin": big, "sw/main.c": "int main() { return 0; }\n", "rtl/notes.vhd": "entity\n"})
+    sh(repo, "config", "uploadpack.allowFilter", "true")
+    s = settings(tmp_path, sparse_extensions=(".v", ".sv"))
+    d, commit, hit = clone(Repository(name="o", url=str(repo)), s)
+    got = sorted(str(p.relative_to(d)) for p in Path(d).rglob("*") if p.is_file() and ".git" not in p.parts)
+    assert got == [".complete", "LICENSE", "rtl/B.SV", "rtl/a.v"] and not hit
+    # blob:none + sparse: the large blob never crossed the wire
+    objects = subprocess.run(["git", "count-objects", "-v"], cwd=d, capture_output=True, text=True).stdout
+    size_kb = sum(int(line.split()[1]) for line in objects.splitlines() if line.startswith(("size:", "size-pack:")))
+    assert size_kb < 100
+    # a full checkout of the same commit is a different cache entry, never the sparse one
+    full, commit2, hit2 = clone(Repository(name="o", url=str(repo)), settings(tmp_path))
+    assert (commit2, hit2) == (commit, False) and full != d and Path(full, "docs", "big.bin").exists()
+    assert clone(Repository(name="o", url=str(repo)), s) == (d, commit, True)

@@ -7,21 +7,25 @@ from corpus.dedup import (
     NearDupIndex,
     SignatureStage,
     apply_assignment,
+    band_keys,
+    bucket_edges,
     assign,
     assignment_stats,
     choose_bands,
     choose_keep,
     clusters,
     exact_edges,
-    explode_bands,
+    explode_keys,
     jaccard_estimate,
     lsh_bands,
     minhash,
     near_edges,
     norm_sha256,
     shingles,
+    signatures,
 )
 from corpus.schema import MODULES_SCHEMA, PARSED_MODULES_SCHEMA, from_rows
+from corpus.verilog import normalize
 
 BASE = "module m(input a, output b);\n" + "".join(f"  assign w{i} = x{i} ^ y{i};\n" for i in range(60)) + "endmodule\n"
 NEAR = BASE.replace("w7 ", "w7b ").replace("x30 ", "z30 ")
@@ -47,13 +51,33 @@ def test_minhash_deterministic_vectorised_and_estimates_jaccard():
     assert jaccard_estimate(sig, minhash(OTHER, 128, 3)) < 0.2
 
 
-def test_minhash_chunking_matches_single(monkeypatch):
-    import corpus.dedup as d
+def test_text_signatures_match_shingle_sets_and_differ_by_one_window():
+    texts = [BASE, "", "a b", OTHER, NEAR]
+    sigs = signatures([normalize(t) for t in texts], k=5, num_perm=64, seed=2)
+    sets = minhash([shingles(t) for t in texts], num_perm=64, seed=2)
+    assert np.array_equal(sigs, sets)  # a shingle's hash depends only on its tokens
+    assert np.all(sigs[1] == 0xFFFFFFFF) and not np.all(sigs[2] == 0xFFFFFFFF)
+    # windows never span two texts: "a b" next to BASE gives the same as "a b" alone
+    assert np.array_equal(signatures([normalize("a b")], 5, 64, 2)[0], sigs[2])
+    keys = band_keys(sigs, 8, 8)
+    assert keys.shape == (5, 8) and keys.dtype == np.uint64
+    assert np.array_equal(keys[0], band_keys(sigs[:1], 8, 8)[0]) and len(set(keys[0].tolist())) == 8
+    assert (keys[0] == keys[4]).sum() < 8 and not (keys[0] == keys[3]).any()
 
-    sets = [shingles(BASE), shingles(OTHER), shingles(NEAR)]
-    whole = minhash(sets, 64, 1)
-    monkeypatch.setattr(d, "_CHUNK", 7)  # owners split across chunk boundaries
-    assert np.array_equal(minhash(sets, 64, 1), whole)
+
+def test_one_permutation_bins_are_densified_and_estimate_jaccard():
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(3000)]
+    a = [rng.choice(words) for _ in range(1500)]
+    b = a[:1200] + [rng.choice(words) for _ in range(300)]  # shares the first 1200 tokens
+    sa, sb = shingles(" ".join(a)), shingles(" ".join(b))
+    sig = minhash([sa, sb, {"x y"}, {"x y"}, {"x z"}], num_perm=128, seed=5)
+    assert not (sig == 0xFFFFFFFF).any()  # every bin filled, even for one-shingle sets
+    true_j = len(sa & sb) / len(sa | sb)
+    assert abs(jaccard_estimate(sig[0], sig[1]) - true_j) < 0.12
+    assert np.array_equal(sig[2], sig[3]) and jaccard_estimate(sig[2], sig[4]) < 0.1
 
 
 def test_bands_for_threshold_and_config():
@@ -129,15 +153,23 @@ def test_batch_stages_without_ray():
     assert full.column_names == [*PARSED_MODULES_SCHEMA.names, "signature", "bands"]
     assert full.column("norm_sha256").to_pylist() == h and full.column("source").to_pylist() == t.column("source").to_pylist()
     assert apply_assignment(full, {}).schema == MODULES_SCHEMA  # signature and bands dropped
-    exploded = explode_bands(sigs)
-    assert exploded.num_rows == 4 * stage.bands
+    exploded = explode_keys(sigs)
+    assert exploded.num_rows == 4 * stage.bands + 4  # band keys plus one exact key per module
+    assert exploded.filter(exploded.column("exact")).column("signature").null_count == 4
     # Every band bucket that holds 1 (or 2) and 3 yields the verified edge 1-3; 4 never joins.
+    bands_only = exploded.filter(pa.compute.invert(exploded.column("exact")))
     edges = set()
-    for band in set(exploded.column("band").to_pylist()):
-        bucket = exploded.filter(pa.compute.equal(exploded.column("band"), band))
+    for key in set(bands_only.column("key").to_pylist()):
+        bucket = bands_only.filter(pa.compute.equal(bands_only.column("key"), pa.scalar(key, pa.uint64())))
         edges |= {(e["a"], e["b"]) for e in near_edges(bucket, 0.8).to_pylist()}
     assert edges == {("1", "3")}
-    assert near_edges(exploded.slice(0, 1)).num_rows == 0
+    assert near_edges(bands_only.slice(0, 1)).num_rows == 0
+    # All keys of a block at once: the exact edge 1-2, the near edge 1-3, and each linked module's keep fields.
+    links = bucket_edges(exploded.take(list(range(exploded.num_rows))[::-1]), 0.8).to_pylist()
+    assert {(r["a"], r["b"]) for r in links if r["b"]} == {("1", "2"), ("1", "3")}
+    nodes = {r["a"]: r for r in links if r["b"] is None}
+    assert sorted(nodes) == ["1", "2", "3"] and nodes["3"]["path"] == "c.v" and nodes["2"]["norm_sha256"] == h[0]
+    assert bucket_edges(exploded.slice(0, 1)).num_rows == 0
 
     out = apply_assignment(t, {"1": ("1", "near", True), "2": ("1", "exact", False), "3": ("1", "near", False)})
     assert out.schema == MODULES_SCHEMA

@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pyarrow.dataset as pads
 import pytest
 
@@ -79,7 +80,8 @@ def test_corpus_job_on_test_repositories(tmp_path: Path, ray_session: object) ->
     assert {f["repo"]: f["reason"] for f in repos["failed"]} == {"badurl": "bad url", "missingref": "missing ref"}
     per = {r["repo"]: r for r in repos["per_repo"]}
     assert per["alpha"]["license"] == "MIT" and per["beta"]["license"] == "NOASSERTION"
-    assert per["alpha"]["skipped"] == {"too_large": 1, "binary": 1, "symlink_outside": 1}
+    skipped = per["alpha"]["skipped"]  # rom.v: "binary" or a content reason of corpus.files (e.g. "hex_image")
+    assert skipped["too_large"] == 1 and skipped["symlink_outside"] == 1 and sum(skipped.values()) == 3
     assert per["alpha"]["encodings"] == {"utf-8": 2, "latin-1": 1}
     assert report["files"]["read"] == 5 and report["files"]["encodings"]["latin-1"] == 1
     assert report["modules"] == 5 and report["lines"] > 10
@@ -126,6 +128,22 @@ def test_sample_config_end_to_end(tmp_path: Path, ray_session: object) -> None:
     licences = dict(zip(table.column("repo").to_pylist(), table.column("license").to_pylist()))
     assert licences["tinycores"] == "MIT" and licences["svperiph"] == "Apache-2.0"
     assert all(c.startswith("dir:") for c in table.column("commit").to_pylist())
+    # CPU per stage, each measured in the process that ran it, and every repository in repositories.parquet
+    cpu = report["cpu_seconds"]
+    assert all(cpu[k] > 0 for k in ("clone", "parse", "signatures", "dedup_keys", "dedup_buckets", "driver"))
+    assert cpu["total"] >= sum(v for k, v in cpu.items() if k != "total") - 0.01
+    repos = pq.read_table(out / "repositories.parquet").sort_by("manifest_index")  # rows in any order
+    assert repos.column("modules").to_pylist() == [r["modules"] for r in report["repositories"]["per_repo"]]
+
+
+def test_fused_clone_parse_gives_the_same_modules(tmp_path: Path, ray_session: object) -> None:
+    """clone.fused=true (clone, parse and sign in one actor) writes the same rows as the two-stage job."""
+    for name, extra in (("two", []), ("fused", ["clone.fused=true", "clone.batch_size=2"])):
+        assert main(["--output", str(tmp_path / name), f"cache_dir={tmp_path / 'cache'}", *extra]) == 0
+    two, fused = (read_modules(tmp_path / n).sort_by("id") for n in ("two", "fused"))
+    assert fused.num_rows == two.num_rows > 4
+    for col in ("id", "norm_sha256", "dup_cluster", "keep", "source"):
+        assert fused.column(col).to_pylist() == two.column(col).to_pylist(), col
 
 
 def test_bad_values_and_paths_fail_before_ray_naming_their_source(tmp_path: Path, capsys) -> None:
@@ -140,3 +158,34 @@ def test_bad_values_and_paths_fail_before_ray_naming_their_source(tmp_path: Path
     assert main(["--manifest", str(tmp_path / "none.yaml"), "--output", str(tmp_path / "o")]) == 2
     assert "--manifest" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_benchmark_paths_mark_contaminated_modules(tmp_path: Path, ray_session: object, capsys) -> None:
+    """decontam: a renamed, comment-free copy of a (test-written) VerilogEval reference is marked
+    with its problem id; an unrelated module is not; benchmark files key the completion marker."""
+    from tests.corpus.test_decontam import PLANTED_COPY, PLANTED_ID, PLANTED_REF, UNRELATED
+
+    bench = tmp_path / "verilog-eval" / "dataset_spec-to-rtl"
+    bench.mkdir(parents=True)
+    (bench / f"{PLANTED_ID}_prompt.txt").write_text("Detect the bit sequence 1, 0, 1 and pulse found.\n")
+    (bench / f"{PLANTED_ID}_ref.sv").write_text(PLANTED_REF)
+    make_repo(tmp_path / "gamma", {"LICENSE": MIT, "rtl/watch.v": PLANTED_COPY, "rtl/blink.v": UNRELATED})
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text("repositories:\n  - {name: gamma, url: gamma}\n")
+    out = tmp_path / "out"
+    argv = ["--manifest", str(manifest), "--output", str(out), f"cache_dir={tmp_path / 'cache'}",
+            f"benchmark_paths=[{tmp_path / 'verilog-eval'}]", "clone.concurrency=1", "parse.concurrency=1"]
+    assert main(argv) == 0
+    marks = {r["name"]: r["contaminated_by"] for r in read_modules(out).to_pylist()}
+    assert marks == {"pattern_watch": f"verilogeval-v2/dataset_spec-to-rtl/{PLANTED_ID}", "blink_ctrl": None}
+    report = json.loads((out / "report.json").read_text())
+    assert report["decontamination"]["contaminated"] == 1 and report["decontamination"]["modules_checked"] == 2
+    assert report["decontamination"]["by_method"] == {"canonical": 1}
+    # a changed benchmark file invalidates the finished run; a missing benchmark path fails before any work
+    (bench / f"{PLANTED_ID}_ref.sv").write_text(UNRELATED)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "rerunning (inputs changed: benchmark:0)" in capsys.readouterr().out
+    assert {r["name"]: r["contaminated_by"] for r in read_modules(out).to_pylist()} == \
+        {"pattern_watch": None, "blink_ctrl": f"verilogeval-v2/dataset_spec-to-rtl/{PLANTED_ID}"}
+    assert main([*argv[:-2], f"benchmark_paths=[{tmp_path / 'nope'}]"]) == 2
