@@ -96,6 +96,60 @@ class DecontamConfig(Config):
     ngram: int = Field(13, ge=4)
 
 
+# --- fpga_flow (issue 13): grounded placement/routing/timing examples from yosys + nextpnr-ice40 ---
+class FpgaFlowConfig(Config):
+    """Examples whose answers are built from a real flow's reports (``synthesis/fpga_flow.py``)."""
+
+    enabled: bool = False
+    max_per_phase: int = Field(40, ge=0)  # flow examples kept per phase (at most its quota; they count toward it)
+    cache_dir: str | None = None  # local directory for flow results (None: cached in process only)
+    timeout_s: float = Field(120.0, gt=0)  # per tool run
+
+
+def add_fpga_flow_rows(cfg: SynthesizeConfig, tally: Tally, filters: Filters, split_map: Mapping[str, str],
+                       job: Run) -> dict[str, Any]:
+    """Run the flow cases, fold their examples into ``tally`` (through the same filters and split
+    rule as engine examples); the report section. Skipped, with the reason, without nextpnr-ice40."""
+    from synthesis import fpga_flow
+
+    fc = cfg.fpga_flow
+    cases = fpga_flow.default_cases()
+    info: dict[str, Any] = {"enabled": fc.enabled, "cases": len(cases), "kept": {}, "rejected": {}}
+    if not fc.enabled:
+        return info | {"skipped": "disabled (fpga_flow.enabled: false)"}
+    problem = fpga_flow.available()
+    if problem:
+        job.progress(f"fpga_flow skipped: {problem}")
+        return info | {"skipped": problem, "skipped_cases": len(cases)}
+    reports = fpga_flow.run_cases(cases, cache_dir=fc.cache_dir, timeout_s=fc.timeout_s,
+                                  memory_mb=cfg.validation.memory_mb)
+    kept: Counter = Counter()
+    rejected: Counter = Counter()
+    for row in fpga_flow.example_rows(reports, set(cfg.phases)):
+        phase, group = row["phase"], row.pop("group")
+        if kept[phase] >= min(fc.max_per_phase, cfg.phases[phase].quota):  # never more than the quota asks for
+            continue
+        tally.generated[phase] += 1
+        generator = row["provenance"]["generator"]
+        reason = filters.reason(row["id"], row["messages"][1]["content"], row["messages"][2]["content"])
+        if reason is not None:
+            tally.reject({"phase": phase, "prompt_id": row["id"], "template_id": generator, "detail": group},
+                         reason, rejected)
+            continue
+        split, how = split_for({"group": group}, split_map, cfg.splits)
+        row["split"] = split
+        tally.kept[phase] += 1
+        tally.kept_by_split[split] += 1
+        tally.split_how[how] += 1
+        tally.rows.append(row)
+        kept[phase] += 1
+    job.progress(f"fpga_flow: {len(reports)} flow runs, kept {dict(kept)}, rejected {dict(rejected)}")
+    return info | {"skipped": None, "tools": fpga_flow.tool_versions(), "kept": dict(sorted(kept.items())),
+                   "rejected": dict(sorted(rejected.items())),
+                   "runs": {r["case"]: r["stage_failed"] or "ok" for r in reports}}
+# --- end fpga_flow ---
+
+
 class SynthesizeConfig(Config):
     """Defaults: the bundled sample with the tiny in-process model (``synthesize_tiny_cpu.yaml``)."""
 
@@ -115,6 +169,7 @@ class SynthesizeConfig(Config):
     budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig(max_prompts=8, max_rounds=2))
     dedup: NearDupConfig = Field(default_factory=NearDupConfig)
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)
+    fpga_flow: FpgaFlowConfig = Field(default_factory=FpgaFlowConfig)  # issue 13: grounded flow examples
     # Splits of groups the dataset does not know (and of topic seeds), by a hash of the group.
     splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.95, "validation": 0.05})
     seed: int = 0
@@ -577,6 +632,8 @@ def run(cfg: SynthesizeConfig, job: Run) -> dict[str, Any]:
     filters = Filters(cfg)
 
     tally = Tally(list(cfg.phases))
+    with job.step("fpga_flow"):  # issue 13: grounded examples first; they count toward the quotas
+        fpga_info = add_fpga_flow_rows(cfg, tally, filters, split_map, job)
     rounds: list[dict[str, Any]] = []
     outcome, error = "budget_spent", None
     spent = 0
@@ -651,6 +708,7 @@ def run(cfg: SynthesizeConfig, job: Run) -> dict[str, Any]:
                     "max_output_bytes": settings.max_output_bytes},
         "tools": sandbox.tool_versions(),
         "rejection_samples": tally.samples,
+        "fpga_flow": fpga_info,
         "body_wall_s": round(time.perf_counter() - t0, 2),
     }
     report["totals"]["counts_add_up"] = (report["totals"]["generated"]
