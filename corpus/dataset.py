@@ -457,10 +457,13 @@ def module_phases(clf: Any, texts: list[str], min_confidence: float) -> list[str
 class DocStage:
     """Batch of DOCS_SCHEMA rows → doc_qa rows; phase from the classifier with the tool prior."""
 
-    def __init__(self, model_path: str | None = None, min_chars: int = 80) -> None:
+    def __init__(self, model_path: str | None = None, min_chars: int = 80, titles: bool = True) -> None:
         from corpus.phases import PhaseClassifier
 
         self.clf, self.min_chars = PhaseClassifier.load(model_path), min_chars
+        # --- doc questions: titles=False when an engine writes the questions (corpus.doc_questions
+        # builds the examples of eligible chunks, title fallback included); only skips come from here ---
+        self.titles = titles
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         table, rows = validate_rows(batch, DOCS_SCHEMA, DOC_REQUIRED, "source", "dataset.docs")
@@ -472,7 +475,7 @@ class DocStage:
                 rows.append({"skip": "doc_too_short", "phase": ph, "group": group})
             elif ph == "triage":
                 rows.append({"skip": "doc_general_no_phase", "phase": ph, "group": group})
-            else:
+            elif self.titles:  # --- doc questions: see __init__ ---
                 rows.extend({**e, "group": group} for e in doc_examples(d, ph))
         return _tagged(rows, lambda e: e["group"])
 

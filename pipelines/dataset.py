@@ -15,6 +15,12 @@ never from the phase classifier: built on the driver (engine-written ones on Ray
 ``router.engine`` is set), they join the tagged rows with groups ``router:<train|validation>``,
 skip the repository cap and keep their own split; ``report["router"]`` scores a classifier
 trained on them against the held-out ``router.eval_path``.
+
+Doc examples ask a section-title question (no engine), or, with ``doc_questions.engine``, the
+questions an engine wrote from each section whose answers the section supports
+(``corpus.doc_questions``, generated on Ray before the build step); ``report["doc_questions"]``
+counts generated, kept and dropped pairs per phase, and the drops are skip rows
+``doc_question_<reason>`` in ``dropped`` and per phase and split.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from chipforge.job import JobError, JobSpec, Run
 from chipforge.stage import StageResources, cluster_cpus, fit_to_cluster, map_stage, read_cpus
 from corpus.dataset import (DOC_REQUIRED, MODULE_REQUIRED, ApplySplits, DecontamStage, DocStage, ModuleStage,
                             cap_per_group, check_input_files)
+from corpus.doc_questions import DocQuestionsConfig
 from corpus.router import RouterConfig, build_examples, is_router_group, prompt_rows, score_router
 from corpus.router import tagged as tagged_router
 from corpus.schema import EXAMPLES_SCHEMA, SchemaError, conform
@@ -63,6 +70,8 @@ class DatasetConfig(Config):
     classifier_path: str | None = None  # None: train from the shipped set (corpus/data/phase_train.jsonl)
     benchmark_paths: list[str] = Field(default_factory=list)  # VerilogEval / RTLLM checkouts
     router: RouterConfig = Field(default_factory=RouterConfig)  # triage examples: labelled questions (corpus.router)
+    # doc examples: engine-written questions checked against their section (corpus.doc_questions); no engine: titles
+    doc_questions: DocQuestionsConfig = Field(default_factory=DocQuestionsConfig)
     ngram: int = 13
     modules: StageResources = Field(default_factory=_resources)
     docs: StageResources = Field(default_factory=_resources)
@@ -105,6 +114,49 @@ def router_data(cfg: DatasetConfig) -> tuple[list[dict[str, Any]], dict[str, Any
     return build_examples(rc, engine(ray.data.from_items(prompts)).take_all(), prompts)
 
 
+# --- doc questions (corpus.doc_questions) ---
+def doc_question_data(cfg: DatasetConfig, job: Run | None = None) -> tuple[Any, dict[str, Any]]:
+    """(tagged Ray dataset of the engine-written doc examples, their report); (None, report) with no engine.
+
+    Doc chunks → prompts (``DocPromptStage``: the classifier's phase, the same eligibility as
+    ``DocStage``) → ``doc_questions.engine`` → ``check_batch`` (parse, support check, title
+    fallback where nothing is kept), materialized so the report can count its outcomes. The
+    actor pools are fitted to the cluster together, as in :func:`plan_resources`."""
+    dq = cfg.doc_questions
+    if dq.engine is None or not cfg.docs_dir:
+        return None, {"engine": None, "mode": "section-title questions (no engine)"}
+    import ray
+
+    from corpus.doc_questions import TEMPLATE, DocPromptStage, check_batch, tally
+    from pipelines.synthesis import hf_resources, make_engine
+    from synthesis.engines import local_model_problem
+
+    problem = local_model_problem(dq.engine.hf.model_path, dq.engine.hf.allow_download) if dq.engine.name == "hf" else None
+    if problem:
+        raise JobError(f"doc_questions.{problem}")
+    docs_dir = fs.join(cfg.docs_dir, "docs")
+    if not fs.exists(docs_dir):
+        raise JobError(f"{cfg.docs_dir} has no docs/ directory: is it the output of the docs job?")
+    stages = {"docs": cfg.docs, "check": StageResources(num_cpus=0.25, concurrency=1, batch_size=16),
+              **({"engine": hf_resources(dq.engine.hf)} if dq.engine.name == "hf" else {})}
+    total = cluster_cpus()
+    res = fit_to_cluster(stages, total, say=job.progress if job else None)
+    n = read_cpus(res, total)
+    settings = dq.model_dump(mode="json", exclude={"engine"})
+    generator = dq.engine.generator(TEMPLATE)
+    prompts = map_stage(ray.data.read_parquet(docs_dir, **({"num_cpus": n} if n is not None else {})), DocPromptStage,
+                        res["docs"], kwargs={"settings": settings, "model_path": cfg.classifier_path,
+                                             "min_chars": cfg.min_doc_chars})
+    engine, _ = make_engine(dq.engine, hf=res.get("engine"))
+    checked = map_stage(engine(prompts), check_batch, res["check"],
+                        kwargs={"settings": settings, "generator": generator}).materialize()
+    report = {"engine": generator, "random_weights": dq.engine.random_weights, "per_section": dq.per_section,
+              "kinds": list(dq.kinds), "min_support": dq.min_support,
+              **tally(checked.select_columns(["phase", "outcome"]).take_all())}
+    return checked.drop_columns(["outcome"]), report
+# --- end doc questions ---
+
+
 def plan_resources(cfg: DatasetConfig, total_cpus: float, say: Any = None) -> tuple[dict[str, StageResources], dict[str, float]]:
     """(actor pool resources by stage, read_parquet options) that fit ``total_cpus`` together.
 
@@ -119,9 +171,10 @@ def plan_resources(cfg: DatasetConfig, total_cpus: float, say: Any = None) -> tu
     return res, ({"num_cpus": n} if n is not None else {})
 
 
-def build(cfg: DatasetConfig, job: Run | None = None, router: Any = None) -> Any:
+def build(cfg: DatasetConfig, job: Run | None = None, router: Any = None, doc_questions: Any = None) -> Any:
     """Tagged examples (corpus.dataset.TAGGED_SCHEMA) from modules, docs and ``router`` (a tagged
-    table of router examples, corpus.router.tagged), decontaminated."""
+    table of router examples, corpus.router.tagged), decontaminated. ``doc_questions``: the
+    engine-written doc examples (:func:`doc_question_data`); then ``DocStage`` only counts skips."""
     import ray
 
     mods_dir = fs.join(cfg.corpus_dir, "modules") if cfg.corpus_dir else ""
@@ -147,7 +200,10 @@ def build(cfg: DatasetConfig, job: Run | None = None, router: Any = None) -> Any
                            "min_confidence": cfg.module_min_confidence}))
     if docs_dir:
         parts.append(map_stage(ray.data.read_parquet(docs_dir, **read), DocStage, res["docs"],
-                               kwargs={"model_path": cfg.classifier_path, "min_chars": cfg.min_doc_chars}))
+                               kwargs={"model_path": cfg.classifier_path, "min_chars": cfg.min_doc_chars,
+                                       "titles": doc_questions is None}))
+    if doc_questions is not None:  # --- doc questions ---
+        parts.append(doc_questions)
     if not parts:
         raise JobError("no input: set corpus_dir (--corpus) and/or docs_dir (--docs)")
     if router is not None and router.num_rows:
@@ -163,8 +219,10 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
     t0 = time.time()
     with job.step("router questions"):
         router_rows, router_report = router_data(cfg)
+    with job.step("doc questions"):
+        doc_q, doc_q_report = doc_question_data(cfg, job)
     with job.step("build examples"):
-        tagged = build(cfg, job, router=tagged_router(router_rows))
+        tagged = build(cfg, job, router=tagged_router(router_rows), doc_questions=doc_q)
     # Driver: small metadata only (id, phase, group, skip) → drops, cap, split map.
     meta = tagged.select_columns(["id", "phase", "group", "skip"]).take_all()
     dropped: Counter[str] = Counter()
@@ -247,7 +305,8 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
     report = {"n_examples": sum(v["count"] for v in per.values()), "per_phase_split": per,
               "dropped": dict(dropped),
               "dropped_units": "inputs (modules, doc chunks) for skip reasons; examples for repo_cap, "
-                               "duplicate_example and contaminated", "contaminated_per_benchmark": dict(contaminated),
+                               "duplicate_example and contaminated; engine-written question/answer pairs "
+                               "(or whole replies) for doc_question_*", "contaminated_per_benchmark": dict(contaminated),
                                "contaminated_per_method": dict(contaminated_by_method),
               "removed_units": "per_phase_split[...].removed: inputs by the phase the classifier gave them and "
                                "the split of their group ('unassigned': a group with no kept example)",
@@ -262,6 +321,7 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
     report["n_inputs"] = len(meta)
     kept_router = {r["id"] for r in routed}
     router_kept = [e for e in router_rows if e["id"] in kept_router]
+    report["doc_questions"] = doc_q_report
     report["router"] = {**router_report, "n_in_dataset": len(router_kept),
                         "eval": score_router(router_kept, cfg.router.eval_path)}
     return report
@@ -279,6 +339,10 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"  {phase:<16}" + "".join(f"{c.get('count', 0):>11}" for c in cells) + f"   {p50:>10}")
     lines.append(f"  dropped: {report['dropped'] or 'none'}; contaminated: {report['contaminated_per_benchmark'] or 'none'}")
     lines.extend(f"  warning: {w}" for w in report.get("split_warnings") or [])
+    dq = report.get("doc_questions") or {}
+    if dq.get("engine"):
+        lines.append(f"  doc questions ({dq['engine']}): {dq['kept']} of {dq['generated']} generated pairs kept, "
+                     f"{dq['fallback']} title fallbacks; dropped {dq['dropped'] or 'none'}")
     if report.get("router"):
         ev = report["router"]["eval"]
         lines.append(f"  router: {report['router']['n_in_dataset']} triage examples; a classifier trained on them scores "
