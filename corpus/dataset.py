@@ -412,8 +412,12 @@ class ModuleStage:
     """
 
     def __init__(self, min_comment_chars: int = 20, max_error_share: float = 0.05, classify: bool = False,
-                 model_path: str | None = None, min_confidence: float = 0.6) -> None:
+                 model_path: str | None = None, min_confidence: float = 0.6, specs_max_chars: int | None = None) -> None:
         self.min_comment_chars, self.max_error_share, self.min_confidence = min_comment_chars, max_error_share, min_confidence
+        # --- module specs: with an engine (specs_max_chars = module_specs.max_source_chars), the
+        # write_module example (or the description_too_short skip) of every module corpus.module_specs
+        # prompts comes from its check (engine spec, or the comment-based fallback); the rest stays here ---
+        self.specs_max_chars = specs_max_chars
         self.clf = None
         if classify:
             from corpus.phases import PhaseClassifier
@@ -431,11 +435,23 @@ class ModuleStage:
         # every valid row is classified, so the report can say which phase a filter took rows from
         for r, phase in zip(modules, self.phases(modules)):
             reason = module_skip_reason(r, self.min_comment_chars, self.max_error_share)
+            if self.specs_max_chars is not None and _spec_prompted(r, reason, self.specs_max_chars):  # module specs
+                if reason is None:
+                    rows.extend({**e, "group": module_group(r)} for e in module_examples(r, phase)[1:])
+                continue
             if reason:
                 rows.append({"skip": reason, "phase": phase, "group": module_group(r)})
             else:
                 rows.extend({**e, "group": module_group(r)} for e in module_examples(r, phase))
         return _tagged(rows, lambda e: e["provenance"]["repo"])
+
+
+# --- module specs (corpus.module_specs) ---
+def _spec_prompted(row: Mapping[str, Any], reason: str | None, max_chars: int) -> bool:
+    from corpus.module_specs import prompted
+
+    return prompted(row, reason, max_chars)
+# --- end module specs ---
 
 
 def module_phases(clf: Any, texts: list[str], min_confidence: float) -> list[str]:

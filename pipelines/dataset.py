@@ -21,6 +21,12 @@ questions an engine wrote from each section whose answers the section supports
 (``corpus.doc_questions``, generated on Ray before the build step); ``report["doc_questions"]``
 counts generated, kept and dropped pairs per phase, and the drops are skip rows
 ``doc_question_<reason>`` in ``dropped`` and per phase and split.
+
+With ``module_specs.engine``, the engine also writes a behavioural specification of each module
+(``corpus.module_specs``: round 0 describes, round 1 regenerates the module from the description and
+its header, compiled with iverilog in the sandbox, ports compared); a passing description is the spec
+of the module's ``write_module`` example, a failing one a skip row ``module_spec_<reason>`` (the
+comment-based spec stays the fallback); ``report["module_specs"]`` counts them.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from chipforge.stage import StageResources, cluster_cpus, fit_to_cluster, map_st
 from corpus.dataset import (DOC_REQUIRED, MODULE_REQUIRED, ApplySplits, DecontamStage, DocStage, ModuleStage,
                             cap_per_group, check_input_files)
 from corpus.doc_questions import DocQuestionsConfig
+from corpus.module_specs import ModuleSpecsConfig
 from corpus.router import RouterConfig, build_examples, is_router_group, prompt_rows, score_router
 from corpus.router import tagged as tagged_router
 from corpus.schema import EXAMPLES_SCHEMA, SchemaError, conform
@@ -72,6 +79,8 @@ class DatasetConfig(Config):
     router: RouterConfig = Field(default_factory=RouterConfig)  # triage examples: labelled questions (corpus.router)
     # doc examples: engine-written questions checked against their section (corpus.doc_questions); no engine: titles
     doc_questions: DocQuestionsConfig = Field(default_factory=DocQuestionsConfig)
+    # write_module specs: engine-written descriptions checked by regeneration (corpus.module_specs); no engine: comments
+    module_specs: ModuleSpecsConfig = Field(default_factory=ModuleSpecsConfig)
     ngram: int = 13
     modules: StageResources = Field(default_factory=_resources)
     docs: StageResources = Field(default_factory=_resources)
@@ -157,6 +166,57 @@ def doc_question_data(cfg: DatasetConfig, job: Run | None = None) -> tuple[Any, 
 # --- end doc questions ---
 
 
+# --- module specs (corpus.module_specs) ---
+def module_spec_data(cfg: DatasetConfig, job: Run | None = None) -> tuple[Any, dict[str, Any]]:
+    """(tagged Ray dataset of the engine-spec write_module examples and their drops, their report);
+    (None, report) with no engine.
+
+    Modules → round-0 prompts (``SpecPromptStage``: ModuleStage's phase and eligibility) → engine →
+    (descriptions that pass: round-1 prompts → the same engine → ``check_batch``, regeneration
+    compiled in the sandbox) ∪ (``describe_drops``: the failed descriptions), materialized so the
+    report can count its outcomes."""
+    mc = cfg.module_specs
+    if mc.engine is None or not cfg.corpus_dir:
+        return None, {"engine": None, "mode": "specs from the author's comments and the header (no engine)"}
+    import ray
+
+    from corpus.module_specs import TEMPLATE, SpecPromptStage, check_batch, describe_drops, regen_batch, tally
+    from pipelines.synthesis import hf_resources, make_engine
+    from synthesis.engines import local_model_problem
+
+    problem = local_model_problem(mc.engine.hf.model_path, mc.engine.hf.allow_download) if mc.engine.name == "hf" else None
+    if problem:
+        raise JobError(f"module_specs.{problem}")
+    mods_dir = fs.join(cfg.corpus_dir, "modules")
+    if not fs.exists(mods_dir):
+        raise JobError(f"{cfg.corpus_dir} has no modules/ directory: is it the output of the corpus job?")
+    stages = {"modules": cfg.modules, "check": StageResources(num_cpus=0.25, concurrency=1, batch_size=16),
+              **({"engine": hf_resources(mc.engine.hf)} if mc.engine.name == "hf" else {})}
+    total = cluster_cpus()
+    res = fit_to_cluster(stages, total, say=job.progress if job else None)
+    n = read_cpus(res, total)
+    settings = mc.model_dump(mode="json", exclude={"engine"})
+    generator = mc.engine.generator(TEMPLATE)
+    prompts = map_stage(ray.data.read_parquet(mods_dir, **({"num_cpus": n} if n is not None else {})), SpecPromptStage,
+                        res["modules"], kwargs={"settings": settings, "min_comment_chars": cfg.min_comment_chars,
+                                                "max_error_share": cfg.max_error_share, "classify": cfg.classify_modules,
+                                                "model_path": cfg.classifier_path,
+                                                "min_confidence": cfg.module_min_confidence})
+    engine, _ = make_engine(mc.engine, hf=res.get("engine"))
+    described = engine(prompts).materialize()
+    failed = map_stage(described, describe_drops, res["check"],
+                       kwargs={"settings": settings, "min_comment_chars": cfg.min_comment_chars})
+    regen = map_stage(described, regen_batch, res["check"], kwargs={"settings": settings}).materialize()
+    checked = map_stage(engine(regen), check_batch, res["check"],
+                        kwargs={"settings": settings, "generator": generator,
+                                "min_comment_chars": cfg.min_comment_chars}) if regen.count() else None
+    out = (failed.union(checked) if checked is not None else failed).materialize()
+    report = {"engine": generator, "random_weights": mc.engine.random_weights,
+              **tally(out.select_columns(["phase", "outcome"]).take_all())}
+    return out.drop_columns(["outcome"]), report
+# --- end module specs ---
+
+
 def plan_resources(cfg: DatasetConfig, total_cpus: float, say: Any = None) -> tuple[dict[str, StageResources], dict[str, float]]:
     """(actor pool resources by stage, read_parquet options) that fit ``total_cpus`` together.
 
@@ -171,10 +231,13 @@ def plan_resources(cfg: DatasetConfig, total_cpus: float, say: Any = None) -> tu
     return res, ({"num_cpus": n} if n is not None else {})
 
 
-def build(cfg: DatasetConfig, job: Run | None = None, router: Any = None, doc_questions: Any = None) -> Any:
+def build(cfg: DatasetConfig, job: Run | None = None, router: Any = None, doc_questions: Any = None,
+          module_specs: Any = None) -> Any:
     """Tagged examples (corpus.dataset.TAGGED_SCHEMA) from modules, docs and ``router`` (a tagged
     table of router examples, corpus.router.tagged), decontaminated. ``doc_questions``: the
-    engine-written doc examples (:func:`doc_question_data`); then ``DocStage`` only counts skips."""
+    engine-written doc examples (:func:`doc_question_data`); then ``DocStage`` only counts skips.
+    ``module_specs``: the engine-spec write_module examples (:func:`module_spec_data`); then
+    ``ModuleStage`` leaves the write_module example of every prompted module to them."""
     import ray
 
     mods_dir = fs.join(cfg.corpus_dir, "modules") if cfg.corpus_dir else ""
@@ -197,13 +260,16 @@ def build(cfg: DatasetConfig, job: Run | None = None, router: Any = None, doc_qu
         parts.append(map_stage(ray.data.read_parquet(mods_dir, **read), ModuleStage, res["modules"], kwargs=
                           {"min_comment_chars": cfg.min_comment_chars, "max_error_share": cfg.max_error_share,
                            "classify": cfg.classify_modules, "model_path": cfg.classifier_path,
-                           "min_confidence": cfg.module_min_confidence}))
+                           "min_confidence": cfg.module_min_confidence,
+                           "specs_max_chars": cfg.module_specs.max_source_chars if module_specs is not None else None}))
     if docs_dir:
         parts.append(map_stage(ray.data.read_parquet(docs_dir, **read), DocStage, res["docs"],
                                kwargs={"model_path": cfg.classifier_path, "min_chars": cfg.min_doc_chars,
                                        "titles": doc_questions is None}))
     if doc_questions is not None:  # --- doc questions ---
         parts.append(doc_questions)
+    if module_specs is not None:  # --- module specs ---
+        parts.append(module_specs)
     if not parts:
         raise JobError("no input: set corpus_dir (--corpus) and/or docs_dir (--docs)")
     if router is not None and router.num_rows:
@@ -221,8 +287,10 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
         router_rows, router_report = router_data(cfg)
     with job.step("doc questions"):
         doc_q, doc_q_report = doc_question_data(cfg, job)
+    with job.step("module specs"):
+        mod_specs, mod_specs_report = module_spec_data(cfg, job)
     with job.step("build examples"):
-        tagged = build(cfg, job, router=tagged_router(router_rows), doc_questions=doc_q)
+        tagged = build(cfg, job, router=tagged_router(router_rows), doc_questions=doc_q, module_specs=mod_specs)
     # Driver: small metadata only (id, phase, group, skip) → drops, cap, split map.
     meta = tagged.select_columns(["id", "phase", "group", "skip"]).take_all()
     dropped: Counter[str] = Counter()
@@ -306,7 +374,8 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
               "dropped": dict(dropped),
               "dropped_units": "inputs (modules, doc chunks) for skip reasons; examples for repo_cap, "
                                "duplicate_example and contaminated; engine-written question/answer pairs "
-                               "(or whole replies) for doc_question_*", "contaminated_per_benchmark": dict(contaminated),
+                               "(or whole replies) for doc_question_*; modules for module_spec_*",
+              "contaminated_per_benchmark": dict(contaminated),
                                "contaminated_per_method": dict(contaminated_by_method),
               "removed_units": "per_phase_split[...].removed: inputs by the phase the classifier gave them and "
                                "the split of their group ('unassigned': a group with no kept example)",
@@ -322,6 +391,7 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
     kept_router = {r["id"] for r in routed}
     router_kept = [e for e in router_rows if e["id"] in kept_router]
     report["doc_questions"] = doc_q_report
+    report["module_specs"] = mod_specs_report
     report["router"] = {**router_report, "n_in_dataset": len(router_kept),
                         "eval": score_router(router_kept, cfg.router.eval_path)}
     return report
@@ -343,6 +413,10 @@ def summary(report: dict[str, Any]) -> str:
     if dq.get("engine"):
         lines.append(f"  doc questions ({dq['engine']}): {dq['kept']} of {dq['generated']} generated pairs kept, "
                      f"{dq['fallback']} title fallbacks; dropped {dq['dropped'] or 'none'}")
+    ms = report.get("module_specs") or {}
+    if ms.get("engine"):
+        lines.append(f"  module specs ({ms['engine']}): {ms['kept']} of {ms['prompted']} modules kept an engine spec, "
+                     f"{ms['fallback']} comment fallbacks; dropped {ms['dropped'] or 'none'}")
     if report.get("router"):
         ev = report["router"]["eval"]
         lines.append(f"  router: {report['router']['n_in_dataset']} triage examples; a classifier trained on them scores "
