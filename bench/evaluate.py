@@ -23,12 +23,24 @@ ratio per core; 1.0 means no overhead over a bare loop) and by the sandboxed loo
 left is Ray's share), and the job's wall time against W. The loops are measured right before
 each job run. Writes ``bench/results/evaluate.json``.
 
+**Real benchmark code** (``--verilog-eval PATH`` and/or ``--rtllm PATH``: local checkouts of
+NVlabs/verilog-eval and hkust-zhiyao/RTLLM, read in place, never copied): instead of generated
+problems, every problem of those checkouts (both VerilogEval v2 tasks; ``--max-problems N`` per
+benchmark, selected as the job selects them) answered with its own reference, i.e. the job's
+``--reference`` self-check (``benchmarks.verilog_eval_v2=PATH benchmarks.rtllm=PATH``). The
+plain and sandboxed loops run exactly the same (testbench, reference) pairs with the same
+``iverilog`` command line (each problem's ``compile_argv``); references the installed Icarus
+cannot compile count as samples there as in the job (compiled, not simulated), and the three
+pass counts must agree. Per-sample costs (ms) are reported beside the rates. Writes
+``bench/results/evaluate_real.json`` (the generated mode's file is left alone).
+
 ``--marginal F`` also runs each job on the first F·N problems: from the two step times
 t(n) = start-up + n / rate, the stage's fixed start-up (a fresh Ray's first Data stage: worker
 imports, planning) and its marginal samples/s, i.e. what a run large enough to amortise the
 start-up gets per worker; both are reported beside the whole-step figures, never instead.
 
     python bench/evaluate.py [--problems 48] [--workers 1 2] [--repeat 1] [--batch-size N]
+    python bench/evaluate.py --verilog-eval /tmp/bench/verilog-eval --rtllm /tmp/bench/RTLLM [--max-problems N]
 
 On a shared machine, wall-clock figures vary with the other load; the load average at the start
 and end, and at the start of each run, is recorded with the results.
@@ -106,15 +118,31 @@ def write_checkout(root: Path, n: int) -> Path:
 
 
 def plain_loop(problems: list[dict]) -> tuple[float, int]:
-    """(seconds, passed): iverilog + vvp per sample, sequentially, in one process, no sandbox."""
+    """(seconds, passed): iverilog + vvp per sample, sequentially, in one process, no sandbox.
+
+    The job's command lines and time limits (``SimSettings``); a sample that does not compile is
+    not simulated (as in the job), and one past a limit is not a pass.
+    """
+    from evaluation.simulate import SimSettings
+
+    limits = SimSettings()
     passed = 0
     t0 = time.perf_counter()
     for p in problems:
         with tempfile.TemporaryDirectory() as tmp:
-            for name, text in {**p["files"], p["answer_file"]: p["reference"]}.items():
-                Path(tmp, name).write_text(text)
-            subprocess.run(p["compile_argv"], cwd=tmp, capture_output=True, timeout=60, check=True)
-            out = subprocess.run(["vvp", "-n", "sim.vvp"], cwd=tmp, capture_output=True, text=True, timeout=60).stdout
+            for name, content in {**p["files"], p["answer_file"]: p["reference"]}.items():
+                path = Path(tmp, name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(content.encode() if isinstance(content, str) else content)
+            try:
+                comp = subprocess.run(p["compile_argv"], cwd=tmp, capture_output=True,
+                                      timeout=limits.compile_timeout_s)
+                if comp.returncode != 0:
+                    continue
+                out = subprocess.run(["vvp", "-n", "sim.vvp"], cwd=tmp, capture_output=True,
+                                     timeout=limits.sim_timeout_s).stdout.decode("utf-8", "replace")
+            except subprocess.TimeoutExpired:
+                continue
             passed += bool(re.search(p["pass_regex"], out))
     return time.perf_counter() - t0, passed
 
@@ -122,6 +150,9 @@ def plain_loop(problems: list[dict]) -> tuple[float, int]:
 def sandboxed_loop(problems: list[dict]) -> tuple[float, int]:
     from evaluation.simulate import SimSettings, run_problem
 
+    from synthesis import sandbox
+
+    sandbox.isolation()  # the once-per-process probe (two sandbox runs) is not a sample's cost
     settings = SimSettings()
     t0 = time.perf_counter()
     passed = sum(run_problem(p, p["reference"], settings)["verdict"] == "pass" for p in problems)
@@ -133,12 +164,16 @@ def auto_batch(n: int, workers: int) -> int:
     return max(1, min(50, math.ceil(n / (4 * workers))))
 
 
-def run_job(checkout: Path, out: Path, workers: int, batch_size: int, max_problems: int | None = None) -> dict:
+def run_job(checkout: Path | None, out: Path, workers: int, batch_size: int, max_problems: int | None = None,
+            rtllm: Path | None = None) -> dict:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
     argv = [sys.executable, "-m", "jobs.evaluate", "--output", str(out), "--force", "--reference",
             "evaluate_models=false", "dataset_dir=null", "smoke=false", "routing.enabled=false",
-            f"benchmarks.verilog_eval_v2={checkout}", f"simulation.resources.concurrency={workers}",
-            f"simulation.resources.batch_size={batch_size}"]
+            f"simulation.resources.concurrency={workers}", f"simulation.resources.batch_size={batch_size}"]
+    if checkout:
+        argv.append(f"benchmarks.verilog_eval_v2={checkout}")
+    if rtllm:
+        argv.append(f"benchmarks.rtllm={rtllm}")
     if max_problems:
         argv.append(f"benchmarks.max_problems={max_problems}")
     t0 = time.perf_counter()
@@ -148,15 +183,30 @@ def run_job(checkout: Path, out: Path, workers: int, batch_size: int, max_proble
         raise RuntimeError(f"job failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     rep = json.loads((out / "report.json").read_text())
     step = rep["steps"]["generate + check"]["wall_s"]
-    cells = rep["benchmarks"]["verilog_eval_v2/spec-to-rtl"]["reference"]
-    return {"workers": workers, "batch_size": batch_size, "samples": cells["samples"], "passed": cells["passed"],
+    cells = {name: b["reference"] for name, b in rep["benchmarks"].items() if "reference" in b}
+    return {"workers": workers, "batch_size": batch_size, "samples": sum(c["samples"] for c in cells.values()),
+            "passed": sum(c["passed"] for c in cells.values()),
+            "by_benchmark": {name: {"samples": c["samples"], "passed": c["passed"]} for name, c in cells.items()},
             "check_step_s": step, "job_wall_s": round(wall, 2), "ray_start_s": rep["steps"]["ray start"]["wall_s"],
             "isolation": rep["sandbox"]["isolation"]["mode"]}
 
 
+def wait_for_quiet(max_load: float | None, max_wait_s: float = 900.0) -> float:
+    """Wait (up to ``max_wait_s``) until the 1-minute load average is at most ``max_load``; seconds waited."""
+    t0 = time.perf_counter()
+    while max_load is not None and os.getloadavg()[0] > max_load and time.perf_counter() - t0 < max_wait_s:
+        time.sleep(10)
+    return round(time.perf_counter() - t0, 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--problems", type=int, default=48)
+    ap.add_argument("--problems", type=int, default=48, help="generated problems (without --verilog-eval/--rtllm)")
+    ap.add_argument("--verilog-eval", default=None, metavar="PATH",
+                    help="a VerilogEval v2 checkout: measure on its problems (both tasks) instead of generated ones")
+    ap.add_argument("--rtllm", default=None, metavar="PATH", help="an RTLLM checkout: measure on its designs too")
+    ap.add_argument("--max-problems", type=int, default=None,
+                    help="with real checkouts: at most N problems per benchmark (benchmarks.max_problems)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=None,
@@ -164,52 +214,82 @@ def main() -> None:
     ap.add_argument("--marginal", type=float, default=0.0, metavar="F",
                     help="also run each job on the first F*N problems (0 < F < 1) to separate the stage's fixed "
                          "start-up from its marginal samples/s")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "evaluate.json"))
+    ap.add_argument("--max-load", type=float, default=None, metavar="L",
+                    help="before each measurement, wait (up to --max-wait s) for the 1-minute load average to be <= L")
+    ap.add_argument("--max-wait", type=float, default=900.0, help="seconds --max-load waits at most (default 900)")
+    ap.add_argument("--out", default=None, help="default bench/results/evaluate.json (generated problems) or "
+                                                "bench/results/evaluate_real.json (real checkouts)")
     args = ap.parse_args()
-    from evaluation.benchmarks import load_verilog_eval_v2
+    from evaluation.benchmarks import load_rtllm, load_verilog_eval_v2, select
 
+    real = bool(args.verilog_eval or args.rtllm)
+    out_path = args.out or str(ROOT / "bench" / "results" / ("evaluate_real.json" if real else "evaluate.json"))
     load0 = os.getloadavg()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        checkout = write_checkout(Path(tmp) / "verilog-eval", args.problems)
-        problems = load_verilog_eval_v2(str(checkout), ["spec-to-rtl"])
+        if real:
+            checkout = Path(args.verilog_eval).resolve() if args.verilog_eval else None
+            rtllm = Path(args.rtllm).resolve() if args.rtllm else None
+            problems = (load_verilog_eval_v2(str(checkout)) if checkout else []) + (
+                load_rtllm(str(rtllm)) if rtllm else [])
+            problems = select(problems, None, args.max_problems)  # the job's own selection
+            max_problems = args.max_problems
+        else:
+            checkout, rtllm = write_checkout(Path(tmp) / "verilog-eval", args.problems), None
+            problems = load_verilog_eval_v2(str(checkout), ["spec-to-rtl"])
+            max_problems = None
         n = len(problems)
+        print(f"{n} problems ({'real checkouts' if real else 'generated'})", flush=True)
         for r in range(args.repeat):
             for w in args.workers:
+                waited = wait_for_quiet(args.max_load, args.max_wait)
                 # the loops run right before each job run: on a shared machine the load drifts
                 load = os.getloadavg()
                 plain, boxed = plain_loop(problems), sandboxed_loop(problems)
-                if plain[1] != n or boxed[1] != n:
+                if plain[1] != boxed[1] or (not real and plain[1] != n):
                     raise RuntimeError(f"loops passed {plain[1]} and {boxed[1]} of {n} samples")
-                job = run_job(checkout, Path(tmp) / f"out{w}-{r}", w, args.batch_size or auto_batch(n, w))
-                if job["passed"] != n:
-                    raise RuntimeError(f"the job passed {job['passed']} of {n} samples")
+                load_job = os.getloadavg()
+                job = run_job(checkout, Path(tmp) / f"out{w}-{r}", w, args.batch_size or auto_batch(n, w),
+                              max_problems, rtllm)
+                if job["samples"] != n or job["passed"] != plain[1]:
+                    raise RuntimeError(f"the job passed {job['passed']} of {job['samples']} samples; "
+                                       f"the loops {plain[1]} of {n}")
                 job.update(
-                    repeat=r, loadavg_at_start=[round(x, 2) for x in load], plain_samples_per_s=round(n / plain[0], 3),
-                    sandboxed_samples_per_s=round(n / boxed[0], 3), samples_per_s=round(n / job["check_step_s"], 3))
+                    repeat=r, waited_for_load_s=waited, loadavg_at_start=[round(x, 2) for x in load],
+                    loadavg_at_job_start=[round(x, 2) for x in load_job], loadavg_at_end=[
+                        round(x, 2) for x in os.getloadavg()],
+                    plain_samples_per_s=round(n / plain[0], 3), sandboxed_samples_per_s=round(n / boxed[0], 3),
+                    samples_per_s=round(n / job["check_step_s"], 3), plain_passed=plain[1],
+                    plain_ms_per_sample=round(1000 * plain[0] / n, 2),
+                    sandboxed_ms_per_sample=round(1000 * boxed[0] / n, 2),
+                    job_ms_per_sample_per_worker=round(1000 * job["check_step_s"] * w / n, 2))
                 job["samples_per_s_per_worker"] = round(job["samples_per_s"] / w, 3)
                 job["ratio_per_core_vs_plain"] = round(job["samples_per_s_per_worker"] / job["plain_samples_per_s"], 3)
                 job["ratio_per_core_vs_sandboxed_loop"] = round(
                     job["samples_per_s_per_worker"] / job["sandboxed_samples_per_s"], 3)
+                job["sandboxed_loop_ratio_vs_plain"] = round(job["sandboxed_samples_per_s"]
+                                                             / job["plain_samples_per_s"], 3)
                 if 0 < args.marginal < 1:
-                    m = max(1, round(n * args.marginal))
+                    m = max(1, round((n if not real else n / max(1, len(job["by_benchmark"]))) * args.marginal))
                     small = run_job(checkout, Path(tmp) / f"out{w}-{r}-small", w,
-                                    args.batch_size or auto_batch(m, w), max_problems=m)
-                    per_sample = (job["check_step_s"] - small["check_step_s"]) / (n - m)
+                                    args.batch_size or auto_batch(m, w), m, rtllm)
+                    per_sample = (job["check_step_s"] - small["check_step_s"]) / max(1, n - small["samples"])
                     if per_sample > 0:
                         job.update(
-                            small_problems=m, small_check_step_s=small["check_step_s"],
+                            small_problems=small["samples"], small_check_step_s=small["check_step_s"],
                             stage_startup_s=round(job["check_step_s"] - n * per_sample, 2),
                             marginal_samples_per_s=round(1 / per_sample, 3),
                             marginal_ratio_per_core_vs_plain=round(1 / per_sample / w / job["plain_samples_per_s"], 3))
-                        print(f"    marginal: {m} problems in {small['check_step_s']:.2f} s → start-up "
-                              f"{job['stage_startup_s']:.2f} s, {job['marginal_samples_per_s']:.2f} samples/s "
-                              f"(ratio per core {job['marginal_ratio_per_core_vs_plain']:.2f} vs plain)", flush=True)
+                        print(f"    marginal: {small['samples']} problems in {small['check_step_s']:.2f} s → "
+                              f"start-up {job['stage_startup_s']:.2f} s, {job['marginal_samples_per_s']:.2f} "
+                              f"samples/s (ratio per core {job['marginal_ratio_per_core_vs_plain']:.2f} vs plain)",
+                              flush=True)
                 runs.append(job)
-                print(f"[{r}] plain loop {job['plain_samples_per_s']:.2f}/s, sandboxed loop "
-                      f"{job['sandboxed_samples_per_s']:.2f}/s; job with {w} worker(s): check step "
-                      f"{job['check_step_s']:.2f} s → {job['samples_per_s']:.2f} samples/s "
-                      f"({job['samples_per_s_per_worker']:.2f} per worker; ratio per core "
+                print(f"[{r}] load {job['loadavg_at_start'][0]:.2f}: plain loop {job['plain_ms_per_sample']:.1f} "
+                      f"ms/sample ({job['plain_samples_per_s']:.2f}/s), sandboxed loop "
+                      f"{job['sandboxed_ms_per_sample']:.1f} ms/sample ({job['sandboxed_samples_per_s']:.2f}/s); "
+                      f"job with {w} worker(s): check step {job['check_step_s']:.2f} s → {job['samples_per_s']:.2f} "
+                      f"samples/s ({job['job_ms_per_sample_per_worker']:.1f} ms/sample per worker; ratio per core "
                       f"{job['ratio_per_core_vs_plain']:.2f} vs plain, "
                       f"{job['ratio_per_core_vs_sandboxed_loop']:.2f} vs sandboxed loop); "
                       f"whole job {job['job_wall_s']:.1f} s (ray start {job['ray_start_s']:.1f} s); "
@@ -218,19 +298,23 @@ def main() -> None:
             for w in args.workers}
     result = {
         "command": " ".join(["python", "bench/evaluate.py", *sys.argv[1:]]),
+        "mode": "real checkouts (--reference self-check)" if real else "generated problems",
+        "checkouts": {"verilog_eval_v2": args.verilog_eval, "rtllm": args.rtllm} if real else None,
         "problems": n, "cpus": os.cpu_count(), "batch_size": args.batch_size or "auto", "loadavg_start": load0,
         "loadavg_end": os.getloadavg(), "best_by_workers": best,
         "wall_vs_workers": {w: j["check_step_s"] for w, j in best.items()},
+        "job_wall_vs_workers": {w: j["job_wall_s"] for w, j in best.items()},
         "runs": runs,
         "note": "samples/s of the job = samples / its 'generate + check' step (Ray Data tasks, each sample compiled "
                 "and simulated in one bubblewrap sandbox, fixed start-up of the step included); plain loop = "
                 "iverilog + vvp in one process without sandbox; ratio per core = job samples/s per worker / loop "
                 "samples/s measured just before that job run. With --marginal: stage_startup_s and "
-                "marginal_samples_per_s from the step times at N and F*N problems (t = start-up + n / rate).",
+                "marginal_samples_per_s from the step times at N and F*N problems (t = start-up + n / rate). "
+                "*_ms_per_sample: the loops' cost per sample, and the job's step time x workers / samples.",
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"→ {args.out}")
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_path).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"→ {out_path}")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@
 ``run_problem`` judges one answer to one benchmark or smoke problem: a static safety check of the
 answer (``synthesis.validate.verilog_problem``: no file I/O, ``$system``, DPI or includes leaving
 the directory), then, in ONE fresh sandbox per answer, a fixed script (``SIM_SCRIPT``, not
-model-written) that runs ``iverilog`` with the problem's own command line under its own time
-limit (``timeout``, compile limit) and, when it succeeds, ``vvp -n`` on the compiled image under
-the simulation limit. The compiler's log and exit status go to files that are read back without
-following links; the simulation's output is the run's captured (capped) output. The sandbox's
-wall-clock limit (both limits plus a margin) is the backstop: past it, or past the output cap,
-the whole sandbox (PID namespace) is killed, never anything else on the machine.
+model-written) that runs ``iverilog`` with the problem's own command line and, when it succeeds,
+``vvp -n`` on the compiled image. Each step has its own wall-clock limit (compile limit,
+simulation limit), enforced by the parent as the sandbox's two stages (``sandbox.run``'s
+``stages``: the script marks the end of the compile step on a pipe): past either, or past the
+output cap, the whole sandbox (PID namespace) is killed, never anything else on the machine. The
+sandbox's own limit (both limits plus a margin) stays the backstop. No ``timeout`` process runs
+per step: with ``setpriv``, ``bwrap``, ``prlimit`` and ``sh``, those two were a fifth of the
+processes started per answer. The compiler's log and exit status go to files that are read back
+without following links; the simulation's output is the run's captured (capped) output.
 
 Why one sandbox and not one per tool: each bubblewrap start costs about as much as compiling and
 simulating a small problem. The compiled image never leaves the sandbox, so nothing is checked
@@ -45,20 +48,26 @@ FAILURE_CLASSES = ("engine_error", "no_code", "unsafe", "syntax", "compile", "ti
 UNSAFE_REASONS = ("verilog/unsafe_system_task", "verilog/unsafe_file_io", "verilog/unknown_system_task",
                   "verilog/dpi", "verilog/unsafe_include")
 _SYNTAX = re.compile(r"syntax error|Syntax in assignment|I give up", re.I)
-# Exit status of a command that ``timeout -k`` stopped: 124 (ended by TERM), 137 (KILL after the grace second).
+# Exit status of a tool stopped by ``timeout -k`` (124: ended by TERM; 137: KILL after the grace
+# second; CHECK_SCRIPT) or by SIGKILL at its CPU limit (137).
 TIMEOUT_STATUSES = (124, 137)
 COMPILE_LOG, COMPILE_RC = ".cf-compile.log", ".cf-compile.rc"
 NO_IMAGE = "no-image"
-# argv: sh -c SIM_SCRIPT sh COMPILE_S SIM_S iverilog ARGS... (the problem's compile line, as arguments:
-# nothing model-written is ever part of the script). The compiler's status is written only once it
-# has finished, so a missing status file means the compile step never ended.
-SIM_SCRIPT = f"""ct=$1; st=$2; shift 2
-timeout -k 1 "$ct" "$@" >{COMPILE_LOG} 2>&1
+# argv: sh -c SIM_SCRIPT sh iverilog ARGS... (the problem's compile line, as arguments: nothing
+# model-written is ever part of the script). Run with ``stages=(compile limit, simulation limit)``:
+# the compile stage starts with the sandbox; the byte the script writes to its stdin (the stage
+# pipe, see ``sandbox.run``) once the compiler has finished starts the simulation stage, with its
+# own wall-clock limit. The parent enforces both (past either, the whole sandbox is killed), so no
+# ``timeout`` process runs per tool. Neither tool gets the stage pipe (``</dev/null``). The
+# compiler's status is written only once it has finished, so a missing status file means the
+# compile step never ended.
+SIM_SCRIPT = f""""$@" </dev/null >{COMPILE_LOG} 2>&1
 rc=$?
 if [ "$rc" = 0 ] && [ ! -f sim.vvp ]; then rc={NO_IMAGE}; fi
 echo "$rc" >{COMPILE_RC}
 [ "$rc" = 0 ] || exit 0
-exec timeout -k 1 "$st" vvp -n sim.vvp
+echo >&0
+exec vvp -n sim.vvp </dev/null
 """
 # argv: sh -c CHECK_SCRIPT sh LIMIT_S: compile, then lint, each with its own log and status file.
 CHECK_FILES = {tool: (f".cf-{tool}.log", f".cf-{tool}.rc") for tool in ("iverilog", "verilator")}
@@ -67,7 +76,7 @@ timeout -k 1 "$t" iverilog -g2012 -o answer.vvp answer.sv >.cf-iverilog.log 2>&1
 timeout -k 1 "$t" verilator --lint-only --timing -Wno-MULTITOP answer.sv >.cf-verilator.log 2>&1
 echo $? >.cf-verilator.rc
 """
-MARGIN_S = 5.0  # sandbox wall limit beyond the steps' own limits (and their 1 s grace each)
+MARGIN_S = 5.0  # sandbox wall limit beyond the steps' own limits (CHECK_SCRIPT: and their 1 s grace each)
 
 
 @dataclass(frozen=True)
@@ -145,12 +154,13 @@ def run_problem(problem: dict[str, Any], code: str | None, settings: SimSettings
     refused = unsafe_or_refused(code)
     if refused:
         return verdict(False, refused[0], excerpt(refused[1], n))
-    require_tools(problem["compile_argv"][0], "vvp", "timeout")
+    require_tools(problem["compile_argv"][0], "vvp")
     files: dict[str, str | bytes] = dict(problem["files"])
     files[problem["answer_file"]] = code
     ct, st = settings.compile_timeout_s, settings.sim_timeout_s
-    argv = ["sh", "-c", SIM_SCRIPT, "sh", _seconds(ct), _seconds(st), *problem["compile_argv"]]
-    run = sandbox.run(argv, files, limits=settings.limits(ct + st + 2 + MARGIN_S), collect=[COMPILE_LOG, COMPILE_RC])
+    argv = ["sh", "-c", SIM_SCRIPT, "sh", *problem["compile_argv"]]
+    run = sandbox.run(argv, files, limits=settings.limits(ct + st + MARGIN_S), collect=[COMPILE_LOG, COMPILE_RC],
+                      stages=(ct, st))
     status = _status(run.files, COMPILE_RC)
     comp_log = run.files.get(COMPILE_LOG, b"").decode("utf-8", "replace")
     if COMPILE_LOG in run.rejected_files:

@@ -57,7 +57,6 @@ import signal
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -78,6 +77,7 @@ RO_TRY = ("/etc/ld.so.cache", "/etc/alternatives")
 # bwrap flags newer than 0.4 that are used when this bwrap knows them.
 OPTIONAL_FLAGS = ("--clearenv", "--size", "--disable-userns")
 MIB = 1024 * 1024
+INIT_WAIT_S = 10.0  # how long the sandbox's init may outlive bwrap before ``run`` stops waiting for it
 INSTALL_HINT = (
     "bubblewrap is not installed or user namespaces are disabled: install it with `apt-get install bubblewrap` "
     "(and allow user namespaces: sysctl kernel.unprivileged_userns_clone=1, or run the container with a seccomp "
@@ -112,7 +112,8 @@ class Result:
 
     ``files`` holds the collected regular files; ``rejected_files`` maps a collected name
     that existed but was not read (a link, a FIFO, a directory, too large) to the reason.
-    ``isolation`` is the mode the run had (``bwrap`` or ``none``).
+    ``isolation`` is the mode the run had (``bwrap`` or ``none``); ``stage`` the index of the
+    stage running when the run ended (``run``'s ``stages``; 0 without them).
     """
 
     argv: list[str]
@@ -125,6 +126,7 @@ class Result:
     files: dict[str, bytes] = field(default_factory=dict)
     rejected_files: dict[str, str] = field(default_factory=dict)
     isolation: str = "none"
+    stage: int = 0
 
     @property
     def ok(self) -> bool:
@@ -276,23 +278,35 @@ def run(
     limits: Limits = Limits(),
     collect: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    stages: Sequence[float] = (),
 ) -> Result:
     """Run ``argv`` in a fresh sandbox whose working directory holds ``files``.
 
     ``argv[0]`` must be installed under ``SAFE_PATH``; ``argv`` is passed after ``--`` so it
     can never be read as bwrap options. ``collect`` names files (relative) to read back
     after the run (see ``Result``). ``env`` adds variables to the minimal environment.
+
+    ``stages`` gives the run consecutive wall-clock limits of its own (seconds), for a script
+    that runs several tools one after the other without a ``timeout`` process per tool: the
+    first stage starts with the run; every byte the run writes to its standard input, which is
+    then the write end of a pipe to the parent (``echo >&0`` in a script; give each tool
+    ``</dev/null``), ends the stage in progress and starts the next, which then has its own
+    limit; bytes past the last stage are ignored. A stage past its
+    limit is handled like the run's own limit (``timeout_s``, which stays the backstop of the
+    whole run): the sandbox is killed and ``timed_out`` set. ``Result.stage`` says which stage
+    was running at the end.
+
     Raises ``SandboxUnavailable`` when nothing isolates and unsandboxed runs were not
     allowed, ``SandboxError`` for a bad file name or a missing tool.
     """
     plan = _plan()
     if plan.mode == "none" and not _allowed_unsandboxed():
         raise SandboxUnavailable(f"{INSTALL_HINT} (probe: {plan.detail})")
-    return _execute(argv, files or {}, limits, collect, env, plan)
+    return _execute(argv, files or {}, limits, collect, env, plan, tuple(stages))
 
 
 def _execute(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limits, collect: Sequence[str],
-             env: Mapping[str, str] | None, plan: _Plan) -> Result:
+             env: Mapping[str, str] | None, plan: _Plan, stages: tuple[float, ...] = ()) -> Result:
     """One run under ``plan``: write files, start, watch limits, wait for the sandbox to end, collect."""
     sandboxed = plan.mode == "bwrap"
     _check_tool(argv, sandboxed)
@@ -308,54 +322,50 @@ def _execute(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limi
         child_env = {"PATH": SAFE_PATH, "HOME": WORKDIR if sandboxed else workdir,
                      "TMPDIR": "/tmp" if sandboxed else workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         child_env.update(env or {})
-        info_r = info_w = -1
         preexec = _make_preexec(limits, plan)
-        if sandboxed:
-            info_r, info_w = os.pipe()
-            cmd = _launcher(plan) + _bwrap_argv(plan, workdir, limits, child_env, info_w) + list(argv)
-        else:
-            cmd = list(argv)
-        t0 = time.perf_counter()
+        # our ends (read) and the child's ends (write) of the info and stage pipes; -1: none
+        info_r = info_w = stage_r = stage_w = -1
         try:
+            if stages:
+                # the child's stdin, fd 0: a number every shell can name (dash: only 0-9), whatever
+                # descriptors this process holds
+                stage_r, stage_w = os.pipe()
+            if sandboxed:
+                info_r, info_w = os.pipe()
+                cmd = _launcher(plan) + _bwrap_argv(plan, workdir, limits, child_env, info_w) + list(argv)
+            else:
+                cmd = list(argv)
+            t0 = time.perf_counter()
             proc = subprocess.Popen(
-                cmd, cwd="/" if sandboxed else workdir, env=child_env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-                pass_fds=(info_w,) if sandboxed else (), preexec_fn=preexec,
+                cmd, cwd="/" if sandboxed else workdir, env=child_env,
+                stdin=stage_w if stage_w >= 0 else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+                pass_fds=(info_w,) if info_w >= 0 else (), preexec_fn=preexec,
             )
         except BaseException:
-            if info_r >= 0:
-                os.close(info_r)
+            for fd in (info_r, stage_r):
+                if fd >= 0:
+                    os.close(fd)
             raise
         finally:
-            if info_w >= 0:
-                os.close(info_w)
-        init = _InitWatch(info_r) if sandboxed else None
-        pgid = proc.pid  # start_new_session: the child leads its own session and group
-        out: list[bytes] = []
-        err: list[bytes] = []
-        overflow = threading.Event()
-        threads = [threading.Thread(target=_reader, args=(s, limits.max_output_bytes, sink, overflow), daemon=True)
-                   for s, sink in ((proc.stdout, out), (proc.stderr, err))]
-        for t in threads:
-            t.start()
-        timed_out = _watch(proc, t0 + limits.timeout_s, overflow)
-        proc.wait()
-        if init is not None:
-            init.wait_gone()
-        for t in threads:
-            t.join(timeout=1.0)
-        if any(t.is_alive() for t in threads):
-            # Unsandboxed only: a grandchild still holds the pipes, so the group is still alive.
-            _killpg(pgid)
-            for t in threads:
-                t.join(timeout=2.0)
+            for fd in (info_w, stage_w):
+                if fd >= 0:
+                    os.close(fd)
+        try:
+            sup = _supervise(proc, t0, limits, stages, info_r, stage_r)
+        finally:
+            for f in (proc.stdout, proc.stderr):
+                f.close()
+            for fd in (info_r, stage_r):
+                if fd >= 0:
+                    os.close(fd)
         wall = time.perf_counter() - t0
         collected, rejected = _collect(workdir, collect, limits.max_output_bytes)
         return Result(
-            argv=list(argv), returncode=None if timed_out else proc.returncode,
-            stdout=b"".join(out).decode("utf-8", "replace"), stderr=b"".join(err).decode("utf-8", "replace"),
-            timed_out=timed_out, output_truncated=overflow.is_set(), wall_s=round(wall, 3), files=collected,
-            rejected_files=rejected, isolation=plan.mode,
+            argv=list(argv), returncode=None if sup.timed_out else proc.returncode,
+            stdout=sup.stdout.decode("utf-8", "replace"), stderr=sup.stderr.decode("utf-8", "replace"),
+            timed_out=sup.timed_out, output_truncated=sup.overflow, wall_s=round(wall, 3), files=collected,
+            rejected_files=rejected, isolation=plan.mode, stage=sup.stage,
         )
     finally:
         _remove_tree(workdir)
@@ -429,33 +439,154 @@ def _launcher(plan: _Plan) -> list[str]:
     return [plan.setpriv, f"--reuid={plan.run_as}", f"--regid={plan.run_as}", "--clear-groups", "--"]
 
 
-def _watch(proc: subprocess.Popen, deadline: float, overflow: threading.Event) -> bool:
-    """Wait for ``proc`` to exit; kill its group at ``deadline`` or on output overflow. True if timed out.
+@dataclass
+class _Supervised:
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+    overflow: bool
+    stage: int
 
-    Sleeps on a pidfd (woken the moment the process exits) instead of polling, so a short run
-    costs no polling latency; the output flag is looked at every 50 ms.
+
+def _supervise(proc: subprocess.Popen, t0: float, limits: Limits, stages: tuple[float, ...], info_r: int,
+               stage_r: int) -> _Supervised:
+    """Watch a started run until it and everything in its sandbox have ended, in this thread.
+
+    One ``poll`` loop (no helper threads: starting three threads per run cost milliseconds on a
+    loaded machine) over the child's stdout and stderr (kept up to ``max_output_bytes`` each,
+    then drained; past the cap the group is killed), bwrap's info pipe (the host pid of the
+    sandbox's init, opened as a pidfd while it runs), the stage pipe (``stages``, see ``run``)
+    and a pidfd of the child (woken the moment it exits; without pidfds, 10 ms polling). The
+    deadline is the run's ``timeout_s`` from ``t0`` or the running stage's own limit, whichever
+    comes first; past it, or on overflow, the child's process group is killed (the sandbox's
+    init dies with bwrap, and the kernel then ends every process in its PID namespace).
+
+    Returns once the child is reaped, the sandbox's init is gone (its exit proves nothing
+    started inside survives) and both output pipes are closed. Unsandboxed, a grandchild may
+    keep the pipes open after the child exits: the group is killed a second after the exit.
     """
+    cap = limits.max_output_bytes
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    chunks: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
+    sizes = {out_fd: 0, err_fd: 0}
+    poller = select.poll()
+    watched: set[int] = set()
+
+    def watch(fd: int) -> None:
+        poller.register(fd, select.POLLIN)
+        watched.add(fd)
+
+    def unwatch(fd: int) -> None:
+        poller.unregister(fd)
+        watched.discard(fd)
+
+    for fd in (out_fd, err_fd, info_r, stage_r):
+        if fd >= 0:
+            watch(fd)
     try:
         pidfd: int | None = os.pidfd_open(proc.pid)  # our unreaped child: the pid cannot be reused
+        watch(pidfd)
     except (AttributeError, OSError):
         pidfd = None
+    info = b""
+    init_pid: int | None = None
+    init_fd: int | None = None
+    stage, stage_t0 = 0, t0
+    timed_out = overflow = killed = False
+    exited_at: float | None = None  # when the child was reaped
+    group_killed_after_exit = False
     try:
-        while proc.poll() is None:
-            if overflow.is_set():
-                _killpg(proc.pid)
-                return False
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                _killpg(proc.pid)
-                return True
-            if pidfd is not None:
-                _wait_readable(pidfd, min(remaining, 0.05))
+        while True:
+            now = time.perf_counter()
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None:
+                init_running = init_fd is not None or (init_pid is not None and _alive(init_pid))
+                pipes_open = out_fd in watched or err_fd in watched or info_r in watched
+                if not init_running and not pipes_open:
+                    break
+                waited = now - exited_at
+                if init_running and waited > INIT_WAIT_S:
+                    log.warning("sandbox: init %s still running %.0fs after bwrap ended", init_pid, INIT_WAIT_S)
+                    break
+                if pipes_open and not init_running:
+                    # Unsandboxed only: a grandchild still holds the pipes, so the group is still alive.
+                    if waited > 1.0 and not group_killed_after_exit:
+                        _killpg(proc.pid)
+                        group_killed_after_exit = True
+                    elif waited > 3.0:
+                        break
+                wait_s = 0.01 if init_fd is None and init_running else 0.1
             else:
-                time.sleep(min(remaining, 0.01))
-        return False
+                deadline = t0 + limits.timeout_s
+                if stages:
+                    deadline = min(deadline, stage_t0 + stages[min(stage, len(stages) - 1)])
+                if not killed and now >= deadline:
+                    _killpg(proc.pid)
+                    killed = timed_out = True
+                wait_s = max(0.0, deadline - now) if not killed else 0.05
+                if pidfd is None:
+                    wait_s = min(wait_s, 0.01)
+            for fd, _ in poller.poll(math.ceil(wait_s * 1000)):
+                if fd in chunks:
+                    data = os.read(fd, 65536)
+                    if not data:
+                        unwatch(fd)
+                        continue
+                    if sizes[fd] < cap:
+                        chunks[fd].append(data[: cap - sizes[fd]])
+                    sizes[fd] += len(data)
+                    if sizes[fd] > cap and not overflow:
+                        overflow = True
+                        if not killed:
+                            _killpg(proc.pid)
+                            killed = True
+                elif fd == stage_r:
+                    data = os.read(fd, 4096)
+                    if not data:
+                        unwatch(fd)
+                    elif not killed and stage < len(stages) - 1:
+                        # each byte ends a stage; past the last one, bytes change nothing
+                        stage, stage_t0 = min(stage + len(data), len(stages) - 1), time.perf_counter()
+                elif fd == info_r:
+                    data = os.read(fd, 4096)
+                    info += data
+                    if not data or b"}" in info:
+                        unwatch(fd)
+                        init_pid = _init_pid(info)
+                        if init_pid is not None:
+                            try:
+                                init_fd = os.pidfd_open(init_pid)  # opened while it runs: never another process
+                                watch(init_fd)
+                            except (AttributeError, OSError):
+                                init_fd = None
+                elif fd == init_fd:
+                    unwatch(fd)
+                    os.close(fd)
+                    init_fd = None
+                    init_pid = None
+                elif fd == pidfd:
+                    unwatch(fd)  # exited: reaped at the top of the loop
+        proc.wait()
+    except BaseException:
+        if proc.poll() is None:  # interrupted while it runs: nothing started here outlives the call
+            _killpg(proc.pid)
+            proc.wait()
+        raise
     finally:
         if pidfd is not None:
             os.close(pidfd)
+        if init_fd is not None:
+            os.close(init_fd)
+    return _Supervised(b"".join(chunks[out_fd]), b"".join(chunks[err_fd]), timed_out, overflow, stage)
+
+
+def _init_pid(info: bytes) -> int | None:
+    """The host pid of the sandbox's init from bwrap's ``--info-fd`` JSON (None when absent)."""
+    try:
+        return int(json.loads(info[: info.index(b"}") + 1])["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _make_preexec(limits: Limits, plan: _Plan) -> Callable[[], None] | None:
@@ -489,58 +620,6 @@ def _make_preexec(limits: Limits, plan: _Plan) -> Callable[[], None] | None:
             os.setuid(run_as)
 
     return preexec
-
-
-class _InitWatch:
-    """Learns the host pid of the sandbox's init from bwrap's ``--info-fd`` and waits for it.
-
-    When the PID namespace's init has exited the kernel has already killed and waited for
-    every other process in the namespace, so its exit is the proof that nothing survives.
-    """
-
-    def __init__(self, info_fd: int) -> None:
-        self.pid: int | None = None
-        self.pidfd: int | None = None
-        self._thread = threading.Thread(target=self._read, args=(info_fd,), daemon=True)
-        self._thread.start()
-
-    def _read(self, info_fd: int) -> None:
-        data = b""
-        try:
-            while chunk := os.read(info_fd, 4096):
-                data += chunk
-                if b"}" in data:
-                    break
-            self.pid = int(json.loads(data[: data.index(b"}") + 1])["child-pid"])
-            self.pidfd = os.pidfd_open(self.pid)  # opened while it runs: never another process
-        except (OSError, ValueError, KeyError):
-            pass
-        finally:
-            os.close(info_fd)
-
-    def wait_gone(self, timeout_s: float = 10.0) -> None:
-        self._thread.join(timeout=2.0)
-        try:
-            if self.pidfd is not None:
-                if not _wait_readable(self.pidfd, timeout_s):
-                    log.warning("sandbox: init %s still running %.0fs after bwrap ended", self.pid, timeout_s)
-            elif self.pid is not None:
-                deadline = time.monotonic() + timeout_s
-                while _alive(self.pid) and time.monotonic() < deadline:
-                    time.sleep(0.005)
-        finally:
-            if self.pidfd is not None:
-                os.close(self.pidfd)
-
-
-def _wait_readable(fd: int, timeout_s: float) -> bool:
-    """True once ``fd`` (a pidfd: its process has exited) is readable within ``timeout_s``.
-
-    ``poll``, not ``select``: a busy process (a Ray worker) may hold fds numbered past 1024.
-    """
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(max(0, math.ceil(timeout_s * 1000))))
 
 
 def _alive(pid: int) -> bool:
@@ -655,18 +734,6 @@ def _remove_tree(path: str) -> None:
         except OSError:
             continue
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _reader(stream, cap: int, sink: list[bytes], overflow: threading.Event) -> None:
-    """Keep at most ``cap`` bytes; signal overflow (the caller kills the group) and drain."""
-    size = 0
-    for chunk in iter(lambda: stream.read(65536), b""):
-        if size < cap:
-            sink.append(chunk[: cap - size])
-        size += len(chunk)
-        if size > cap:
-            overflow.set()
-    stream.close()
 
 
 def _killpg(pgid: int) -> None:

@@ -98,6 +98,38 @@ def test_timeout_kills_every_process_in_the_sandbox(marker: str) -> None:
     assert_no_survivors(marker)
 
 
+@pytest.mark.parametrize("hang_in", [0, 1])
+def test_each_stage_is_killed_at_its_own_limit(hang_in: int, marker: str) -> None:
+    """``stages``: a stage past its own limit kills the whole sandbox long before the run's limit,
+    whichever stage hangs; each stage's clock starts when the previous one is marked done."""
+    steps = ["sleep 0.4", "sleep 0.4"]
+    steps[hang_in] = f"setsid sh -c 'sleep 60; :' {marker} >/dev/null 2>&1 & sh -c 'sleep 60; :' {marker}"
+    script = f"echo one; {steps[0]} </dev/null; echo >&0; echo two; {steps[1]} </dev/null; echo done"
+    t0 = time.perf_counter()
+    r = sandbox.run(["sh", "-c", script], limits=Limits(timeout_s=60), stages=(1.5, 1.5))
+    wall = time.perf_counter() - t0
+    assert r.timed_out and r.returncode is None and r.stage == hang_in and "done" not in r.stdout
+    assert ("two" in r.stdout) == (hang_in == 1)
+    assert 1.4 < wall < 1.5 * (hang_in + 1) + 5  # each stage under its own limit; not the run's 60 s
+    assert_no_survivors(marker)
+
+
+def test_stage_marks_past_the_last_stage_extend_nothing() -> None:
+    """Bytes written after the last stage started (by the script or anything it runs) are ignored:
+    the last stage keeps its limit, counted from its own start."""
+    script = "echo >&0; i=0; while [ $i -lt 40 ]; do echo >&0; sleep 0.1; i=$((i + 1)); done; echo done"
+    t0 = time.perf_counter()
+    r = sandbox.run(["sh", "-c", script], limits=Limits(timeout_s=60), stages=(5, 1))
+    assert r.timed_out and r.stage == 1 and "done" not in r.stdout and time.perf_counter() - t0 < 6
+
+
+def test_stages_within_their_limits_finish_normally() -> None:
+    r = sandbox.run(["sh", "-c", "echo a; echo >&0; echo b; cat; echo c"], limits=Limits(timeout_s=20),
+                    stages=(10, 10))
+    # the stage pipe is write-only: ``cat`` reading stdin fails instead of waiting
+    assert not r.timed_out and r.stage == 1 and r.stdout.split() == ["a", "b", "c"]
+
+
 # ----------------------------------------------------------------------------- collect
 
 @pytest.mark.parametrize("make", [
