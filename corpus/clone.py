@@ -437,8 +437,14 @@ def _retry(fn: Any, s: CloneSettings) -> Any:
             time.sleep(s.backoff_s * 2**attempt)
 
 
+STATUS_SHARDS = "repos"
+
+
 def status_path(status_dir: str, name: str) -> str:
-    return fs.join(status_dir, hashlib.sha256(name.encode()).hexdigest()[:16] + ".json")
+    """``status_dir/repos/<2 hex>/<16 hex>.json``: 256 shard directories, so a reader can list
+    (and hold) one shard's file names at a time, not one name per repository."""
+    key = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return fs.join(status_dir, STATUS_SHARDS, key[:2], key + ".json")
 
 
 class CloneAndRead:

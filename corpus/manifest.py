@@ -8,10 +8,13 @@ default the working directory and the manifest file's directory.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -85,17 +88,108 @@ def local_roots_for(manifest_path: str | Path, configured: Sequence[str] | None 
 
 def load_manifest(path: str | Path) -> Manifest:
     """Read a manifest YAML; relative local paths resolve against the manifest's directory."""
+    return Manifest.model_construct(repositories=list(iter_manifest(path)))
+
+
+def iter_manifest(path: str | Path) -> Iterator[Repository]:
+    """The manifest's repositories one at a time, each validated as it is read.
+
+    Memory stays per entry, not per manifest: the YAML is composed one ``repositories`` item at a
+    time (anchors and merge keys still work), so a 100k-entry manifest never exists as one tree
+    of YAML nodes, dicts and models. Errors are ``ValueError("manifest PATH: ...")`` like
+    ``Manifest.model_validate``'s (unknown or missing keys, bad values, duplicate names); a
+    duplicate name is found from 8-byte name hashes once the whole file is read, so a caller
+    that stores entries as they come must not use them before the iterator is exhausted.
+    Relative local paths resolve against the manifest's directory.
+    """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"manifest {path}: {exc}") from exc
-    try:
-        manifest = Manifest.model_validate(data)
-    except Exception as exc:
-        raise ValueError(f"manifest {path}: {exc}") from exc
     base = path.resolve().parent
-    for repo in manifest.repositories:
-        if _is_local(repo.url) and not os.path.isabs(repo.url):
-            repo.url = str((base / repo.url).resolve())
-    return manifest
+    hashes = array("q")
+    try:
+        stream = path.open("rb")
+    except OSError as exc:
+        raise ValueError(f"manifest {path}: {exc}") from exc
+    with stream:
+        loader = yaml.SafeLoader(stream)
+        try:
+            for index, data in _entries(loader, path):
+                try:
+                    repo = Repository.model_validate(data)
+                except Exception as exc:
+                    raise ValueError(f"manifest {path}: repositories.{index}: {exc}") from exc
+                if _is_local(repo.url) and not os.path.isabs(repo.url):
+                    repo.url = str((base / repo.url).resolve())
+                hashes.append(_name_hash(repo.name))
+                yield repo
+        except yaml.YAMLError as exc:
+            raise ValueError(f"manifest {path}: {exc}") from exc
+        finally:
+            loader.dispose()
+    _check_unique(path, hashes)
+
+
+def _entries(loader: yaml.SafeLoader, path: Path) -> Iterator[tuple[int, Any]]:
+    """(index, plain data) of each item of the document's ``repositories`` sequence."""
+    loader.get_event()  # StreamStart
+    if loader.check_event(yaml.StreamEndEvent):
+        raise ValueError(f"manifest {path}: 1 validation error for Manifest\nrepositories\n  Field required")
+    loader.get_event()  # DocumentStart
+    if not loader.check_event(yaml.MappingStartEvent):
+        top = loader.construct_document(loader.compose_node(None, None))
+        if top is None:
+            raise ValueError(f"manifest {path}: 1 validation error for Manifest\nrepositories\n  Field required")
+        raise ValueError(f"manifest {path}: the top level must be a mapping with 'repositories', not {type(top).__name__}")
+    loader.get_event()
+    seen = False
+    while not loader.check_event(yaml.MappingEndEvent):
+        key = loader.construct_document(loader.compose_node(None, None))
+        if key != "repositories":
+            raise ValueError(f"manifest {path}: 1 validation error for Manifest\n{key}\n  Extra inputs are not "
+                             "permitted")
+        seen = True
+        if not loader.check_event(yaml.SequenceStartEvent):
+            value = loader.construct_document(loader.compose_node(None, None))
+            raise ValueError(f"manifest {path}: 1 validation error for Manifest\nrepositories\n  Input should be "
+                             f"a valid list [input_value={value!r}]")
+        loader.get_event()
+        index = 0
+        while not loader.check_event(yaml.SequenceEndEvent):
+            yield index, loader.construct_document(loader.compose_node(None, index))
+            index += 1
+        loader.get_event()
+    if not seen:
+        raise ValueError(f"manifest {path}: 1 validation error for Manifest\nrepositories\n  Field required")
+    loader.get_event()  # MappingEnd
+    loader.get_event()  # DocumentEnd
+    if not loader.check_event(yaml.StreamEndEvent):
+        raise ValueError(f"manifest {path}: expected a single document")
+
+
+def _name_hash(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def _check_unique(path: Path, hashes: array) -> None:
+    """Duplicate names from their hashes (8 bytes per entry); a clash is named by a second read."""
+    import numpy as np
+
+    h = np.sort(np.frombuffer(hashes, dtype=np.int64))
+    clash = h[1:][h[1:] == h[:-1]]
+    if not len(clash):
+        return
+    suspects, seen = set(clash.tolist()), set()
+    for repo in _iter_unchecked(path):
+        if _name_hash(repo.name) in suspects:
+            if repo.name in seen:
+                raise ValueError(f"manifest {path}: duplicate repository name {repo.name!r}")
+            seen.add(repo.name)
+
+
+def _iter_unchecked(path: Path) -> Iterator[Repository]:
+    with path.open("rb") as stream:
+        loader = yaml.SafeLoader(stream)
+        try:
+            for _, data in _entries(loader, path):
+                yield Repository.model_validate(data)
+        finally:
+            loader.dispose()

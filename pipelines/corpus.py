@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 import uuid
 from collections import Counter
-from typing import Any, Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -22,11 +23,11 @@ from chipforge import fs
 from chipforge.config import Config
 from chipforge.job import JobError, JobSpec, Run
 from chipforge.stage import StageResources, map_stage
-from corpus.clone import CloneAndRead
+from corpus.clone import STATUS_SHARDS, CloneAndRead
 from corpus.decontam import DecontamConfig  # decontam
 from corpus.dedup import DedupConfig, SignatureStage
 from corpus.files import DEFAULT_EXTENSIONS
-from corpus.manifest import Repository, load_manifest, local_roots_for
+from corpus.manifest import Repository, iter_manifest, local_roots_for
 from corpus.verilog import ParseStage, merge_parse_stats
 from pipelines.dedup import record, run_dedup
 
@@ -51,7 +52,8 @@ class CloneConfig(Config):
     retries: int = 3
     backoff_s: float = 2.0
     shallow: bool = True  # --depth 1 --filter=blob:none where the remote allows
-    # Repositories are dealt into this many Ray Data blocks (None: 4 per clone actor). One block
+    # Repositories are dealt into this many Ray Data blocks (None: 4 per clone actor; more where a
+    # block would exceed MAX_BLOCK_ROWS repositories). One block
     # per repository balances best, but the driver's Ray Data bookkeeping grows ~40 KB per block.
     input_blocks: int | None = Field(None, ge=1)
     # Where local repositories (paths, file://) may live; None: the working directory and the
@@ -187,6 +189,7 @@ _COUNTS_SCHEMA = pa.schema([("manifest_index", pa.int64()), ("modules", pa.int64
                             ("exact", pa.int64()), ("near", pa.int64())])
 # The report lists every repository's status up to this many; all of them go to repositories.parquet.
 PER_REPO_IN_REPORT = 1000
+FOLD_CHUNK = 1000  # statuses per repositories.parquet write: the driver holds this many
 REPOSITORIES_SCHEMA = pa.schema(
     [(k, pa.string()) for k in ("repo", "url", "ref", "status", "reason", "error", "commit", "license")]
     + [("manifest_index", pa.int64()), ("cached", pa.bool_()), ("files_read", pa.int64()), ("bytes", pa.int64()),
@@ -204,6 +207,100 @@ def _worker_url(repo: Repository) -> Repository:
     return repo
 
 
+MANIFEST_SCHEMA = pa.schema([("manifest_index", pa.int64()), ("repository", pa.string())])
+# The driver holds at most this many manifest rows at once (one input block, or one write chunk).
+MAX_BLOCK_ROWS = 10_000
+
+
+def stage_manifest(manifest: str, path: str, chunk: int = 1000) -> int:
+    """Validate every manifest entry, streaming, into a Parquet file of (``manifest_index``,
+    ``repository`` JSON) rows at ``path``; returns the number of repositories.
+
+    The driver holds ``chunk`` entries at a time, never the whole manifest: its memory does not
+    grow with the number of repositories. A bad entry raises ValueError (naming the file) before
+    any Ray work starts, as ``load_manifest`` does.
+    """
+    import pyarrow.parquet as pq
+
+    filesystem, where = fs.resolve(path)
+    n = 0
+    rows: dict[str, list[Any]] = {"manifest_index": [], "repository": []}
+    with pq.ParquetWriter(where, MANIFEST_SCHEMA, filesystem=filesystem) as writer:
+        for n, repo in enumerate(iter_manifest(manifest), 1):
+            rows["manifest_index"].append(n - 1)
+            rows["repository"].append(_worker_url(repo).model_dump_json())
+            if len(rows["repository"]) >= chunk:
+                writer.write_table(pa.table(rows, schema=MANIFEST_SCHEMA))
+                rows = {"manifest_index": [], "repository": []}
+        if rows["repository"] or n == 0:
+            writer.write_table(pa.table(rows, schema=MANIFEST_SCHEMA))
+    return n
+
+
+def manifest_dataset(path: str, n_repos: int, n_blocks: int) -> Any:
+    """The staged manifest as a Ray Data dataset of ``max(1, min(n_repos, n_blocks))`` blocks
+    (more when a block would exceed MAX_BLOCK_ROWS rows), each read from the file and put in the
+    object store in turn, so the driver holds one block at a time (``from_items`` needed every
+    row as a Python dict at once)."""
+    import pyarrow.parquet as pq
+    import ray
+
+    blocks = max(1, min(n_repos, n_blocks), -(-n_repos // MAX_BLOCK_ROWS))
+    per_block = max(1, -(-n_repos // blocks))
+    filesystem, where = fs.resolve(path)
+    blocks_out: list[tuple[Any, Any]] = []
+    with filesystem.open_input_file(where) as f:
+        pending: list[pa.RecordBatch] = []
+        size = 0
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=per_block):
+            while batch.num_rows:
+                take = batch.slice(0, per_block - size)
+                pending.append(take)
+                size += take.num_rows
+                batch = batch.slice(take.num_rows)
+                if size == per_block:
+                    blocks_out.append(_put_block(pa.Table.from_batches(pending, MANIFEST_SCHEMA).combine_chunks()))
+                    pending, size = [], 0
+        if size or not blocks_out:
+            blocks_out.append(_put_block(pa.Table.from_batches(pending, MANIFEST_SCHEMA).combine_chunks()))
+    return _from_blocks(blocks_out)
+
+
+def _put_block(table: pa.Table) -> tuple[Any, Any]:
+    """(object ref, block metadata computed here) of one input block."""
+    import ray
+
+    try:
+        from ray.data.block import BlockMetadataWithSchema
+        meta = BlockMetadataWithSchema.from_block(table)
+    except Exception:  # noqa: BLE001 - another Ray version: from_arrow_refs computes it remotely
+        meta = None
+    return ray.put(table), meta
+
+
+def _from_blocks(blocks: list[tuple[Any, Any]]) -> Any:
+    """A dataset of put blocks with metadata computed in the driver, as ``ray.data.from_items``
+    builds it: ``from_arrow_refs`` would run one metadata task per block, i.e. start worker
+    processes (CPU seconds each) before the job's own actors exist."""
+    import ray
+
+    refs = [ref for ref, _ in blocks]
+    try:
+        from ray.data._internal.logical.interfaces import LogicalPlan
+        from ray.data._internal.logical.operators import FromArrow
+        from ray.data._internal.stats import DatasetStats
+        from ray.data.context import DataContext
+        from ray.data.dataset import MaterializedDataset
+    except ImportError:
+        return ray.data.from_arrow_refs(refs)
+    metas = [meta for _, meta in blocks]
+    if any(m is None for m in metas):
+        return ray.data.from_arrow_refs(refs)
+    context = DataContext.get_current().copy()
+    stats = DatasetStats(metadata={"FromArrow": metas}, parent=None)
+    return MaterializedDataset(LogicalPlan(FromArrow(refs, metas), context), context, stats)
+
+
 def _abs(path: str) -> str:
     return path if fs.is_uri(path) else os.path.abspath(os.path.expanduser(path))
 
@@ -216,15 +313,17 @@ def run(cfg: CorpusConfig, job: Run) -> dict[str, Any]:
     + count + write pass. Every stage writes its CPU seconds to ``_status/``; the report sums
     them per stage (``cpu_seconds``), with the driver's own CPU.
     """
-    import ray
 
     t0, c0 = time.perf_counter(), time.process_time()
-    try:
-        manifest = load_manifest(cfg.manifest)
-    except ValueError as exc:  # bad manifest: clear message naming the file
-        raise JobError(str(exc)) from exc
-    repos = [_worker_url(r) for r in manifest.repositories]
-    n_repos = len(repos)
+    # Every entry is validated (streaming) into a local staging file before any Ray work and before
+    # the output is touched; the input blocks are then read back from it one at a time.
+    with tempfile.TemporaryDirectory(prefix="chipforge-manifest-") as tmp:
+        staged = os.path.join(tmp, "manifest.parquet")
+        try:
+            n_repos = stage_manifest(cfg.manifest, staged)
+        except ValueError as exc:  # bad manifest: clear message naming the file
+            raise JobError(str(exc)) from exc
+        ds = manifest_dataset(staged, n_repos, cfg.clone.input_blocks or 4 * cfg.clone.concurrency)
     out = _abs(cfg.output_dir)
     status_dir, stats_dir = fs.join(out, "_status"), fs.join(out, "_status", "parse")
     cpu_dir, counts_dir = fs.join(status_dir, "cpu"), fs.join(status_dir, "counts")
@@ -232,11 +331,6 @@ def run(cfg: CorpusConfig, job: Run) -> dict[str, Any]:
     for d in (stats_dir, cpu_dir, counts_dir):
         fs.makedirs(d)
     job.progress(f"{n_repos} repositories from {cfg.manifest}")
-
-    items = [{"manifest_index": i, "repository": r.model_dump_json()} for i, r in enumerate(repos)]
-    n_blocks = cfg.clone.input_blocks or 4 * cfg.clone.concurrency
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), n_blocks)))
-    del items, manifest, repos  # in the object store now; the driver keeps no per-repository objects
     clone_kwargs = {
         "status_dir": status_dir, "cache_dir": cfg.cache_dir, "extensions": cfg.extensions,
         "max_file_bytes": cfg.max_file_bytes, "max_repo_bytes": cfg.max_repo_bytes,
@@ -287,14 +381,22 @@ def run(cfg: CorpusConfig, job: Run) -> dict[str, Any]:
                         cpu) | decontam
 
 
-def _read_json_files(paths: list[str], threads: int = 16, chunk: int = 1000) -> Iterator[dict[str, Any]]:
+def _read_json_files(paths: Iterable[str], threads: int = 16, chunk: int = 1000) -> Iterator[dict[str, Any]]:
     """JSON files in order, read ``threads`` at a time (object stores answer ~20 ms per GET), ``chunk``
     files in memory at once."""
     from concurrent.futures import ThreadPoolExecutor
+    from itertools import islice
 
+    paths = iter(paths)
     with ThreadPoolExecutor(threads) as pool:
-        for lo in range(0, len(paths), chunk):
-            yield from pool.map(fs.read_json, paths[lo:lo + chunk])
+        while batch := list(islice(paths, chunk)):
+            yield from pool.map(fs.read_json, batch)
+
+
+def _status_files(status_dir: str) -> Iterator[str]:
+    """Per-repository status files, one shard directory listed at a time (see ``status_path``)."""
+    for shard in fs.listdir(fs.join(status_dir, STATUS_SHARDS)):
+        yield from (p for p in fs.listdir(shard) if p.endswith(".json"))
 
 
 def fold_statuses(status_dir: str, counts: RepoCounts, table_path: str, stage_cpu: Counter) -> dict[str, Any]:
@@ -304,40 +406,46 @@ def fold_statuses(status_dir: str, counts: RepoCounts, table_path: str, stage_cp
     up to PER_REPO_IN_REPORT repositories. Clone CPU (git included) is added to ``stage_cpu["clone"]``."""
     import pyarrow.parquet as pq
 
-    paths = sorted(p for p in fs.listdir(status_dir) if p.endswith(".json"))
     skipped: Counter = Counter()
     encodings: Counter = Counter()
-    n_ok = files_read = n_bytes = 0
+    n_total = n_ok = files_read = n_bytes = 0
     failed: list[dict[str, Any]] = []
-    per_repo: list[dict[str, Any]] = []
+    per_repo: list[dict[str, Any]] | None = []
     chunk: list[dict[str, Any]] = []
     filesystem, path = fs.resolve(table_path)
     writer = None
-    for i, st in enumerate(_read_json_files(paths)):
+    for st in _read_json_files(_status_files(status_dir)):
         st.update(counts.of(int(st["manifest_index"])) if st["status"] == "ok" else {})
         skipped.update(st.get("skipped") or {})
         encodings.update(st.get("encodings") or {})
+        n_total += 1
         n_ok += st["status"] == "ok"
         files_read += st.get("files_read", 0)
         n_bytes += st.get("bytes", 0)
         stage_cpu["clone"] += st.get("cpu_seconds") or 0.0
         if st["status"] != "ok":
             failed.append({k: st.get(k) for k in ("repo", "url", "ref", "reason", "error")})
-        if len(paths) <= PER_REPO_IN_REPORT:
+        if per_repo is not None:
             per_repo.append(st)
+            if len(per_repo) > PER_REPO_IN_REPORT:
+                per_repo = None
         chunk.append({k: (v if not isinstance(v, dict) else json.dumps(v, sort_keys=True)) for k, v in st.items()})
-        if len(chunk) >= 10_000 or i == len(paths) - 1:
+        if len(chunk) >= FOLD_CHUNK:
             if writer is None:
                 writer = pq.ParquetWriter(path, REPOSITORIES_SCHEMA, filesystem=filesystem)
             writer.write_table(pa.Table.from_pylist(chunk, schema=REPOSITORIES_SCHEMA))
             chunk = []
+    if chunk:
+        if writer is None:
+            writer = pq.ParquetWriter(path, REPOSITORIES_SCHEMA, filesystem=filesystem)
+        writer.write_table(pa.Table.from_pylist(chunk, schema=REPOSITORIES_SCHEMA))
     if writer is not None:
         writer.close()
-    per_repo.sort(key=lambda s: s["manifest_index"])
+    if per_repo is not None:
+        per_repo.sort(key=lambda s: s["manifest_index"])
     failed.sort(key=lambda f: str(f["repo"]))
     return {
-        "repositories": {"total": len(paths), "ok": n_ok, "failed": failed,
-                         "per_repo": per_repo if len(paths) <= PER_REPO_IN_REPORT else None,
+        "repositories": {"total": n_total, "ok": n_ok, "failed": failed, "per_repo": per_repo,
                          "table": table_path},
         "files": {"read": files_read, "bytes": n_bytes, "skipped": dict(skipped), "encodings": dict(encodings)},
     }
@@ -402,11 +510,10 @@ def _pct(x: float | None) -> str:
 def local_inputs(cfg: CorpusConfig) -> dict[str, str]:
     """Local repositories named by the manifest: their content keys the job's completion marker."""
     try:
-        repos = load_manifest(cfg.manifest).repositories
+        return {f"repo:{r.name}": r.url.removeprefix("file://") for r in iter_manifest(cfg.manifest)
+                if "://" not in r.url or r.url.startswith("file://")}
     except (ValueError, OSError):
         return {}
-    return {f"repo:{r.name}": r.url.removeprefix("file://") for r in repos
-            if "://" not in r.url or r.url.startswith("file://")}
 
 
 # --- decontamination (corpus.decontam; owner: decontam) -------------------------------------------

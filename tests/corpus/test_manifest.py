@@ -43,3 +43,36 @@ def test_shipped_manifests() -> None:
     assert {r.name for r in sample} == {"tinycores", "svperiph", "dspkit", "student_labs"}
     assert all(Path(r.url).is_dir() for r in sample)
     assert isinstance(Manifest(repositories=sample), Manifest)
+
+
+def test_manifest_streams_entry_by_entry_in_constant_memory(tmp_path: Path) -> None:
+    """A large manifest is validated one entry at a time (the corpus driver's memory stays flat in N)."""
+    import tracemalloc
+
+    from corpus.manifest import iter_manifest
+
+    m = tmp_path / "m.yaml"
+    m.write_text("repositories:\n" + "".join(f"  - {{name: r{i:05d}, url: https://e.invalid/r{i}.git}}\n"
+                                             for i in range(5000)))
+    tracemalloc.start()
+    try:
+        n = sum(1 for _ in iter_manifest(m))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n == 5000 and peak < 2 * 2**20  # whole-file parsing peaked at ~18 MB here
+
+
+def test_streamed_manifest_keeps_yaml_features_and_errors(tmp_path: Path) -> None:
+    from corpus.manifest import iter_manifest
+
+    m = tmp_path / "m.yaml"
+    m.write_text("repositories:\n  - &base {name: a, url: x, ref: main}\n  - {<<: *base, name: b}\n")
+    assert [(r.name, r.ref, r.url) for r in iter_manifest(m)] == [
+        ("a", "main", str(tmp_path / "x")), ("b", "main", str(tmp_path / "x"))]
+    for text, message in [("", "repositories"), ("repositories:\n", "valid list"), ("- a\n", "mapping"),
+                          ("repositories: []\nother: 1\n", "other"), ("repositories:\n  - {name: a, url: x\n", "flow"),
+                          ("repositories:\n  - {name: a}\n", "url")]:
+        m.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            list(iter_manifest(m))
