@@ -276,14 +276,16 @@ DOC_QUESTIONS: tuple[str, ...] = (
 def doc_question(row: Mapping[str, Any]) -> str:
     """A question from the section's titles only (no engine here): never any of the answer's
     text (issue 13: every prompt ended with ``(context: <the answer's first line>)``). The
-    template is picked by a hash of the chunk id, so the wording varies but is reproducible."""
+    template is picked by a hash of the section's source, topic and text (not the chunk id, whose
+    ``file://`` URL names the checkout's path), so the wording varies but is the same on every
+    machine."""
     path = [s for s in (row.get("section_path") or []) if s]
     if len(path) >= 2:
         topic = f"\"{path[-1]}\" (in \"{path[0]}\")"
     else:
         topic = f"\"{(path or [row.get('title') or row['source']])[0]}\""
     tool = row.get("tool") or row["source"]
-    template = DOC_QUESTIONS[int(content_hash(row.get("id") or topic)[:8], 16) % len(DOC_QUESTIONS)]
+    template = DOC_QUESTIONS[int(content_hash(row["source"], topic, row.get("text") or "")[:8], 16) % len(DOC_QUESTIONS)]
     return template.format(tool=tool, topic=topic)
 
 

@@ -247,3 +247,20 @@ def test_decontam_stage_catches_a_renamed_copy_by_canonical_tokens(tmp_path: Pat
     assert skips["copied"] and all(s == "contaminated:verilogeval-v2:canonical" for s in skips["copied"] if s)
     assert "contaminated:verilogeval-v2:canonical" in skips["copied"]
     assert not any(s and s.startswith("contaminated") for s in skips["clean"])
+
+
+def test_doc_question_wording_does_not_depend_on_the_checkout_path() -> None:
+    """A local doc chunk's id hashes its ``file://`` URL; the bundled sample must come out the same
+    from any checkout, so the question's wording may not follow the id."""
+    from corpus.dataset import DOC_QUESTIONS, doc_question
+
+    questions = set()
+    for root in ("/work/a", "/tmp/b", "/home/c/chipforge", "/srv/d", "/x/e", "/y/f"):
+        row = {"id": f"id-of-{root}", "url": f"file://{root}/sample/docs/yosys/synth.md", "source": "yosys-sample",
+               "tool": "yosys", "title": "Synthesis", "section_path": ["Synthesis", "ABC"], "text": "Run abc."}
+        questions.add(doc_question(row))
+    assert len(questions) == 1
+    # ... while different sections still get different wordings
+    worded = {doc_question({"source": "s", "tool": "t", "section_path": [f"Section {i}"], "text": str(i)})
+              for i in range(30)}
+    assert len({q.split('"')[0] for q in worded}) == len(DOC_QUESTIONS) > 1
