@@ -46,7 +46,7 @@ import pyarrow as pa
 from git import Repo as GitRepo
 
 from chipforge import fs
-from corpus.files import DEFAULT_EXTENSIONS, read_repo
+from corpus.files import DEFAULT_EXTENSIONS, DEFAULT_MAX_FILE_BYTES, read_repo
 from corpus.licenses import detect_repo
 from corpus.manifest import Repository
 from corpus.schema import FILES_SCHEMA, from_rows
@@ -459,7 +459,7 @@ class CloneAndRead:
         status_dir: str,
         cache_dir: str,
         extensions: list[str] | tuple[str, ...] = DEFAULT_EXTENSIONS,
-        max_file_bytes: int = 1_000_000,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         max_repo_bytes: int = 2_000_000_000,
         timeout_s: float = 600.0,
         retries: int = 3,

@@ -502,15 +502,34 @@ TAGGED_SCHEMA = pa.schema([("id", pa.string()), ("phase", pa.string()), ("group"
                            ("skip", pa.string()), ("example", pa.string())])
 
 
+SHARED_WORDS = 8  # a user turn may not share a run of this many words with its assistant turn
+_WORD = re.compile(r"\w+")
+
+
+def shares_answer(messages: Sequence[Mapping[str, Any]], n: int = SHARED_WORDS) -> bool:
+    """Whether the user turns share a run of ``n`` words (case-folded) with the assistant turns:
+    the prompt would hand the model part of its answer (issue 13; e.g. an author's comment that
+    is both the module's specification and a line of its code)."""
+    def grams(role: str) -> set[tuple[str, ...]]:
+        words = _WORD.findall(" ".join(m["content"] for m in messages if m["role"] == role).lower())
+        return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+    return not grams("user").isdisjoint(grams("assistant"))
+
+
 def _tagged(rows: list[dict[str, Any]], group: Any) -> pa.Table:
     """Examples as JSON strings with id/phase/group/skip columns: a flat, schema-stable batch for Ray.
 
-    A skipped input is one row with ``skip`` set (the reason) and no example.
+    A skipped input is one row with ``skip`` set (the reason) and no example. An example whose
+    prompt shares a long run of words with its answer becomes a ``prompt_shares_answer`` skip.
     """
+    groups = [r.get("group") or group(r) for r in rows]
+    rows = [{"skip": "prompt_shares_answer", "phase": r.get("phase"), "id": r.get("id")}
+            if not r.get("skip") and r.get("messages") and shares_answer(r["messages"]) else r for r in rows]
     return pa.table({
         "id": [r.get("id") for r in rows],
         "phase": [r.get("phase") for r in rows],
-        "group": [r.get("group") or group(r) for r in rows],
+        "group": groups,
         "skip": [r.get("skip") for r in rows],
         "example": [None if r.get("skip") else json.dumps(r) for r in rows],
     }, schema=TAGGED_SCHEMA)

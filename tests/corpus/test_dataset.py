@@ -264,3 +264,17 @@ def test_doc_question_wording_does_not_depend_on_the_checkout_path() -> None:
     worded = {doc_question({"source": "s", "tool": "t", "section_path": [f"Section {i}"], "text": str(i)})
               for i in range(30)}
     assert len({q.split('"')[0] for q in worded}) == len(DOC_QUESTIONS) > 1
+
+
+def test_an_example_whose_prompt_shares_its_answer_becomes_a_counted_skip() -> None:
+    from corpus.dataset import _tagged, make_example, shares_answer
+
+    comment = "counts the rising edges of the strobe input and wraps at the limit"
+    leak = make_example("rtl_design", "write_module", f"Write a module that {comment}.",
+                        f"// {comment}\nmodule edge_count(input clk); endmodule", "verilog_code", {}, None)
+    clean = make_example("rtl_design", "write_module", "Write a module that counts strobe edges.",
+                         "module edge_count(input clk); endmodule", "verilog_code", {}, None)
+    assert shares_answer(leak["messages"]) and not shares_answer(clean["messages"])
+    out = _tagged([leak, clean], lambda r: "repo1").to_pylist()
+    assert [(r["skip"], r["group"], r["example"] is None) for r in out] == [
+        ("prompt_shares_answer", "repo1", True), (None, "repo1", False)]
