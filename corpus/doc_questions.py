@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -141,6 +141,28 @@ class DocPromptStage:
 
 # ----------------------------------------------------------------------------- parsing
 
+def load_json_reply(text: str | None, *, max_chars: int, max_depth: int, cannot: re.Pattern[str],
+                    error: Callable[..., Exception]) -> Any:
+    """The JSON value of an engine reply (a ```json fence is allowed), or ``error(reason[, detail])``:
+    ``empty``, ``too_long`` (over ``max_chars``), ``unanswerable`` (plain text matching ``cannot``),
+    ``not_json``, ``too_deep`` (nesting over ``max_depth``, checked before parsing)."""
+    if text is None or not str(text).strip():
+        raise error("empty")
+    if len(text) > max_chars:
+        raise error("too_long", f"{len(text)} chars")
+    raw = text.strip()
+    m = JSON_FENCE.match(raw)
+    raw = m.group("body").strip() if m else raw
+    if not raw.startswith("{"):
+        raise error("unanswerable" if cannot.search(raw) else "not_json")
+    if json_depth(raw, max_depth) > max_depth:
+        raise error("too_deep")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise error("not_json", str(exc)[:120]) from exc
+
+
 class ReplyError(ValueError):
     """A reply that yields no pairs at all; ``reason`` is what the report counts."""
 
@@ -173,21 +195,7 @@ def parse_reply(text: str | None, cfg: DocQuestionsConfig, kinds: Sequence[str] 
     ``bad_pair`` (not an object of strings, unknown keys), ``unknown_kind``, ``empty_field``,
     ``question_too_long``, ``answer_too_long``, ``over_quota`` (beyond ``per_section``)."""
     kinds = list(kinds or cfg.kinds)
-    if text is None or not str(text).strip():
-        raise ReplyError("empty")
-    if len(text) > cfg.max_reply_chars:
-        raise ReplyError("too_long", f"{len(text)} chars")
-    raw = text.strip()
-    m = JSON_FENCE.match(raw)
-    raw = m.group("body").strip() if m else raw
-    if not raw.startswith("{"):
-        raise ReplyError("unanswerable" if _CANNOT.search(raw) else "not_json")
-    if json_depth(raw, 4) > 4:
-        raise ReplyError("too_deep")
-    try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ReplyError("not_json", str(exc)[:120]) from exc
+    obj = load_json_reply(text, max_chars=cfg.max_reply_chars, max_depth=4, cannot=_CANNOT, error=ReplyError)
     if not isinstance(obj, dict) or set(obj) != {"pairs"} or not isinstance(obj["pairs"], list):
         raise ReplyError("bad_shape", "want exactly {\"pairs\": [...]}")
     if not obj["pairs"]:

@@ -46,10 +46,10 @@ from chipforge.config import Config
 from chipforge.vocab import content_hash
 from corpus.dataset import (MODULE_REQUIRED, TAGGED_SCHEMA, ModuleStage, describable, make_example,
                             module_examples, module_skip_reason, spec_text, split_header, validate_rows)
+from corpus.doc_questions import load_json_reply
 from corpus.schema import MODULES_SCHEMA
 from corpus.splits import module_group
 from synthesis.engines import EngineConfig
-from synthesis.parsing import JSON_FENCE, json_depth
 
 TASK = "write_module"  # the same task as the comment-based spec (corpus.dataset.module_examples)
 TEMPLATE = "module_specs@v1"
@@ -182,21 +182,7 @@ _COMMENTS = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 def parse_description(text: str | None, cfg: ModuleSpecsConfig) -> str:
     """The description of a round-0 reply; raises :class:`SpecError` (``empty``, ``too_long``,
     ``unanswerable``, ``not_json``, ``too_deep``, ``bad_shape``, ``too_short``, ``description_too_long``)."""
-    if text is None or not str(text).strip():
-        raise SpecError("empty")
-    if len(text) > cfg.max_reply_chars:
-        raise SpecError("too_long", f"{len(text)} chars")
-    raw = text.strip()
-    m = JSON_FENCE.match(raw)
-    raw = m.group("body").strip() if m else raw
-    if not raw.startswith("{"):
-        raise SpecError("unanswerable" if _CANNOT.search(raw) else "not_json")
-    if json_depth(raw, 3) > 3:
-        raise SpecError("too_deep")
-    try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise SpecError("not_json", str(exc)[:120]) from exc
+    obj = load_json_reply(text, max_chars=cfg.max_reply_chars, max_depth=3, cannot=_CANNOT, error=SpecError)
     if not isinstance(obj, dict) or set(obj) != {"description"} or not isinstance(obj["description"], str):
         raise SpecError("bad_shape", 'want exactly {"description": "..."}')
     desc = obj["description"].strip()
