@@ -123,6 +123,29 @@ def router_data(cfg: DatasetConfig) -> tuple[list[dict[str, Any]], dict[str, Any
     return build_examples(rc, engine(ray.data.from_items(prompts)).take_all(), prompts)
 
 
+def engine_step_setup(engine: Any, field: str, input_dir: str, sub: str, writer: str,
+                      input_stage: tuple[str, StageResources], job: Run | None) -> tuple[str, dict[str, StageResources], dict[str, Any]]:
+    """Set-up shared by the engine steps (doc questions, module specs): the local model exists
+    (else ``JobError`` naming ``field``), ``input_dir/sub`` exists (else one naming the job that
+    writes it), and the input, check and engine stages are fitted to the cluster together.
+    Returns (the input path, the fitted resources, ``read_parquet`` options)."""
+    from pipelines.synthesis import hf_resources
+    from synthesis.engines import local_model_problem
+
+    problem = local_model_problem(engine.hf.model_path, engine.hf.allow_download) if engine.name == "hf" else None
+    if problem:
+        raise JobError(f"{field}.{problem}")
+    path = fs.join(input_dir, sub)
+    if not fs.exists(path):
+        raise JobError(f"{input_dir} has no {sub}/ directory: is it the output of {writer}?")
+    stages = {input_stage[0]: input_stage[1], "check": StageResources(num_cpus=0.25, concurrency=1, batch_size=16),
+              **({"engine": hf_resources(engine.hf)} if engine.name == "hf" else {})}
+    total = cluster_cpus()
+    res = fit_to_cluster(stages, total, say=job.progress if job else None)
+    n = read_cpus(res, total)
+    return path, res, ({"num_cpus": n} if n is not None else {})
+
+
 # --- doc questions (corpus.doc_questions) ---
 def doc_question_data(cfg: DatasetConfig, job: Run | None = None) -> tuple[Any, dict[str, Any]]:
     """(tagged Ray dataset of the engine-written doc examples, their report); (None, report) with no engine.
@@ -137,23 +160,13 @@ def doc_question_data(cfg: DatasetConfig, job: Run | None = None) -> tuple[Any, 
     import ray
 
     from corpus.doc_questions import TEMPLATE, DocPromptStage, check_batch, tally
-    from pipelines.synthesis import hf_resources, make_engine
-    from synthesis.engines import local_model_problem
+    from pipelines.synthesis import make_engine
 
-    problem = local_model_problem(dq.engine.hf.model_path, dq.engine.hf.allow_download) if dq.engine.name == "hf" else None
-    if problem:
-        raise JobError(f"doc_questions.{problem}")
-    docs_dir = fs.join(cfg.docs_dir, "docs")
-    if not fs.exists(docs_dir):
-        raise JobError(f"{cfg.docs_dir} has no docs/ directory: is it the output of the docs job?")
-    stages = {"docs": cfg.docs, "check": StageResources(num_cpus=0.25, concurrency=1, batch_size=16),
-              **({"engine": hf_resources(dq.engine.hf)} if dq.engine.name == "hf" else {})}
-    total = cluster_cpus()
-    res = fit_to_cluster(stages, total, say=job.progress if job else None)
-    n = read_cpus(res, total)
+    docs_dir, res, read_opts = engine_step_setup(dq.engine, "doc_questions", cfg.docs_dir, "docs", "the docs job",
+                                                 ("docs", cfg.docs), job)
     settings = dq.model_dump(mode="json", exclude={"engine"})
     generator = dq.engine.generator(TEMPLATE)
-    prompts = map_stage(ray.data.read_parquet(docs_dir, **({"num_cpus": n} if n is not None else {})), DocPromptStage,
+    prompts = map_stage(ray.data.read_parquet(docs_dir, **read_opts), DocPromptStage,
                         res["docs"], kwargs={"settings": settings, "model_path": cfg.classifier_path,
                                              "min_chars": cfg.min_doc_chars})
     engine, _ = make_engine(dq.engine, hf=res.get("engine"))
@@ -181,23 +194,13 @@ def module_spec_data(cfg: DatasetConfig, job: Run | None = None) -> tuple[Any, d
     import ray
 
     from corpus.module_specs import TEMPLATE, SpecPromptStage, check_batch, describe_drops, regen_batch, tally
-    from pipelines.synthesis import hf_resources, make_engine
-    from synthesis.engines import local_model_problem
+    from pipelines.synthesis import make_engine
 
-    problem = local_model_problem(mc.engine.hf.model_path, mc.engine.hf.allow_download) if mc.engine.name == "hf" else None
-    if problem:
-        raise JobError(f"module_specs.{problem}")
-    mods_dir = fs.join(cfg.corpus_dir, "modules")
-    if not fs.exists(mods_dir):
-        raise JobError(f"{cfg.corpus_dir} has no modules/ directory: is it the output of the corpus job?")
-    stages = {"modules": cfg.modules, "check": StageResources(num_cpus=0.25, concurrency=1, batch_size=16),
-              **({"engine": hf_resources(mc.engine.hf)} if mc.engine.name == "hf" else {})}
-    total = cluster_cpus()
-    res = fit_to_cluster(stages, total, say=job.progress if job else None)
-    n = read_cpus(res, total)
+    mods_dir, res, read_opts = engine_step_setup(mc.engine, "module_specs", cfg.corpus_dir, "modules", "the corpus job",
+                                                 ("modules", cfg.modules), job)
     settings = mc.model_dump(mode="json", exclude={"engine"})
     generator = mc.engine.generator(TEMPLATE)
-    prompts = map_stage(ray.data.read_parquet(mods_dir, **({"num_cpus": n} if n is not None else {})), SpecPromptStage,
+    prompts = map_stage(ray.data.read_parquet(mods_dir, **read_opts), SpecPromptStage,
                         res["modules"], kwargs={"settings": settings, "min_comment_chars": cfg.min_comment_chars,
                                                 "max_error_share": cfg.max_error_share, "classify": cfg.classify_modules,
                                                 "model_path": cfg.classifier_path,
