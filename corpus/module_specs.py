@@ -232,18 +232,6 @@ def describe(gen: Mapping[str, Any], cfg: ModuleSpecsConfig) -> str:
 # ----------------------------------------------------------------------------- round 1: regeneration
 
 _UNKNOWN_MODULE = re.compile(r"error: Unknown module type: (\S+)")
-_PARSER: Any = None
-
-
-def _parser() -> Any:
-    global _PARSER
-    if _PARSER is None:
-        from corpus.verilog import VerilogParser
-
-        _PARSER = VerilogParser(grammar="systemverilog")
-    return _PARSER
-
-
 def regenerated_code(text: str | None, name: str) -> str | None:
     """The Verilog of a round-1 reply: the fenced block that declares ``module <name>``, else the
     first block with a module, else the bare reply when it is one; None when there is none."""
@@ -298,8 +286,10 @@ def regen_reason(text: str | None, module: Mapping[str, Any], cfg: ModuleSpecsCo
         return "regen_unsafe"
     if not compiles(code, module.get("instances") or [], cfg.compile_timeout_s):
         return "regen_compile"
+    from corpus.verilog import shared_parser
+
     try:
-        units = [u for u in _parser().parse(code, path="regen.sv") if u.get("name") == module["name"]]
+        units = [u for u in shared_parser().parse(code, path="regen.sv") if u.get("name") == module["name"]]
     except Exception:  # noqa: BLE001 - parser limits: it compiled, but cannot be compared
         units = []
     if not units:

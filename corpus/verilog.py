@@ -35,6 +35,8 @@ bounds macro expansion (``corpus.preprocess``). Past a limit ``parse`` raises
 
 from __future__ import annotations
 
+import functools
+
 import gc
 import importlib
 import logging
@@ -951,3 +953,9 @@ class ParseStage:
         self.last_stats = {"files_parsed": parsed, "files_failed": sum(reasons.values()),
                            "failed_by_reason": dict(sorted(reasons.items())), "failures": failures}
         return from_rows(rows, PARSED_MODULES_SCHEMA, stage="parse")
+
+
+@functools.lru_cache(maxsize=None)
+def shared_parser(grammar: str = "systemverilog") -> VerilogParser:
+    """One parser per process and grammar, built on first use (checks that parse a snippet at a time)."""
+    return VerilogParser(grammar=grammar)

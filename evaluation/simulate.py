@@ -191,18 +191,6 @@ def run_problem(problem: dict[str, Any], code: str | None, settings: SimSettings
                    stage="simulate")
 
 
-_PARSER: Any = None
-
-
-def _parser() -> Any:
-    global _PARSER
-    if _PARSER is None:
-        from corpus.verilog import VerilogParser
-
-        _PARSER = VerilogParser(grammar="systemverilog")
-    return _PARSER
-
-
 def verilog_checks(code: str | None, settings: SimSettings) -> dict[str, Any]:
     """``{"parse", "compile", "lint", "log"}`` for a test-split answer (all False without code)."""
     if not code:
@@ -212,8 +200,10 @@ def verilog_checks(code: str | None, settings: SimSettings) -> dict[str, Any]:
     if refused:
         return {"parse": False, "compile": False, "lint": False, "log": excerpt(refused[1], settings.log_chars),
                 "failure_class": refused[0]}
+    from corpus.verilog import shared_parser
+
     try:
-        units = _parser().parse(code, path="answer.sv")
+        units = shared_parser().parse(code, path="answer.sv")
         parsed = bool(units) and all(u.get("parse_ok", False) for u in units)
     except Exception:  # noqa: BLE001 - parser limits: does not parse
         parsed = False
