@@ -68,8 +68,8 @@ def is_binary(data: bytes) -> bool:
 
 def is_template(data: bytes) -> bool:
     """Mako/Jinja template markers outside ``//`` comments and strings (nvdla's comments hold ``${1}``)."""
-    if not any(m in data for m in (b"%", b"${", b"{%")):
-        return False
+    if not any(m in data for m in (b"%", b"${", b"{%")) or _TEMPLATE.search(data) is None:
+        return False  # the common case ($display's %d) ends here, without rewriting the file
     return _TEMPLATE.search(_LINE_COMMENT.sub(b"", data)) is not None
 
 

@@ -86,6 +86,10 @@ class CorpusConfig(Config):
     # decontam: modules matching a benchmark (VerilogEval / RTLLM checkouts) get contaminated_by; [] = off
     benchmark_paths: list[str] = Field(default_factory=list)
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)
+    # modules/ is sharded Parquet (a repo column, rows grouped by repository), not one directory per
+    # repository: 100k repositories would be 100k tiny files (and pyarrow caps a write at 1,024
+    # partitions). Ray bundles blocks until a file has at least this many rows.
+    min_rows_per_file: int = Field(50_000, ge=1)
 
 
 class TimedParse(ParseStage):
@@ -359,7 +363,7 @@ def run(cfg: CorpusConfig, job: Run) -> dict[str, Any]:
         modules = decontaminate(modules, cfg, fs.join(status_dir, "decontam"))  # decontam
         modules = map_stage(modules, count_modules, kwargs={"stats_dir": counts_dir})
         with fs.atomic_dir(modules_dir) as tmp:
-            modules.write_parquet(tmp, partition_cols=["repo"])
+            modules.write_parquet(tmp, min_rows_per_file=cfg.min_rows_per_file)
 
     counts = RepoCounts(n_repos)
     stage_cpu: Counter = Counter()

@@ -1,7 +1,7 @@
 """The dataset pipeline: corpus modules + doc chunks → per-phase, per-split chat examples.
 
 Ray Data maps the example builders (actor classes that load the phase classifier once) over
-module rows (``DIR/modules/repo=<name>/``) and doc chunks (``DIR/docs/``), then decontaminates
+module rows (``DIR/modules/``) and doc chunks (``DIR/docs/``), then decontaminates
 against local benchmark checkouts in a second map stage. The driver reads back only
 (id, phase, group, skip) to count drops, apply the per-repository cap and assign each group
 (repository for modules, documentation page for docs: corpus.splits) to one split, so that every
@@ -60,7 +60,7 @@ def _resources() -> StageResources:
 
 
 class DatasetConfig(Config):
-    corpus_dir: str | None = "out/sample/corpus"  # reads DIR/modules/ (hive: repo=<name>/); None: no modules
+    corpus_dir: str | None = "out/sample/corpus"  # reads DIR/modules/ (older corpora: hive repo=<name>/); None: no modules
     docs_dir: str | None = "out/sample/docs"  # reads DIR/docs/; None: no docs
     output_dir: str = "out/sample/dataset"
     seed: int = 0
@@ -259,7 +259,7 @@ def build(cfg: DatasetConfig, job: Run | None = None, router: Any = None, doc_qu
     res, read = plan_resources(cfg, cluster_cpus(), say=job.progress if job else None)
     parts = []
     if mods_dir:
-        # Ray's default partitioning is hive: repo=<name>/ directories give the repo column.
+        # repo is a column; Ray's default hive partitioning also reads older repo=<name>/ layouts.
         parts.append(map_stage(ray.data.read_parquet(mods_dir, **read), ModuleStage, res["modules"], kwargs=
                           {"min_comment_chars": cfg.min_comment_chars, "max_error_share": cfg.max_error_share,
                            "classify": cfg.classify_modules, "model_path": cfg.classifier_path,

@@ -5,9 +5,9 @@ signed rows (MinHash + LSH band keys, computed in the parse actors or here), mat
   Arrow files per block under ``work_dir`` (an external shuffle through storage: no shuffle
   actors, one write and one read of the small key rows) → one task per partition groups its
   keys with numpy → verified edges + the keep fields of linked modules.
-Only edges and the keep-policy fields of linked modules reach the driver; union-find runs
-there, and the id → (cluster, kind, keep) map of clustered rows is broadcast back through the
-object store to one map stage. Every row stays; exactly one per cluster has keep=True.
+Edges and the keep-policy fields of linked modules go to one task (not the driver, whose memory
+stays flat in the corpus size): union-find there, and the id → (cluster, kind, keep) map of
+clustered rows it returns stays in the object store, broadcast to one map stage. Every row stays; exactly one per cluster has keep=True.
 
 Each stage writes its process CPU seconds per call to ``stats_dir`` when given (``record``),
 so the job can report CPU per stage.
@@ -116,6 +116,36 @@ def _broadcast(ref: list[Any]) -> Any:
     return _BROADCAST[key]
 
 
+def _cluster_links(n_rows: int, stats_dir: str | None, *blocks: pa.Table) -> tuple[dict[str, Any], dict[str, Any]]:
+    """LINKS blocks (edges, and the keep fields of linked modules) → (stats, id → assignment map).
+
+    Runs as one Ray task (its memory: ~300 bytes per clustered module)."""
+    c0 = time.process_time()
+    edges: set[tuple[str, str]] = set()
+    members: dict[str, dict[str, Any]] = {}
+    for batch in blocks:
+        for row in batch.to_pylist():
+            if row["b"] is None:
+                row["id"] = row.pop("a")
+                del row["b"]
+                members[row["id"]] = row
+            else:
+                edges.add((row["a"], row["b"]))
+    roots = clusters(edges)
+    norm_of = {mid: row.get("norm_sha256") for mid, row in members.items()}
+    n_exact = sum(1 for a, b in edges if norm_of.get(a) is not None and norm_of.get(a) == norm_of.get(b))
+    n_edges = len(edges)
+    del edges, norm_of
+    members_by_root: dict[str, list[dict[str, Any]]] = {}
+    for mid, root in roots.items():
+        members_by_root.setdefault(root, []).append(members[mid])
+    del members, roots
+    assignment = assign(members_by_root)
+    record(stats_dir, "dedup_cluster", time.process_time() - c0, rows=len(assignment))
+    return ({**assignment_stats(n_rows, assignment), "exact_edges": n_exact, "near_edges": n_edges - n_exact},
+            assignment)
+
+
 def run_dedup(ds: Any, cfg: DedupConfig, *, signed: bool = False, stats_dir: str | None = None,
               work_dir: str | None = None) -> tuple[Any, dict[str, Any]]:
     """PARSED_MODULES dataset → (MODULES dataset, stats). Stats: rows, unique, exact/near dups removed, clusters.
@@ -155,37 +185,19 @@ def run_dedup(ds: Any, cfg: DedupConfig, *, signed: bool = False, stats_dir: str
         links = map_stage(parts, _buckets, StageResources(num_cpus=cfg.num_cpus, batch_size=1),
                           kwargs={"work_dir": work_dir, "threshold": cfg.threshold, "max_bucket": cfg.max_bucket,
                                   "stats_dir": stats_dir})
-        batches = list(links.iter_batches(batch_format="pyarrow", batch_size=None))
+        link_refs = links.to_arrow_refs()  # executed; the blocks stay in the object store
     finally:
         if own_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
         else:
             fs.delete(work_dir)
 
-    edges: set[tuple[str, str]] = set()
-    members: dict[str, dict[str, Any]] = {}
-    for batch in batches:
-        for row in batch.to_pylist():
-            if row["b"] is None:
-                row["id"] = row.pop("a")
-                del row["b"]
-                members[row["id"]] = row
-            else:
-                edges.add((row["a"], row["b"]))
-    roots = clusters(edges)
-    norm_of = {mid: row.get("norm_sha256") for mid, row in members.items()}
-    n_exact = sum(1 for a, b in edges if norm_of.get(a) is not None and norm_of.get(a) == norm_of.get(b))
-    n_near = len(edges) - n_exact
-    del edges, batches
-    members_by_root: dict[str, list[dict[str, Any]]] = {}
-    for mid, root in roots.items():
-        members_by_root.setdefault(root, []).append(members[mid])
-    del members, roots
-    assignment = assign(members_by_root)
-    del members_by_root
-    stats = {**assignment_stats(n_rows, assignment), "enabled": True, "threshold": cfg.threshold,
-             "num_perm": cfg.num_perm, "bands": bands, "rows_per_band": rows, "partitions": partitions,
-             "key_rows": n_keys, "exact_edges": n_exact, "near_edges": n_near}
-    ref = ray.put(assignment)
+    # The duplicate graph is folded in one task, not in the driver: its size grows with the number
+    # of clustered modules, and the driver's memory must stay flat in the corpus size.
+    task = ray.remote(_cluster_links).options(num_cpus=cfg.num_cpus or 1, num_returns=2)
+    stats_ref, ref = task.remote(n_rows, stats_dir, *link_refs)
+    stats = {**ray.get(stats_ref), "enabled": True, "threshold": cfg.threshold, "num_perm": cfg.num_perm,
+             "bands": bands, "rows_per_band": rows, "partitions": partitions, "key_rows": n_keys}
+    del link_refs
     out = map_stage(sigs, _apply, kwargs={"ref": [ref], "stats_dir": stats_dir})  # per block: see ROWS_PER_TASK
     return out, stats
