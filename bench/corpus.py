@@ -313,7 +313,8 @@ class TreeSampler(threading.Thread):
                         name = os.path.basename(cmd[0]) if cmd else name
                         if name in ("git", "sh") and len(cmd) > 1:  # tell clients from local upload-pack servers
                             name += " " + next((c for c in cmd[1:] if not c.startswith("-") and "=" not in c), "")[:24]
-                    self.names[key] = name
+                    if name != "ray::IDLE" or key not in self.names:  # a worker is named by its work
+                        self.names[key] = name
                     if q.pid != self.me.pid and q.name().startswith("ray::"):
                         self.worker_peak_rss = max(self.worker_peak_rss, q.memory_info().rss)
             except psutil.Error:
@@ -324,12 +325,17 @@ class TreeSampler(threading.Thread):
         return sum(self.cpu.values())
 
     def by_name(self, since: dict[tuple[int, float], float]) -> dict[str, float]:
-        """CPU seconds per process name since the ``since`` snapshot of ``self.cpu``."""
+        """CPU seconds per process name since the ``since`` snapshot of ``self.cpu`` (a Ray worker
+        is named by the last task or actor it ran; ``ray::IDLE``: it ran none), with the number of
+        processes that started after the snapshot (``+N new``)."""
         out: dict[str, float] = {}
+        new: dict[str, int] = {}
         for key, cpu in self.cpu.items():
             name = self.names.get(key, "?")
             out[name] = round(out.get(name, 0.0) + cpu - since.get(key, 0.0), 2)
-        return dict(sorted(out.items(), key=lambda kv: -kv[1])[:12])
+            new[name] = new.get(name, 0) + (key not in since)
+        top = sorted(out.items(), key=lambda kv: -kv[1])[:14]
+        return {(f"{n} (+{new[n]} new)" if new[n] else n): v for n, v in top}
 
     def run(self) -> None:
         while not self.stop.wait(self.interval):
@@ -416,17 +422,18 @@ def checkouts(cache: Path) -> list[Path]:
 GROWTH = {
     "wall_s": "the work: files to clone, read, parse and sign grow with N; on 2 cores Ray's fixed costs dominate small N",
     "job_cpu_s": "linear in bytes (parse + signatures) plus per-repository costs: the clone call, its status "
-                 "file, the snapshot hash, and the write of modules/repo=<name>/ (one directory and file per "
-                 "repository); Ray Data's per-block task overheads grow with the number of clone calls",
+                 "file and the snapshot hash; Ray Data's per-block task overheads grow with the number of clone "
+                 "calls; on generated corpora the LSH buckets of templated near-copies grow too (dedup_buckets "
+                 "verifies pairs within a bucket up to max_bucket, then a window)",
     "job_cpu_s_per_mb": "flat when per-MB work dominates; falls as fixed costs are amortised",
     "driver_peak_rss_mb": "the manifest (validated entry by entry into a Parquet file, 8 bytes of name hash per "
                           "entry, handed to Ray Data one block at a time) and the status fold (256 shard "
-                          "directories listed one at a time, 1,000 statuses at a time) are flat in N; per "
-                          "repository there remain one numpy row of module counts (56 B). What grows is the "
-                          "duplicate graph that pipelines/dedup.py builds in the driver (edges and keep fields of "
-                          "every module that has a duplicate: ~14 MB of Python objects at 5k generated "
-                          "repositories, whose templated modules are mostly near-duplicates); it sets the peak",
-    "worker_peak_rss_mb": "one block per call: bounded by input_blocks and batch sizes, not by N",
+                          "directories listed one at a time, 1,000 statuses at a time) are flat in N; the "
+                          "duplicate graph is folded in a Ray task (dedup_cluster), not the driver. Per "
+                          "repository there remain one numpy row of module counts (56 B) and, per block, Ray "
+                          "Data's block references and metadata in the driver's executor",
+    "worker_peak_rss_mb": "one block per call: bounded by input_blocks and batch sizes, not by N; the "
+                          "dedup_cluster task holds the duplicate graph (~300 B per clustered module)",
 }
 
 
