@@ -30,6 +30,9 @@ _M2 = np.uint64(0xBF58476D1CE4E5B9)
 _M3 = np.uint64(0x94D049BB133111EB)
 
 
+MODULES_PER_PARTITION = 50_000
+
+
 class DedupConfig(Config):
     """Exact (normalised-text hash) and near (MinHash LSH) deduplication of module rows."""
 
@@ -41,8 +44,9 @@ class DedupConfig(Config):
     rows: int | None = Field(None, ge=1)
     seed: int = 1
     max_bucket: int = Field(200, ge=2)  # larger LSH buckets are compared to a window, not all pairs
-    # Hash partitions of the one shuffle (bucket keys → edges); None: the cluster's CPUs (at least 1).
-    # Each partition is one task's block: at 2M modules x 12 keys, 64 partitions hold ~0.4M rows each.
+    # Hash partitions of the one shuffle (bucket keys → edges); None: the cluster's CPUs, and at
+    # least one per MODULES_PER_PARTITION modules, so that one bucket task's memory does not grow
+    # with the corpus (~12 key rows of ~700 bytes per module: ~0.4 GB per 50k modules).
     partitions: int | None = Field(None, ge=1)
     # Resources of the signature stage (when it is not fused into the parse stage) and the bucket stage.
     num_cpus: float = 1

@@ -29,6 +29,7 @@ from chipforge import fs
 from chipforge.stage import StageResources, cluster_cpus, map_stage
 from corpus.dedup import (
     KEYS_SCHEMA,
+    MODULES_PER_PARTITION,
     DedupConfig,
     SignatureStage,
     apply_assignment,
@@ -167,13 +168,13 @@ def run_dedup(ds: Any, cfg: DedupConfig, *, signed: bool = False, stats_dir: str
                     "bands": bands, "rows": rows, "stats_dir": stats_dir},
         )
     sigs = ds.materialize()
-    n_rows = sigs.count()
+    n_rows, n_blocks = sigs.count(), sigs.num_blocks()
     if not cfg.enabled or n_rows == 0:
         ref = ray.put({})
         out = map_stage(sigs, _apply, kwargs={"ref": [ref], "stats_dir": stats_dir})
-        return out, {**assignment_stats(n_rows, {}), "enabled": cfg.enabled}
+        return out, {**assignment_stats(n_rows, {}), "enabled": cfg.enabled, "blocks": n_blocks}
 
-    partitions = cfg.partitions or max(1, int(cluster_cpus()))
+    partitions = cfg.partitions or max(1, int(cluster_cpus()), -(-n_rows // MODULES_PER_PARTITION))
     own_dir = work_dir is None
     work_dir = work_dir or tempfile.mkdtemp(prefix="chipforge-dedup-")
     try:
@@ -197,7 +198,8 @@ def run_dedup(ds: Any, cfg: DedupConfig, *, signed: bool = False, stats_dir: str
     task = ray.remote(_cluster_links).options(num_cpus=cfg.num_cpus or 1, num_returns=2)
     stats_ref, ref = task.remote(n_rows, stats_dir, *link_refs)
     stats = {**ray.get(stats_ref), "enabled": True, "threshold": cfg.threshold, "num_perm": cfg.num_perm,
-             "bands": bands, "rows_per_band": rows, "partitions": partitions, "key_rows": n_keys}
+             "bands": bands, "rows_per_band": rows, "partitions": partitions, "key_rows": n_keys,
+             "blocks": n_blocks}
     del link_refs
     out = map_stage(sigs, _apply, kwargs={"ref": [ref], "stats_dir": stats_dir})  # per block: see ROWS_PER_TASK
     return out, stats
