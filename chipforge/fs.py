@@ -129,3 +129,14 @@ def listdir(path: str, *, recursive: bool = False) -> list[str]:
         return []
     infos = filesystem.get_file_info(pafs.FileSelector(p, recursive=recursive))
     return sorted(i.path for i in infos)
+
+
+def read_ipc_rows(path: str, start: int, stop: int) -> Any:
+    """Rows ``[start, stop)`` of a local Arrow IPC file, memory-mapped, as one contiguous table.
+
+    A Ray task on the node that holds the file runs this so that the block it returns is written
+    into the object store by that worker, not by the driver (whose memory must stay flat)."""
+    import pyarrow as pa
+
+    with pa.memory_map(path) as source:
+        return pa.ipc.open_file(source).read_all().slice(start, max(0, stop - start)).combine_chunks()
