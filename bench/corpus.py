@@ -414,14 +414,9 @@ def child(manifest: str, out: str, cpus: int, overrides: list[str]) -> None:
         "remote_git_cpu_s": round(sampler.remote() - remote1, 2),
         "job_cpu_s_per_mb": round((cpu2 - cpu1) / mb, 3) if mb else None,
         "stage_cpu_s": report["cpu_seconds"],
-        "driver_peak_rss_mb": "flat: the manifest is validated entry by entry into a memory-mapped Arrow IPC file and "
-                          "put into the object store one block at a time (the driver maps the pages it wrote: "
-                          "~150 B of JSON per repository), module counts arrive as per-block Arrow files added "
-                          "into one numpy row per repository (56 B), the status fold lists 256 shard directories "
-                          "one at a time and holds 1,000 statuses at a time, and the duplicate graph is folded in "
-                          "a Ray task (dedup_cluster), not the driver. Ray Data's executor adds a fixed ~30 MB at "
-                          "its first execution",
-    "worker_peak_rss_mb": round(sampler.worker_peak_rss / 2**20, 1),
+        "driver_peak_rss_mb": round(_vm_hwm_mb(), 1), "driver_rss_after_ray_init_mb": round(rss0, 1),
+        "driver_peak_rss_delta_mb": round(_vm_hwm_mb() - rss0, 1),
+        "worker_peak_rss_mb": round(sampler.worker_peak_rss / 2**20, 1),
         "job_cpu_s_by_process": sampler.by_name(snapshot),
     }), flush=True)
     ray.shutdown()
@@ -450,12 +445,13 @@ GROWTH = {
                  "verifies pairs within a bucket up to max_bucket, then a window); the driver's CPU is per "
                  "repository too: its manifest entry parsed (YAML) and validated, its status file folded",
     "job_cpu_s_per_mb": "flat when per-MB work dominates; falls as fixed costs are amortised",
-    "driver_peak_rss_mb": "the manifest (validated entry by entry into a Parquet file, 8 bytes of name hash per "
-                          "entry, handed to Ray Data one block at a time) and the status fold (256 shard "
-                          "directories listed one at a time, 1,000 statuses at a time) are flat in N; the "
-                          "duplicate graph is folded in a Ray task (dedup_cluster), not the driver. Per "
-                          "repository there remain one numpy row of module counts (56 B) and, per block, Ray "
-                          "Data's block references and metadata in the driver's executor",
+    "driver_peak_rss_mb": "flat: the manifest is validated entry by entry into a memory-mapped Arrow IPC file; past "
+                          "10,000 repositories its blocks are read into the object store by tasks on the driver's "
+                          "node (below that the driver puts them: at most ~1.5 MB); module counts arrive as "
+                          "per-block Arrow files added into one numpy row per repository (56 B); the status fold "
+                          "lists 256 shard directories one at a time and holds 1,000 statuses at a time; the "
+                          "duplicate graph is folded in a Ray task (dedup_cluster), not the driver. Ray Data's "
+                          "executor adds a fixed ~15-30 MB at its first execution",
     "worker_peak_rss_mb": "a parse actor's output block is one input block's modules (at most MAX_BLOCK_ROWS = "
                           "10,000 repositories); a bucket task reads one key partition (at least one partition "
                           "per 50,000 modules); the dedup_cluster task holds the duplicate graph (~300 B per "
