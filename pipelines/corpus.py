@@ -314,8 +314,8 @@ def run(cfg: CorpusConfig, job: Run) -> dict[str, Any]:
     """The job's body: clone + parse + dedup on Ray Data, the modules written once, the report returned.
 
     Ray round trips: clone actors → parse actors (which also sign) → materialised once → key
-    files per hash partition → one bucket task per partition → edges to the driver → one apply
-    + count + write pass. Every stage writes its CPU seconds to ``_status/``; the report sums
+    files per hash partition → one bucket task per partition → edges to one cluster task (not
+    the driver) → one apply + count + write pass. Every stage writes its CPU seconds to ``_status/``; the report sums
     them per stage (``cpu_seconds``), with the driver's own CPU.
     """
 
