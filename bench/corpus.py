@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -368,7 +369,7 @@ def _vm_hwm_mb() -> float:
 class _Identity:
     """An actor-pool stage (the job's kind), for the cluster warm-up."""
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: Any) -> Any:
         return batch
 
 
@@ -397,7 +398,9 @@ def child(manifest: str, out: str, cpus: int, overrides: list[str]) -> None:
     # singletons: created by the first dataset a cluster runs and reused by every later job, so
     # their start-up belongs to the cluster's, as on a long-running cluster; their work during the
     # job (and every worker the job starts) is counted.
-    ray.data.range(2, override_num_blocks=1).map_batches(_Identity, concurrency=1).materialize()
+    from chipforge.stage import StageResources, map_stage
+
+    map_stage(ray.data.range(2, override_num_blocks=1), _Identity, StageResources(concurrency=1)).materialize()
     time.sleep(1.0)  # let Ray's start-up settle so its CPU is not counted as the job's
     t1, cpu1, rss0 = time.perf_counter(), sampler.total(), _vm_hwm_mb()
     remote1 = sampler.remote()
