@@ -103,6 +103,23 @@ def write_json(path: str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def write_arrow(path: str, table: Any) -> None:
+    """One Arrow IPC file holding ``table`` (small intermediate files: key partitions, counts)."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def read_arrow(path: str) -> Any:
+    """The table of an Arrow IPC file written by ``write_arrow``."""
+    import pyarrow as pa
+
+    return pa.ipc.open_file(pa.BufferReader(read_bytes(path))).read_all()
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str) -> Iterator[str]:
     """Yield a temporary sibling directory; on success it replaces ``path``.

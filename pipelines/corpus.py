@@ -186,11 +186,7 @@ def count_modules(batch: pa.Table, stats_dir: str) -> pa.Table:
     as one Arrow IPC file (read by the driver into numpy, no row objects), so the driver never
     reads the written modules back."""
     c0 = time.process_time()
-    counts = module_counts(batch)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, counts.schema) as writer:
-        writer.write_table(counts)
-    fs.write_bytes(fs.join(stats_dir, f"counts-{uuid.uuid4().hex}.arrow"), sink.getvalue().to_pybytes())
+    fs.write_arrow(fs.join(stats_dir, f"counts-{uuid.uuid4().hex}.arrow"), module_counts(batch))
     record(stats_dir, "count", time.process_time() - c0)
     return batch
 
@@ -268,7 +264,10 @@ def manifest_dataset(path: str, n_repos: int, n_blocks: int) -> Any:
         table = pa.ipc.open_file(source).read_all()
         for start in range(0, max(n_repos, 1), per_block):
             rows = table.slice(start, min(n_repos, start + per_block) - start)
-            ref = ray.put(rows.combine_chunks()) if n_repos <= MAX_BLOCK_ROWS else read.remote(path, start, start + rows.num_rows)
+            if n_repos <= MAX_BLOCK_ROWS:
+                ref = ray.put(rows.combine_chunks())
+            else:
+                ref = read.remote(path, start, start + rows.num_rows)
             out.append((ref, _block_meta(rows)))
     ray.wait([ref for ref, _ in out], num_returns=len(out), fetch_local=False)
     return _from_blocks(out)
@@ -315,13 +314,13 @@ def run(cfg: CorpusConfig, job: Run) -> dict[str, Any]:
 
     Ray round trips: clone actors → parse actors (which also sign) → materialised once → key
     files per hash partition → one bucket task per partition → edges to one cluster task (not
-    the driver) → one apply + count + write pass. Every stage writes its CPU seconds to ``_status/``; the report sums
-    them per stage (``cpu_seconds``), with the driver's own CPU.
+    the driver) → one apply + count + write pass. Every stage writes its CPU seconds to
+    ``_status/``; the report sums them per stage (``cpu_seconds``), with the driver's own CPU.
     """
 
     t0, c0 = time.perf_counter(), time.process_time()
-    # Every entry is validated (streaming) into a local staging file (Arrow IPC) before any Ray work and before
-    # the output is touched; the input blocks are then read back from it one at a time.
+    # Every entry is validated (streaming) into a local Arrow IPC staging file before any Ray work
+    # and before the output is touched; the input blocks are then made from it (manifest_dataset).
     with tempfile.TemporaryDirectory(prefix="chipforge-manifest-") as tmp:
         staged = os.path.join(tmp, "manifest.arrow")
         try:
@@ -374,7 +373,7 @@ def run(cfg: CorpusConfig, job: Run) -> dict[str, Any]:
                 stat = fs.read_json(path)
                 stage_cpu[stat["stage"]] += stat.get("cpu_seconds") or 0.0
             elif path.endswith(".arrow"):
-                counts.add_table(pa.ipc.open_file(pa.BufferReader(fs.read_bytes(path))).read_all())
+                counts.add_table(fs.read_arrow(path))
     parse_stats = [fs.read_json(p) for p in fs.listdir(stats_dir) if p.endswith(".json")]  # one per parse block
     repositories = fold_statuses(status_dir, counts, fs.join(out, "repositories.parquet"), stage_cpu)
     decontam = decontam_report(cfg, fs.join(status_dir, "decontam"))  # decontam

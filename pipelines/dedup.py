@@ -7,7 +7,8 @@ signed rows (MinHash + LSH band keys, computed in the parse actors or here), mat
   keys with numpy → verified edges + the keep fields of linked modules.
 Edges and the keep-policy fields of linked modules go to one task (not the driver, whose memory
 stays flat in the corpus size): union-find there, and the id → (cluster, kind, keep) map of
-clustered rows it returns stays in the object store, broadcast to one map stage. Every row stays; exactly one per cluster has keep=True.
+clustered rows it returns stays in the object store, broadcast to one map stage. Every row
+stays; exactly one per cluster has keep=True.
 
 Each stage writes its process CPU seconds per call to ``stats_dir`` when given (``record``),
 so the job can report CPU per stage.
@@ -78,10 +79,7 @@ def _partition_keys(batch: pa.Table, work_dir: str, partitions: int, stats_dir: 
     for p in range(partitions):
         sub = keys.filter(pc.equal(part, p))
         if sub.num_rows:
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_file(sink, sub.schema) as writer:
-                writer.write_table(sub)
-            fs.write_bytes(fs.join(work_dir, f"p={p}", name + ".arrow"), sink.getvalue().to_pybytes())
+            fs.write_arrow(fs.join(work_dir, f"p={p}", name + ".arrow"), sub)
         counts.append(sub.num_rows)
     record(stats_dir, "dedup_keys", time.process_time() - c0, rows=keys.num_rows)
     return pa.table({"partition": pa.array(range(partitions), pa.int32()), "rows": pa.array(counts, pa.int64())})
@@ -93,8 +91,7 @@ def _buckets(batch: pa.Table, work_dir: str, threshold: float, max_bucket: int,
     c0 = time.process_time()
     out = []
     for p in batch.column("partition").to_pylist():
-        parts = [pa.ipc.open_file(pa.BufferReader(fs.read_bytes(f))).read_all()
-                 for f in sorted(fs.listdir(fs.join(work_dir, f"p={p}"))) if f.endswith(".arrow")]
+        parts = [fs.read_arrow(f) for f in sorted(fs.listdir(fs.join(work_dir, f"p={p}"))) if f.endswith(".arrow")]
         if parts:
             out.append(bucket_edges(pa.concat_tables(parts), threshold, max_bucket))
     links = pa.concat_tables(out) if out else bucket_edges(KEYS_SCHEMA.empty_table(), threshold, max_bucket)
