@@ -7,6 +7,11 @@ below), then:
 - **plain loop**: one process, sequentially, for each sample: write the files to a temporary
   directory, ``iverilog`` (the job's command line), ``vvp -n``, check the pass line. No sandbox,
   no Ray: the floor of what one core can do;
+- **parallel plain loop** (for each W > 1): the same plain loop in W processes at once, each
+  taking the next sample as it finishes one (the best possible balance). It measures what this
+  machine gives per core when W cores are busy (shared caches, memory bandwidth, the kernel's
+  process creation); on a 2-core VM it is well under 1.0 even with no Ray and no sandbox, so the
+  job at W workers is also compared with it, beside (never instead of) the one-process loop;
 - **sandboxed loop**: the same samples through ``evaluation.simulate.run_problem`` in one process
   (one bubblewrap sandbox per sample, compile and simulation inside, as in the job), to show the
   sandbox's own cost;
@@ -19,8 +24,9 @@ below), then:
   worker gets several tasks and the per-task cost is spread over many samples.
 
 Reports samples/s for each, the job's samples/s per worker divided by the plain loop's (the
-ratio per core; 1.0 means no overhead over a bare loop) and by the sandboxed loop's (what is
-left is Ray's share), and the job's wall time against W. The loops are measured right before
+ratio per core; 1.0 means no overhead over a bare loop), by the parallel plain loop's with the
+same W (the ratio per core with the machine's own scaling taken out), and by the sandboxed
+loop's (what is left is Ray's share), and the job's wall time against W. The loops are measured right before
 each job run. Writes ``bench/results/evaluate.json``.
 
 **Real benchmark code** (``--verilog-eval PATH`` and/or ``--rtllm PATH``: local checkouts of
@@ -147,6 +153,26 @@ def plain_loop(problems: list[dict]) -> tuple[float, int]:
     return time.perf_counter() - t0, passed
 
 
+def _plain_one(p: dict) -> tuple[float, int]:
+    return plain_loop([p])
+
+
+def parallel_plain_loop(problems: list[dict], workers: int) -> tuple[float, int]:
+    """(wall seconds, passed): ``plain_loop`` over the same samples in ``workers`` processes at once.
+
+    Each process takes the next sample when it has finished one (``imap_unordered``, one sample
+    at a time), so the baseline is as well balanced as it can be; the pool is started (forked)
+    before the clock starts.
+    """
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(workers) as pool:
+        pool.map(abs, range(workers))  # every process is up before timing
+        t0 = time.perf_counter()
+        passed = sum(r[1] for r in pool.imap_unordered(_plain_one, problems, chunksize=1))
+        return time.perf_counter() - t0, passed
+
+
 def sandboxed_loop(problems: list[dict]) -> tuple[float, int]:
     from evaluation.simulate import SimSettings, run_problem
 
@@ -246,8 +272,9 @@ def main() -> None:
                 # the loops run right before each job run: on a shared machine the load drifts
                 load = os.getloadavg()
                 plain, boxed = plain_loop(problems), sandboxed_loop(problems)
-                if plain[1] != boxed[1] or (not real and plain[1] != n):
-                    raise RuntimeError(f"loops passed {plain[1]} and {boxed[1]} of {n} samples")
+                par = parallel_plain_loop(problems, w) if w > 1 else plain
+                if len({plain[1], boxed[1], par[1]}) != 1 or (not real and plain[1] != n):
+                    raise RuntimeError(f"loops passed {plain[1]}, {boxed[1]} and {par[1]} (parallel) of {n} samples")
                 load_job = os.getloadavg()
                 job = run_job(checkout, Path(tmp) / f"out{w}-{r}", w, args.batch_size or auto_batch(n, w),
                               max_problems, rtllm)
@@ -265,6 +292,10 @@ def main() -> None:
                     job_ms_per_sample_per_worker=round(1000 * job["check_step_s"] * w / n, 2))
                 job["samples_per_s_per_worker"] = round(job["samples_per_s"] / w, 3)
                 job["ratio_per_core_vs_plain"] = round(job["samples_per_s_per_worker"] / job["plain_samples_per_s"], 3)
+                job["parallel_plain_samples_per_s"] = round(n / par[0], 3)
+                job["parallel_plain_scaling_per_core"] = round(n / par[0] / w / job["plain_samples_per_s"], 3)
+                job["ratio_per_core_vs_parallel_plain"] = round(
+                    job["samples_per_s"] / job["parallel_plain_samples_per_s"], 3)
                 job["ratio_per_core_vs_sandboxed_loop"] = round(
                     job["samples_per_s_per_worker"] / job["sandboxed_samples_per_s"], 3)
                 job["sandboxed_loop_ratio_vs_plain"] = round(job["sandboxed_samples_per_s"]
@@ -291,6 +322,8 @@ def main() -> None:
                       f"job with {w} worker(s): check step {job['check_step_s']:.2f} s → {job['samples_per_s']:.2f} "
                       f"samples/s ({job['job_ms_per_sample_per_worker']:.1f} ms/sample per worker; ratio per core "
                       f"{job['ratio_per_core_vs_plain']:.2f} vs plain, "
+                      f"{job['ratio_per_core_vs_parallel_plain']:.2f} vs {w} plain loop(s) at once, which get "
+                      f"{job['parallel_plain_scaling_per_core']:.2f}x per core; "
                       f"{job['ratio_per_core_vs_sandboxed_loop']:.2f} vs sandboxed loop); "
                       f"whole job {job['job_wall_s']:.1f} s (ray start {job['ray_start_s']:.1f} s); "
                       f"{job['passed']}/{job['samples']} passed", flush=True)
@@ -308,8 +341,12 @@ def main() -> None:
         "note": "samples/s of the job = samples / its 'generate + check' step (Ray Data tasks, each sample compiled "
                 "and simulated in one bubblewrap sandbox, fixed start-up of the step included); plain loop = "
                 "iverilog + vvp in one process without sandbox; ratio per core = job samples/s per worker / loop "
-                "samples/s measured just before that job run. With --marginal: stage_startup_s and "
-                "marginal_samples_per_s from the step times at N and F*N problems (t = start-up + n / rate). "
+                "samples/s measured just before that job run. Parallel plain loop = the same loop in W processes "
+                "at once (one sample at a time each): parallel_plain_scaling_per_core is its samples/s per process "
+                "over the one-process loop's (what this machine gives per core with W cores busy), and "
+                "ratio_per_core_vs_parallel_plain = job samples/s / parallel plain loop samples/s at the same W. "
+                "With --marginal: stage_startup_s and marginal_samples_per_s from the step times at N and F*N "
+                "problems (t = start-up + n / rate). "
                 "*_ms_per_sample: the loops' cost per sample, and the job's step time x workers / samples.",
     }
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
     python bench/train.py                 # CPU: tiny Llama + LoRA, 1 Ray Train worker vs plain loop
     python bench/train.py --gpu           # 1 GPU: ~1B Llama (random), LoRA, bf16, ZeRO-2: tokens/s + MFU
+    python bench/train.py --pack          # packing: time per example from 10k to 1M examples (linear?)
 
 CPU mode: both sides train the same tiny random Llama + LoRA on the same packed token rows
 (the bundled sample dataset prepared by ``training.data.prepare_local``, the preparation every
@@ -75,7 +76,7 @@ def plain_loop(cfg: Any, table: Any, base: str, pad_id: int, threads: int) -> di
     """Single process, no Ray, no DeepSpeed: the reference."""
     import torch
 
-    from training.data import collate, iter_table_batches
+    from training.data import batch_tokens, collate, iter_table_batches
     from training.model import build_lora_model
 
     torch.set_num_threads(threads)
@@ -90,13 +91,13 @@ def plain_loop(cfg: Any, table: Any, base: str, pad_id: int, threads: int) -> di
         for k, raw in enumerate(iter_table_batches(table, cfg.optim.micro_batch_size)):
             if k >= steps_per_epoch:
                 break
-            b = collate(raw, pad_id)
+            b = collate(raw, pad_id, flatten=cfg.packing)  # the job's own batches
             loss = model(**b).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            tokens += int(b["attention_mask"].sum())
+            tokens += batch_tokens(raw)
             steps += 1
             elapsed += time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -172,7 +173,6 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
 def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
     """~1B Llama (random), LoRA, bf16, ZeRO-2 on one GPU via the no-Ray code path."""
     import numpy as np
-    import pyarrow as pa
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -192,7 +192,7 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
         del model
         rng = np.random.default_rng(0)
         n_rows = args.gpu_steps * args.gpu_micro_batch
-        rows = [(ids := rng.integers(1, vocab, seq).tolist(), ids, 1) for _ in range(n_rows)]
+        rows = [(ids := rng.integers(1, vocab, seq).tolist(), ids, list(range(seq)), 1) for _ in range(n_rows)]
         table = token_table(rows)
         cfg = FinetuneConfig(
             base_model=base, output_dir=tmp, max_length=seq,
@@ -224,6 +224,57 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def run_pack(args: argparse.Namespace) -> dict[str, Any]:
+    """``training.data.pack_rows`` at 10k, 100k and 1M examples: seconds, µs per example, rows, fill.
+
+    Lengths are drawn from a log-normal (median 120 tokens, capped at ``--pack-max-length``), like
+    chat examples; each length's token list is shared between examples so that 1M examples fit in
+    memory, the rows themselves are built for real. The baseline is the same examples' bare
+    concatenation into rows of arrival order (next fit): the copy any packer pays, measured in the
+    same run; linear packing keeps the ratio flat from 10k to 1M.
+    """
+    import numpy as np
+
+    from training.data import pack_rows
+
+    max_len = args.pack_max_length
+    shared = {n: list(range(1, n + 1)) for n in range(1, max_len + 1)}
+    out: dict[str, Any] = {"max_length": max_len, "sizes": {}}
+    for n in args.pack_sizes:
+        lengths = np.minimum(np.random.default_rng(0).lognormal(np.log(120), 0.8, n).astype(int) + 2, max_len)
+        seqs = [(shared[k], shared[k]) for k in lengths.tolist()]
+        t0 = time.perf_counter()
+        rows, ids, room = [], [], max_len  # next fit, no sort: the plain copy
+        for a, _ in seqs:
+            if len(a) > room:
+                rows.append(ids)
+                ids, room = [], max_len
+            ids += a
+            room -= len(a)
+        rows.append(ids)
+        plain_s = time.perf_counter() - t0
+        n_plain = len(rows)
+        del rows, ids
+        t0 = time.perf_counter()
+        packed = pack_rows(seqs, max_len)
+        pack_s = time.perf_counter() - t0
+        tokens = int(lengths.sum())
+        out["sizes"][str(n)] = {
+            "examples": n, "tokens": tokens, "pack_s": round(pack_s, 3), "us_per_example": round(1e6 * pack_s / n, 2),
+            "rows": len(packed), "fill": round(tokens / (len(packed) * max_len), 4),
+            "plain_next_fit_s": round(plain_s, 3), "plain_rows": n_plain, "ratio_vs_plain": round(pack_s / plain_s, 2),
+        }
+        print(f"{n:>9,} examples: pack {pack_s:.2f} s ({1e6 * pack_s / n:.1f} µs/example), {len(packed):,} rows "
+              f"filled {tokens / (len(packed) * max_len):.1%}; plain next-fit copy {plain_s:.2f} s "
+              f"({n_plain:,} rows) → ratio {pack_s / plain_s:.2f}", flush=True)
+        del packed, seqs
+    sizes = sorted(out["sizes"].values(), key=lambda r: r["examples"])
+    out["us_per_example_growth"] = round(sizes[-1]["us_per_example"] / sizes[0]["us_per_example"], 2)
+    print(f"µs per example, {sizes[-1]['examples']:,} vs {sizes[0]['examples']:,} examples: "
+          f"x{out['us_per_example_growth']} (1.0 = linear)")
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true", help="~1B Llama LoRA bf16 ZeRO-2 on one GPU (tokens/s, MFU)")
@@ -239,9 +290,14 @@ def main() -> int:
     p.add_argument("--gpu-micro-batch", type=int, default=4)
     p.add_argument("--gpu-steps", type=int, default=30)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
+    p.add_argument("--pack", action="store_true", help="packing time per example at 10k..1M examples")
+    p.add_argument("--pack-sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--pack-max-length", type=int, default=2048)
     p.add_argument("--results", type=Path, default=RESULTS, help=f"JSON file the result is merged into ({RESULTS})")
     args = p.parse_args()
-    if args.gpu:
+    if args.pack:
+        write_result("pack", run_pack(args), args.results)
+    elif args.gpu:
         write_result("gpu", run_gpu(args), args.results)
     else:
         write_result("cpu", run_cpu(args), args.results)

@@ -90,7 +90,17 @@ class FinetuneConfig(Config):
     trust_remote_code: bool = False
 
     max_length: int = Field(512, ge=16)  # tokens per packed sequence / per example
-    packing: bool = True  # True: whole examples packed into rows ≤ max_length; False: length bucketing
+    # True: whole examples packed into rows ≤ max_length, each micro batch flattened into one
+    # unpadded sequence whose position ids keep the examples apart; False: one example per row,
+    # length bucketing, padded micro batches with an attention mask
+    packing: bool = True
+    # Attention kernel (Transformers ``attn_implementation``): "sdpa" (default; packed examples
+    # get a block-diagonal mask), "flash_attention_2" (variable-length kernel, needs flash-attn
+    # on GPU) or "eager"
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
+    # Activation checkpointing: false (off), true (every decoder layer) or k (every k-th layer:
+    # recompute a share 1/k of the layers' activations in the backward pass)
+    gradient_checkpointing: bool | int = False
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # held out of train when no validation split
     max_train_examples: int | None = Field(None, ge=1)
     # Ray Data read/validate and tokenise stages (tasks): CPUs each, parallel tasks, examples per batch
@@ -125,6 +135,9 @@ class FinetuneConfig(Config):
             raise ValueError("deepspeed.offload_param needs deepspeed.zero_stage: 3")
         if self.base_model == TINY and fs.is_uri(self.output_dir):
             raise ValueError("base_model: tiny builds its base model into output_dir, which must be a local path")
+        gc = self.gradient_checkpointing
+        if not isinstance(gc, bool) and gc < 1:
+            raise ValueError(f"gradient_checkpointing must be true, false or a layer interval k >= 1, not {gc}")
         if not self.scaling.use_gpu and self.deepspeed.offload_optimizer:
             raise ValueError("deepspeed.offload_optimizer is for GPU training (it JIT-compiles DeepSpeedCPUAdam); "
                              "on CPU the optimizer already runs on CPU: set it to false")

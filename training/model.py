@@ -86,15 +86,47 @@ def lora_config(lora: LoraSettings) -> Any:
     )
 
 
-def load_base_model(path: str, *, bf16: bool, trust_remote_code: bool = False) -> Any:
+def load_base_model(path: str, *, bf16: bool, trust_remote_code: bool = False,
+                    attn_implementation: str | None = None) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
     from training.tiny import quiet_hf
 
     dtype = torch.bfloat16 if bf16 else torch.float32
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     with quiet_hf():
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
+
+
+def checkpointed_layers(model: Any, every: bool | int) -> int:
+    """Activation checkpointing of the decoder layers: off, every layer (``True``) or every k-th.
+
+    Transformers' own switch, non-reentrant, inputs made to require grad so a frozen base with
+    LoRA still backpropagates: ``activation_checkpointing_enable(every_n_layers=k)`` (5.2x), the
+    same argument of ``gradient_checkpointing_enable`` (5.17), or, before that, every layer then
+    every k-th kept. Returns how many decoder layers recompute their activations in the
+    backward pass. Call on the base model, before PEFT wraps it.
+    """
+    if every is False:
+        return 0
+    import inspect
+
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    k = 1 if every is True else int(every)
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=k)
+    elif "every_n_layers" in inspect.signature(model.gradient_checkpointing_enable).parameters:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, every_n_layers=k)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        for i, layer in enumerate(layers):
+            layer.gradient_checkpointing = i % k == 0
+    model.enable_input_require_grads()
+    return sum(1 for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing)
 
 
 def build_lora_model(base_path: str, cfg: FinetuneConfig, ds_config: dict[str, Any] | None = None) -> Any:
@@ -110,8 +142,10 @@ def build_lora_model(base_path: str, cfg: FinetuneConfig, ds_config: dict[str, A
         keep = HfDeepSpeedConfig(ds_config)  # noqa: F841  (must stay alive while loading)
     from peft import get_peft_model
 
-    model = load_base_model(base_path, bf16=cfg.deepspeed.bf16, trust_remote_code=cfg.trust_remote_code)
+    model = load_base_model(base_path, bf16=cfg.deepspeed.bf16, trust_remote_code=cfg.trust_remote_code,
+                            attn_implementation=cfg.attn_implementation)
     model.config.use_cache = False
+    checkpointed_layers(model, cfg.gradient_checkpointing)
     model = get_peft_model(model, lora_config(cfg.lora))
     del keep
     return model

@@ -88,10 +88,41 @@ def test_truncation_keeps_the_reply_and_examples_without_assistant_tokens_are_dr
 def test_pack_rows_keeps_every_example_whole_and_within_max_length():
     seqs = [([k] * n, [k] * n) for k, n in enumerate([5, 9, 3, 7, 2, 6, 10])]
     rows_ = pack_rows(seqs, max_length=12)
-    assert all(len(ids) <= 12 for ids, _, _ in rows_)
-    assert sum(n for _, _, n in rows_) == len(seqs)
-    assert sorted(x for ids, _, _ in rows_ for x in ids) == sorted(x for ids, _ in seqs for x in ids)
+    assert all(len(ids) <= 12 for ids, _, _, _ in rows_)
+    assert sum(n for _, _, _, n in rows_) == len(seqs)
+    assert sorted(x for ids, _, _, _ in rows_ for x in ids) == sorted(x for ids, _ in seqs for x in ids)
     assert len(rows_) == 4  # 42 tokens need at least 4 rows of 12
+    for ids, labels, positions, n in rows_:
+        # every example restarts its positions at 0 and its first label is ignored
+        starts = [k for k, p in enumerate(positions) if p == 0]
+        assert len(starts) == n and starts[0] == 0
+        for a, b in zip(starts, starts[1:] + [len(ids)]):
+            assert positions[a:b] == list(range(b - a))
+            assert len(set(ids[a:b])) == 1  # one whole example (examples here are constant runs)
+            assert labels[a] == IGNORE and labels[a + 1 : b] == ids[a + 1 : b]
+
+
+def test_pack_rows_fills_rows_best_fit_and_rejects_overlong_examples():
+    # best fit, longest first: 8+4 and 6+6 fill two rows exactly, 3+3 share the third
+    seqs = [([1] * n, [1] * n) for n in (8, 6, 6, 4, 3, 3)]
+    rows_ = pack_rows(seqs, max_length=12)
+    assert sorted(len(ids) for ids, *_ in rows_) == [6, 12, 12]
+    with pytest.raises(ValueError, match="exceeds max_length 4"):
+        pack_rows([([1] * 5, [1] * 5)], max_length=4)
+    assert pack_rows([], max_length=8) == []
+
+
+def test_collate_flattens_a_packed_micro_batch_without_padding():
+    batch = {"input_ids": [[5, 6, 7, 8, 9], [3, 4]], "labels": [[-100, 6, 7, -100, 9], [3, 4]],
+             "position_ids": [[0, 1, 2, 0, 1], [0, 1]]}
+    b = collate(batch, pad_id=0, flatten=True)
+    assert set(b) == {"input_ids", "labels", "position_ids"}  # no attention mask: positions separate examples
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9, 3, 4]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1]]
+    assert b["labels"].tolist() == [[-100, 6, 7, -100, 9, -100, 4]]  # each row's first label ignored too
+    # rows written before position ids existed count as one example each
+    old = collate({"input_ids": [[1, 2], [3]], "labels": [[1, 2], [3]]}, pad_id=0, flatten=True)
+    assert old["position_ids"].tolist() == [[0, 1, 0]] and old["labels"].tolist() == [[-100, 2, -100]]
 
 
 def test_tokenize_stage_packs_and_buckets(tokenizer, tmp_path):

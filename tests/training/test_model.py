@@ -72,3 +72,21 @@ def test_tiny_base_and_lora_train_only_adapter_weights(tmp_path):
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert any("q_proj" in n for n in trainable) and not any("k_proj" in n for n in trainable)
+    assert model.config._attn_implementation == "sdpa"  # the default
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+def test_attention_kernel_and_activation_checkpointing_come_from_config(tmp_path):
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    cfg = FinetuneConfig(output_dir=str(tmp_path), tiny={"hidden_size": 32, "num_layers": 3, "num_heads": 2},
+                         attn_implementation="eager", gradient_checkpointing=2)
+    model = build_lora_model(prepare_base(cfg, ["module m (input a); endmodule"] * 10), cfg)
+    assert model.config._attn_implementation == "eager"
+    flags = [m.gradient_checkpointing for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert flags == [True, False, True]
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        validate(FinetuneConfig, {"gradient_checkpointing": 0}, source="x.yaml")
+    with pytest.raises(ConfigError, match="attn_implementation"):
+        validate(FinetuneConfig, {"attn_implementation": "flash"}, source="x.yaml")
+    assert validate(FinetuneConfig, {"gradient_checkpointing": True}, source="x").gradient_checkpointing is True

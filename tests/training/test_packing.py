@@ -1,0 +1,137 @@
+"""Packed rows train exactly like their examples alone, and activation checkpointing changes nothing
+but memory (tiny random Llama on CPU, fp32)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.training._data import rows
+from training.data import IGNORE, collate, pack_rows, tokenize_messages
+
+
+def _examples(tokenizer, n: int = 4) -> list[tuple[list[int], list[int]]]:
+    """``n`` conversations of different lengths from the test rows (replies cut or repeated)."""
+    out = []
+    for k, r in enumerate(rows(n_train=n, n_val=0)[:n]):
+        msgs = [dict(m) for m in r["messages"]]
+        words = msgs[-1]["content"].split()
+        msgs[-1]["content"] = " ".join((words * 3)[: 4 + 7 * k])
+        seq = tokenize_messages(tokenizer, msgs, max_length=160)
+        assert seq is not None
+        out.append(seq)
+    assert len({len(ids) for ids, _ in out}) == n  # examples of different lengths
+    return out
+
+
+def _model(tokenizer, attn: str):
+    from training.tiny import build_tiny_llama
+
+    model = build_tiny_llama(tokenizer, hidden_size=32, num_layers=2, num_heads=4)
+    model.config.use_cache = False
+    model.set_attn_implementation(attn)
+    return model.eval()
+
+
+def _nll_sum(model, batch) -> float:
+    """Token-summed NLL of ``batch``: Transformers' mean loss times the label tokens it averages over."""
+    import torch
+
+    with torch.no_grad():
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())
+        return float(model(**batch).loss) * n
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_row_loss_equals_the_sum_of_its_examples_alone(tokenizer, attn):
+    import torch
+
+    seqs = _examples(tokenizer)
+    model = _model(tokenizer, attn)
+    packed = pack_rows(seqs, max_length=sum(len(ids) for ids, _ in seqs))
+    assert len(packed) == 1 and packed[0][3] == len(seqs)  # one row holding every example
+    ids, labels, positions, _ = packed[0]
+    batch = collate({"input_ids": [ids], "labels": [labels], "position_ids": [positions]}, pad_id=0, flatten=True)
+    alone = 0.0
+    for ex_ids, ex_labels in seqs:
+        lab = [IGNORE, *ex_labels[1:]]
+        alone += _nll_sum(model, {"input_ids": torch.tensor([ex_ids]), "labels": torch.tensor([lab])})
+    got = _nll_sum(model, batch)
+    assert got == pytest.approx(alone, rel=1e-4)
+    # the control: the same row read as ONE sequence (examples attending to the ones before) differs
+    leaky = dict(batch, position_ids=torch.arange(len(ids))[None])
+    assert abs(_nll_sum(model, leaky) - alone) > 1e-3 * abs(alone)
+
+
+def test_flattened_micro_batch_equals_its_rows_alone(tokenizer):
+    """Two packed rows flattened into one micro batch: the same loss as each row on its own."""
+    seqs = _examples(tokenizer, 6)
+    limit = max(len(ids) for ids, _ in seqs) + 10
+    packed = pack_rows(seqs, max_length=limit)
+    assert len(packed) >= 2
+    model = _model(tokenizer, "sdpa")
+    cols = {"input_ids": [r[0] for r in packed], "labels": [r[1] for r in packed],
+            "position_ids": [r[2] for r in packed]}
+    together = _nll_sum(model, collate(cols, pad_id=0, flatten=True))
+    apart = sum(_nll_sum(model, collate({k: [v[i]] for k, v in cols.items()}, pad_id=0, flatten=True))
+                for i in range(len(packed)))
+    assert together == pytest.approx(apart, rel=1e-4)
+
+
+@pytest.mark.parametrize("every,expected", [(False, 0), (True, 4), (2, 2), (3, 2)])
+def test_activation_checkpointing_every_k_layers_keeps_loss_and_gradients(tokenizer, every, expected):
+    import torch
+    from peft import get_peft_model
+
+    from training.config import LoraSettings
+    from training.model import checkpointed_layers, lora_config
+    from training.tiny import build_tiny_llama
+
+    seqs = _examples(tokenizer)
+    packed = pack_rows(seqs, max_length=sum(len(ids) for ids, _ in seqs))[0]
+    batch = collate({"input_ids": [packed[0]], "labels": [packed[1]], "position_ids": [packed[2]]}, pad_id=0,
+                    flatten=True)
+
+    def loss_and_grads(gc):
+        model = build_tiny_llama(tokenizer, hidden_size=32, num_layers=4, num_heads=4, seed=1)
+        model.config.use_cache = False
+        n = checkpointed_layers(model, gc)
+        torch.manual_seed(0)
+        model = get_peft_model(model, lora_config(LoraSettings(r=4, dropout=0.0)))
+        for name, p in model.named_parameters():  # non-zero B so every adapter gets a gradient
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+        model.train()
+        loss = model(**batch).loss
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+        return n, float(loss.detach()), grads
+
+    _, ref_loss, ref_grads = loss_and_grads(False)
+    n, loss, grads = loss_and_grads(every)
+    assert n == expected
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    assert grads.keys() == ref_grads.keys() and all(torch.allclose(grads[k], ref_grads[k], atol=1e-6)
+                                                     for k in grads)
+
+
+def test_activation_checkpointing_on_transformers_without_every_n_layers(tokenizer, monkeypatch):
+    """Older Transformers (before 5.17): only ``gradient_checkpointing_enable(kwargs)``, every layer;
+    every k-th layer is then kept by hand."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    from transformers.modeling_utils import PreTrainedModel
+
+    from training.model import checkpointed_layers
+    from training.tiny import build_tiny_llama
+
+    calls = []
+
+    def legacy(self, gradient_checkpointing_kwargs=None):
+        calls.append(gradient_checkpointing_kwargs)
+        self._activation_checkpointing_enable(gradient_checkpointing_kwargs, 1, False)
+
+    monkeypatch.delattr(PreTrainedModel, "activation_checkpointing_enable")
+    monkeypatch.setattr(PreTrainedModel, "gradient_checkpointing_enable", legacy)
+    model = build_tiny_llama(tokenizer, hidden_size=32, num_layers=5, num_heads=4)
+    assert checkpointed_layers(model, 2) == 3 and calls == [{"use_reentrant": False}]
+    flags = [m.gradient_checkpointing for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert flags == [True, False, True, False, True]
