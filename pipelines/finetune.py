@@ -110,7 +110,7 @@ def prepare(cfg: FinetuneConfig, job: Run) -> PreparedDatasets:
     else:
         base_path = prepare_base(cfg)
     kwargs = {"tokenizer_path": base_path, "max_length": cfg.max_length, "packing": cfg.packing,
-              "trust_remote_code": cfg.trust_remote_code}
+              "trust_remote_code": cfg.trust_remote_code, "row_tokens": cfg.row_tokens()}
     with job.step("tokenise + pack"):
         datasets = {"train": map_stage(train, tokenize_examples, res, kwargs=kwargs).materialize(),
                     "validation": map_stage(evals, tokenize_examples, res, kwargs=kwargs).materialize()}

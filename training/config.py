@@ -50,6 +50,10 @@ class OptimSettings(Config):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)  # cap on optimizer steps (after epochs)
     micro_batch_size: int = Field(4, ge=1)  # sequences per worker per forward
+    # Token-budget micro batches: examples packed into rows of this many tokens, one row per
+    # micro batch (needs packing and micro_batch_size 1), so a step holds as many short
+    # examples as fit instead of a fixed number of rows. None: rows of max_length tokens.
+    micro_batch_tokens: int | None = Field(None, ge=16)
     grad_accum: int = Field(1, ge=1)
     grad_clip: float = 1.0
 
@@ -135,6 +139,17 @@ class FinetuneConfig(Config):
             raise ValueError("deepspeed.offload_param needs deepspeed.zero_stage: 3")
         if self.base_model == TINY and fs.is_uri(self.output_dir):
             raise ValueError("base_model: tiny builds its base model into output_dir, which must be a local path")
+        budget = self.optim.micro_batch_tokens
+        if budget is not None:
+            if not self.packing:
+                raise ValueError("optim.micro_batch_tokens packs examples into token-budget rows: "
+                                 "it needs packing: true")
+            if budget < self.max_length:
+                raise ValueError(f"optim.micro_batch_tokens ({budget}) must hold the longest example "
+                                 f"(max_length {self.max_length})")
+            if self.optim.micro_batch_size != 1:
+                raise ValueError("with optim.micro_batch_tokens a micro batch is one row of that many tokens: "
+                                 f"set optim.micro_batch_size: 1 (not {self.optim.micro_batch_size})")
         gc = self.gradient_checkpointing
         if not isinstance(gc, bool) and gc < 1:
             raise ValueError(f"gradient_checkpointing must be true, false or a layer interval k >= 1, not {gc}")
@@ -142,6 +157,10 @@ class FinetuneConfig(Config):
             raise ValueError("deepspeed.offload_optimizer is for GPU training (it JIT-compiles DeepSpeedCPUAdam); "
                              "on CPU the optimizer already runs on CPU: set it to false")
         return self
+
+    def row_tokens(self) -> int:
+        """Tokens per packed row: the micro batch's token budget when set, else ``max_length``."""
+        return self.optim.micro_batch_tokens or self.max_length
 
     def dataset_dirs(self) -> list[str]:
         """Every directory the phase's examples are read from: ``dataset_dir`` first."""

@@ -458,9 +458,11 @@ class TokenizeStage:
     input_columns = ("messages",)
     output_schema = TOKENS_SCHEMA
 
-    def __init__(self, tokenizer_path: str, max_length: int, packing: bool = True, trust_remote_code: bool = False):
+    def __init__(self, tokenizer_path: str, max_length: int, packing: bool = True, trust_remote_code: bool = False,
+                 row_tokens: int | None = None):
         self.tokenizer = load_tokenizer(tokenizer_path, trust_remote_code)
-        self.max_length = max_length
+        self.max_length = max_length  # per example
+        self.row_tokens = row_tokens or max_length  # per packed row (a token-budget micro batch when larger)
         self.packing = packing
 
     def __call__(self, batch: pa.Table | pa.RecordBatch) -> pa.Table:
@@ -471,18 +473,19 @@ class TokenizeStage:
             out = tokenize_messages(self.tokenizer, messages or [], self.max_length)
             if out is not None:
                 seqs.append(out)
-        return token_table(pack_rows(seqs, self.max_length) if self.packing else single_rows(seqs))
+        return token_table(pack_rows(seqs, self.row_tokens) if self.packing else single_rows(seqs))
 
 
 @functools.lru_cache(maxsize=4)
-def _stage(tokenizer_path: str, max_length: int, packing: bool, trust_remote_code: bool) -> TokenizeStage:
-    return TokenizeStage(tokenizer_path, max_length, packing, trust_remote_code)
+def _stage(tokenizer_path: str, max_length: int, packing: bool, trust_remote_code: bool,
+           row_tokens: int | None) -> TokenizeStage:
+    return TokenizeStage(tokenizer_path, max_length, packing, trust_remote_code, row_tokens)
 
 
 def tokenize_examples(batch: pa.Table, *, tokenizer_path: str, max_length: int, packing: bool = True,
-                      trust_remote_code: bool = False) -> pa.Table:
+                      trust_remote_code: bool = False, row_tokens: int | None = None) -> pa.Table:
     """Ray Data stage (tasks): :class:`TokenizeStage` with its tokenizer loaded once per worker process."""
-    return _stage(tokenizer_path, max_length, packing, trust_remote_code)(batch)
+    return _stage(tokenizer_path, max_length, packing, trust_remote_code, row_tokens)(batch)
 
 
 def token_counts(tokens: pa.Table) -> dict[str, int]:
@@ -529,7 +532,7 @@ def prepare_local(cfg: Any, *, is_builder: bool = True, wait: Callable[[], None]
         wait()
     if not is_builder:
         base_path = prepare_base(cfg, texts)
-    stage = TokenizeStage(base_path, cfg.max_length, cfg.packing, cfg.trust_remote_code)
+    stage = TokenizeStage(base_path, cfg.max_length, cfg.packing, cfg.trust_remote_code, cfg.row_tokens())
     size = cfg.tokenize.batch_size or 256
     sides = {}
     for name, table in (("train", train), ("validation", evals)):

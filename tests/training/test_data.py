@@ -326,3 +326,25 @@ def test_checkpoints_are_keyed_by_what_decides_the_weights(tmp_path):
     key = checkpoint_run_name(with_synth)
     write_dataset(synth, rows(n_train=3, n_val=0), subdir="synthetic")
     assert checkpoint_run_name(with_synth) != key  # extra dataset directories count too
+
+
+def test_token_budget_micro_batches_pack_rows_to_the_budget(tokenizer, tmp_path):
+    """optim.micro_batch_tokens: examples (each at most max_length) packed into rows of the budget,
+    one row per micro batch; the config says what is missing when it cannot work."""
+    from chipforge.config import ConfigError, validate
+
+    tokenizer.save_pretrained(tmp_path / "tok")
+    table = from_rows(rows(n_train=10, n_val=0), EXAMPLES_SCHEMA, stage="test")
+    cfg = validate(FinetuneConfig, {"max_length": 128, "optim": {"micro_batch_tokens": 512, "micro_batch_size": 1}},
+                   source="x")
+    assert cfg.row_tokens() == 512 and FinetuneConfig(max_length=128).row_tokens() == 128
+    budget = TokenizeStage(str(tmp_path / "tok"), max_length=128, packing=True, row_tokens=cfg.row_tokens())(table)
+    plain = TokenizeStage(str(tmp_path / "tok"), max_length=128, packing=True)(table)
+    lengths = budget.column("n_tokens").to_pylist()
+    assert max(lengths) <= 512 and max(lengths) > 128 and budget.num_rows < plain.num_rows
+    assert sum(lengths) == sum(plain.column("n_tokens").to_pylist())
+    for bad, match in [({"packing": False}, "needs packing"), ({"max_length": 1024}, "longest example"),
+                       ({"optim": {"micro_batch_tokens": 512, "micro_batch_size": 2}}, "micro_batch_size: 1")]:
+        raw = {"max_length": 128, "optim": {"micro_batch_tokens": 512, "micro_batch_size": 1}, **bad}
+        with pytest.raises(ConfigError, match=match):
+            validate(FinetuneConfig, raw, source="x.yaml")

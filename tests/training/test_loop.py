@@ -98,3 +98,20 @@ def test_torchrun_overfits_resumes_after_failure_and_saves_a_peft_adapter(tiny_d
     gen = model.generate(**enc, max_new_tokens=12, do_sample=False)
     text = tok.decode(gen[0, enc["input_ids"].shape[1]:])
     assert gen.shape[1] > enc["input_ids"].shape[1] and "module" in text
+
+
+@pytest.mark.integration
+def test_torchrun_trains_with_token_budget_batches_checkpointing_and_eager_attention(tiny_dataset, tmp_path):
+    """micro_batch_tokens (one packed 384-token row per micro batch), activation checkpointing on every
+    layer and the eager attention kernel: the run finishes, counts its tokens and learns."""
+    out = tmp_path / "out"
+    cfg = tiny_config(tmp_path / "ft.yaml", tiny_dataset, out, gradient_checkpointing=True,
+                      attn_implementation="eager")
+    raw = yaml.safe_load(cfg.read_text())
+    raw["optim"].update(micro_batch_tokens=384, micro_batch_size=1, epochs=8)
+    cfg.write_text("# launch: python -m jobs.finetune --config x.yaml\n" + yaml.safe_dump(raw))
+    run = torchrun(cfg)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["optimizer_steps"] == report["train_rows"] * 8
+    assert report["train_loss_last"] < 0.7 * report["train_loss_first"], report
