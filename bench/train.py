@@ -13,9 +13,17 @@ gloo) with 1 worker. tokens/s on both sides counts non-pad tokens over
 training-step time (set-up, evaluation and checkpoints excluded; the Ray side's end-to-end
 wall time is reported as well). Target: plain/ray ≤ 1.25.
 
-GPU mode runs ``training.loop.run_training`` in-process on one GPU (no Ray, the torchrun code
-path), on random token rows; MFU = (4·N_base + 6·N_lora + attention) FLOPs per token × tokens/s
-/ peak bf16 FLOPs (frozen base weights need no weight gradients). Results: bench/results/train.json.
+GPU mode (``--gpu``, one GPU, no Ray and no network needed: torch, transformers, peft, and
+DeepSpeed + pydantic as carried wheels) runs every configuration of ``--gpu-plan`` (model ~1B or
+~8B Llama shape with random weights, side, micro batch, sequence length, activation
+checkpointing) in a fresh process: the project's ``training.loop.run_training`` (the torchrun
+code path: DeepSpeed ZeRO-2, bf16) or a plain PEFT + fused AdamW loop, on the same rows, packed
+for real from random examples (``pack_rows``, flattened micro batches). Per run: tokens/s, MFU =
+(4·N_matmul + 6·N_lora + 6·layers·seq·hidden) FLOPs per token × tokens/s / ``--peak-tflops``
+(frozen base weights need no weight gradients), peak memory, OOM; each project run's ratio to
+the plain loop's best micro batch. Results are written after every run to
+bench/results/train_gpu.json. ``--gpu-device cpu`` runs the same logic on a tiny model here.
+CPU mode results: bench/results/train.json.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import argparse
 import json
 import os
 import sys
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -170,58 +179,153 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
-    """~1B Llama (random), LoRA, bf16, ZeRO-2 on one GPU via the no-Ray code path."""
+# Llama-architecture shapes (random weights): hidden, intermediate, layers, heads, kv heads, vocab
+SHAPES = {
+    "tiny": (64, 128, 2, 4, 4, 512),  # CPU check of the benchmark itself (--gpu-device cpu)
+    "1b": (2048, 5632, 22, 32, 4, 32000),  # TinyLlama-1.1B
+    "8b": (4096, 14336, 32, 32, 8, 128256),  # Llama-3-8B
+}
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# (model, side, micro batch, seq, activation checkpointing): "quick" fits a 15-minute device slot
+GPU_PLANS = {
+    "quick": [("1b", "plain", 16, 2048, False), ("1b", "project", 16, 2048, False),
+              ("8b", "plain", 4, 2048, False), ("8b", "project", 4, 2048, False),
+              ("8b", "project", 1, 8192, True)],
+    "full": [("1b", s, mb, 2048, False) for mb in (4, 16) for s in ("plain", "project")]
+    + [("8b", s, mb, 2048, False) for mb in (2, 6) for s in ("plain", "project")]
+    + [("8b", "project", 16, 2048, True), ("8b", "project", 1, 8192, True), ("8b", "project", 2, 8192, True)],
+}
+
+
+def gpu_spec(model: str, side: str, micro_batch: int, seq: int, gc: bool | int, args: argparse.Namespace) -> dict:
+    return {"model": model, "side": side, "micro_batch": micro_batch, "seq": seq, "gradient_checkpointing": gc,
+            "steps": args.gpu_steps, "attn": args.gpu_attn, "device": args.gpu_device,
+            "peak_tflops": args.peak_tflops}
+
+
+def packed_rows(seq: int, n_rows: int, vocab: int, seed: int = 0) -> Any:
+    """``n_rows`` rows of ``seq`` tokens packed for real (``pack_rows``) from random examples of
+    log-normal lengths (median seq/8), random token ids: a token table as the job trains on."""
     import numpy as np
+
+    from training.data import pack_rows, token_table
+
+    rng = np.random.default_rng(seed)
+    rows: list = []
+    while len(rows) < n_rows:
+        lengths = np.clip(rng.lognormal(np.log(seq / 8), 0.9, 64 * 8).astype(int), 16, seq)
+        seqs = [(ids := rng.integers(3, vocab, n).tolist(), ids) for n in lengths.tolist()]
+        rows += [r for r in pack_rows(seqs, seq) if len(r[0]) >= seq * 0.9]  # full rows, as at scale
+    return token_table(rows[:n_rows])
+
+
+def gpu_run(spec: dict) -> dict[str, Any]:
+    """One configuration in this (fresh) process: the project's ``run_training`` or a plain loop."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    import training.model as tm
     from training.config import FinetuneConfig
-    from training.data import token_table
+    from training.data import batch_tokens, collate, iter_table_batches
     from training.loop import LocalSession, Plan, init_distributed, run_training
 
-    seq, vocab = args.gpu_seq, 32000
-    mcfg = LlamaConfig(vocab_size=vocab, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
-                       num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=seq)
-    with tempfile.TemporaryDirectory(prefix="cf-bench-gpu-") as tmp:
-        torch.manual_seed(0)
-        base = os.path.join(tmp, "base")
-        model = LlamaForCausalLM(mcfg)
-        n_base = sum(p.numel() for p in model.parameters())
-        model.to(torch.bfloat16).save_pretrained(base)
-        del model
-        rng = np.random.default_rng(0)
-        n_rows = args.gpu_steps * args.gpu_micro_batch
-        rows = [(ids := rng.integers(1, vocab, seq).tolist(), ids, list(range(seq)), 1) for _ in range(n_rows)]
-        table = token_table(rows)
-        cfg = FinetuneConfig(
-            base_model=base, output_dir=tmp, max_length=seq,
-            lora={"r": 16, "alpha": 32, "dropout": 0.0,
-                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
-            optim={"lr": 1e-4, "epochs": 1, "micro_batch_size": args.gpu_micro_batch, "warmup_ratio": 0.0},
-            deepspeed={"zero_stage": 2, "bf16": True}, scaling={"num_workers": 1, "use_gpu": True},
-            eval_every_steps=10**6, eval_max_batches=1, log_every_steps=10, tracking={"tensorboard": False},
-        )
-        rank, world = init_distributed(True)
-        plan = Plan.make(cfg, table.num_rows, world, 0, base)
-        session = LocalSession(table, table.slice(0, args.gpu_micro_batch), os.path.join(tmp, "ck"),
-                               rank, world)
-        state = run_training(cfg, plan, session)
-    tps = state.tokens / state.train_time_s
-    n_lora = sum(
-        16 * (a + b) * mcfg.num_hidden_layers
-        for a, b in [(2048, 2048), (2048, 512), (2048, 512), (2048, 2048), (2048, 5632), (2048, 5632), (5632, 2048)]
+    hidden, inter, layers, heads, kv, vocab = SHAPES[spec["model"]]
+    seq, mb, steps, cuda = spec["seq"], spec["micro_batch"], spec["steps"], spec["device"] == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    mcfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=seq,
+                       tie_word_embeddings=False)
+    table = packed_rows(seq, steps * mb, vocab)
+    cfg = FinetuneConfig(
+        base_model="random", output_dir=tempfile.mkdtemp(prefix="cf-bench-gpu-"), max_length=seq,
+        attn_implementation=spec["attn"], gradient_checkpointing=spec["gradient_checkpointing"],
+        lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": LORA_TARGETS},
+        optim={"lr": 1e-4, "epochs": 1, "micro_batch_size": mb, "warmup_ratio": 0.0},
+        deepspeed={"zero_stage": 2, "bf16": cuda}, scaling={"num_workers": 1, "use_gpu": cuda},
+        eval_every_steps=10**6, eval_max_batches=1, log_every_steps=10**6, tracking={"tensorboard": False},
     )
-    attn = 6 * mcfg.num_hidden_layers * seq * mcfg.hidden_size  # causal attention fwd+bwd per token (approx.)
-    flops_per_token = 4 * n_base + 6 * n_lora + attn
-    peak = args.peak_tflops * 1e12
-    mfu = tps * flops_per_token / peak
-    result = {"mode": "gpu", "device": torch.cuda.get_device_name(0), "params_base": n_base, "params_lora": n_lora,
-              "seq_len": seq, "micro_batch_size": args.gpu_micro_batch, "steps": state.step,
-              "tokens_per_s": round(tps, 1), "mfu": round(mfu, 4), "peak_tflops": args.peak_tflops,
-              "train_time_s": round(state.train_time_s, 2)}
-    print(json.dumps(result, indent=2))
-    return result
+
+    def random_base(*_: Any, **__: Any) -> Any:  # the same random model for both sides, built on the device
+        torch.manual_seed(0)
+        with torch.device("cuda" if cuda else "cpu"):
+            return LlamaForCausalLM._from_config(mcfg, dtype=dtype, attn_implementation=spec["attn"])
+
+    t0 = time.perf_counter()
+    try:
+        if spec["side"] == "project":
+            tm.load_base_model = random_base  # build_lora_model's loader: no checkpoint on disk
+            rank, world = init_distributed(cuda)
+            plan = Plan.make(cfg, table.num_rows, world, 0, "random")
+            session = LocalSession(table, table.slice(0, mb), os.path.join(cfg.output_dir, "ck"), rank, world,
+                                   quiet=True)
+            state = run_training(cfg, plan, session)
+            tokens, train_s, done = state.tokens, state.train_time_s, state.step
+        else:  # plain: PEFT + fused AdamW, the same rows, collate and loss
+            from peft import get_peft_model
+
+            model = random_base()
+            model.config.use_cache = False
+            tm.checkpointed_layers(model, cfg.gradient_checkpointing)
+            model = get_peft_model(model, tm.lora_config(cfg.lora))
+            params = [p for p in model.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=1e-4, fused=cuda)
+            model.train()
+            tokens, train_s, done = 0, 0.0, 0
+            for raw in iter_table_batches(table, mb):
+                t = time.perf_counter()
+                batch = {k: v.to(model.device) for k, v in collate(raw, 0, flatten=True).items()}
+                model(**batch).loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if cuda:
+                    torch.cuda.synchronize()
+                train_s += time.perf_counter() - t
+                tokens += batch_tokens(raw)
+                done += 1
+    except torch.OutOfMemoryError as exc:
+        return {**spec, "oom": True, "error": str(exc).splitlines()[0][:300]}
+    n_matmul = layers * (2 * hidden * hidden + 2 * hidden * hidden * kv // heads + 3 * hidden * inter) + hidden * vocab
+    n_lora = 16 * layers * ((hidden + hidden) * 2 + (hidden + hidden * kv // heads) * 2 + (hidden + inter) * 3)
+    flops_per_token = 4 * n_matmul + 6 * n_lora + 6 * layers * seq * hidden
+    tps = tokens / train_s if train_s else 0.0
+    return {**spec, "oom": False, "steps_done": done, "tokens": tokens, "train_time_s": round(train_s, 2),
+            "tokens_per_s": round(tps, 1), "mfu": round(tps * flops_per_token / (spec["peak_tflops"] * 1e12), 4),
+            "params_matmul": n_matmul, "params_lora": n_lora, "setup_and_run_s": round(time.perf_counter() - t0, 1),
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None,
+            "device_name": torch.cuda.get_device_name(0) if cuda else "cpu"}
+
+
+def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
+    """Every configuration of ``--gpu-plan`` in a fresh process (one's memory never counts against the
+    next), results written after each; then each project run against the plain loop's best micro batch."""
+    plan = [("tiny", side, 2, 256, gc) for side in ("plain", "project") for gc in (False, 1)] \
+        if args.gpu_device == "cpu" else GPU_PLANS[args.gpu_plan]
+    out: dict[str, Any] = {"plan": args.gpu_plan if args.gpu_device == "cuda" else "cpu-check", "runs": [],
+                           "command": " ".join(["python", "bench/train.py", *sys.argv[1:]])}
+    for model, side, mb, seq, gc in plan:
+        spec = gpu_spec(model, side, mb, seq, gc, args)
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, __file__, "--gpu-run", json.dumps(spec)], capture_output=True, text=True,
+                           timeout=args.gpu_run_timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+        line = next((ln for ln in p.stdout.splitlines()[::-1] if ln.startswith("RESULT ")), None)
+        res = json.loads(line[7:]) if line else {**spec, "failed": True, "exit_code": p.returncode,
+                                                 "stderr": p.stderr[-1500:]}
+        res["process_wall_s"] = round(time.perf_counter() - t0, 1)
+        out["runs"].append(res)
+        shown = "OOM" if res.get("oom") else "FAILED" if res.get("failed") else (
+            f"{res['tokens_per_s']:>9,.0f} tokens/s  MFU {res['mfu']:.1%}  peak {res['peak_memory_gib']} GiB")
+        print(f"{model:>4} {side:<7} mb {mb:<2} seq {seq:<5} ckpt {str(gc):<5}: {shown}  ({res['process_wall_s']} s)",
+              flush=True)
+        write_result(args.gpu_device, out, args.gpu_results)
+    for model in dict.fromkeys(r["model"] for r in out["runs"]):
+        ok = [r for r in out["runs"] if r["model"] == model and r.get("tokens_per_s")]
+        plain = max((r["tokens_per_s"] for r in ok if r["side"] == "plain"), default=None)
+        for r in ok:
+            if r["side"] == "project" and plain:
+                r["ratio_vs_best_plain"] = round(r["tokens_per_s"] / plain, 3)
+    write_result(args.gpu_device, out, args.gpu_results)
+    return out
 
 
 def run_pack(args: argparse.Namespace) -> dict[str, Any]:
@@ -277,7 +381,8 @@ def run_pack(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gpu", action="store_true", help="~1B Llama LoRA bf16 ZeRO-2 on one GPU (tokens/s, MFU)")
+    p.add_argument("--gpu", action="store_true",
+                   help="~1B and ~8B Llama LoRA bf16 on one GPU: project vs plain loop (tokens/s, MFU, memory)")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--max-length", type=int, default=256)
@@ -286,19 +391,30 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=1, help="rows = the sample's packed rows repeated N times (at least)")
     p.add_argument("--min-steps", type=int, default=400, help="repeat the rows until a run has this many steps")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--gpu-seq", type=int, default=2048)
-    p.add_argument("--gpu-micro-batch", type=int, default=4)
-    p.add_argument("--gpu-steps", type=int, default=30)
+    p.add_argument("--gpu-plan", choices=sorted(GPU_PLANS), default="quick",
+                   help="configurations (model, side, micro batch, seq, checkpointing); each in a fresh process")
+    p.add_argument("--gpu-steps", type=int, default=20, help="optimizer steps per run")
+    p.add_argument("--gpu-attn", default="sdpa", help="attn_implementation (sdpa, flash_attention_2, eager)")
+    p.add_argument("--gpu-device", choices=["cuda", "cpu"], default="cuda",
+                   help="cpu: run the benchmark's own logic on a tiny model (no GPU needed)")
+    p.add_argument("--gpu-run-timeout", type=int, default=900, help="seconds one configuration may take")
+    p.add_argument("--gpu-results", type=Path, default=REPO / "bench" / "results" / "train_gpu.json")
+    p.add_argument("--gpu-run", default=None, help=argparse.SUPPRESS)  # internal: one configuration (JSON)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
     p.add_argument("--pack", action="store_true", help="packing time per example at 10k..1M examples")
     p.add_argument("--pack-sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--pack-max-length", type=int, default=2048)
     p.add_argument("--results", type=Path, default=RESULTS, help=f"JSON file the result is merged into ({RESULTS})")
     args = p.parse_args()
+    if args.gpu_run:
+        print("RESULT " + json.dumps(gpu_run(json.loads(args.gpu_run))), flush=True)
+        return 0
     if args.pack:
         write_result("pack", run_pack(args), args.results)
     elif args.gpu:
-        write_result("gpu", run_gpu(args), args.results)
+        run_gpu(args)
+        print(f"wrote {args.gpu_results}")
+        return 0
     else:
         write_result("cpu", run_cpu(args), args.results)
     print(f"wrote {args.results}")

@@ -35,6 +35,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if missing:
             pkgs = sorted({TOOL_PACKAGES.get(t, t) for t in missing})
             pytest.skip(f"needs {', '.join(missing)}: install with `apt-get install -y {' '.join(pkgs)}`")
+    if item.get_closest_marker("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU (run on a GPU machine: bench/gpu_check.sh)")
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 

@@ -135,3 +135,57 @@ def test_activation_checkpointing_on_transformers_without_every_n_layers(tokeniz
     assert checkpointed_layers(model, 2) == 3 and calls == [{"use_reentrant": False}]
     flags = [m.gradient_checkpointing for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     assert flags == [True, False, True, False, True]
+
+
+def _flash_attention_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def _example_logits(model, ids, positions, device="cpu", leak=False):
+    """Logits of every example of a packed row: (from the packed row, from the example alone).
+    ``leak``: the row read as one sequence (positions 0..n-1), as without per-example positions."""
+    import torch
+
+    def run(i, p):
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([i], device=device),
+                         position_ids=torch.tensor([p], device=device)).logits[0].float()
+
+    packed = run(ids, list(range(len(ids))) if leak else positions)
+    starts = [k for k, p in enumerate(positions) if p == 0] + [len(ids)]
+    return [(packed[a:b], run(ids[a:b], list(range(b - a)))) for a, b in zip(starts, starts[1:])]
+
+
+def test_packed_examples_get_the_logits_they_get_alone(tokenizer):
+    seqs = _examples(tokenizer)
+    ids, _, positions, n = pack_rows(seqs, max_length=sum(len(i) for i, _ in seqs))[0]
+    model = _model(tokenizer, "sdpa")
+    pairs = _example_logits(model, ids, positions)
+    assert len(pairs) == n == len(seqs)
+    assert max(float((a - b).abs().max()) for a, b in pairs) < 1e-4
+    leaky = _example_logits(model, ids, positions, leak=True)  # one long sequence: context leaks in
+    assert max(float((a - b).abs().max()) for a, b in leaky[1:]) > 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attn", ["sdpa", pytest.param("flash_attention_2", marks=pytest.mark.skipif(
+    not _flash_attention_installed(), reason="flash-attn is not installed"))])
+def test_packed_examples_are_kept_apart_on_gpu_in_bf16(tokenizer, attn):
+    """The GPU kernels the fine-tune uses, in bf16: each packed example's logits are its logits alone
+    (a bf16 tolerance), the one-sequence reading is far off, and the summed loss matches."""
+    import torch
+
+    seqs = _examples(tokenizer)
+    model = _model(tokenizer, attn).to("cuda", torch.bfloat16)
+    ids, labels, positions, _ = pack_rows(seqs, max_length=sum(len(i) for i, _ in seqs))[0]
+    pairs = _example_logits(model, ids, positions, device="cuda")
+    assert max(float((a - b).abs().max()) for a, b in pairs) < 0.1
+    leaky = _example_logits(model, ids, positions, device="cuda", leak=True)
+    assert max(float((a - b).abs().max()) for a, b in leaky[1:]) > 0.5
+    batch = {k: v.cuda() for k, v in collate({"input_ids": [ids], "labels": [labels], "position_ids": [positions]},
+                                              pad_id=0, flatten=True).items()}
+    alone = sum(_nll_sum(model, {"input_ids": torch.tensor([i]).cuda(),
+                                 "labels": torch.tensor([[IGNORE, *lab[1:]]]).cuda()}) for i, lab in seqs)
+    assert _nll_sum(model, batch) == pytest.approx(alone, rel=2e-2)
