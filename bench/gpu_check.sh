@@ -9,7 +9,7 @@
 # Building .whl/ on a machine with PyPI (Python 3.12 wheels for the GPU machine):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl \
 #     pydantic==2.13.4 pydantic-core==2.46.4 annotated-types typing-inspection typing-extensions hjson msgpack \
-#     py-cpuinfo einops pytest pluggy iniconfig pytest-timeout packaging
+#     py-cpuinfo einops pytest pluggy iniconfig pytest-timeout packaging liger-kernel==0.8.5
 #   pip download --no-deps --no-binary=:all: deepspeed==0.19.8 -d /tmp/ds && tar xzf /tmp/ds/deepspeed-0.19.8.tar.gz -C /tmp/ds
 #   DS_BUILD_OPS=0 pip wheel --no-deps --no-build-isolation -w .whl /tmp/ds/deepspeed-0.19.8
 set -euo pipefail
@@ -22,7 +22,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch, transformers, peft, deepspeed; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'peft', peft.__version__, 'deepspeed', deepspeed.__version__)"
 mkdir -p "$OUT"
-# 1. packed examples kept apart on the GPU kernels, in bf16 (and the CPU packing tests beside them)
+# 1. packed examples kept apart on the GPU kernels, in bf16, and Liger's loss against the unfused one
+#    (with the CPU packing tests beside them)
 timeout 180 python -m pytest -q -p no:cacheprovider -o addopts="" tests/training/test_packing.py 2>&1 | tail -5 \
     | tee "$OUT/gpu_packing_tests.txt" || true
 # 2. the benchmark: project vs plain loop, ~1B and ~8B, each configuration in a fresh process

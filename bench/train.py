@@ -289,7 +289,8 @@ def gpu_run(spec: dict) -> dict[str, Any]:
     n_lora = 16 * layers * ((hidden + hidden) * 2 + (hidden + hidden * kv // heads) * 2 + (hidden + inter) * 3)
     flops_per_token = 4 * n_matmul + 6 * n_lora + 6 * layers * seq * hidden
     tps = tokens / train_s if train_s else 0.0
-    return {**spec, "oom": False, "steps_done": done, "tokens": tokens, "train_time_s": round(train_s, 2),
+    liger = spec["side"] == "project" and tm.liger_wanted(cfg.liger_kernel, cuda)
+    return {**spec, "oom": False, "liger_kernel": liger, "steps_done": done, "tokens": tokens, "train_time_s": round(train_s, 2),
             "tokens_per_s": round(tps, 1), "mfu": round(tps * flops_per_token / (spec["peak_tflops"] * 1e12), 4),
             "params_matmul": n_matmul, "params_lora": n_lora, "setup_and_run_s": round(time.perf_counter() - t0, 1),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None,

@@ -105,6 +105,10 @@ class FinetuneConfig(Config):
     # Activation checkpointing: false (off), true (every decoder layer) or k (every k-th layer:
     # recompute a share 1/k of the layers' activations in the backward pass)
     gradient_checkpointing: bool | int = False
+    # Liger Kernel (pip install "chipforge[liger]", GPU only): fused linear + cross-entropy (no
+    # full-vocabulary logits), RMSNorm, SwiGLU and RoPE kernels patched into the base model.
+    # auto: on when training on GPUs with liger-kernel installed; on: required; off: never.
+    liger_kernel: Literal["auto", "on", "off"] = "auto"
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # held out of train when no validation split
     max_train_examples: int | None = Field(None, ge=1)
     # Ray Data read/validate and tokenise stages (tasks): CPUs each, parallel tasks, examples per batch
@@ -150,6 +154,9 @@ class FinetuneConfig(Config):
             if self.optim.micro_batch_size != 1:
                 raise ValueError("with optim.micro_batch_tokens a micro batch is one row of that many tokens: "
                                  f"set optim.micro_batch_size: 1 (not {self.optim.micro_batch_size})")
+        if self.liger_kernel == "on" and not self.scaling.use_gpu:
+            raise ValueError("liger_kernel: on needs GPU training (scaling.use_gpu: true): its kernels are Triton "
+                             "GPU kernels; use auto or off on CPU")
         gc = self.gradient_checkpointing
         if not isinstance(gc, bool) and gc < 1:
             raise ValueError(f"gradient_checkpointing must be true, false or a layer interval k >= 1, not {gc}")

@@ -129,6 +129,32 @@ def checkpointed_layers(model: Any, every: bool | int) -> int:
     return sum(1 for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing)
 
 
+def liger_wanted(setting: str, use_gpu: bool) -> bool:
+    """Whether to patch Liger Kernel in: ``on`` (error when it is not installed), ``auto`` (GPU and
+    installed), ``off``."""
+    import importlib.util
+
+    if setting == "off" or (setting == "auto" and not use_gpu):
+        return False
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    if setting == "on" and not installed:
+        raise RuntimeError('liger_kernel: on, but liger-kernel is not installed (pip install "chipforge[liger]")')
+    return installed
+
+
+def apply_liger(model: Any) -> bool:
+    """Liger's kernels for this model's architecture, in place (fused linear cross-entropy instead of
+    materialising the logits; RMSNorm, SwiGLU, RoPE). False when Liger has none for it."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    if getattr(model.config, "model_type", None) not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        return False
+    _apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=True, cross_entropy=False,
+                                    rms_norm=True, swiglu=True, rope=True)
+    return True
+
+
 def build_lora_model(base_path: str, cfg: FinetuneConfig, ds_config: dict[str, Any] | None = None) -> Any:
     """Base model from ``base_path`` with a fresh LoRA adapter; only adapter weights train.
 
@@ -145,6 +171,8 @@ def build_lora_model(base_path: str, cfg: FinetuneConfig, ds_config: dict[str, A
     model = load_base_model(base_path, bf16=cfg.deepspeed.bf16, trust_remote_code=cfg.trust_remote_code,
                             attn_implementation=cfg.attn_implementation)
     model.config.use_cache = False
+    if liger_wanted(cfg.liger_kernel, cfg.scaling.use_gpu):
+        apply_liger(model)
     checkpointed_layers(model, cfg.gradient_checkpointing)
     model = get_peft_model(model, lora_config(cfg.lora))
     del keep

@@ -189,3 +189,66 @@ def test_packed_examples_are_kept_apart_on_gpu_in_bf16(tokenizer, attn):
     alone = sum(_nll_sum(model, {"input_ids": torch.tensor([i]).cuda(),
                                  "labels": torch.tensor([[IGNORE, *lab[1:]]]).cuda()}) for i, lab in seqs)
     assert _nll_sum(model, batch) == pytest.approx(alone, rel=2e-2)
+
+
+def test_liger_kernel_setting(monkeypatch):
+    """auto: only on GPU and when installed; on: an error naming the extra when it is missing, and a
+    config error on CPU; off: never."""
+    import importlib.util
+
+    from chipforge.config import ConfigError, validate
+    from training.config import FinetuneConfig
+    from training.model import liger_wanted
+
+    real = importlib.util.find_spec
+
+    def installed(yes: bool):
+        return lambda name, *a: (object() if yes else None) if name == "liger_kernel" else real(name, *a)
+
+    monkeypatch.setattr(importlib.util, "find_spec", installed(False))
+    assert not liger_wanted("auto", True) and not liger_wanted("auto", False) and not liger_wanted("off", True)
+    with pytest.raises(RuntimeError, match=r"chipforge\[liger\]"):
+        liger_wanted("on", True)
+    monkeypatch.setattr(importlib.util, "find_spec", installed(True))
+    assert liger_wanted("auto", True) and liger_wanted("on", True)
+    assert not liger_wanted("auto", False) and not liger_wanted("off", True)
+    with pytest.raises(ConfigError, match="liger_kernel: on needs GPU"):
+        validate(FinetuneConfig, {"liger_kernel": "on"}, source="x.yaml")
+
+
+@pytest.mark.gpu
+def test_liger_kernels_give_the_unfused_loss_and_gradients_on_gpu(tokenizer):
+    """Fused linear cross-entropy, RMSNorm, SwiGLU and RoPE from Liger: the same loss and LoRA
+    gradients as Transformers' own path, on a packed, flattened micro batch (bf16 tolerance)."""
+    pytest.importorskip("liger_kernel")
+    import torch
+    from peft import get_peft_model
+
+    from training.config import LoraSettings
+    from training.model import apply_liger, lora_config
+    from training.tiny import build_tiny_llama
+
+    seqs = _examples(tokenizer)
+    ids, labels, positions, _ = pack_rows(seqs, max_length=sum(len(i) for i, _ in seqs))[0]
+    batch = {k: v.cuda() for k, v in collate({"input_ids": [ids], "labels": [labels], "position_ids": [positions]},
+                                              pad_id=0, flatten=True).items()}
+
+    def loss_and_grads(liger: bool):
+        model = build_tiny_llama(tokenizer, hidden_size=64, num_layers=2, num_heads=4, seed=2)
+        model = model.to("cuda", torch.bfloat16)
+        model.config.use_cache = False
+        if liger:
+            assert apply_liger(model)
+        torch.manual_seed(0)
+        model = get_peft_model(model, lora_config(LoraSettings(r=4, dropout=0.0)))
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+        loss = model(**batch).loss
+        loss.backward()
+        return float(loss.detach()), {k: p.grad.float() for k, p in model.named_parameters() if p.requires_grad}
+
+    ref_loss, ref = loss_and_grads(False)
+    loss, got = loss_and_grads(True)
+    assert loss == pytest.approx(ref_loss, rel=2e-2)
+    assert all(torch.allclose(got[k], ref[k], rtol=0.1, atol=1e-2) for k in ref)
