@@ -2,7 +2,7 @@
 # The prepared device check (issue 12): one script for a single-GPU machine with torch, transformers
 # and peft but no network and no Ray (../shared/notes/gpu.md). Run from the repository root, with
 # the wheels it lacks carried in .whl/ (git-ignored; how to build them: at the end of this comment):
-#   run tool: command "bash bench/gpu_check.sh", carry [".whl"], timeout_s 600
+#   run tool: command "bash bench/gpu_check.sh", carry [".whl"], timeout_s 600 (it stops itself by 560 s)
 # Writes $OUT/train_gpu.json (default bench/results/) after every configuration, so a run cut
 # short still reports what it measured. PLAN=full for every configuration (longer than 10 min).
 #
@@ -24,7 +24,7 @@ transformers.__version__, 'peft', peft.__version__, 'deepspeed', deepspeed.__ver
 mkdir -p "$OUT"
 # 1. packed examples kept apart on the GPU kernels, in bf16, and Liger's loss against the unfused one
 #    (with the CPU packing tests beside them)
-timeout 180 python -m pytest -q -p no:cacheprovider -o addopts="" tests/training/test_packing.py 2>&1 | tail -5 \
+timeout 120 python -m pytest -q -p no:cacheprovider -o addopts="" tests/training/test_packing.py 2>&1 | tail -5 \
     | tee "$OUT/gpu_packing_tests.txt" || true
 # 2. the benchmark: project vs plain loop, ~1B and ~8B, each configuration in a fresh process
-timeout 540 python bench/train.py --gpu --gpu-plan "$PLAN" --gpu-results "$OUT/train_gpu.json" --gpu-run-timeout 300
+timeout 420 python bench/train.py --gpu --gpu-plan "$PLAN" --gpu-results "$OUT/train_gpu.json" --gpu-run-timeout 240
