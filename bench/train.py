@@ -285,12 +285,14 @@ def gpu_run(spec: dict) -> dict[str, Any]:
                 done += 1
     except torch.OutOfMemoryError as exc:
         return {**spec, "oom": True, "error": str(exc).splitlines()[0][:300]}
-    n_matmul = layers * (2 * hidden * hidden + 2 * hidden * hidden * kv // heads + 3 * hidden * inter) + hidden * vocab
-    n_lora = 16 * layers * ((hidden + hidden) * 2 + (hidden + hidden * kv // heads) * 2 + (hidden + inter) * 3)
+    kv_dim = hidden * kv // heads
+    n_matmul = layers * (2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * inter) + hidden * vocab
+    n_lora = 16 * layers * ((hidden + hidden) * 2 + (hidden + kv_dim) * 2 + (hidden + inter) * 3)
     flops_per_token = 4 * n_matmul + 6 * n_lora + 6 * layers * seq * hidden
     tps = tokens / train_s if train_s else 0.0
     liger = spec["side"] == "project" and tm.liger_wanted(cfg.liger_kernel, cuda)
-    return {**spec, "oom": False, "liger_kernel": liger, "steps_done": done, "tokens": tokens, "train_time_s": round(train_s, 2),
+    return {**spec, "oom": False, "liger_kernel": liger, "steps_done": done, "tokens": tokens,
+            "train_time_s": round(train_s, 2),
             "tokens_per_s": round(tps, 1), "mfu": round(tps * flops_per_token / (spec["peak_tflops"] * 1e12), 4),
             "params_matmul": n_matmul, "params_lora": n_lora, "setup_and_run_s": round(time.perf_counter() - t0, 1),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None,
@@ -307,11 +309,15 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
     for model, side, mb, seq, gc in plan:
         spec = gpu_spec(model, side, mb, seq, gc, args)
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, __file__, "--gpu-run", json.dumps(spec)], capture_output=True, text=True,
-                           timeout=args.gpu_run_timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
-        line = next((ln for ln in p.stdout.splitlines()[::-1] if ln.startswith("RESULT ")), None)
-        res = json.loads(line[7:]) if line else {**spec, "failed": True, "exit_code": p.returncode,
-                                                 "stderr": p.stderr[-1500:]}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (str(REPO), os.environ.get("PYTHONPATH")) if x)}
+        try:
+            p = subprocess.run([sys.executable, __file__, "--gpu-run", json.dumps(spec)], capture_output=True,
+                               text=True, timeout=args.gpu_run_timeout, env=env)
+            line = next((ln for ln in p.stdout.splitlines()[::-1] if ln.startswith("RESULT ")), None)
+            res = json.loads(line[7:]) if line else {**spec, "failed": True, "exit_code": p.returncode,
+                                                     "stderr": p.stderr[-1500:]}
+        except subprocess.TimeoutExpired:
+            res = {**spec, "failed": True, "timed_out_s": args.gpu_run_timeout}
         res["process_wall_s"] = round(time.perf_counter() - t0, 1)
         out["runs"].append(res)
         shown = "OOM" if res.get("oom") else "FAILED" if res.get("failed") else (
