@@ -88,9 +88,10 @@ class SimulationConfig(Config):
     # Run model-written code without bubblewrap where it cannot isolate (rlimits only). Off: the
     # job stops before generating anything and says how to install bubblewrap.
     allow_unsandboxed: bool = False
-    # Samples per check task: each task pays Ray's per-task cost once (~35 ms under load), each
-    # sample one sandbox start; 8 keeps the first cost small while leaving many tasks to spread.
-    resources: StageResources = Field(default_factory=lambda: StageResources(num_cpus=1, batch_size=8))
+    # Check tasks. batch_size (samples per task) None: about four tasks per CPU of the cluster,
+    # 4 to 64 samples each (check_batch_size): each task pays Ray's scheduling once (0.1-0.2 s
+    # between tasks on a busy 2-core node, as much as two samples), each sample one sandbox start.
+    resources: StageResources = Field(default_factory=lambda: StageResources(num_cpus=1))
 
     def settings(self) -> SimSettings:
         return SimSettings(compile_timeout_s=self.compile_timeout_s, sim_timeout_s=self.sim_timeout_s,
@@ -289,6 +290,14 @@ def classifier_eval(cfg: EvaluateConfig, route_items: list[dict[str, Any]], suit
 
 # --------------------------------------------------------------------------- the job body
 
+def check_batch_size(n_rows: int, cpus: float, fixed: int | None = None) -> int:
+    """Samples per check task: ``fixed`` when the config sets it; else about four tasks per CPU
+    (so every worker gets several and the slow samples spread), 4 to 64 samples each."""
+    if fixed:
+        return fixed
+    return max(4, min(64, math.ceil(n_rows / (4 * max(1.0, cpus)))))
+
+
 def check_resources(cfg: EvaluateConfig, actor_cpus: float, job: Run) -> StageResources:
     """The check stage's resources, with each task's CPUs cut to what the engines' actors leave free
     (on a one- or two-CPU machine a 1-CPU task could otherwise never be scheduled beside them)."""
@@ -378,13 +387,16 @@ def run(cfg: EvaluateConfig, job: Run) -> dict[str, Any]:
         worker_tmp = tmp if fs.is_uri(tmp) else os.path.abspath(tmp)
         datasets, run_info = run_engines(cfg, specs, rows.rows, job) if rows.rows else ([], {})
         engine_info.update(run_info)
-        if refs:
-            datasets.append(dataset(refs, OUTPUT_SCHEMA, cfg.simulation.resources.batch_size or 8))
         total = len(rows.rows) + len(refs)
+        per_task = check_batch_size(total, cluster_cpus(), cfg.simulation.resources.batch_size)
+        engine_info["check_batch_size"] = per_task
+        if refs:
+            datasets.append(dataset(refs, OUTPUT_SCHEMA, per_task))
         if datasets:
             ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
             all_problems = {p["key"]: p for p in problems + smoke_problems}
             resources = check_resources(cfg, engine_info.pop("actor_cpus", 0.0), job)
+            resources = resources.model_copy(update={"batch_size": per_task})
             checked = map_stage(ds, check_batch, resources, kwargs={
                 "problems": all_problems, "settings": asdict(cfg.simulation.settings()), "phases": list(PHASES),
                 "samples_dir": worker_tmp, "allow_unsandboxed": cfg.simulation.allow_unsandboxed})

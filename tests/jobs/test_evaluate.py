@@ -264,6 +264,7 @@ def test_fake_models_are_classed_and_nothing_else_is_killed(ray_session: None, v
             else:
                 assert c["passed"] == 0 and c["failures"][cls] == c["samples"] == c["n_problems"], (name, model, c)
     assert rep["reference_check"]["simulator"]["iverilog"].startswith("Icarus Verilog")
+    assert rep["engine_info"]["check_batch_size"] == 4  # unset: a few rows over the session's CPUs
     assert "loss" not in rep["rows"]["by_kind"]  # no dataset given: no loss rows
     # every model was asked exactly the same chats with the same sampling
     asked: dict[str, set[str]] = defaultdict(set)
@@ -291,3 +292,11 @@ def test_vllm_engine_fails_fast_on_a_cpu_cluster(ray_session: None, specialists:
 def test_missing_registry_is_a_usage_error(ray_session: None, tmp_path: Path, capsys) -> None:
     rc = job_module.main(["--registry", str(tmp_path / "none.json"), "--output", str(tmp_path / "o")])
     assert rc == 2 and "none.json" in capsys.readouterr().err
+
+
+def test_check_batch_size_spreads_samples_over_the_cluster():
+    from pipelines.evaluate import check_batch_size
+
+    assert check_batch_size(362, 2) == 46  # ~4 tasks per CPU
+    assert check_batch_size(10, 2) == 4 and check_batch_size(100_000, 64) == 64  # bounds
+    assert check_batch_size(362, 0) == 64 and check_batch_size(362, 2, fixed=8) == 8  # no Ray yet; config wins
