@@ -81,36 +81,51 @@ def token_rows(cfg: Any) -> tuple[Any, str, int]:
     return data.train, data.base_path, load_tokenizer(data.base_path).pad_token_id
 
 
-def plain_loop(cfg: Any, table: Any, base: str, pad_id: int, threads: int) -> dict[str, float]:
-    """Single process, no Ray, no DeepSpeed: the reference."""
+def plain_steps(model: Any, batches: Any, pad_id: int, *, lr: float, packed: bool, device: str = "cpu"
+                ) -> dict[str, float]:
+    """The reference loop: ``loss.backward(); clip; AdamW.step()`` per micro batch (the job's own
+    ``collate``), no Ray, no DeepSpeed; fused AdamW and a synchronise per step on CUDA."""
     import torch
 
-    from training.data import batch_tokens, collate, iter_table_batches
+    from training.data import batch_tokens, collate
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, fused=device == "cuda")
+    model.train()
+    tokens, elapsed, steps = 0, 0.0, 0
+    t0 = time.perf_counter()
+    for raw in batches:
+        b = {k: v.to(device) for k, v in collate(raw, pad_id, flatten=packed).items()}
+        model(**b).loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        tokens += batch_tokens(raw)
+        steps += 1
+        elapsed += time.perf_counter() - t0
+        t0 = time.perf_counter()
+    return {"tokens_per_s": tokens / elapsed if elapsed else 0.0, "steps": steps, "tokens": tokens,
+            "train_time_s": elapsed}
+
+
+def plain_loop(cfg: Any, table: Any, base: str, pad_id: int, threads: int) -> dict[str, float]:
+    """Single process, no Ray, no DeepSpeed: the reference, ``cfg.optim.epochs`` epochs of whole micro batches."""
+    import itertools
+
+    import torch
+
+    from training.data import iter_table_batches
     from training.model import build_lora_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_lora_model(base, cfg)
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
-    steps_per_epoch = table.num_rows // cfg.optim.micro_batch_size
-    tokens, elapsed, steps = 0, 0.0, 0
-    for _ in range(cfg.optim.epochs):
-        t0 = time.perf_counter()
-        for k, raw in enumerate(iter_table_batches(table, cfg.optim.micro_batch_size)):
-            if k >= steps_per_epoch:
-                break
-            b = collate(raw, pad_id, flatten=cfg.packing)  # the job's own batches
-            loss = model(**b).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            tokens += batch_tokens(raw)
-            steps += 1
-            elapsed += time.perf_counter() - t0
-            t0 = time.perf_counter()
-    return {"tokens_per_s": tokens / elapsed, "steps": steps, "tokens": tokens, "train_time_s": elapsed}
+    mb = cfg.optim.micro_batch_size
+    batches = itertools.chain.from_iterable(itertools.islice(iter_table_batches(table, mb), table.num_rows // mb)
+                                            for _ in range(cfg.optim.epochs))
+    return plain_steps(model, batches, pad_id, lr=cfg.optim.lr, packed=cfg.packing)
 
 
 def ray_path(cfg: Any, table: Any, base: str, pad_id: int, threads: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -226,7 +241,7 @@ def gpu_run(spec: dict) -> dict[str, Any]:
 
     import training.model as tm
     from training.config import FinetuneConfig
-    from training.data import batch_tokens, collate, iter_table_batches
+    from training.data import iter_table_batches
     from training.loop import LocalSession, Plan, init_distributed, run_training
 
     hidden, inter, layers, heads, kv, vocab = SHAPES[spec["model"]]
@@ -251,38 +266,20 @@ def gpu_run(spec: dict) -> dict[str, Any]:
             return LlamaForCausalLM._from_config(mcfg, dtype=dtype, attn_implementation=spec["attn"])
 
     t0 = time.perf_counter()
+    tm.load_base_model = random_base  # build_lora_model's loader: no checkpoint on disk
     try:
         if spec["side"] == "project":
-            tm.load_base_model = random_base  # build_lora_model's loader: no checkpoint on disk
             rank, world = init_distributed(cuda)
             plan = Plan.make(cfg, table.num_rows, world, 0, "random")
             session = LocalSession(table, table.slice(0, mb), os.path.join(cfg.output_dir, "ck"), rank, world,
                                    quiet=True)
             state = run_training(cfg, plan, session)
             tokens, train_s, done = state.tokens, state.train_time_s, state.step
-        else:  # plain: PEFT + fused AdamW, the same rows, collate and loss
-            from peft import get_peft_model
-
-            model = random_base()
-            model.config.use_cache = False
-            tm.checkpointed_layers(model, cfg.gradient_checkpointing)
-            model = get_peft_model(model, tm.lora_config(cfg.lora))
-            params = [p for p in model.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(params, lr=1e-4, fused=cuda)
-            model.train()
-            tokens, train_s, done = 0, 0.0, 0
-            for raw in iter_table_batches(table, mb):
-                t = time.perf_counter()
-                batch = {k: v.to(model.device) for k, v in collate(raw, 0, flatten=True).items()}
-                model(**batch).loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if cuda:
-                    torch.cuda.synchronize()
-                train_s += time.perf_counter() - t
-                tokens += batch_tokens(raw)
-                done += 1
+        else:  # plain: the same model construction without Liger, a hand-written loop on the same rows
+            model = tm.build_lora_model("random", cfg.model_copy(update={"liger_kernel": "off"}))
+            res = plain_steps(model, iter_table_batches(table, mb), 0, lr=1e-4, packed=True,
+                              device="cuda" if cuda else "cpu")
+            tokens, train_s, done = res["tokens"], res["train_time_s"], res["steps"]
     except torch.OutOfMemoryError as exc:
         return {**spec, "oom": True, "error": str(exc).splitlines()[0][:300]}
     kv_dim = hidden * kv // heads

@@ -583,7 +583,7 @@ def collate(batch: Mapping[str, Any], pad_id: int, *, flatten: bool = False) -> 
     ids = [np.asarray(x, dtype=np.int64) for x in batch["input_ids"]]
     labels = [np.asarray(x, dtype=np.int64) for x in batch["labels"]]
     if flatten:
-        positions = batch.get("position_ids") if hasattr(batch, "get") else None
+        positions = batch.get("position_ids")
         pos = [np.asarray(p, dtype=np.int64) for p in positions] if positions is not None else [
             np.arange(len(a), dtype=np.int64) for a in ids]
         flat_labels = np.concatenate(labels)
