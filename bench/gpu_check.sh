@@ -24,7 +24,7 @@ transformers.__version__, 'peft', peft.__version__, 'deepspeed', deepspeed.__ver
 mkdir -p "$OUT"
 # 1. packed examples kept apart on the GPU kernels, in bf16, and Liger's loss against the unfused one
 #    (with the CPU packing tests beside them)
-timeout 120 python -m pytest -q -p no:cacheprovider -o addopts="" tests/training/test_packing.py 2>&1 | tail -5 \
+timeout 90 python -m pytest -q -p no:cacheprovider -o addopts="" tests/training/test_packing.py 2>&1 | tail -5 \
     | tee "$OUT/gpu_packing_tests.txt" || true
 # 2. the benchmark: project vs plain loop, ~1B and ~8B, each configuration in a fresh process
-timeout 420 python bench/train.py --gpu --gpu-plan "$PLAN" --gpu-results "$OUT/train_gpu.json" --gpu-run-timeout 240
+timeout 460 python bench/train.py --gpu --gpu-plan "$PLAN" --gpu-results "$OUT/train_gpu.json" --gpu-run-timeout 150

@@ -29,6 +29,7 @@ CPU mode results: bench/results/train.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -81,7 +82,7 @@ def token_rows(cfg: Any) -> tuple[Any, str, int]:
     return data.train, data.base_path, load_tokenizer(data.base_path).pad_token_id
 
 
-def plain_steps(model: Any, batches: Any, pad_id: int, *, lr: float, packed: bool, device: str = "cpu"
+def plain_steps(model: Any, batches: Any, pad_id: int, *, lr: float, layout: str, device: str = "cpu"
                 ) -> dict[str, float]:
     """The reference loop: ``loss.backward(); clip; AdamW.step()`` per micro batch (the job's own
     ``collate``), no Ray, no DeepSpeed; fused AdamW and a synchronise per step on CUDA."""
@@ -92,10 +93,10 @@ def plain_steps(model: Any, batches: Any, pad_id: int, *, lr: float, packed: boo
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, fused=device == "cuda")
     model.train()
-    tokens, elapsed, steps = 0, 0.0, 0
+    tokens, elapsed, steps, step_ends = 0, 0.0, 0, []
     t0 = time.perf_counter()
     for raw in batches:
-        b = {k: v.to(device) for k, v in collate(raw, pad_id, flatten=packed).items()}
+        b = {k: v.to(device) for k, v in collate(raw, pad_id, layout=layout).items()}
         model(**b).loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -106,8 +107,9 @@ def plain_steps(model: Any, batches: Any, pad_id: int, *, lr: float, packed: boo
         steps += 1
         elapsed += time.perf_counter() - t0
         t0 = time.perf_counter()
+        step_ends.append(elapsed)
     return {"tokens_per_s": tokens / elapsed if elapsed else 0.0, "steps": steps, "tokens": tokens,
-            "train_time_s": elapsed}
+            "train_time_s": elapsed, "step_ends": step_ends}
 
 
 def plain_loop(cfg: Any, table: Any, base: str, pad_id: int, threads: int) -> dict[str, float]:
@@ -116,7 +118,7 @@ def plain_loop(cfg: Any, table: Any, base: str, pad_id: int, threads: int) -> di
 
     import torch
 
-    from training.data import iter_table_batches
+    from training.data import batch_layout, iter_table_batches
     from training.model import build_lora_model
 
     torch.set_num_threads(threads)
@@ -125,7 +127,8 @@ def plain_loop(cfg: Any, table: Any, base: str, pad_id: int, threads: int) -> di
     mb = cfg.optim.micro_batch_size
     batches = itertools.chain.from_iterable(itertools.islice(iter_table_batches(table, mb), table.num_rows // mb)
                                             for _ in range(cfg.optim.epochs))
-    return plain_steps(model, batches, pad_id, lr=cfg.optim.lr, packed=cfg.packing)
+    return plain_steps(model, batches, pad_id, lr=cfg.optim.lr,
+                       layout=batch_layout(cfg.packing, cfg.attn_implementation))
 
 
 def ray_path(cfg: Any, table: Any, base: str, pad_id: int, threads: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -201,19 +204,25 @@ SHAPES = {
     "8b": (4096, 14336, 32, 32, 8, 128256),  # Llama-3-8B
 }
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# (model, side, micro batch, seq, activation checkpointing): "quick" fits a 15-minute device slot
+# (model, side, micro batch, seq, activation checkpointing[, DeepSpeed settings]): "quick" fits a
+# 15-minute device slot. The last quick run is ZeRO-3 with the frozen base offloaded to CPU memory.
+ZERO3_OFFLOAD = {"zero_stage": 3, "offload_param": True}
 GPU_PLANS = {
     "quick": [("1b", "plain", 16, 2048, False), ("1b", "project", 16, 2048, False),
               ("8b", "plain", 4, 2048, False), ("8b", "project", 4, 2048, False),
-              ("8b", "project", 1, 8192, True)],
+              ("8b", "project", 1, 8192, True), ("8b", "project", 4, 2048, False, ZERO3_OFFLOAD)],
     "full": [("1b", s, mb, 2048, False) for mb in (4, 16) for s in ("plain", "project")]
     + [("8b", s, mb, 2048, False) for mb in (2, 6) for s in ("plain", "project")]
-    + [("8b", "project", 16, 2048, True), ("8b", "project", 1, 8192, True), ("8b", "project", 2, 8192, True)],
+    + [("8b", "project", 16, 2048, True), ("8b", "project", 1, 8192, True), ("8b", "project", 2, 8192, True),
+       ("8b", "project", 4, 2048, False, ZERO3_OFFLOAD)],
 }
+WARMUP_STEPS = 3  # steps left out of the steady-state rate (CUDA/Triton set-up, first allocations)
 
 
-def gpu_spec(model: str, side: str, micro_batch: int, seq: int, gc: bool | int, args: argparse.Namespace) -> dict:
+def gpu_spec(model: str, side: str, micro_batch: int, seq: int, gc: bool | int, args: argparse.Namespace,
+             deepspeed: dict | None = None) -> dict:
     return {"model": model, "side": side, "micro_batch": micro_batch, "seq": seq, "gradient_checkpointing": gc,
+            "deepspeed": {"zero_stage": 2, **(deepspeed or {})},
             "steps": args.gpu_steps, "attn": args.gpu_attn, "device": args.gpu_device,
             "peak_tflops": args.peak_tflops}
 
@@ -241,7 +250,7 @@ def gpu_run(spec: dict) -> dict[str, Any]:
 
     import training.model as tm
     from training.config import FinetuneConfig
-    from training.data import iter_table_batches
+    from training.data import batch_layout, iter_table_batches
     from training.loop import LocalSession, Plan, init_distributed, run_training
 
     hidden, inter, layers, heads, kv, vocab = SHAPES[spec["model"]]
@@ -256,14 +265,22 @@ def gpu_run(spec: dict) -> dict[str, Any]:
         attn_implementation=spec["attn"], gradient_checkpointing=spec["gradient_checkpointing"],
         lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": LORA_TARGETS},
         optim={"lr": 1e-4, "epochs": 1, "micro_batch_size": mb, "warmup_ratio": 0.0},
-        deepspeed={"zero_stage": 2, "bf16": cuda}, scaling={"num_workers": 1, "use_gpu": cuda},
-        eval_every_steps=10**6, eval_max_batches=1, log_every_steps=10**6, tracking={"tensorboard": False},
+        deepspeed={**spec["deepspeed"], "bf16": cuda}, scaling={"num_workers": 1, "use_gpu": cuda},
+        eval_every_steps=10**6, eval_max_batches=1, log_every_steps=1, tracking={"tensorboard": False},
     )
+    zero3 = cfg.deepspeed.zero_stage == 3
 
     def random_base(*_: Any, **__: Any) -> Any:  # the same random model for both sides, built on the device
-        torch.manual_seed(0)
-        with torch.device("cuda" if cuda else "cpu"):
+        torch.manual_seed(0)  # (under ZeRO-3, Transformers builds it partitioned: deepspeed.zero.Init)
+        with contextlib.nullcontext() if zero3 else torch.device("cuda" if cuda else "cpu"):
             return LlamaForCausalLM._from_config(mcfg, dtype=dtype, attn_implementation=spec["attn"])
+
+    step_ends: list[float] = []  # project: when each optimizer step was logged
+
+    class TimedSession(LocalSession):
+        def log(self, event: dict[str, Any]) -> None:
+            if event.get("event") == "step":
+                step_ends.append(time.perf_counter())
 
     t0 = time.perf_counter()
     tm.load_base_model = random_base  # build_lora_model's loader: no checkpoint on disk
@@ -271,25 +288,33 @@ def gpu_run(spec: dict) -> dict[str, Any]:
         if spec["side"] == "project":
             rank, world = init_distributed(cuda)
             plan = Plan.make(cfg, table.num_rows, world, 0, "random")
-            session = LocalSession(table, table.slice(0, mb), os.path.join(cfg.output_dir, "ck"), rank, world,
+            session = TimedSession(table, table.slice(0, mb), os.path.join(cfg.output_dir, "ck"), rank, world,
                                    quiet=True)
             state = run_training(cfg, plan, session)
             tokens, train_s, done = state.tokens, state.train_time_s, state.step
+            liger = tm.liger_wanted(cfg.liger_kernel, cuda)
         else:  # plain: the same model construction without Liger, a hand-written loop on the same rows
             model = tm.build_lora_model("random", cfg.model_copy(update={"liger_kernel": "off"}))
-            res = plain_steps(model, iter_table_batches(table, mb), 0, lr=1e-4, packed=True,
+            res = plain_steps(model, iter_table_batches(table, mb), 0, lr=1e-4,
+                              layout=batch_layout(True, spec["attn"]),
                               device="cuda" if cuda else "cpu")
-            tokens, train_s, done = res["tokens"], res["train_time_s"], res["steps"]
+            tokens, train_s, done, step_ends = res["tokens"], res["train_time_s"], res["steps"], res["step_ends"]
+            liger = False
     except torch.OutOfMemoryError as exc:
         return {**spec, "oom": True, "error": str(exc).splitlines()[0][:300]}
     kv_dim = hidden * kv // heads
     n_matmul = layers * (2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * inter) + hidden * vocab
     n_lora = 16 * layers * ((hidden + hidden) * 2 + (hidden + kv_dim) * 2 + (hidden + inter) * 3)
     flops_per_token = 4 * n_matmul + 6 * n_lora + 6 * layers * seq * hidden
-    tps = tokens / train_s if train_s else 0.0
-    liger = spec["side"] == "project" and tm.liger_wanted(cfg.liger_kernel, cuda)
+    tps_all = tokens / train_s if train_s else 0.0
+    # steady state: the steps after the first WARMUP_STEPS (step k trains rows k·mb ... (k+1)·mb - 1)
+    row_tokens = table.column("n_tokens").to_pylist()
+    w = WARMUP_STEPS if len(step_ends) > WARMUP_STEPS + 1 else 0
+    steady_s = step_ends[-1] - step_ends[w - 1] if w else 0.0
+    tps = sum(row_tokens[w * mb: len(step_ends) * mb]) / steady_s if steady_s > 0 else tps_all
     return {**spec, "oom": False, "liger_kernel": liger, "steps_done": done, "tokens": tokens,
-            "train_time_s": round(train_s, 2),
+            "train_time_s": round(train_s, 2), "warmup_steps_left_out": w,
+            "tokens_per_s_with_warmup": round(tps_all, 1),
             "tokens_per_s": round(tps, 1), "mfu": round(tps * flops_per_token / (spec["peak_tflops"] * 1e12), 4),
             "params_matmul": n_matmul, "params_lora": n_lora, "setup_and_run_s": round(time.perf_counter() - t0, 1),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None,
@@ -300,11 +325,12 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
     """Every configuration of ``--gpu-plan`` in a fresh process (one's memory never counts against the
     next), results written after each; then each project run against the plain loop's best micro batch."""
     plan = [("tiny", side, 2, 256, gc) for side in ("plain", "project") for gc in (False, 1)] \
+        + [("tiny", "project", 2, 256, False, {"zero_stage": 3})] \
         if args.gpu_device == "cpu" else GPU_PLANS[args.gpu_plan]
     out: dict[str, Any] = {"plan": args.gpu_plan if args.gpu_device == "cuda" else "cpu-check", "runs": [],
                            "command": " ".join(["python", "bench/train.py", *sys.argv[1:]])}
-    for model, side, mb, seq, gc in plan:
-        spec = gpu_spec(model, side, mb, seq, gc, args)
+    for model, side, mb, seq, gc, *ds in plan:
+        spec = gpu_spec(model, side, mb, seq, gc, args, *ds)
         t0 = time.perf_counter()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (str(REPO), os.environ.get("PYTHONPATH")) if x)}
         try:
@@ -319,8 +345,9 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
         out["runs"].append(res)
         shown = "OOM" if res.get("oom") else "FAILED" if res.get("failed") else (
             f"{res['tokens_per_s']:>9,.0f} tokens/s  MFU {res['mfu']:.1%}  peak {res['peak_memory_gib']} GiB")
-        print(f"{model:>4} {side:<7} mb {mb:<2} seq {seq:<5} ckpt {str(gc):<5}: {shown}  ({res['process_wall_s']} s)",
-              flush=True)
+        zero = f"zero{spec['deepspeed']['zero_stage']}{'+offload' if spec['deepspeed'].get('offload_param') else ''}"
+        print(f"{model:>4} {side:<7} mb {mb:<2} seq {seq:<5} ckpt {str(gc):<5} {zero:<13}: {shown}  "
+              f"({res['process_wall_s']} s)", flush=True)
         write_result(args.gpu_device, out, args.gpu_results)
     for model in dict.fromkeys(r["model"] for r in out["runs"]):
         ok = [r for r in out["runs"] if r["model"] == model and r.get("tokens_per_s")]

@@ -108,6 +108,7 @@ class FinetuneConfig(Config):
     # Liger Kernel (pip install "chipforge[liger]", GPU only): fused linear + cross-entropy (no
     # full-vocabulary logits), RMSNorm, SwiGLU and RoPE kernels patched into the base model.
     # auto: on when training on GPUs with liger-kernel installed; on: required; off: never.
+    # Under ZeRO-3 the fused cross-entropy is left out (it reads lm_head's sharded weight directly).
     liger_kernel: Literal["auto", "on", "off"] = "auto"
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # held out of train when no validation split
     max_train_examples: int | None = Field(None, ge=1)

@@ -26,11 +26,14 @@ stage through ``chipforge.stage.map_stage``), torchrun (``jobs.train_torchrun``)
    example is predicted from, or attends to, the one before it. Without packing, rows are
    single examples sorted by length inside each batch (length bucketing).
 
-For the loop, :func:`collate` either flattens a micro batch into one row (``flatten=True``,
-the packed path: no padding, no attention mask; the per-example ``position_ids`` make the
-attention block-diagonal, through the variable-length kernel with ``flash_attention_2`` or
-the block mask Transformers builds from them with ``sdpa``/``eager``, as its
-``DataCollatorWithFlattening`` does) or pads to the batch's longest row with an attention mask.
+For the loop, :func:`collate` lays a micro batch out for the attention kernel
+(:func:`batch_layout`). Packed rows carry no attention mask: their per-example
+``position_ids`` keep the examples apart. With ``flash_attention_2`` the micro batch is
+flattened into one unpadded row for the variable-length kernel (as Transformers'
+``DataCollatorWithFlattening`` does); with ``sdpa``/``eager`` it stays one row per packed row
+and Transformers builds a block-diagonal mask per row (flattening there would make the masked
+attention quadratic in the whole micro batch). Unpacked rows are padded to the batch's longest
+with an attention mask.
 """
 
 from __future__ import annotations
@@ -568,24 +571,46 @@ def split_info(plan: SplitPlan, train_examples: int, train: dict[str, int], vali
 
 # --------------------------------------------------------------------------- batches for the loop
 
-def collate(batch: Mapping[str, Any], pad_id: int, *, flatten: bool = False) -> dict[str, Any]:
-    """Model inputs (torch tensors) for a numpy batch of token rows.
+LAYOUTS = ("padded", "rows", "flat")
 
-    ``flatten``: the rows concatenated into ONE row (shape ``1 x total tokens``) with their
-    ``position_ids`` (restarting at 0 with every example; a row without them counts as one
-    example) and no attention mask: nothing is padded, and Transformers keeps the examples
-    apart from the position ids (variable-length flash attention, or a block-diagonal mask
-    with ``sdpa``/``eager``). The first label of each row is ignored. Otherwise: rows padded to
-    the longest, with an ``attention_mask``.
+
+def batch_layout(packing: bool, attn_implementation: str) -> str:
+    """How :func:`collate` lays out a micro batch for this training config.
+
+    Packed rows are flattened into one row only for a variable-length kernel
+    (``flash_attention_*``), which attends within each example and nowhere else. Any other
+    attention (``sdpa``, ``eager``) computes the whole square of its sequence under a mask, so
+    flattening ``b`` rows of ``L`` tokens would cost ``b`` times the attention of ``b`` rows of
+    ``L`` (and a mask of ``(b·L)²``): those keep one row per packed row (``"rows"``).
+    """
+    if not packing:
+        return "padded"
+    return "flat" if attn_implementation.startswith("flash_attention") else "rows"
+
+
+def collate(batch: Mapping[str, Any], pad_id: int, *, layout: str = "padded") -> dict[str, Any]:
+    """Model inputs (torch tensors) for a numpy batch of token rows, in one of three layouts.
+
+    - ``"flat"``: the rows concatenated into ONE row (shape ``1 x total tokens``) with their
+      ``position_ids`` (restarting at 0 with every example; a row without them counts as one
+      example) and no attention mask: nothing is padded, and Transformers keeps the examples
+      apart from the position ids (the variable-length flash-attention kernel). The first label
+      of each row is ignored.
+    - ``"rows"``: packed rows padded to the longest, with their ``position_ids`` and no attention
+      mask; the padding is a block of its own (positions from 0, labels ignored), so Transformers
+      builds a block-diagonal mask per row from the position ids (``sdpa``, ``eager``).
+    - ``"padded"``: rows (one example each) padded to the longest, with an ``attention_mask``.
     """
     import torch
 
+    if layout not in LAYOUTS:
+        raise ValueError(f"collate layout {layout!r}: expected one of {LAYOUTS}")
     ids = [np.asarray(x, dtype=np.int64) for x in batch["input_ids"]]
     labels = [np.asarray(x, dtype=np.int64) for x in batch["labels"]]
-    if flatten:
-        positions = batch.get("position_ids")
-        pos = [np.asarray(p, dtype=np.int64) for p in positions] if positions is not None else [
-            np.arange(len(a), dtype=np.int64) for a in ids]
+    positions = batch.get("position_ids")
+    pos = [np.asarray(p, dtype=np.int64) for p in positions] if positions is not None else [
+        np.arange(len(a), dtype=np.int64) for a in ids]
+    if layout == "flat":
         flat_labels = np.concatenate(labels)
         starts = np.cumsum([0] + [len(a) for a in ids[:-1]])
         flat_labels[starts] = IGNORE
@@ -598,10 +623,19 @@ def collate(batch: Mapping[str, Any], pad_id: int, *, flatten: bool = False) -> 
     out_ids = np.full((len(ids), n), pad_id, dtype=np.int64)
     out_labels = np.full((len(ids), n), IGNORE, dtype=np.int64)
     mask = np.zeros((len(ids), n), dtype=np.int64)
+    out_pos = np.zeros((len(ids), n), dtype=np.int64)
     for k, (a, b) in enumerate(zip(ids, labels)):
         out_ids[k, : len(a)] = a
         out_labels[k, : len(b)] = b
         mask[k, : len(a)] = 1
+        out_pos[k, : len(a)] = pos[k]
+        out_pos[k, len(a):] = np.arange(n - len(a))  # the padding: a block of its own
+    if layout == "rows":
+        return {
+            "input_ids": torch.from_numpy(out_ids),
+            "labels": torch.from_numpy(out_labels),
+            "position_ids": torch.from_numpy(out_pos),
+        }
     return {
         "input_ids": torch.from_numpy(out_ids),
         "labels": torch.from_numpy(out_labels),

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from chipforge import fs
 from chipforge.config import dump_yaml
 from training.config import FinetuneConfig
-from training.data import IGNORE, batch_tokens, collate
+from training.data import IGNORE, batch_layout, batch_tokens, collate
 from training.model import build_engine, build_lora_model, deepspeed_config, save_adapter, warmup_steps
 
 DS_TAG = "ckpt"
@@ -295,7 +295,7 @@ def train_step(engine: Any, batch: dict[str, Any]) -> float:
 
 
 def evaluate(engine: Any, batches: Iterator[dict[str, Any]], pad_id: int, max_batches: int | None,
-             packed: bool = False) -> tuple[float, float]:
+             layout: str = "padded") -> tuple[float, float]:
     """Token-weighted eval loss over every rank's shard, and its perplexity."""
     import torch
 
@@ -305,7 +305,7 @@ def evaluate(engine: Any, batches: Iterator[dict[str, Any]], pad_id: int, max_ba
         for k, raw in enumerate(batches):
             if max_batches is not None and k >= max_batches:
                 break
-            b = to_device(collate(raw, pad_id, flatten=packed), engine.device)
+            b = to_device(collate(raw, pad_id, layout=layout), engine.device)
             n = float((b["labels"][:, 1:] != IGNORE).sum().item())
             if n == 0:
                 continue
@@ -368,12 +368,13 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
                  "steps_per_epoch": plan.steps_per_epoch, "total": plan.total_steps, "warmup": plan.warmup_steps,
                  "start_step": state.step, "setup_s": round(time.perf_counter() - t_setup, 1)})
     accum = cfg.optim.grad_accum
+    layout = batch_layout(cfg.packing, cfg.attn_implementation)
     micro_per_epoch = plan.steps_per_epoch * accum
 
     def checkpoint_and_report() -> None:
         state.eval_loss, state.eval_perplexity = evaluate(
             engine, session.eval_batches(cfg.optim.micro_batch_size), plan.pad_id, cfg.eval_max_batches,
-            packed=cfg.packing)
+            layout=layout)
         metrics = {
             "step": state.step,
             "epoch": state.epoch,
@@ -406,7 +407,7 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
             micro += 1
             if micro <= state.micro_in_epoch:  # consumed before the checkpoint we resumed from
                 continue
-            batch = collate(raw, plan.pad_id, flatten=cfg.packing)
+            batch = collate(raw, plan.pad_id, layout=layout)
             tokens += batch_tokens(raw)
             losses.append(train_step(engine, to_device(batch, engine.device)))
             if micro % accum:

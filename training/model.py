@@ -142,15 +142,22 @@ def liger_wanted(setting: str, use_gpu: bool) -> bool:
     return installed
 
 
-def apply_liger(model: Any) -> bool:
+def apply_liger(model: Any, *, fused_linear_cross_entropy: bool = True) -> bool:
     """Liger's kernels for this model's architecture, in place (fused linear cross-entropy instead of
-    materialising the logits; RMSNorm, SwiGLU, RoPE). False when Liger has none for it."""
+    materialising the logits; RMSNorm, SwiGLU, RoPE). False when Liger has none for it.
+
+    The fused cross-entropy reads ``lm_head.weight`` directly instead of calling ``lm_head``, so
+    under ZeRO-3, whose parameters are gathered only when their module runs, it would see an
+    empty shard: pass ``fused_linear_cross_entropy=False`` there (the other kernels run inside
+    their modules and are safe).
+    """
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
 
     if getattr(model.config, "model_type", None) not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         return False
-    _apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=True, cross_entropy=False,
+    _apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=fused_linear_cross_entropy,
+                                    cross_entropy=False,
                                     rms_norm=True, swiglu=True, rope=True)
     return True
 
@@ -172,7 +179,7 @@ def build_lora_model(base_path: str, cfg: FinetuneConfig, ds_config: dict[str, A
                             attn_implementation=cfg.attn_implementation)
     model.config.use_cache = False
     if liger_wanted(cfg.liger_kernel, cfg.scaling.use_gpu):
-        apply_liger(model)
+        apply_liger(model, fused_linear_cross_entropy=cfg.deepspeed.zero_stage != 3)
     checkpointed_layers(model, cfg.gradient_checkpointing)
     model = get_peft_model(model, lora_config(cfg.lora))
     del keep

@@ -115,13 +115,13 @@ def test_pack_rows_fills_rows_best_fit_and_rejects_overlong_examples():
 def test_collate_flattens_a_packed_micro_batch_without_padding():
     batch = {"input_ids": [[5, 6, 7, 8, 9], [3, 4]], "labels": [[-100, 6, 7, -100, 9], [3, 4]],
              "position_ids": [[0, 1, 2, 0, 1], [0, 1]]}
-    b = collate(batch, pad_id=0, flatten=True)
+    b = collate(batch, pad_id=0, layout="flat")
     assert set(b) == {"input_ids", "labels", "position_ids"}  # no attention mask: positions separate examples
     assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9, 3, 4]]
     assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1]]
     assert b["labels"].tolist() == [[-100, 6, 7, -100, 9, -100, 4]]  # each row's first label ignored too
     # rows written before position ids existed count as one example each
-    old = collate({"input_ids": [[1, 2], [3]], "labels": [[1, 2], [3]]}, pad_id=0, flatten=True)
+    old = collate({"input_ids": [[1, 2], [3]], "labels": [[1, 2], [3]]}, pad_id=0, layout="flat")
     assert old["position_ids"].tolist() == [[0, 1, 0]] and old["labels"].tolist() == [[-100, 2, -100]]
 
 

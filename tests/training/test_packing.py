@@ -50,7 +50,7 @@ def test_packed_row_loss_equals_the_sum_of_its_examples_alone(tokenizer, attn):
     packed = pack_rows(seqs, max_length=sum(len(ids) for ids, _ in seqs))
     assert len(packed) == 1 and packed[0][3] == len(seqs)  # one row holding every example
     ids, labels, positions, _ = packed[0]
-    batch = collate({"input_ids": [ids], "labels": [labels], "position_ids": [positions]}, pad_id=0, flatten=True)
+    batch = collate({"input_ids": [ids], "labels": [labels], "position_ids": [positions]}, pad_id=0, layout="flat")
     alone = 0.0
     for ex_ids, ex_labels in seqs:
         lab = [IGNORE, *ex_labels[1:]]
@@ -62,19 +62,39 @@ def test_packed_row_loss_equals_the_sum_of_its_examples_alone(tokenizer, attn):
     assert abs(_nll_sum(model, leaky) - alone) > 1e-3 * abs(alone)
 
 
-def test_flattened_micro_batch_equals_its_rows_alone(tokenizer):
-    """Two packed rows flattened into one micro batch: the same loss as each row on its own."""
+@pytest.mark.parametrize("layout,attn", [("flat", "sdpa"), ("rows", "sdpa"), ("rows", "eager")])
+def test_packed_micro_batch_equals_its_rows_alone(tokenizer, layout, attn):
+    """Packed rows of different lengths in one micro batch, flattened into one row or kept as padded
+    rows with their position ids: the same loss as each row on its own (the padding attends to and
+    is attended by nothing, and is never a label)."""
     seqs = _examples(tokenizer, 6)
-    limit = max(len(ids) for ids, _ in seqs) + 10
-    packed = pack_rows(seqs, max_length=limit)
-    assert len(packed) >= 2
-    model = _model(tokenizer, "sdpa")
+    packed = [pack_rows(part, max_length=sum(len(ids) for ids, _ in part))[0] for part in (seqs[:3], seqs[3:])]
+    assert [r[3] for r in packed] == [3, 3]  # two rows of three examples each
+    assert len({len(r[0]) for r in packed}) == 2  # rows of different lengths: padding
+    model = _model(tokenizer, attn)
     cols = {"input_ids": [r[0] for r in packed], "labels": [r[1] for r in packed],
             "position_ids": [r[2] for r in packed]}
-    together = _nll_sum(model, collate(cols, pad_id=0, flatten=True))
-    apart = sum(_nll_sum(model, collate({k: [v[i]] for k, v in cols.items()}, pad_id=0, flatten=True))
+    batch = collate(cols, pad_id=0, layout=layout)
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == (1 if layout == "flat" else len(packed))
+    together = _nll_sum(model, batch)
+    apart = sum(_nll_sum(model, collate({k: [v[i]] for k, v in cols.items()}, pad_id=0, layout=layout))
                 for i in range(len(packed)))
     assert together == pytest.approx(apart, rel=1e-4)
+    # the control: the same rows with plain positions (each row read as one sequence) differ
+    import torch
+
+    plain = dict(batch, position_ids=torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]))
+    assert abs(_nll_sum(model, plain) - apart) > 1e-3 * abs(apart)
+
+
+def test_batch_layout_flattens_only_for_variable_length_kernels():
+    from training.data import batch_layout
+
+    assert batch_layout(True, "flash_attention_2") == "flat" and batch_layout(True, "flash_attention_3") == "flat"
+    assert batch_layout(True, "sdpa") == "rows" and batch_layout(True, "eager") == "rows"
+    assert batch_layout(False, "flash_attention_2") == "padded" and batch_layout(False, "sdpa") == "padded"
+    with pytest.raises(ValueError, match="layout 'wide'"):
+        collate({"input_ids": [[1]], "labels": [[1]]}, pad_id=0, layout="wide")
 
 
 @pytest.mark.parametrize("every,expected", [(False, 0), (True, 4), (2, 2), (3, 2)])
@@ -89,7 +109,7 @@ def test_activation_checkpointing_every_k_layers_keeps_loss_and_gradients(tokeni
     seqs = _examples(tokenizer)
     packed = pack_rows(seqs, max_length=sum(len(ids) for ids, _ in seqs))[0]
     batch = collate({"input_ids": [packed[0]], "labels": [packed[1]], "position_ids": [packed[2]]}, pad_id=0,
-                    flatten=True)
+                    layout="flat")
 
     def loss_and_grads(gc):
         model = build_tiny_llama(tokenizer, hidden_size=32, num_layers=4, num_heads=4, seed=1)
@@ -185,7 +205,7 @@ def test_packed_examples_are_kept_apart_on_gpu_in_bf16(tokenizer, attn):
     leaky = _example_logits(model, ids, positions, device="cuda", leak=True)
     assert max(float((a - b).abs().max()) for a, b in leaky[1:]) > 0.5
     batch = {k: v.cuda() for k, v in collate({"input_ids": [ids], "labels": [labels], "position_ids": [positions]},
-                                              pad_id=0, flatten=True).items()}
+                                              pad_id=0, layout="flat").items()}
     alone = sum(_nll_sum(model, {"input_ids": torch.tensor([i]).cuda(),
                                  "labels": torch.tensor([[IGNORE, *lab[1:]]]).cuda()}) for i, lab in seqs)
     assert _nll_sum(model, batch) == pytest.approx(alone, rel=2e-2)
@@ -231,7 +251,7 @@ def test_liger_kernels_give_the_unfused_loss_and_gradients_on_gpu(tokenizer):
     seqs = _examples(tokenizer)
     ids, labels, positions, _ = pack_rows(seqs, max_length=sum(len(i) for i, _ in seqs))[0]
     batch = {k: v.cuda() for k, v in collate({"input_ids": [ids], "labels": [labels], "position_ids": [positions]},
-                                              pad_id=0, flatten=True).items()}
+                                              pad_id=0, layout="flat").items()}
 
     def loss_and_grads(liger: bool):
         model = build_tiny_llama(tokenizer, hidden_size=64, num_layers=2, num_heads=4, seed=2)
