@@ -82,8 +82,8 @@ def token_rows(cfg: Any) -> tuple[Any, str, int]:
     return data.train, data.base_path, load_tokenizer(data.base_path).pad_token_id
 
 
-def plain_steps(model: Any, batches: Any, pad_id: int, *, lr: float, layout: str, device: str = "cpu"
-                ) -> dict[str, float]:
+def plain_steps(model: Any, batches: Any, pad_id: int, *, lr: float, layout: str, device: str = "cpu",
+                on_step: Any = None) -> dict[str, Any]:
     """The reference loop: ``loss.backward(); clip; AdamW.step()`` per micro batch (the job's own
     ``collate``), no Ray, no DeepSpeed; fused AdamW and a synchronise per step on CUDA."""
     import torch
@@ -108,6 +108,8 @@ def plain_steps(model: Any, batches: Any, pad_id: int, *, lr: float, layout: str
         elapsed += time.perf_counter() - t0
         t0 = time.perf_counter()
         step_ends.append(elapsed)
+        if on_step is not None:
+            on_step()
     return {"tokens_per_s": tokens / elapsed if elapsed else 0.0, "steps": steps, "tokens": tokens,
             "train_time_s": elapsed, "step_ends": step_ends}
 
@@ -206,11 +208,18 @@ SHAPES = {
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # (model, side, micro batch, seq, activation checkpointing[, DeepSpeed settings]): "quick" fits a
 # 15-minute device slot. The last quick run is ZeRO-3 with the frozen base offloaded to CPU memory.
-ZERO3_OFFLOAD = {"zero_stage": 3, "offload_param": True}
+# The sixth element overrides spec fields: DeepSpeed settings, the plain loop's batch layout
+# (``flat`` against the default ``rows`` with sdpa), or a torch.profiler table of steps 4-5.
+ZERO3_OFFLOAD = {"deepspeed": {"zero_stage": 3, "offload_param": True}}
 GPU_PLANS = {
     "quick": [("1b", "plain", 16, 2048, False), ("1b", "project", 16, 2048, False),
               ("8b", "plain", 4, 2048, False), ("8b", "project", 4, 2048, False),
               ("8b", "project", 1, 8192, True), ("8b", "project", 4, 2048, False, ZERO3_OFFLOAD)],
+    # what bounds the MFU: bigger micro batches, the flattened layout under sdpa, where the time goes
+    "probe": [("8b", "project", 8, 2048, False), ("1b", "project", 32, 2048, False),
+              ("1b", "plain", 16, 2048, False, {"layout": "flat"}),
+              ("8b", "project", 4, 2048, False, {"profile": True}),
+              ("1b", "project", 16, 2048, False, {"profile": True})],
     "full": [("1b", s, mb, 2048, False) for mb in (4, 16) for s in ("plain", "project")]
     + [("8b", s, mb, 2048, False) for mb in (2, 6) for s in ("plain", "project")]
     + [("8b", "project", 16, 2048, True), ("8b", "project", 1, 8192, True), ("8b", "project", 2, 8192, True),
@@ -220,9 +229,9 @@ WARMUP_STEPS = 3  # steps left out of the steady-state rate (CUDA/Triton set-up,
 
 
 def gpu_spec(model: str, side: str, micro_batch: int, seq: int, gc: bool | int, args: argparse.Namespace,
-             deepspeed: dict | None = None) -> dict:
+             extra: dict | None = None) -> dict:
     return {"model": model, "side": side, "micro_batch": micro_batch, "seq": seq, "gradient_checkpointing": gc,
-            "deepspeed": {"zero_stage": 2, **(deepspeed or {})},
+            **(extra or {}), "deepspeed": {"zero_stage": 2, **(extra or {}).get("deepspeed", {})},
             "steps": args.gpu_steps, "attn": args.gpu_attn, "device": args.gpu_device,
             "peak_tflops": args.peak_tflops}
 
@@ -241,6 +250,16 @@ def packed_rows(seq: int, n_rows: int, vocab: int, seed: int = 0) -> Any:
         seqs = [(ids := rng.integers(3, vocab, n).tolist(), ids) for n in lengths.tolist()]
         rows += [r for r in pack_rows(seqs, seq) if len(r[0]) >= seq * 0.9]  # full rows, as at scale
     return token_table(rows[:n_rows])
+
+
+def profiler(cuda: bool) -> Any:
+    """torch.profiler over steps 5-6 (after 3 skipped and 1 warm-up step); ``step()`` after each step."""
+    import torch.profiler as tp
+
+    acts = [tp.ProfilerActivity.CPU] + ([tp.ProfilerActivity.CUDA] if cuda else [])
+    prof = tp.profile(activities=acts, schedule=tp.schedule(wait=3, warmup=1, active=2, repeat=1))
+    prof.start()
+    return prof
 
 
 def gpu_run(spec: dict) -> dict[str, Any]:
@@ -276,11 +295,15 @@ def gpu_run(spec: dict) -> dict[str, Any]:
             return LlamaForCausalLM._from_config(mcfg, dtype=dtype, attn_implementation=spec["attn"])
 
     step_ends: list[float] = []  # project: when each optimizer step was logged
+    prof = profiler(cuda) if spec.get("profile") else None
+    on_step = prof.step if prof is not None else None
 
     class TimedSession(LocalSession):
         def log(self, event: dict[str, Any]) -> None:
             if event.get("event") == "step":
                 step_ends.append(time.perf_counter())
+                if on_step is not None:
+                    on_step()
 
     t0 = time.perf_counter()
     tm.load_base_model = random_base  # build_lora_model's loader: no checkpoint on disk
@@ -296,12 +319,18 @@ def gpu_run(spec: dict) -> dict[str, Any]:
         else:  # plain: the same model construction without Liger, a hand-written loop on the same rows
             model = tm.build_lora_model("random", cfg.model_copy(update={"liger_kernel": "off"}))
             res = plain_steps(model, iter_table_batches(table, mb), 0, lr=1e-4,
-                              layout=batch_layout(True, spec["attn"]),
-                              device="cuda" if cuda else "cpu")
+                              layout=spec.get("layout") or batch_layout(True, spec["attn"]),
+                              device="cuda" if cuda else "cpu", on_step=on_step)
             tokens, train_s, done, step_ends = res["tokens"], res["train_time_s"], res["steps"], res["step_ends"]
             liger = False
     except torch.OutOfMemoryError as exc:
         return {**spec, "oom": True, "error": str(exc).splitlines()[0][:300]}
+    profile = None
+    if prof is not None:
+        prof.stop()
+        profile = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                                            row_limit=25, max_name_column_width=70)
+        print(profile, flush=True)
     kv_dim = hidden * kv // heads
     n_matmul = layers * (2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * inter) + hidden * vocab
     n_lora = 16 * layers * ((hidden + hidden) * 2 + (hidden + kv_dim) * 2 + (hidden + inter) * 3)
@@ -313,7 +342,7 @@ def gpu_run(spec: dict) -> dict[str, Any]:
     steady_s = step_ends[-1] - step_ends[w - 1] if w else 0.0
     tps = sum(row_tokens[w * mb: len(step_ends) * mb]) / steady_s if steady_s > 0 else tps_all
     return {**spec, "oom": False, "liger_kernel": liger, "steps_done": done, "tokens": tokens,
-            "train_time_s": round(train_s, 2), "warmup_steps_left_out": w,
+            "train_time_s": round(train_s, 2), "warmup_steps_left_out": w, "profile": profile,
             "tokens_per_s_with_warmup": round(tps_all, 1),
             "tokens_per_s": round(tps, 1), "mfu": round(tps * flops_per_token / (spec["peak_tflops"] * 1e12), 4),
             "params_matmul": n_matmul, "params_lora": n_lora, "setup_and_run_s": round(time.perf_counter() - t0, 1),
@@ -325,7 +354,8 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
     """Every configuration of ``--gpu-plan`` in a fresh process (one's memory never counts against the
     next), results written after each; then each project run against the plain loop's best micro batch."""
     plan = [("tiny", side, 2, 256, gc) for side in ("plain", "project") for gc in (False, 1)] \
-        + [("tiny", "project", 2, 256, False, {"zero_stage": 3})] \
+        + [("tiny", "project", 2, 256, False, {"deepspeed": {"zero_stage": 3}}),
+           ("tiny", "plain", 2, 256, False, {"layout": "flat", "profile": True})] \
         if args.gpu_device == "cpu" else GPU_PLANS[args.gpu_plan]
     out: dict[str, Any] = {"plan": args.gpu_plan if args.gpu_device == "cuda" else "cpu-check", "runs": [],
                            "command": " ".join(["python", "bench/train.py", *sys.argv[1:]])}

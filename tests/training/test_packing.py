@@ -144,12 +144,17 @@ def test_activation_checkpointing_on_transformers_without_every_n_layers(tokeniz
     from training.tiny import build_tiny_llama
 
     calls = []
+    new_api = getattr(PreTrainedModel, "activation_checkpointing_enable", None)  # 5.2x
+    every_n = PreTrainedModel.gradient_checkpointing_enable  # 5.17: takes every_n_layers
 
-    def legacy(self, gradient_checkpointing_kwargs=None):
+    def legacy(self, gradient_checkpointing_kwargs=None):  # every layer, and no other argument
         calls.append(gradient_checkpointing_kwargs)
-        self._activation_checkpointing_enable(gradient_checkpointing_kwargs, 1, False)
+        if new_api is not None:
+            new_api(self, activation_checkpointing_kwargs=gradient_checkpointing_kwargs, every_n_layers=1)
+        else:
+            every_n(self, gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, every_n_layers=1)
 
-    monkeypatch.delattr(PreTrainedModel, "activation_checkpointing_enable")
+    monkeypatch.delattr(PreTrainedModel, "activation_checkpointing_enable", raising=False)
     monkeypatch.setattr(PreTrainedModel, "gradient_checkpointing_enable", legacy)
     model = build_tiny_llama(tokenizer, hidden_size=32, num_layers=5, num_heads=4)
     assert checkpointed_layers(model, 2) == 3 and calls == [{"use_reentrant": False}]
