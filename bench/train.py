@@ -357,7 +357,7 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
         + [("tiny", "project", 2, 256, False, {"deepspeed": {"zero_stage": 3}}),
            ("tiny", "plain", 2, 256, False, {"layout": "flat", "profile": True})] \
         if args.gpu_device == "cpu" else GPU_PLANS[args.gpu_plan]
-    out: dict[str, Any] = {"plan": args.gpu_plan if args.gpu_device == "cuda" else "cpu-check", "runs": [],
+    out: dict[str, Any] = {"plan": f"cuda-{args.gpu_plan}" if args.gpu_device == "cuda" else "cpu-check", "runs": [],
                            "command": " ".join(["python", "bench/train.py", *sys.argv[1:]])}
     for model, side, mb, seq, gc, *ds in plan:
         spec = gpu_spec(model, side, mb, seq, gc, args, *ds)
@@ -378,14 +378,14 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
         zero = f"zero{spec['deepspeed']['zero_stage']}{'+offload' if spec['deepspeed'].get('offload_param') else ''}"
         print(f"{model:>4} {side:<7} mb {mb:<2} seq {seq:<5} ckpt {str(gc):<5} {zero:<13}: {shown}  "
               f"({res['process_wall_s']} s)", flush=True)
-        write_result(args.gpu_device, out, args.gpu_results)
+        write_result(out["plan"], out, args.gpu_results)
     for model in dict.fromkeys(r["model"] for r in out["runs"]):
         ok = [r for r in out["runs"] if r["model"] == model and r.get("tokens_per_s")]
         plain = max((r["tokens_per_s"] for r in ok if r["side"] == "plain"), default=None)
         for r in ok:
             if r["side"] == "project" and plain:
                 r["ratio_vs_best_plain"] = round(r["tokens_per_s"] / plain, 3)
-    write_result(args.gpu_device, out, args.gpu_results)
+    write_result(out["plan"], out, args.gpu_results)
     return out
 
 
