@@ -22,9 +22,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch, transformers, peft, deepspeed; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'peft', peft.__version__, 'deepspeed', deepspeed.__version__)"
 mkdir -p "$OUT"
-# 1. packed examples kept apart on the GPU kernels, in bf16, and Liger's loss against the unfused one
-#    (with the CPU packing tests beside them)
-timeout 90 python -m pytest -q -p no:cacheprovider -o addopts="" tests/training/test_packing.py 2>&1 | tail -5 \
+# 1. packed examples kept apart on the GPU kernels, in bf16, Liger's loss against the unfused one and
+#    torch_varlen's loss and gradients against sdpa (with the CPU tests of both files beside them)
+timeout 90 python -m pytest -q -p no:cacheprovider -o addopts="" tests/training/test_packing.py \
+    tests/training/test_attention.py 2>&1 | tail -8 \
     | tee "$OUT/gpu_packing_tests.txt" || true
 # 2. the benchmark: project vs plain loop, ~1B and ~8B, each configuration in a fresh process
 timeout 460 python bench/train.py --gpu --gpu-plan "$PLAN" --gpu-results "$OUT/train_gpu.json" --gpu-run-timeout 150

@@ -206,34 +206,39 @@ SHAPES = {
     "8b": (4096, 14336, 32, 32, 8, 128256),  # Llama-3-8B
 }
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# (model, side, micro batch, seq, activation checkpointing[, DeepSpeed settings]): "quick" fits a
-# 15-minute device slot. The last quick run is ZeRO-3 with the frozen base offloaded to CPU memory.
-# The sixth element overrides spec fields: DeepSpeed settings, the plain loop's batch layout
-# (``flat`` against the default ``rows`` with sdpa), or a torch.profiler table of steps 4-5.
+# (model, side, micro batch, seq, activation checkpointing[, overrides]): "quick" fits a 15-minute
+# device slot: the plain loop, the project with sdpa and with torch_varlen at its best micro batch.
+# The sixth element overrides spec fields: the attention kernel, DeepSpeed settings, the plain loop's
+# batch layout (``flat`` against the default ``rows`` with sdpa), or a torch.profiler table of steps 4-5.
 ZERO3_OFFLOAD = {"deepspeed": {"zero_stage": 3, "offload_param": True}}
+VARLEN = {"attn": "torch_varlen"}
 GPU_PLANS = {
-    "quick": [("1b", "plain", 16, 2048, False), ("1b", "project", 16, 2048, False),
-              ("8b", "plain", 4, 2048, False), ("8b", "project", 4, 2048, False),
-              ("8b", "project", 1, 8192, True), ("8b", "project", 4, 2048, False, ZERO3_OFFLOAD)],
+    "quick": [("1b", "plain", 16, 2048, False), ("1b", "project", 32, 2048, False, VARLEN),
+              ("8b", "plain", 4, 2048, False), ("8b", "project", 8, 2048, False, VARLEN),
+              ("8b", "project", 8, 2048, False), ("8b", "project", 1, 8192, True, VARLEN),
+              ("1b", "project", 32, 2048, False)],
+    "full": [("1b", s, mb, 2048, False) for mb in (4, 16) for s in ("plain", "project")]
+    + [("8b", s, mb, 2048, False) for mb in (2, 6) for s in ("plain", "project")]
+    + [("1b", "project", mb, 2048, False, VARLEN) for mb in (16, 32)]
+    + [("8b", "project", mb, 2048, False, VARLEN) for mb in (4, 8)]
+    + [("8b", "project", 16, 2048, True), ("8b", "project", 1, 8192, True), ("8b", "project", 2, 8192, True),
+       ("8b", "project", 4, 2048, False, ZERO3_OFFLOAD)],
     # what bounds the MFU: bigger micro batches, the flattened layout under sdpa, where the time goes
     "probe": [("8b", "project", 8, 2048, False), ("1b", "project", 32, 2048, False),
               ("1b", "plain", 16, 2048, False, {"layout": "flat"}),
               ("8b", "project", 4, 2048, False, {"profile": True}),
-              ("1b", "project", 16, 2048, False, {"profile": True})],
-    "full": [("1b", s, mb, 2048, False) for mb in (4, 16) for s in ("plain", "project")]
-    + [("8b", s, mb, 2048, False) for mb in (2, 6) for s in ("plain", "project")]
-    + [("8b", "project", 16, 2048, True), ("8b", "project", 1, 8192, True), ("8b", "project", 2, 8192, True),
-       ("8b", "project", 4, 2048, False, ZERO3_OFFLOAD)],
+              ("1b", "project", 16, 2048, False, {"profile": True}),
+              ("8b", "project", 8, 2048, False, {**VARLEN, "profile": True})],
 }
 WARMUP_STEPS = 3  # steps left out of the steady-state rate (CUDA/Triton set-up, first allocations)
 
 
 def gpu_spec(model: str, side: str, micro_batch: int, seq: int, gc: bool | int, args: argparse.Namespace,
              extra: dict | None = None) -> dict:
+    extra = extra or {}
     return {"model": model, "side": side, "micro_batch": micro_batch, "seq": seq, "gradient_checkpointing": gc,
-            **(extra or {}), "deepspeed": {"zero_stage": 2, **(extra or {}).get("deepspeed", {})},
             "steps": args.gpu_steps, "attn": args.gpu_attn, "device": args.gpu_device,
-            "peak_tflops": args.peak_tflops}
+            "peak_tflops": args.peak_tflops, **extra, "deepspeed": {"zero_stage": 2, **extra.get("deepspeed", {})}}
 
 
 def packed_rows(seq: int, n_rows: int, vocab: int, seed: int = 0) -> Any:
@@ -354,7 +359,7 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
     """Every configuration of ``--gpu-plan`` in a fresh process (one's memory never counts against the
     next), results written after each; then each project run against the plain loop's best micro batch."""
     plan = [("tiny", side, 2, 256, gc) for side in ("plain", "project") for gc in (False, 1)] \
-        + [("tiny", "project", 2, 256, False, {"deepspeed": {"zero_stage": 3}}),
+        + [("tiny", "project", 2, 256, False, {"deepspeed": {"zero_stage": 3}}), ("tiny", "project", 2, 256, 1, VARLEN),
            ("tiny", "plain", 2, 256, False, {"layout": "flat", "profile": True})] \
         if args.gpu_device == "cpu" else GPU_PLANS[args.gpu_plan]
     out: dict[str, Any] = {"plan": f"cuda-{args.gpu_plan}" if args.gpu_device == "cuda" else "cpu-check", "runs": [],
@@ -376,7 +381,7 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
         shown = "OOM" if res.get("oom") else "FAILED" if res.get("failed") else (
             f"{res['tokens_per_s']:>9,.0f} tokens/s  MFU {res['mfu']:.1%}  peak {res['peak_memory_gib']} GiB")
         zero = f"zero{spec['deepspeed']['zero_stage']}{'+offload' if spec['deepspeed'].get('offload_param') else ''}"
-        print(f"{model:>4} {side:<7} mb {mb:<2} seq {seq:<5} ckpt {str(gc):<5} {zero:<13}: {shown}  "
+        print(f"{model:>4} {side:<7} mb {mb:<2} seq {seq:<5} ckpt {str(gc):<5} {zero:<13} {spec['attn']:<12}: {shown}  "
               f"({res['process_wall_s']} s)", flush=True)
         write_result(out["plan"], out, args.gpu_results)
     for model in dict.fromkeys(r["model"] for r in out["runs"]):
@@ -455,7 +460,8 @@ def main() -> int:
     p.add_argument("--gpu-plan", choices=sorted(GPU_PLANS), default="quick",
                    help="configurations (model, side, micro batch, seq, checkpointing); each in a fresh process")
     p.add_argument("--gpu-steps", type=int, default=20, help="optimizer steps per run")
-    p.add_argument("--gpu-attn", default="sdpa", help="attn_implementation (sdpa, flash_attention_2, eager)")
+    p.add_argument("--gpu-attn", default="sdpa",
+                   help="attn_implementation (sdpa, flash_attention_2, torch_varlen, eager)")
     p.add_argument("--gpu-device", choices=["cuda", "cpu"], default="cuda",
                    help="cpu: run the benchmark's own logic on a tiny model (no GPU needed)")
     p.add_argument("--gpu-run-timeout", type=int, default=900, help="seconds one configuration may take")

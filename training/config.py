@@ -99,9 +99,10 @@ class FinetuneConfig(Config):
     # length bucketing, padded micro batches with an attention mask
     packing: bool = True
     # Attention kernel (Transformers ``attn_implementation``): "sdpa" (default; packed examples
-    # get a block-diagonal mask), "flash_attention_2" (variable-length kernel, needs flash-attn
-    # on GPU) or "eager"
-    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
+    # get a block-diagonal mask per row), "flash_attention_2" (variable-length kernel, needs
+    # flash-attn on GPU), "torch_varlen" (PyTorch's own variable-length flash attention,
+    # torch>=2.10 on CUDA, packing only: training/attention.py) or "eager"
+    attn_implementation: Literal["sdpa", "flash_attention_2", "torch_varlen", "eager"] = "sdpa"
     # Activation checkpointing: false (off), true (every decoder layer) or k (every k-th layer:
     # recompute a share 1/k of the layers' activations in the backward pass)
     gradient_checkpointing: bool | int = False
@@ -155,6 +156,9 @@ class FinetuneConfig(Config):
             if self.optim.micro_batch_size != 1:
                 raise ValueError("with optim.micro_batch_tokens a micro batch is one row of that many tokens: "
                                  f"set optim.micro_batch_size: 1 (not {self.optim.micro_batch_size})")
+        if self.attn_implementation == "torch_varlen" and not self.packing:
+            raise ValueError("attn_implementation: torch_varlen reads example boundaries from packed rows' "
+                             "position ids; it needs packing: true")
         if self.liger_kernel == "on" and not self.scaling.use_gpu:
             raise ValueError("liger_kernel: on needs GPU training (scaling.use_gpu: true): its kernels are Triton "
                              "GPU kernels; use auto or off on CPU")

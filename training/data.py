@@ -578,14 +578,15 @@ def batch_layout(packing: bool, attn_implementation: str) -> str:
     """How :func:`collate` lays out a micro batch for this training config.
 
     Packed rows are flattened into one row only for a variable-length kernel
-    (``flash_attention_*``), which attends within each example and nowhere else. Any other
+    (``flash_attention_*``, ``torch_varlen``), which attends within each example and nowhere else. Any other
     attention (``sdpa``, ``eager``) computes the whole square of its sequence under a mask, so
     flattening ``b`` rows of ``L`` tokens would cost ``b`` times the attention of ``b`` rows of
     ``L`` (and a mask of ``(b·L)²``): those keep one row per packed row (``"rows"``).
     """
     if not packing:
         return "padded"
-    return "flat" if attn_implementation.startswith("flash_attention") else "rows"
+    varlen = attn_implementation.startswith("flash_attention") or attn_implementation == "torch_varlen"
+    return "flat" if varlen else "rows"
 
 
 def collate(batch: Mapping[str, Any], pad_id: int, *, layout: str = "padded") -> dict[str, Any]:

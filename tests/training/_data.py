@@ -66,3 +66,19 @@ def bad_rows(phase: str = "rtl_design", split: str = "train") -> list[dict]:
     base = example(phase, split, "q", "a")
     return [dict(base, id=f"empty-{split}", messages=[]),
             dict(base, id=f"noreply-{split}", messages=[{"role": "user", "content": "Write a counter."}])]
+
+
+def packing_examples(tokenizer, n: int = 4) -> list[tuple[list[int], list[int]]]:
+    """``n`` conversations of different lengths from the test rows (replies cut or repeated)."""
+    from training.data import tokenize_messages
+
+    out = []
+    for k, r in enumerate(rows(n_train=n, n_val=0)[:n]):
+        msgs = [dict(m) for m in r["messages"]]
+        words = msgs[-1]["content"].split()
+        msgs[-1]["content"] = " ".join((words * 3)[: 4 + 7 * k])
+        seq = tokenize_messages(tokenizer, msgs, max_length=160)
+        assert seq is not None
+        out.append(seq)
+    assert len({len(ids) for ids, _ in out}) == n  # examples of different lengths
+    return out

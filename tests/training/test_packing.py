@@ -5,22 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.training._data import rows
-from training.data import IGNORE, collate, pack_rows, tokenize_messages
-
-
-def _examples(tokenizer, n: int = 4) -> list[tuple[list[int], list[int]]]:
-    """``n`` conversations of different lengths from the test rows (replies cut or repeated)."""
-    out = []
-    for k, r in enumerate(rows(n_train=n, n_val=0)[:n]):
-        msgs = [dict(m) for m in r["messages"]]
-        words = msgs[-1]["content"].split()
-        msgs[-1]["content"] = " ".join((words * 3)[: 4 + 7 * k])
-        seq = tokenize_messages(tokenizer, msgs, max_length=160)
-        assert seq is not None
-        out.append(seq)
-    assert len({len(ids) for ids, _ in out}) == n  # examples of different lengths
-    return out
+from tests.training._data import packing_examples as _examples
+from training.data import IGNORE, collate, pack_rows
 
 
 def _model(tokenizer, attn: str):
