@@ -62,8 +62,10 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -190,6 +192,65 @@ def auto_batch(n: int, workers: int) -> int:
     return max(1, min(50, math.ceil(n / (4 * workers))))
 
 
+class CpuAccount:
+    """CPU seconds spent while the job runs, by kind of process: where a core goes when the job is
+    slower per core than the plain loop. Processes are sampled every 0.25 s (psutil; nothing when
+    it is missing); the sandboxed tools are short-lived, so they are the machine's busy time
+    (user + system + nice) less everything sampled."""
+
+    KINDS = (("driver", "jobs.evaluate"), ("check tasks", "MapBatches"),
+             ("ray data actors", "_StatsActor"), ("ray data actors", "_AutoscalingCoordinator"),
+             ("ray system", "raylet"), ("ray system", "gcs_server"), ("ray system", "dashboard"),
+             ("ray system", "Agent"), ("ray system", "log_monitor"), ("ray system", "monitor.py"),
+             ("other ray workers", "ray::"), ("other ray workers", "default_worker"))
+
+    def __enter__(self) -> "CpuAccount":
+        self.result: dict[str, float] = {}
+        try:
+            import psutil
+        except ImportError:
+            self.psutil = None
+            return self
+        self.psutil, self.seen, self.stop = psutil, {}, threading.Event()
+        self.before = {p.pid for p in psutil.process_iter()}
+        self.t0 = psutil.cpu_times()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _kind(self, cmdline: list[str]) -> str | None:
+        text = " ".join(cmdline)
+        return next((kind for kind, needle in self.KINDS if needle in text), None)
+
+    def _poll(self) -> None:
+        while not self.stop.is_set():
+            for proc in self.psutil.process_iter(["pid", "cmdline"]):
+                if proc.pid in self.before:
+                    continue
+                try:
+                    kind = self._kind(proc.info["cmdline"] or [])
+                    if kind is not None:  # a worker's most specific role wins (it starts as ray::IDLE)
+                        t = proc.cpu_times()
+                        old = self.seen.get(proc.pid, ("other ray workers", 0.0))[0]
+                        self.seen[proc.pid] = (old if kind == "other ray workers" else kind, t.user + t.system)
+                except self.psutil.Error:
+                    pass
+            self.stop.wait(0.25)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.psutil is None:
+            return
+        self.stop.set()
+        self.thread.join()
+        t1 = self.psutil.cpu_times()
+        busy = sum(getattr(t1, f) - getattr(self.t0, f) for f in ("user", "system", "nice"))
+        for kind, seconds in self.seen.values():
+            self.result[kind] = round(self.result.get(kind, 0.0) + seconds, 2)
+        self.result["sandboxed tools and other"] = round(busy - sum(self.result.values()), 2)
+        self.result["machine busy"] = round(busy, 2)
+        self.result["machine idle"] = round(t1.idle - self.t0.idle, 2)
+
+
 def run_job(checkout: Path | None, out: Path, workers: int, batch_size: int, max_problems: int | None = None,
             rtllm: Path | None = None) -> dict:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
@@ -203,7 +264,8 @@ def run_job(checkout: Path | None, out: Path, workers: int, batch_size: int, max
     if max_problems:
         argv.append(f"benchmarks.max_problems={max_problems}")
     t0 = time.perf_counter()
-    p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    with CpuAccount() as cpu:
+        p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise RuntimeError(f"job failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
@@ -214,7 +276,7 @@ def run_job(checkout: Path | None, out: Path, workers: int, batch_size: int, max
             "passed": sum(c["passed"] for c in cells.values()),
             "by_benchmark": {name: {"samples": c["samples"], "passed": c["passed"]} for name, c in cells.items()},
             "check_step_s": step, "job_wall_s": round(wall, 2), "ray_start_s": rep["steps"]["ray start"]["wall_s"],
-            "isolation": rep["sandbox"]["isolation"]["mode"]}
+            "isolation": rep["sandbox"]["isolation"]["mode"], "cpu_s_by_kind": cpu.result}
 
 
 def wait_for_quiet(max_load: float | None, max_wait_s: float = 900.0) -> float:
@@ -327,6 +389,9 @@ def main() -> None:
                       f"{job['ratio_per_core_vs_sandboxed_loop']:.2f} vs sandboxed loop); "
                       f"whole job {job['job_wall_s']:.1f} s (ray start {job['ray_start_s']:.1f} s); "
                       f"{job['passed']}/{job['samples']} passed", flush=True)
+                if job["cpu_s_by_kind"]:
+                    print("    CPU-seconds while the job ran: " + ", ".join(
+                        f"{k} {v:.1f}" for k, v in job["cpu_s_by_kind"].items()), flush=True)
     best = {str(w): min((j for j in runs if j["workers"] == w), key=lambda j: j["check_step_s"])
             for w in args.workers}
     result = {

@@ -151,3 +151,20 @@ def test_native_log_keeps_ray_lines_out_of_the_terminal(tmp_path: Path, capfd) -
     assert "noise" not in captured.err and "progress line" in captured.out
     assert "error after the job" in captured.err
     assert "native noise" in log.read_text() and "python-side noise" in log.read_text()
+
+
+def test_a_local_ray_starts_without_dashboard_unless_asked(monkeypatch) -> None:
+    """The job's own local Ray has no dashboard (its processes cost a 2-core laptop a share of a core);
+    a caller can still ask for one, and a Ray Client address (which takes no such argument) gets none."""
+    import ray
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(job, "quiet_ray_loggers", lambda verbose: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    job.init_ray()
+    job.init_ray(include_dashboard=True)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    job.init_ray()
+    assert [c.get("include_dashboard", "unset") for c in calls] == [False, True, "unset"]
