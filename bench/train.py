@@ -216,7 +216,7 @@ GPU_PLANS = {
     "quick": [("1b", "plain", 16, 2048, False), ("1b", "project", 32, 2048, False, VARLEN),
               ("8b", "plain", 4, 2048, False), ("8b", "project", 8, 2048, False, VARLEN),
               ("8b", "project", 8, 2048, False), ("8b", "project", 1, 8192, True, VARLEN),
-              ("1b", "project", 32, 2048, False)],
+              ("8b", "project", 12, 2048, False, VARLEN)],
     "full": [("1b", s, mb, 2048, False) for mb in (4, 16) for s in ("plain", "project")]
     + [("8b", s, mb, 2048, False) for mb in (2, 6) for s in ("plain", "project")]
     + [("1b", "project", mb, 2048, False, VARLEN) for mb in (16, 32)]
