@@ -18,7 +18,7 @@ DeepSpeed + pydantic as carried wheels) runs every configuration of ``--gpu-plan
 ~8B Llama shape with random weights, side, micro batch, sequence length, activation
 checkpointing) in a fresh process: the project's ``training.loop.run_training`` (the torchrun
 code path: DeepSpeed ZeRO-2, bf16) or a plain PEFT + fused AdamW loop, on the same rows, packed
-for real from random examples (``pack_rows``, flattened micro batches). Per run: tokens/s, MFU =
+for real from random examples (``pack_rows``; micro batches laid out as the job lays them out). Per run: tokens/s, MFU =
 (4·N_matmul + 6·N_lora + 6·layers·seq·hidden) FLOPs per token × tokens/s / ``--peak-tflops``
 (frozen base weights need no weight gradients), peak memory, OOM; each project run's ratio to
 the plain loop's best micro batch. Results are written after every run to

@@ -20,6 +20,7 @@ on a GPU. Training only: no KV cache, no attention mask, no dropout.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -83,12 +84,20 @@ def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     return out.reshape(b, t, h, d), None
 
 
+@functools.lru_cache(maxsize=1)
+def _kernel_params() -> frozenset[str]:
+    """The parameters this PyTorch's ``varlen_attn`` takes (read once, not per layer)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
 def _varlen_kernel(q: Any, k: Any, v: Any, cu: Any, longest: int, scaling: float | None, gqa: bool) -> Any:
     """``varlen_attn`` across its signatures: ``is_causal`` (2.10-2.11) or ``window_size`` and
     ``enable_gqa`` (2.12 and later); key/value heads repeated when the kernel cannot group them."""
     from torch.nn.attention.varlen import varlen_attn
 
-    params = inspect.signature(varlen_attn).parameters
+    params = _kernel_params()
     extra: dict[str, Any] = {}
     if "is_causal" in params:
         extra["is_causal"] = True
@@ -119,7 +128,13 @@ def no_mask(*_: Any, attention_mask: Any = None, **__: Any) -> None:
 
 
 def register() -> None:
-    """Make ``attn_implementation="torch_varlen"`` known to Transformers (idempotent)."""
+    """Make ``attn_implementation="torch_varlen"`` known to Transformers (idempotent); an error
+    naming the PyTorch version when it has no ``varlen_attn``."""
+    if not available():
+        import torch
+
+        raise RuntimeError(f"attn_implementation: {NAME} needs torch>=2.10 (torch.nn.attention.varlen); "
+                           f"this is torch {torch.__version__}")
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 

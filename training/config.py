@@ -94,8 +94,9 @@ class FinetuneConfig(Config):
     trust_remote_code: bool = False
 
     max_length: int = Field(512, ge=16)  # tokens per packed sequence / per example
-    # True: whole examples packed into rows ≤ max_length, each micro batch flattened into one
-    # unpadded sequence whose position ids keep the examples apart; False: one example per row,
+    # True: whole examples packed into rows ≤ max_length whose position ids keep the examples
+    # apart (micro batches flattened into one unpadded sequence for the variable-length kernels,
+    # one row per packed row otherwise: training.data.batch_layout); False: one example per row,
     # length bucketing, padded micro batches with an attention mask
     packing: bool = True
     # Attention kernel (Transformers ``attn_implementation``): "sdpa" (default; packed examples

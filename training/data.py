@@ -28,8 +28,8 @@ stage through ``chipforge.stage.map_stage``), torchrun (``jobs.train_torchrun``)
 
 For the loop, :func:`collate` lays a micro batch out for the attention kernel
 (:func:`batch_layout`). Packed rows carry no attention mask: their per-example
-``position_ids`` keep the examples apart. With ``flash_attention_2`` the micro batch is
-flattened into one unpadded row for the variable-length kernel (as Transformers'
+``position_ids`` keep the examples apart. With ``flash_attention_2`` or ``torch_varlen`` the
+micro batch is flattened into one unpadded row for the variable-length kernel (as Transformers'
 ``DataCollatorWithFlattening`` does); with ``sdpa``/``eager`` it stays one row per packed row
 and Transformers builds a block-diagonal mask per row (flattening there would make the masked
 attention quadratic in the whole micro batch). Unpacked rows are padded to the batch's longest
@@ -583,9 +583,11 @@ def batch_layout(packing: bool, attn_implementation: str) -> str:
     flattening ``b`` rows of ``L`` tokens would cost ``b`` times the attention of ``b`` rows of
     ``L`` (and a mask of ``(b·L)²``): those keep one row per packed row (``"rows"``).
     """
+    from training.attention import NAME as TORCH_VARLEN
+
     if not packing:
         return "padded"
-    varlen = attn_implementation.startswith("flash_attention") or attn_implementation == "torch_varlen"
+    varlen = attn_implementation.startswith("flash_attention") or attn_implementation == TORCH_VARLEN
     return "flat" if varlen else "rows"
 
 
@@ -608,7 +610,7 @@ def collate(batch: Mapping[str, Any], pad_id: int, *, layout: str = "padded") ->
         raise ValueError(f"collate layout {layout!r}: expected one of {LAYOUTS}")
     ids = [np.asarray(x, dtype=np.int64) for x in batch["input_ids"]]
     labels = [np.asarray(x, dtype=np.int64) for x in batch["labels"]]
-    positions = batch.get("position_ids")
+    positions = batch.get("position_ids") if layout != "padded" else None
     pos = [np.asarray(p, dtype=np.int64) for p in positions] if positions is not None else [
         np.arange(len(a), dtype=np.int64) for a in ids]
     if layout == "flat":
@@ -623,24 +625,19 @@ def collate(batch: Mapping[str, Any], pad_id: int, *, layout: str = "padded") ->
     n = max(len(x) for x in ids)
     out_ids = np.full((len(ids), n), pad_id, dtype=np.int64)
     out_labels = np.full((len(ids), n), IGNORE, dtype=np.int64)
-    mask = np.zeros((len(ids), n), dtype=np.int64)
-    out_pos = np.zeros((len(ids), n), dtype=np.int64)
+    extra = np.zeros((len(ids), n), dtype=np.int64)  # "rows": position ids; "padded": the attention mask
     for k, (a, b) in enumerate(zip(ids, labels)):
         out_ids[k, : len(a)] = a
         out_labels[k, : len(b)] = b
-        mask[k, : len(a)] = 1
-        out_pos[k, : len(a)] = pos[k]
-        out_pos[k, len(a):] = np.arange(n - len(a))  # the padding: a block of its own
-    if layout == "rows":
-        return {
-            "input_ids": torch.from_numpy(out_ids),
-            "labels": torch.from_numpy(out_labels),
-            "position_ids": torch.from_numpy(out_pos),
-        }
+        if layout == "rows":
+            extra[k, : len(a)] = pos[k]
+            extra[k, len(a):] = np.arange(n - len(a))  # the padding: a block of its own
+        else:
+            extra[k, : len(a)] = 1
     return {
         "input_ids": torch.from_numpy(out_ids),
         "labels": torch.from_numpy(out_labels),
-        "attention_mask": torch.from_numpy(mask),
+        "position_ids" if layout == "rows" else "attention_mask": torch.from_numpy(extra),
     }
 
 

@@ -175,14 +175,9 @@ def build_lora_model(base_path: str, cfg: FinetuneConfig, ds_config: dict[str, A
         keep = HfDeepSpeedConfig(ds_config)  # noqa: F841  (must stay alive while loading)
     from peft import get_peft_model
 
-    if cfg.attn_implementation == "torch_varlen":
-        from training import attention
+    from training import attention
 
-        if not attention.available():
-            import torch
-
-            raise RuntimeError(f"attn_implementation: torch_varlen needs torch>=2.10 (torch.nn.attention.varlen); "
-                               f"this is torch {torch.__version__}")
+    if cfg.attn_implementation == attention.NAME:
         attention.register()
     model = load_base_model(base_path, bf16=cfg.deepspeed.bf16, trust_remote_code=cfg.trust_remote_code,
                             attn_implementation=cfg.attn_implementation)
