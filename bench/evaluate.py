@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import subprocess
@@ -187,11 +186,6 @@ def sandboxed_loop(problems: list[dict]) -> tuple[float, int]:
     return time.perf_counter() - t0, passed
 
 
-def auto_batch(n: int, workers: int) -> int:
-    """Samples per check task: about four tasks per worker (load balance), at most 50 samples each."""
-    return max(1, min(50, math.ceil(n / (4 * workers))))
-
-
 class CpuAccount:
     """CPU seconds spent while the job runs, by kind of process: where a core goes when the job is
     slower per core than the plain loop. Processes are sampled every 0.25 s (psutil; nothing when
@@ -251,12 +245,16 @@ class CpuAccount:
         self.result["machine idle"] = round(t1.idle - self.t0.idle, 2)
 
 
-def run_job(checkout: Path | None, out: Path, workers: int, batch_size: int, max_problems: int | None = None,
-            rtllm: Path | None = None) -> dict:
+def run_job(checkout: Path | None, out: Path, workers: int, batch_size: int | None,
+            max_problems: int | None = None, rtllm: Path | None = None) -> dict:
+    """One ``jobs.evaluate --reference`` run; ``batch_size`` None leaves the job's own default
+    (``pipelines.evaluate.check_batch_size``), so the benchmark measures what users get."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
     argv = [sys.executable, "-m", "jobs.evaluate", "--output", str(out), "--force", "--reference",
             "evaluate_models=false", "dataset_dir=null", "smoke=false", "routing.enabled=false",
-            f"simulation.resources.concurrency={workers}", f"simulation.resources.batch_size={batch_size}"]
+            f"simulation.resources.concurrency={workers}"]
+    if batch_size:
+        argv.append(f"simulation.resources.batch_size={batch_size}")
     if checkout:
         argv.append(f"benchmarks.verilog_eval_v2={checkout}")
     if rtllm:
@@ -272,7 +270,8 @@ def run_job(checkout: Path | None, out: Path, workers: int, batch_size: int, max
     rep = json.loads((out / "report.json").read_text())
     step = rep["steps"]["generate + check"]["wall_s"]
     cells = {name: b["reference"] for name, b in rep["benchmarks"].items() if "reference" in b}
-    return {"workers": workers, "batch_size": batch_size, "samples": sum(c["samples"] for c in cells.values()),
+    return {"workers": workers, "batch_size": rep["engine_info"]["check_batch_size"],
+            "samples": sum(c["samples"] for c in cells.values()),
             "passed": sum(c["passed"] for c in cells.values()),
             "by_benchmark": {name: {"samples": c["samples"], "passed": c["passed"]} for name, c in cells.items()},
             "check_step_s": step, "job_wall_s": round(wall, 2), "ray_start_s": rep["steps"]["ray start"]["wall_s"],
@@ -298,7 +297,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=None,
-                    help="samples per check task (simulation.resources.batch_size); default about N / (4 W)")
+                    help="samples per check task (simulation.resources.batch_size); default: the job's own")
     ap.add_argument("--marginal", type=float, default=0.0, metavar="F",
                     help="also run each job on the first F*N problems (0 < F < 1) to separate the stage's fixed "
                          "start-up from its marginal samples/s")
@@ -338,8 +337,7 @@ def main() -> None:
                 if len({plain[1], boxed[1], par[1]}) != 1 or (not real and plain[1] != n):
                     raise RuntimeError(f"loops passed {plain[1]}, {boxed[1]} and {par[1]} (parallel) of {n} samples")
                 load_job = os.getloadavg()
-                job = run_job(checkout, Path(tmp) / f"out{w}-{r}", w, args.batch_size or auto_batch(n, w),
-                              max_problems, rtllm)
+                job = run_job(checkout, Path(tmp) / f"out{w}-{r}", w, args.batch_size, max_problems, rtllm)
                 if job["samples"] != n or job["passed"] != plain[1]:
                     raise RuntimeError(f"the job passed {job['passed']} of {job['samples']} samples; "
                                        f"the loops {plain[1]} of {n}")
@@ -364,8 +362,7 @@ def main() -> None:
                                                              / job["plain_samples_per_s"], 3)
                 if 0 < args.marginal < 1:
                     m = max(1, round((n if not real else n / max(1, len(job["by_benchmark"]))) * args.marginal))
-                    small = run_job(checkout, Path(tmp) / f"out{w}-{r}-small", w,
-                                    args.batch_size or auto_batch(m, w), m, rtllm)
+                    small = run_job(checkout, Path(tmp) / f"out{w}-{r}-small", w, args.batch_size, m, rtllm)
                     per_sample = (job["check_step_s"] - small["check_step_s"]) / max(1, n - small["samples"])
                     if per_sample > 0:
                         job.update(
@@ -398,7 +395,8 @@ def main() -> None:
         "command": " ".join(["python", "bench/evaluate.py", *sys.argv[1:]]),
         "mode": "real checkouts (--reference self-check)" if real else "generated problems",
         "checkouts": {"verilog_eval_v2": args.verilog_eval, "rtllm": args.rtllm} if real else None,
-        "problems": n, "cpus": os.cpu_count(), "batch_size": args.batch_size or "auto", "loadavg_start": load0,
+        "problems": n, "cpus": os.cpu_count(), "batch_size": args.batch_size or "the job's default",
+        "loadavg_start": load0,
         "loadavg_end": os.getloadavg(), "best_by_workers": best,
         "wall_vs_workers": {w: j["check_step_s"] for w, j in best.items()},
         "job_wall_vs_workers": {w: j["job_wall_s"] for w, j in best.items()},
