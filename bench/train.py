@@ -3,6 +3,7 @@
     python bench/train.py                 # CPU: tiny Llama + LoRA, 1 Ray Train worker vs plain loop
     python bench/train.py --gpu           # 1 GPU: ~1B Llama (random), LoRA, bf16, ZeRO-2: tokens/s + MFU
     python bench/train.py --pack          # packing: time per example from 10k to 1M examples (linear?)
+    python bench/train.py --lora-step     # fused_lora against PEFT's LoRA forward: one step's time
 
 CPU mode: both sides train the same tiny random Llama + LoRA on the same packed token rows
 (the bundled sample dataset prepared by ``training.data.prepare_local``, the preparation every
@@ -215,8 +216,8 @@ VARLEN = {"attn": "torch_varlen"}
 GPU_PLANS = {
     "quick": [("1b", "plain", 16, 2048, False), ("1b", "project", 32, 2048, False, VARLEN),
               ("8b", "plain", 4, 2048, False), ("8b", "project", 8, 2048, False, VARLEN),
-              ("8b", "project", 8, 2048, False), ("8b", "project", 1, 8192, True, VARLEN),
-              ("8b", "project", 12, 2048, False, VARLEN)],
+              ("8b", "project", 8, 2048, False, {**VARLEN, "fused_lora": "off"}),
+              ("8b", "project", 1, 8192, True, VARLEN), ("8b", "project", 12, 2048, False, VARLEN)],
     "full": [("1b", s, mb, 2048, False) for mb in (4, 16) for s in ("plain", "project")]
     + [("8b", s, mb, 2048, False) for mb in (2, 6) for s in ("plain", "project")]
     + [("1b", "project", mb, 2048, False, VARLEN) for mb in (16, 32)]
@@ -257,6 +258,12 @@ def packed_rows(seq: int, n_rows: int, vocab: int, seed: int = 0) -> Any:
     return token_table(rows[:n_rows])
 
 
+def example_square_sum(position_ids: list[int]) -> int:
+    """Σ length² over a packed row's examples (a new example wherever the position restarts at 0)."""
+    starts = [i for i, p in enumerate(position_ids) if p == 0 or i == 0] + [len(position_ids)]
+    return sum((b - a) ** 2 for a, b in zip(starts, starts[1:]))
+
+
 def profiler(cuda: bool) -> Any:
     """torch.profiler over steps 5-6 (after 3 skipped and 1 warm-up step); ``step()`` after each step."""
     import torch.profiler as tp
@@ -287,6 +294,7 @@ def gpu_run(spec: dict) -> dict[str, Any]:
     cfg = FinetuneConfig(
         base_model="random", output_dir=tempfile.mkdtemp(prefix="cf-bench-gpu-"), max_length=seq,
         attn_implementation=spec["attn"], gradient_checkpointing=spec["gradient_checkpointing"],
+        fused_lora=spec.get("fused_lora", "auto"),
         lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": LORA_TARGETS},
         optim={"lr": 1e-4, "epochs": 1, "micro_batch_size": mb, "warmup_ratio": 0.0},
         deepspeed={**spec["deepspeed"], "bf16": cuda}, scaling={"num_workers": 1, "use_gpu": cuda},
@@ -320,14 +328,14 @@ def gpu_run(spec: dict) -> dict[str, Any]:
                                    quiet=True)
             state = run_training(cfg, plan, session)
             tokens, train_s, done = state.tokens, state.train_time_s, state.step
-            liger = tm.liger_wanted(cfg.liger_kernel, cuda)
-        else:  # plain: the same model construction without Liger, a hand-written loop on the same rows
-            model = tm.build_lora_model("random", cfg.model_copy(update={"liger_kernel": "off"}))
+            liger, fused = tm.liger_wanted(cfg.liger_kernel, cuda), tm.fused_lora_wanted(cfg)
+        else:  # plain: the same model construction without Liger or fused LoRA, a hand-written loop
+            model = tm.build_lora_model("random", cfg.model_copy(update={"liger_kernel": "off", "fused_lora": "off"}))
             res = plain_steps(model, iter_table_batches(table, mb), 0, lr=1e-4,
                               layout=spec.get("layout") or batch_layout(True, spec["attn"]),
                               device="cuda" if cuda else "cpu", on_step=on_step)
             tokens, train_s, done, step_ends = res["tokens"], res["train_time_s"], res["steps"], res["step_ends"]
-            liger = False
+            liger = fused = False
     except torch.OutOfMemoryError as exc:
         return {**spec, "oom": True, "error": str(exc).splitlines()[0][:300]}
     profile = None
@@ -345,11 +353,18 @@ def gpu_run(spec: dict) -> dict[str, Any]:
     row_tokens = table.column("n_tokens").to_pylist()
     w = WARMUP_STEPS if len(step_ends) > WARMUP_STEPS + 1 else 0
     steady_s = step_ends[-1] - step_ends[w - 1] if w else 0.0
-    tps = sum(row_tokens[w * mb: len(step_ends) * mb]) / steady_s if steady_s > 0 else tps_all
-    return {**spec, "oom": False, "liger_kernel": liger, "steps_done": done, "tokens": tokens,
+    steady = slice(w * mb, len(step_ends) * mb)
+    tps = sum(row_tokens[steady]) / steady_s if steady_s > 0 else tps_all
+    # The issue's MFU counts causal attention over the whole row (seq); a packed row's examples only
+    # attend within themselves, 6·layers·hidden·Σ length² FLOPs per row: the stricter figure.
+    sq = sum(example_square_sum(p) for p in table.column("position_ids").to_pylist()[steady])
+    flops_examples = sum(row_tokens[steady]) * (4 * n_matmul + 6 * n_lora) + 6 * layers * hidden * sq
+    mfu_examples = flops_examples / steady_s / (spec["peak_tflops"] * 1e12) if steady_s > 0 else None
+    return {**spec, "oom": False, "liger_kernel": liger, "fused_lora": fused, "steps_done": done, "tokens": tokens,
             "train_time_s": round(train_s, 2), "warmup_steps_left_out": w, "profile": profile,
             "tokens_per_s_with_warmup": round(tps_all, 1),
             "tokens_per_s": round(tps, 1), "mfu": round(tps * flops_per_token / (spec["peak_tflops"] * 1e12), 4),
+            "mfu_example_attention": round(mfu_examples, 4) if mfu_examples is not None else None,
             "params_matmul": n_matmul, "params_lora": n_lora, "setup_and_run_s": round(time.perf_counter() - t0, 1),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None,
             "device_name": torch.cuda.get_device_name(0) if cuda else "cpu"}
@@ -360,7 +375,8 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
     next), results written after each; then each project run against the plain loop's best micro batch."""
     plan = [("tiny", side, 2, 256, gc) for side in ("plain", "project") for gc in (False, 1)] \
         + [("tiny", "project", 2, 256, False, {"deepspeed": {"zero_stage": 3}}), ("tiny", "project", 2, 256, 1, VARLEN),
-           ("tiny", "plain", 2, 256, False, {"layout": "flat", "profile": True})] \
+           ("tiny", "plain", 2, 256, False, {"layout": "flat", "profile": True}),
+           ("tiny", "project", 2, 256, False, {"fused_lora": "off"})] \
         if args.gpu_device == "cpu" else GPU_PLANS[args.gpu_plan]
     out: dict[str, Any] = {"plan": f"cuda-{args.gpu_plan}" if args.gpu_device == "cuda" else "cpu-check", "runs": [],
                            "command": " ".join(["python", "bench/train.py", *sys.argv[1:]])}
@@ -379,10 +395,12 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
         res["process_wall_s"] = round(time.perf_counter() - t0, 1)
         out["runs"].append(res)
         shown = "OOM" if res.get("oom") else "FAILED" if res.get("failed") else (
-            f"{res['tokens_per_s']:>9,.0f} tokens/s  MFU {res['mfu']:.1%}  peak {res['peak_memory_gib']} GiB")
+            f"{res['tokens_per_s']:>9,.0f} tokens/s  MFU {res['mfu']:.1%} ({res['mfu_example_attention']:.1%} counting "
+            f"attention within examples)  peak {res['peak_memory_gib']} GiB")
         zero = f"zero{spec['deepspeed']['zero_stage']}{'+offload' if spec['deepspeed'].get('offload_param') else ''}"
-        print(f"{model:>4} {side:<7} mb {mb:<2} seq {seq:<5} ckpt {str(gc):<5} {zero:<13} {spec['attn']:<12}: {shown}  "
-              f"({res['process_wall_s']} s)", flush=True)
+        fused = res.get("fused_lora", side == "project" and spec.get("fused_lora") != "off")
+        print(f"{model:>4} {side:<7} mb {mb:<2} seq {seq:<5} ckpt {str(gc):<5} {zero:<13} {spec['attn']:<12} "
+              f"{'fused lora' if fused else 'lora':<10}: {shown}  ({res['process_wall_s']} s)", flush=True)
         write_result(out["plan"], out, args.gpu_results)
     for model in dict.fromkeys(r["model"] for r in out["runs"]):
         ok = [r for r in out["runs"] if r["model"] == model and r.get("tokens_per_s")]
@@ -445,6 +463,55 @@ def run_pack(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def run_lora_step(args: argparse.Namespace) -> dict[str, Any]:
+    """One forward + backward of a random Llama with LoRA on all seven projections: PEFT's own
+    forward against ``fused_lora`` (the same model, deep-copied), alternated ``--lora-repeats``
+    times in one process; the best time of each and their ratio. CPU: 4 layers, 512 wide, 4 rows
+    of 512 tokens, ``--threads`` threads; CUDA (``--lora-device cuda``): the 1.1B shape in bf16,
+    4 rows of 2,048."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from training.fused_lora import fuse_lora
+
+    cuda = args.lora_device == "cuda"
+    torch.set_num_threads(args.threads)
+    hidden, inter, layers, heads, kv, vocab = SHAPES["1b"] if cuda else (512, 1408, 4, 8, 8, 1000)
+    seq = 2048 if cuda else 512
+    torch.manual_seed(0)
+    mcfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=seq)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    with torch.device(args.lora_device):
+        base = LlamaForCausalLM._from_config(mcfg, dtype=dtype)
+    base.config.use_cache = False
+    peft_model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS),
+                                autocast_adapter_dtype=False)
+    fused_model = copy.deepcopy(peft_model)
+    fuse_lora(fused_model)
+    ids = torch.randint(3, vocab, (4, seq), device=args.lora_device)
+    times: dict[str, list[float]] = {"peft": [], "fused": []}
+    for _ in range(args.lora_repeats):
+        for name, model in (("peft", peft_model), ("fused", fused_model)):
+            t0 = time.perf_counter()
+            model(input_ids=ids, labels=ids).loss.backward()
+            if cuda:
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+            model.zero_grad(set_to_none=True)
+    best = {k: min(v[1:] or v) for k, v in times.items()}  # the first step of each warms up
+    ratio = best["fused"] / best["peft"]
+    print(f"forward + backward, {layers} layers x {hidden} wide, 4 x {seq} tokens on {args.lora_device}: "
+          f"PEFT {best['peft'] * 1e3:.1f} ms, fused_lora {best['fused'] * 1e3:.1f} ms -> {ratio:.3f} of PEFT's time")
+    return {"device": args.lora_device, "shape": {"hidden": hidden, "layers": layers, "rows": 4, "seq": seq},
+            "threads": args.threads, "repeats": args.lora_repeats, "peft_s": round(best["peft"], 4),
+            "fused_s": round(best["fused"], 4), "fused_over_peft": round(ratio, 3),
+            "command": " ".join(["python", "bench/train.py", *sys.argv[1:]])}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true",
@@ -471,6 +538,9 @@ def main() -> int:
     p.add_argument("--pack", action="store_true", help="packing time per example at 10k..1M examples")
     p.add_argument("--pack-sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--pack-max-length", type=int, default=2048)
+    p.add_argument("--lora-step", action="store_true", help="fused_lora against PEFT's forward: one step's time")
+    p.add_argument("--lora-device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--lora-repeats", type=int, default=6)
     p.add_argument("--results", type=Path, default=RESULTS, help=f"JSON file the result is merged into ({RESULTS})")
     args = p.parse_args()
     if args.gpu_run:
@@ -478,6 +548,8 @@ def main() -> int:
         return 0
     if args.pack:
         write_result("pack", run_pack(args), args.results)
+    elif args.lora_step:
+        write_result(f"fused_lora_{args.lora_device}", run_lora_step(args), args.results)
     elif args.gpu:
         run_gpu(args)
         print(f"wrote {args.gpu_results}")

@@ -112,6 +112,10 @@ class FinetuneConfig(Config):
     # auto: on when training on GPUs with liger-kernel installed; on: required; off: never.
     # Under ZeRO-3 the fused cross-entropy is left out (it reads lm_head's sharded weight directly).
     liger_kernel: Literal["auto", "on", "off"] = "auto"
+    # LoRA layers as one autograd function whose matrix products also do PEFT's scaling and sums
+    # (training/fused_lora.py; the same loss and gradients). auto: on except under ZeRO-3 (whose
+    # weights are gathered only inside their own modules); on: required; off: PEFT's own forward.
+    fused_lora: Literal["auto", "on", "off"] = "auto"
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # held out of train when no validation split
     max_train_examples: int | None = Field(None, ge=1)
     # Ray Data read/validate and tokenise stages (tasks): CPUs each, parallel tasks, examples per batch
@@ -163,6 +167,9 @@ class FinetuneConfig(Config):
         if self.liger_kernel == "on" and not self.scaling.use_gpu:
             raise ValueError("liger_kernel: on needs GPU training (scaling.use_gpu: true): its kernels are Triton "
                              "GPU kernels; use auto or off on CPU")
+        if self.fused_lora == "on" and self.deepspeed.zero_stage == 3:
+            raise ValueError("fused_lora: on reads the base layers' weights directly, which ZeRO-3 partitions; "
+                             "use auto (off under ZeRO-3) or off")
         gc = self.gradient_checkpointing
         if not isinstance(gc, bool) and gc < 1:
             raise ValueError(f"gradient_checkpointing must be true, false or a layer interval k >= 1, not {gc}")

@@ -162,6 +162,11 @@ def apply_liger(model: Any, *, fused_linear_cross_entropy: bool = True) -> bool:
     return True
 
 
+def fused_lora_wanted(cfg: FinetuneConfig) -> bool:
+    """Whether LoRA layers take the fused path (training/fused_lora.py): ``on``, or ``auto`` outside ZeRO-3."""
+    return cfg.fused_lora == "on" or (cfg.fused_lora == "auto" and cfg.deepspeed.zero_stage != 3)
+
+
 def build_lora_model(base_path: str, cfg: FinetuneConfig, ds_config: dict[str, Any] | None = None) -> Any:
     """Base model from ``base_path`` with a fresh LoRA adapter; only adapter weights train.
 
@@ -186,6 +191,10 @@ def build_lora_model(base_path: str, cfg: FinetuneConfig, ds_config: dict[str, A
         apply_liger(model, fused_linear_cross_entropy=cfg.deepspeed.zero_stage != 3)
     checkpointed_layers(model, cfg.gradient_checkpointing)
     model = get_peft_model(model, lora_config(cfg.lora))
+    if fused_lora_wanted(cfg):
+        from training.fused_lora import fuse_lora
+
+        fuse_lora(model)
     del keep
     return model
 
