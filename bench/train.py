@@ -233,6 +233,9 @@ GPU_PLANS = {
               ("1b", "project", 16, 2048, False, {"profile": True}),
               ("8b", "project", 8, 2048, False, {**VARLEN, "profile": True})],
 }
+# the quick plan where torch_varlen does not run (bench/gpu_check.sh picks it when its GPU test fails)
+GPU_PLANS["quick-sdpa"] = [(*run[:5], {k: v for k, v in run[5].items() if k != "attn"}) if len(run) > 5 else run
+                           for run in GPU_PLANS["quick"]]
 WARMUP_STEPS = 3  # steps left out of the steady-state rate (CUDA/Triton set-up, first allocations)
 
 
@@ -240,7 +243,7 @@ def gpu_spec(model: str, side: str, micro_batch: int, seq: int, gc: bool | int, 
              extra: dict | None = None) -> dict:
     extra = extra or {}
     return {"model": model, "side": side, "micro_batch": micro_batch, "seq": seq, "gradient_checkpointing": gc,
-            "steps": args.gpu_steps, "attn": args.gpu_attn, "device": args.gpu_device,
+            "steps": args.gpu_steps, "attn": args.gpu_attn, "fused_lora": args.gpu_fused_lora, "device": args.gpu_device,
             "peak_tflops": args.peak_tflops, **extra, "deepspeed": {"zero_stage": 2, **extra.get("deepspeed", {})}}
 
 
@@ -296,7 +299,7 @@ def gpu_run(spec: dict) -> dict[str, Any]:
     cfg = FinetuneConfig(
         base_model="random", output_dir=tempfile.mkdtemp(prefix="cf-bench-gpu-"), max_length=seq,
         attn_implementation=spec["attn"], gradient_checkpointing=spec["gradient_checkpointing"],
-        fused_lora=spec.get("fused_lora", "auto"),
+        fused_lora=spec["fused_lora"],
         lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": LORA_TARGETS},
         optim={"lr": 1e-4, "epochs": 1, "micro_batch_size": mb, "warmup_ratio": 0.0},
         deepspeed={**spec["deepspeed"], "bf16": cuda}, scaling={"num_workers": 1, "use_gpu": cuda},
@@ -531,6 +534,8 @@ def main() -> int:
     p.add_argument("--gpu-steps", type=int, default=20, help="optimizer steps per run")
     p.add_argument("--gpu-attn", default="sdpa",
                    help="attn_implementation (sdpa, flash_attention_2, torch_varlen, eager)")
+    p.add_argument("--gpu-fused-lora", choices=["auto", "off"], default="auto",
+                   help="fused_lora of the project's runs that do not set it (training/fused_lora.py)")
     p.add_argument("--gpu-device", choices=["cuda", "cpu"], default="cuda",
                    help="cpu: run the benchmark's own logic on a tiny model (no GPU needed)")
     p.add_argument("--gpu-run-timeout", type=int, default=900, help="seconds one configuration may take")
