@@ -31,6 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from peft.tuners.lora.layer import Linear as LoraLinear
 
 
 class LoraLinearFunction(torch.autograd.Function):
@@ -88,31 +89,23 @@ def _fused_args(layer: Any, x: torch.Tensor) -> tuple | None:
     return x, x_lora, weight, bias, lora_a.weight, lora_b.weight, float(layer.scaling[name])
 
 
-def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    args_ = None if args or kwargs else _fused_args(self, x)
-    if args_ is None:
-        return super(type(self), self).forward(x, *args, **kwargs)
-    return LoraLinearFunction.apply(*args_)
+class FusedLoraLinear(LoraLinear):
+    """PEFT's ``lora.Linear`` whose forward is :class:`LoraLinearFunction` when that computes what
+    PEFT's would, and PEFT's own forward otherwise (same state, same saved adapter)."""
 
-
-_FUSED: dict[type, type] = {}
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        fused = None if args or kwargs else _fused_args(self, x)
+        if fused is None:
+            return super().forward(x, *args, **kwargs)
+        return LoraLinearFunction.apply(*fused)
 
 
 def fuse_lora(model: Any) -> int:
     """Give every PEFT ``lora.Linear`` over a ``torch.nn.Linear`` in ``model`` the fused forward
-    (in place; idempotent). Returns how many layers have it."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
+    (in place, by swapping its class; idempotent). Returns how many layers have it."""
     n = 0
     for module in model.modules():
-        cls = type(module)
-        if cls in _FUSED.values():
-            n += 1
-            continue
-        if cls is not LoraLinear or type(module.base_layer) is not torch.nn.Linear:
-            continue
-        if cls not in _FUSED:
-            _FUSED[cls] = type(f"Fused{cls.__name__}", (cls,), {"forward": _fused_forward, "__module__": __name__})
-        module.__class__ = _FUSED[cls]
-        n += 1
+        if type(module) is LoraLinear and type(module.base_layer) is torch.nn.Linear:
+            module.__class__ = FusedLoraLinear
+        n += type(module) is FusedLoraLinear
     return n

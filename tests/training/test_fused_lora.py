@@ -86,6 +86,10 @@ def test_fused_model_has_peft_loss_and_gradients(tokenizer, dropout):
     model = copy.deepcopy(ref_model)
     assert fuse_lora(model) == 2 * len(TARGETS)
     assert fuse_lora(model) == 2 * len(TARGETS)  # idempotent
+    import pickle
+
+    assert type(pickle.loads(pickle.dumps(model)).base_model.model.model.layers[0].mlp.up_proj).__name__ == \
+        "FusedLoraLinear"
     batch = _batch(tokenizer)
     ref_loss, ref_logits, ref_grads = _loss_and_grads(ref_model, batch)
     loss, logits, grads = _loss_and_grads(model, batch)
@@ -145,10 +149,10 @@ def test_falls_back_to_peft_where_it_would_compute_something_else(tokenizer):
 def test_comes_from_config_and_stays_out_of_zero3(tmp_path):
     """``auto`` fuses every LoRA layer of the job's model, except under ZeRO-3; ``off`` never;
     ``on`` with ZeRO-3 is a config error. The saved adapter is PEFT's format either way."""
-    from training.fused_lora import _FUSED
+    from training.fused_lora import FusedLoraLinear
 
     def fused(model) -> int:
-        return sum(type(m) in _FUSED.values() for m in model.modules())
+        return sum(type(m) is FusedLoraLinear for m in model.modules())
 
     cfg = FinetuneConfig(output_dir=str(tmp_path), tiny={"hidden_size": 32, "num_layers": 2, "num_heads": 2},
                          lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"]})
