@@ -470,10 +470,10 @@ def run_pack(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_lora_step(args: argparse.Namespace) -> dict[str, Any]:
     """One forward + backward of a random Llama with LoRA on all seven projections: PEFT's own
-    forward against ``fused_lora`` (the same model, deep-copied), alternated ``--lora-repeats``
-    times in one process; the best time of each and their ratio. CPU: 4 layers, 512 wide, 4 rows
-    of 512 tokens, ``--threads`` threads; CUDA (``--lora-device cuda``): the 1.1B shape in bf16,
-    4 rows of 2,048."""
+    forward against ``fused_lora`` (the same weights), for each ``--lora-dropout``, all sides
+    alternated ``--lora-repeats`` times in one process; the best time of each and the ratios.
+    CPU: 4 layers, 512 wide, 4 rows of 512 tokens, ``--threads`` threads; CUDA (``--lora-device
+    cuda``): the 1.1B shape in bf16, 4 rows of 2,048."""
     import copy
 
     import torch
@@ -489,31 +489,39 @@ def run_lora_step(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     mcfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
                        num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=seq)
-    dtype = torch.bfloat16 if cuda else torch.float32
     with torch.device(args.lora_device):
-        base = LlamaForCausalLM._from_config(mcfg, dtype=dtype)
+        base = LlamaForCausalLM._from_config(mcfg, dtype=torch.bfloat16 if cuda else torch.float32)
     base.config.use_cache = False
-    peft_model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS),
-                                autocast_adapter_dtype=False)
-    fused_model = copy.deepcopy(peft_model)
-    fuse_lora(fused_model)
+    models = {}
+    for p in args.lora_dropout:
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=p, target_modules=LORA_TARGETS)
+        models[("peft", p)] = get_peft_model(copy.deepcopy(base), lora, autocast_adapter_dtype=False)
+        models[("fused", p)] = copy.deepcopy(models[("peft", p)])
+        fuse_lora(models[("fused", p)])
+    del base
     ids = torch.randint(3, vocab, (4, seq), device=args.lora_device)
-    times: dict[str, list[float]] = {"peft": [], "fused": []}
+    times: dict[tuple, list[float]] = {k: [] for k in models}
     for _ in range(args.lora_repeats):
-        for name, model in (("peft", peft_model), ("fused", fused_model)):
+        for key, model in models.items():
             t0 = time.perf_counter()
             model(input_ids=ids, labels=ids).loss.backward()
             if cuda:
                 torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - t0)
+            times[key].append(time.perf_counter() - t0)
             model.zero_grad(set_to_none=True)
     best = {k: min(v[1:] or v) for k, v in times.items()}  # the first step of each warms up
-    ratio = best["fused"] / best["peft"]
-    print(f"forward + backward, {layers} layers x {hidden} wide, 4 x {seq} tokens on {args.lora_device}: "
-          f"PEFT {best['peft'] * 1e3:.1f} ms, fused_lora {best['fused'] * 1e3:.1f} ms -> {ratio:.3f} of PEFT's time")
+    runs = []
+    for p in args.lora_dropout:
+        peft_s, fused_s = best[("peft", p)], best[("fused", p)]
+        runs.append({"lora_dropout": p, "peft_s": round(peft_s, 4), "fused_s": round(fused_s, 4),
+                     "fused_over_peft": round(fused_s / peft_s, 3),
+                     "peft_over_peft_no_dropout": round(peft_s / best[("peft", 0.0)], 3)
+                     if ("peft", 0.0) in best else None})
+        print(f"forward + backward, {layers} layers x {hidden} wide, 4 x {seq} tokens on {args.lora_device}, "
+              f"LoRA dropout {p}: PEFT {peft_s * 1e3:.1f} ms, fused_lora {fused_s * 1e3:.1f} ms -> "
+              f"{fused_s / peft_s:.3f} of PEFT's time", flush=True)
     return {"device": args.lora_device, "shape": {"hidden": hidden, "layers": layers, "rows": 4, "seq": seq},
-            "threads": args.threads, "repeats": args.lora_repeats, "peft_s": round(best["peft"], 4),
-            "fused_s": round(best["fused"], 4), "fused_over_peft": round(ratio, 3),
+            "threads": args.threads, "repeats": args.lora_repeats, "runs": runs,
             "command": " ".join(["python", "bench/train.py", *sys.argv[1:]])}
 
 
@@ -548,6 +556,8 @@ def main() -> int:
     p.add_argument("--lora-step", action="store_true", help="fused_lora against PEFT's forward: one step's time")
     p.add_argument("--lora-device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--lora-repeats", type=int, default=6)
+    p.add_argument("--lora-dropout", type=float, nargs="+", default=[0.0, 0.05],
+                   help="LoRA dropout values, each measured on both sides (the YAMLs use 0.05)")
     p.add_argument("--results", type=Path, default=RESULTS, help=f"JSON file the result is merged into ({RESULTS})")
     args = p.parse_args()
     if args.gpu_run:
