@@ -399,11 +399,14 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
             res = {**spec, "failed": True, "timed_out_s": args.gpu_run_timeout}
         res["process_wall_s"] = round(time.perf_counter() - t0, 1)
         out["runs"].append(res)
+        strict = res.get("mfu_example_attention")
         shown = "OOM" if res.get("oom") else "FAILED" if res.get("failed") else (
-            f"{res['tokens_per_s']:>9,.0f} tokens/s  MFU {res['mfu']:.1%} ({res['mfu_example_attention']:.1%} counting "
-            f"attention within examples)  peak {res['peak_memory_gib']} GiB")
+            f"{res['tokens_per_s']:>9,.0f} tokens/s  MFU {res['mfu']:.1%} "
+            f"({'-' if strict is None else f'{strict:.1%}'} counting attention within examples)  "
+            f"peak {res['peak_memory_gib']} GiB")
         zero = f"zero{spec['deepspeed']['zero_stage']}{'+offload' if spec['deepspeed'].get('offload_param') else ''}"
-        fused = res.get("fused_lora", side == "project" and spec.get("fused_lora") != "off")
+        fused = res["fused_lora"] if isinstance(res.get("fused_lora"), bool) else (
+            side == "project" and spec["fused_lora"] != "off" and spec["deepspeed"]["zero_stage"] != 3)
         print(f"{model:>4} {side:<7} mb {mb:<2} seq {seq:<5} ckpt {str(gc):<5} {zero:<13} {spec['attn']:<12} "
               f"{'fused lora' if fused else 'lora':<10}: {shown}  ({res['process_wall_s']} s)", flush=True)
         write_result(out["plan"], out, args.gpu_results)

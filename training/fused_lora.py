@@ -22,7 +22,8 @@ Where: :func:`fuse_lora` swaps the class of each PEFT ``lora.Linear`` over a pla
 ``torch.nn.Linear`` for a subclass whose forward takes this path whenever it computes exactly
 what PEFT would: one active vanilla LoRA adapter (no DoRA or other variant, no LoRA bias),
 not merged, adapters enabled, frozen base weights, one dtype throughout, no per-call adapter
-names. Anything else goes to PEFT's own forward, unchanged. Not under ZeRO-3: its parameters
+names, no autocast, no forward hooks on the three inner modules (the fused path does not call
+them). Anything else goes to PEFT's own forward, unchanged. Not under ZeRO-3: its parameters
 are gathered only when their own module runs, and this reads the base layer's weight directly.
 """
 
@@ -70,6 +71,15 @@ class LoraLinearFunction(torch.autograd.Function):
         return grad_x, grad_xl, None, None, grad_a, grad_b, None
 
 
+def _hooked(*modules: torch.nn.Module) -> bool:
+    """Whether calling these modules would run forward hooks (theirs or global ones)."""
+    from torch.nn.modules import module as nn_module
+
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
 def _fused_args(layer: Any, x: torch.Tensor) -> tuple | None:
     """The function's arguments when ``layer`` (a PEFT ``lora.Linear``) would compute exactly
     ``base(x) + lora_B(lora_A(dropout(x))) * scaling`` for this call; None otherwise."""
@@ -79,6 +89,8 @@ def _fused_args(layer: Any, x: torch.Tensor) -> tuple | None:
     if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}) or layer.use_dora.get(name):
         return None
     base, lora_a, lora_b = layer.base_layer, layer.lora_A[name], layer.lora_B[name]
+    if torch.is_autocast_enabled(x.device.type) or _hooked(base, lora_a, lora_b):
+        return None  # autocast would pick the products' dtypes; hooks expect their modules to run
     weight, bias = base.weight, base.bias
     if lora_b.bias is not None or weight.requires_grad or (bias is not None and bias.requires_grad):
         return None
