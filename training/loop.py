@@ -102,8 +102,10 @@ def format_event(event: dict[str, Any]) -> str:
     if kind == "start":
         resume = f"; resuming after step {event['start_step']}" if event.get("start_step") else ""
         setup = f", model + DeepSpeed set-up {event['setup_s']} s" if "setup_s" in event else ""
+        kernels = (f"; {event['attn']} attention, fused LoRA in {event['fused_lora_layers']} of "
+                   f"{event['lora_layers']} layers") if "lora_layers" in event else ""
         return (f"training: {event['world']} worker(s) x {event['threads']} thread(s), {event['total']} steps "
-                f"({event['steps_per_epoch']} per epoch), warmup {event['warmup']}{setup}{resume}")
+                f"({event['steps_per_epoch']} per epoch), warmup {event['warmup']}{setup}{kernels}{resume}")
     if kind == "step":
         return f"step {event['step']}/{event['total']}  loss {event['loss']:.4f}  lr {event['lr']:.2e}"
     if kind == "eval":
@@ -346,6 +348,16 @@ def maybe_fail(cfg: FinetuneConfig, step: int, rank: int) -> None:
     raise RuntimeError(f"injected failure at step {step} (fail_at_step)")
 
 
+def fused_lora_layers(model: Any) -> dict[str, int]:
+    """How many LoRA layers the model has and how many of them take the fused path."""
+    from peft.tuners.lora import LoraLayer
+
+    from training.fused_lora import FusedLoraLinear
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    return {"lora_layers": len(layers), "fused_lora_layers": sum(type(m) is FusedLoraLinear for m in layers)}
+
+
 def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
     """Train to ``plan.total_steps`` optimizer steps, resuming from the session's latest checkpoint."""
     import torch
@@ -366,7 +378,8 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
         tracker = Tracker(cfg, rank, d)
     session.log({"event": "start", "world": world, "threads": torch.get_num_threads(),
                  "steps_per_epoch": plan.steps_per_epoch, "total": plan.total_steps, "warmup": plan.warmup_steps,
-                 "start_step": state.step, "setup_s": round(time.perf_counter() - t_setup, 1)})
+                 "start_step": state.step, "setup_s": round(time.perf_counter() - t_setup, 1),
+                 "attn": cfg.attn_implementation, **fused_lora_layers(model)})
     accum = cfg.optim.grad_accum
     layout = batch_layout(cfg.packing, cfg.attn_implementation)
     micro_per_epoch = plan.steps_per_epoch * accum

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,8 @@ def test_torchrun_overfits_resumes_after_failure_and_saves_a_peft_adapter(tiny_d
     assert [ln.split()[1].split("/")[0] for ln in lines if ln.startswith("step ") and "eval" not in ln] == \
         ["1", "5", "10"], first.stdout
     assert sum("eval loss" in ln for ln in lines) == 1
+    kernels = re.search(r"; sdpa attention, fused LoRA in (\d+) of (\d+) layers", first.stdout)
+    assert kernels and kernels[1] == kernels[2] != "0", first.stdout  # every LoRA layer takes the fused path
     for jit in ("Building extension", "built successfully", "ninja"):  # nothing is JIT-compiled on CPU
         assert jit not in first.stdout + first.stderr
 
