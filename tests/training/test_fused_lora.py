@@ -197,6 +197,9 @@ def test_fused_lora_on_gpu_matches_peft_in_bf16(tokenizer):
     ref_model = _peft_llama(tokenizer, 0.0, torch.bfloat16, "cuda")
     model = copy.deepcopy(ref_model)
     fuse_lora(model)
+    q = model.base_model.model.model.layers[0].self_attn.q_proj
+    x = torch.randn(3, 64, dtype=torch.bfloat16, device="cuda", requires_grad=True)
+    assert q(x).grad_fn.name() == "LoraLinearFunctionBackward"  # the fused path, not PEFT's
     ref_loss, _, ref_grads = _loss_and_grads(ref_model, batch)
     loss, _, grads = _loss_and_grads(model, batch)
     assert float(loss) == pytest.approx(float(ref_loss), rel=1e-2)
