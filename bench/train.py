@@ -130,8 +130,9 @@ def plain_loop(cfg: Any, table: Any, base: str, pad_id: int, threads: int) -> di
     mb = cfg.optim.micro_batch_size
     batches = itertools.chain.from_iterable(itertools.islice(iter_table_batches(table, mb), table.num_rows // mb)
                                             for _ in range(cfg.optim.epochs))
-    return plain_steps(model, batches, pad_id, lr=cfg.optim.lr,
-                       layout=batch_layout(cfg.packing, cfg.attn_implementation))
+    res = plain_steps(model, batches, pad_id, lr=cfg.optim.lr, layout=batch_layout(cfg.packing, cfg.attn_implementation))
+    del res["step_ends"]  # the GPU mode's steady state needs them; this result does not
+    return res
 
 
 def ray_path(cfg: Any, table: Any, base: str, pad_id: int, threads: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -323,26 +324,26 @@ def gpu_run(spec: dict) -> dict[str, Any]:
                 if on_step is not None:
                     on_step()
 
+    project = spec["side"] == "project"
+    liger, fused = project and tm.liger_wanted(cfg.liger_kernel, cuda), project and tm.fused_lora_wanted(cfg)
     t0 = time.perf_counter()
     tm.load_base_model = random_base  # build_lora_model's loader: no checkpoint on disk
     try:
-        if spec["side"] == "project":
+        if project:
             rank, world = init_distributed(cuda)
             plan = Plan.make(cfg, table.num_rows, world, 0, "random")
             session = TimedSession(table, table.slice(0, mb), os.path.join(cfg.output_dir, "ck"), rank, world,
                                    quiet=True)
             state = run_training(cfg, plan, session)
             tokens, train_s, done = state.tokens, state.train_time_s, state.step
-            liger, fused = tm.liger_wanted(cfg.liger_kernel, cuda), tm.fused_lora_wanted(cfg)
         else:  # plain: the same model construction without Liger or fused LoRA, a hand-written loop
             model = tm.build_lora_model("random", cfg.model_copy(update={"liger_kernel": "off", "fused_lora": "off"}))
             res = plain_steps(model, iter_table_batches(table, mb), 0, lr=1e-4,
                               layout=spec.get("layout") or batch_layout(True, spec["attn"]),
                               device="cuda" if cuda else "cpu", on_step=on_step)
             tokens, train_s, done, step_ends = res["tokens"], res["train_time_s"], res["steps"], res["step_ends"]
-            liger = fused = False
     except torch.OutOfMemoryError as exc:
-        return {**spec, "oom": True, "error": str(exc).splitlines()[0][:300]}
+        return {**spec, "oom": True, "fused_lora_applied": fused, "error": str(exc).splitlines()[0][:300]}
     profile = None
     if prof is not None:
         prof.stop()
@@ -365,7 +366,8 @@ def gpu_run(spec: dict) -> dict[str, Any]:
     sq = sum(example_square_sum(p) for p in table.column("position_ids").to_pylist()[steady])
     flops_examples = sum(row_tokens[steady]) * (4 * n_matmul + 6 * n_lora) + 6 * layers * hidden * sq
     mfu_examples = flops_examples / steady_s / (spec["peak_tflops"] * 1e12) if steady_s > 0 else None
-    return {**spec, "oom": False, "liger_kernel": liger, "fused_lora": fused, "steps_done": done, "tokens": tokens,
+    return {**spec, "oom": False, "liger_kernel": liger, "fused_lora_applied": fused, "steps_done": done,
+            "tokens": tokens,
             "train_time_s": round(train_s, 2), "warmup_steps_left_out": w, "profile": profile,
             "tokens_per_s_with_warmup": round(tps_all, 1),
             "tokens_per_s": round(tps, 1), "mfu": round(tps * flops_per_token / (spec["peak_tflops"] * 1e12), 4),
@@ -405,10 +407,10 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
             f"({'-' if strict is None else f'{strict:.1%}'} counting attention within examples)  "
             f"peak {res['peak_memory_gib']} GiB")
         zero = f"zero{spec['deepspeed']['zero_stage']}{'+offload' if spec['deepspeed'].get('offload_param') else ''}"
-        fused = res["fused_lora"] if isinstance(res.get("fused_lora"), bool) else (
-            side == "project" and spec["fused_lora"] != "off" and spec["deepspeed"]["zero_stage"] != 3)
+        fused = res.get("fused_lora_applied")  # unknown when the run's process failed
+        lora = f"lora ({spec['fused_lora']})" if fused is None else "fused lora" if fused else "lora"
         print(f"{model:>4} {side:<7} mb {mb:<2} seq {seq:<5} ckpt {str(gc):<5} {zero:<13} {spec['attn']:<12} "
-              f"{'fused lora' if fused else 'lora':<10}: {shown}  ({res['process_wall_s']} s)", flush=True)
+              f"{lora:<10}: {shown}  ({res['process_wall_s']} s)", flush=True)
         write_result(out["plan"], out, args.gpu_results)
     for model in dict.fromkeys(r["model"] for r in out["runs"]):
         ok = [r for r in out["runs"] if r["model"] == model and r.get("tokens_per_s")]

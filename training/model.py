@@ -163,8 +163,9 @@ def apply_liger(model: Any, *, fused_linear_cross_entropy: bool = True) -> bool:
 
 
 def fused_lora_wanted(cfg: FinetuneConfig) -> bool:
-    """Whether LoRA layers take the fused path (training/fused_lora.py): ``on``, or ``auto`` outside ZeRO-3."""
-    return cfg.fused_lora == "on" or (cfg.fused_lora == "auto" and cfg.deepspeed.zero_stage != 3)
+    """Whether LoRA layers take the fused path (training/fused_lora.py): not ``off``, not under ZeRO-3
+    (where ``on`` is a config error)."""
+    return cfg.fused_lora != "off" and cfg.deepspeed.zero_stage != 3
 
 
 def build_lora_model(base_path: str, cfg: FinetuneConfig, ds_config: dict[str, Any] | None = None) -> Any:
