@@ -19,8 +19,10 @@ Layouts (the public repositories as cloned; see ``/work/shared/notes/benchmarks.
 A problem is a plain dict (shipped to Ray tasks): ``key``, ``benchmark``, ``id``, ``harness``,
 ``top``, ``prompt`` (the text shown to the model), ``header`` (code-complete: the module header
 the completion continues), ``answer_file``, ``files`` (what the simulation directory holds
-besides the answer), ``compile_argv``, ``pass_regex``, ``fail_regex`` and ``reference`` (the
-reference solution as an answer: VerilogEval's ``RefModule`` renamed ``TopModule``).
+besides the answer), ``compile_argv``, ``pass_regex``, ``fail_regex``, ``verdict_regex`` and
+``reference`` (the reference solution as an answer: VerilogEval's ``RefModule`` renamed
+``TopModule``). A run passes when its output holds the pass marker exactly once, no failure
+line, and (where a benchmark has one) exactly one verdict line (``evaluation.simulate``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ from chipforge.vocab import SYSTEM_PROMPTS
 
 PROMPT_VERSION = "eval-prompts@v1"
 V2_PASS = r"Mismatches:\s*0\s+in\s+\d+\s+samples"
+# The line VerilogEval's testbench prints once with its result, passing or not: an answer that
+# prints a forged "Mismatches: 0" beside the testbench's real line fails (two verdict lines).
+V2_VERDICT = r"Mismatches:\s*\d+\s+in\s+\d+\s+samples"
 RTLLM_PASS = r"(?i)your\s+design\s+passed"
+# What RTLLM's testbenches print when a check fails (their banners and per-check lines), so a
+# forged "Your Design Passed" beside a real failure does not pass.
+RTLLM_FAIL = (r"(?i)=+\s*(?:error|failed)\s*=+|test\s+completed\s+with\s+\d+\s*(?:/\s*\d+\s*)?(?:failures|errors)"
+              r"|\btest\s+failed\b|\bfailed\s+at\b")
 SMOKE_PASS = "TEST PASSED"
 SMOKE_FAIL = "TEST FAILED"
 MAX_DATA_FILE_BYTES = 4 * 1024 * 1024  # larger files in an RTLLM design directory are not copied
@@ -127,7 +136,7 @@ def v2_problem(benchmark: str, task: str, pid: str, prompt: str, ref: str, test:
         "files": {"test.sv": test, "ref.sv": ref},
         "compile_argv": ["iverilog", "-Wall", "-Winfloop", "-Wno-timescale", "-g2012", "-s", "tb", "-o", "sim.vvp",
                          "test.sv", "ref.sv", "TopModule.sv"],
-        "pass_regex": V2_PASS, "fail_regex": None,
+        "pass_regex": V2_PASS, "fail_regex": None, "verdict_regex": V2_VERDICT,
         "reference": rename_module(ref, "RefModule", "TopModule"),
     }
 
@@ -166,7 +175,7 @@ def load_rtllm(path: str) -> list[dict[str, Any]]:
             "prompt": fs.read_text(names["design_description.txt"]), "header": None, "answer_file": f"{top}.v",
             "files": {tb_name: fs.read_text(tb), **data},
             "compile_argv": ["iverilog", "-g2012", "-o", "sim.vvp", tb_name, f"{top}.v"],
-            "pass_regex": RTLLM_PASS, "fail_regex": None, "reference": reference,
+            "pass_regex": RTLLM_PASS, "fail_regex": RTLLM_FAIL, "verdict_regex": None, "reference": reference,
         })
     if not problems:
         raise BenchmarkError(f"benchmarks.rtllm: no RTLLM designs (<design>/design_description.txt with testbench.v "

@@ -25,8 +25,16 @@ exactly one verdict, ``pass`` or ``fail`` with one class of ``FAILURE_CLASSES``:
 - ``unsafe``: the answer calls file I/O, the host or foreign code (not run);
 - ``syntax``: the compiler reports a syntax error;
 - ``compile``: any other compile or elaboration error (unknown module, ports, types);
-- ``timeout``: compilation or simulation killed at its time limit (or for flooding its output);
-- ``sim_mismatch``: the simulation finished without the pass marker (wrong outputs, a crash).
+- ``timeout``: compilation or simulation killed at its time limit (or for flooding its output,
+  or past the run's memory or disk limit: ``sandbox.Limits``);
+- ``sim_mismatch``: the simulation finished without the pass marker (wrong outputs, a crash),
+  or with a failure line, or with the pass marker or the verdict line more than once (the
+  testbench prints each once: an answer that prints a forged marker beside it fails).
+
+The verdict is read from the simulation's output, as VerilogEval's and RTLLM's own harnesses
+read it. An answer shares the simulation with the testbench, so one that ends the simulation
+itself after printing a forged marker, or forces the testbench's error counter through a
+hierarchical name, is not caught: neither harness catches it either.
 
 ``verilog_checks`` scores a test-split answer: parses (the corpus parser), compiles
 (``iverilog -g2012``) and lints (``verilator --lint-only``), three independent booleans; the
@@ -165,6 +173,11 @@ def run_problem(problem: dict[str, Any], code: str | None, settings: SimSettings
     comp_log = run.files.get(COMPILE_LOG, b"").decode("utf-8", "replace")
     if COMPILE_LOG in run.rejected_files:
         comp_log += f"\n[compiler log not read back: {run.rejected_files[COMPILE_LOG]}]"
+    if run.limit_exceeded:
+        step = "compile" if status is None else "simulate"
+        return verdict(False, "timeout", excerpt(f"killed: {run.limit_exceeded}; its sandbox and every process in it "
+                                                 f"ended\n{comp_log if step == 'compile' else run.output}", n),
+                       stage=step)
     if status is None or _timed_out(status):
         if status is None and not run.timed_out:  # the script itself failed before the compiler ended
             return verdict(False, "compile", excerpt(f"compile step did not finish (exit {run.returncode})\n"
@@ -184,9 +197,14 @@ def run_problem(problem: dict[str, Any], code: str | None, settings: SimSettings
         return verdict(False, "timeout", excerpt(f"vvp killed ({why}); its sandbox and every process in it ended\n"
                                                  f"{run.output}", n), stage="simulate")
     out = run.output
+    passes = len(re.findall(problem["pass_regex"], out))
     failed = problem.get("fail_regex") and re.search(problem["fail_regex"], out)
-    if re.search(problem["pass_regex"], out) and not failed:
+    verdicts = len(re.findall(problem["verdict_regex"], out)) if problem.get("verdict_regex") else 1
+    if passes == 1 and verdicts == 1 and not failed:
         return verdict(True, None, excerpt(out, n), stage="simulate")
+    if passes > 1 or verdicts > 1:
+        out = (f"the testbench prints its verdict once, the output holds {max(passes, verdicts)} "
+               f"(the answer printed one)\n{out}")
     return verdict(False, "sim_mismatch", excerpt(out or f"vvp exit {run.returncode}, no output", n),
                    stage="simulate")
 

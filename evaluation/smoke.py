@@ -42,7 +42,7 @@ def problem(item: dict[str, Any]) -> dict[str, Any]:
         "top": top, "prompt": item["prompt"], "header": None, "answer_file": f"{top}.v",
         "files": {"tb.v": item["testbench_text"]},
         "compile_argv": ["iverilog", "-g2012", "-s", "tb", "-o", "sim.vvp", "tb.v", f"{top}.v"],
-        "pass_regex": re.escape(SMOKE_PASS), "fail_regex": re.escape(SMOKE_FAIL),
+        "pass_regex": re.escape(SMOKE_PASS), "fail_regex": re.escape(SMOKE_FAIL), "verdict_regex": None,
         "reference": item["reference_text"],
     }
 

@@ -11,11 +11,20 @@ inside a ``bwrap`` sandbox, which is also the tool's working directory. The sand
   logs live there). ``/dev`` is bwrap's minimal, read-only one with a small ``/dev/shm``;
   ``/proc`` is the sandbox's own; ``/tmp`` is a small private tmpfs;
 * an empty environment but ``PATH``, ``HOME=/work``, ``TMPDIR=/tmp`` and a locale;
+* a root that is read-only once everything is mounted (bwrap's root is a tmpfs, which would
+  otherwise take host memory without a limit);
+* a seccomp filter (libseccomp, where installed) that fails the kernel keyring's system calls
+  (``add_key``, ``keyctl``, ``request_key``: bwrap has no keyring namespace, so without it a
+  tool could read or plant keys in the caller's session keyring) and a few others no EDA tool
+  needs and which widen the kernel's attack surface (``SECCOMP_DENIED``);
 * limits: ``RLIMIT_AS`` (memory per process), ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (any file it
   writes), ``RLIMIT_CORE`` 0 and ``RLIMIT_NPROC``, all set (hard and soft) by ``prlimit``
   inside the sandbox before the tool is executed (the process count is then per sandbox,
   since each sandbox has its own user namespace), a wall-clock limit and a cap on captured
-  output. On timeout or overflow bwrap's process group is killed; the sandbox's
+  output. The parent also watches the run as a whole (no cgroup is needed): the resident
+  memory of all its processes together and the bytes and entries under ``/work`` (which is on
+  the host's disk), every ``WATCH_S``. On timeout, overflow or a run-wide limit, bwrap's
+  process group is killed; the sandbox's
   init dies with it (``--die-with-parent``) and with it, by the kernel, every process in the
   PID namespace, including ones that called ``setsid`` or double-forked. ``run`` returns only
   once that init is gone, so nothing started inside is alive when it returns.
@@ -44,6 +53,8 @@ the old way — rlimits, scrubbed environment, own session, ``nobody`` when root
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import functools
 import json
@@ -77,6 +88,16 @@ RO_TRY = ("/etc/ld.so.cache", "/etc/alternatives")
 # bwrap flags newer than 0.4 that are used when this bwrap knows them.
 OPTIONAL_FLAGS = ("--clearenv", "--size", "--disable-userns")
 MIB = 1024 * 1024
+WATCH_S = 0.1  # how often the run-wide memory and disk use are measured
+WORKDIR_PREFIX = "cf-sandbox-"
+STALE_S = 60.0  # a left-over run directory (its process was killed) older than this is removed
+# System calls that fail with EPERM inside the sandbox: the kernel keyring (no namespace of its
+# own: shared with the caller's session), and kernel interfaces no EDA tool uses that are
+# common privilege-escalation paths (Docker's default profile blocks them too).
+SECCOMP_DENIED = ("add_key", "keyctl", "request_key", "bpf", "perf_event_open", "userfaultfd",
+                  "io_uring_setup", "io_uring_enter", "io_uring_register", "ptrace", "process_vm_readv",
+                  "process_vm_writev", "kexec_load", "kexec_file_load", "init_module", "finit_module",
+                  "open_by_handle_at", "fanotify_init", "lookup_dcookie", "quotactl")
 INIT_WAIT_S = 10.0  # how long the sandbox's init may outlive bwrap before ``run`` stops waiting for it
 INSTALL_HINT = (
     "bubblewrap is not installed or user namespaces are disabled: install it with `apt-get install bubblewrap` "
@@ -90,10 +111,12 @@ INSTALL_HINT = (
 class Limits:
     """Per-run limits. ``cpu_s`` defaults to the wall-clock limit (plus one second).
 
-    ``memory_mb`` is per process (``RLIMIT_AS``; no cgroup is available), so a run may use
-    up to ``max_processes * memory_mb`` in total. ``max_processes`` counts threads too and
-    includes bwrap's own init inside the sandbox. ``network=True`` shares the host network
-    (never used for model-written input).
+    ``memory_mb`` is per process (``RLIMIT_AS``); ``run_memory_mb`` is the resident memory of
+    all the run's processes together (default: twice ``memory_mb``), measured by the parent
+    every ``WATCH_S`` (no cgroup is needed). ``disk_mb`` and ``max_files`` bound what the run
+    leaves under ``/work`` (the host's disk) in all, where ``max_file_bytes`` bounds each file.
+    ``max_processes`` counts threads too and includes bwrap's own init inside the sandbox.
+    ``network=True`` shares the host network (never used for model-written input).
     """
 
     timeout_s: float = 20.0
@@ -104,6 +127,13 @@ class Limits:
     max_processes: int = 64
     tmp_mb: int = 64
     network: bool = False
+    run_memory_mb: int | None = None
+    disk_mb: int = 256
+    max_files: int = 10_000
+
+    @property
+    def run_memory_bytes(self) -> int:
+        return (self.run_memory_mb if self.run_memory_mb is not None else 2 * self.memory_mb) * MIB
 
 
 @dataclass
@@ -114,6 +144,9 @@ class Result:
     that existed but was not read (a link, a FIFO, a directory, too large) to the reason.
     ``isolation`` is the mode the run had (``bwrap`` or ``none``); ``stage`` the index of the
     stage running when the run ended (``run``'s ``stages``; 0 without them).
+    ``limit_exceeded`` names the run-wide limit (memory of all processes, disk under ``/work``)
+    the run was killed for, with the figures; empty otherwise. It is also the last line of
+    ``stderr``, so tool logs show it.
     """
 
     argv: list[str]
@@ -127,6 +160,7 @@ class Result:
     rejected_files: dict[str, str] = field(default_factory=dict)
     isolation: str = "none"
     stage: int = 0
+    limit_exceeded: str = ""
 
     @property
     def ok(self) -> bool:
@@ -162,6 +196,8 @@ class _Plan:
     namespaces: tuple[str, ...] = ()
     process_limit: str = "none"
     detail: str = ""
+    seccomp: bytes = b""  # the BPF program bwrap loads (``_seccomp_filter``); empty: none
+    seccomp_detail: str = ""
 
 
 _unsandboxed_allowed = False
@@ -188,10 +224,15 @@ def _plan() -> _Plan:
     script = (f"for n in {' '.join(PROBED_NAMESPACES)}; do echo \"$n $(readlink /proc/self/ns/$n)\"; done; "
               "echo \"uid $(id -u)\"")
     errors = []
-    for run_as in ([NOBODY, None] if root else [None]):
+    bpf, bpf_detail = _seccomp_filter()
+    attempts = [(run_as, filt) for run_as in ([NOBODY, None] if root else [None])
+                for filt in ([bpf, b""] if bpf else [b""])]
+    for run_as, filt in attempts:
         limit = "per-sandbox" if prlimit and (run_as is not None or not root) else "none"
-        plan = _Plan("bwrap", run_as, bwrap, prlimit, setpriv, features, process_limit=limit, detail=version)
-        who = f"uid {os.geteuid() if run_as is None else run_as}"
+        sec_detail = bpf_detail if filt else (bpf_detail if not bpf else "bwrap refused the seccomp filter")
+        plan = _Plan("bwrap", run_as, bwrap, prlimit, setpriv, features, process_limit=limit, detail=version,
+                     seccomp=filt, seccomp_detail=sec_detail)
+        who = f"uid {os.geteuid() if run_as is None else run_as}" + (" with seccomp" if filt else "")
         try:
             r = _execute(["sh", "-c", script], {}, Limits(timeout_s=30, memory_mb=512), (), None, plan)
         except (OSError, SandboxError) as exc:
@@ -210,6 +251,55 @@ def _plan() -> _Plan:
     return replace(fallback, detail="; ".join(errors))
 
 
+@functools.lru_cache(maxsize=1)
+def _seccomp_filter() -> tuple[bytes, str]:
+    """(BPF program, description) of the filter that fails ``SECCOMP_DENIED`` with EPERM.
+
+    Built by libseccomp (``libseccomp.so.2``, on every Debian and Ubuntu as a dependency of
+    apt and systemd), through ctypes: it knows each architecture's system call numbers and
+    kills any call made through a foreign ABI (i386 or x32 on x86-64), so a 32-bit call cannot
+    slip past. Returns ``(b"", why)`` where libseccomp is missing or fails: runs then go
+    without a filter and ``isolation()`` says so.
+    """
+    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError as exc:
+        return b"", f"libseccomp not found ({exc}): no seccomp filter (install libseccomp2)"
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add.restype = ctypes.c_int
+    lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+    lib.seccomp_export_bpf.restype = ctypes.c_int
+    lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    allow, deny = 0x7FFF0000, 0x00050000 | errno.EPERM  # SCMP_ACT_ALLOW, SCMP_ACT_ERRNO(EPERM)
+    ctx = lib.seccomp_init(allow)
+    if not ctx:
+        return b"", "libseccomp: seccomp_init failed: no seccomp filter"
+    try:
+        denied = []
+        for call in SECCOMP_DENIED:
+            nr = lib.seccomp_syscall_resolve_name(call.encode())
+            if nr < 0:  # not a system call on this architecture
+                continue
+            rc = lib.seccomp_rule_add(ctx, deny, nr, 0)
+            if rc < 0:
+                return b"", f"libseccomp: cannot add a rule for {call} ({os.strerror(-rc)}): no seccomp filter"
+            denied.append(call)
+        with tempfile.TemporaryFile() as f:
+            rc = lib.seccomp_export_bpf(ctx, f.fileno())
+            if rc < 0:
+                return b"", f"libseccomp: export failed ({os.strerror(-rc)}): no seccomp filter"
+            f.seek(0)
+            program = f.read()
+    finally:
+        lib.seccomp_release(ctx)
+    return program, "fails with EPERM: " + " ".join(denied)
+
+
 def _host_namespace(name: str) -> str:
     try:
         return os.readlink(f"/proc/self/ns/{name}")
@@ -222,7 +312,8 @@ def isolation() -> dict[str, Any]:
 
     ``mode`` is ``bwrap`` or ``none``; ``namespaces`` the fresh namespaces; ``host_uid`` the
     uid that owns the sandbox's processes on the host; ``process_limit`` ``per-sandbox``,
-    ``per-host-user`` or ``none``; ``detail`` bwrap's version or why it does not work.
+    ``per-host-user`` or ``none``; ``seccomp`` whether the filter is loaded (``seccomp_detail``:
+    which calls it fails, or why there is none); ``detail`` bwrap's version or why it does not work.
     """
     plan = _plan()
     return {
@@ -232,6 +323,8 @@ def isolation() -> dict[str, Any]:
         "host_uid": plan.run_as if plan.run_as is not None else os.geteuid(),
         "process_limit": plan.process_limit,
         "unsandboxed_allowed": _allowed_unsandboxed(),
+        "seccomp": bool(plan.seccomp),
+        "seccomp_detail": plan.seccomp_detail if plan.mode == "bwrap" else "",
         "detail": plan.detail,
     }
 
@@ -310,21 +403,26 @@ def _execute(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limi
     """One run under ``plan``: write files, start, watch limits, wait for the sandbox to end, collect."""
     sandboxed = plan.mode == "bwrap"
     _check_tool(argv, sandboxed)
-    workdir = tempfile.mkdtemp(prefix="cf-sandbox-")
+    _sweep_stale_once()
+    workdir = tempfile.mkdtemp(prefix=_workdir_prefix())
     try:
         for name, content in files.items():
             path = os.path.join(workdir, _safe_name(name))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "wb") as f:
+                    f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            except OSError as exc:  # ``a`` and ``a/b`` both given, a name too long, ...
+                raise SandboxError(f"sandbox file {name!r} cannot be written: {exc.strerror or exc}") from exc
         if plan.run_as is not None:
             _chown_tree(workdir, plan.run_as)
         child_env = {"PATH": SAFE_PATH, "HOME": WORKDIR if sandboxed else workdir,
                      "TMPDIR": "/tmp" if sandboxed else workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         child_env.update(env or {})
         preexec = _make_preexec(limits, plan)
-        # our ends (read) and the child's ends (write) of the info and stage pipes; -1: none
-        info_r = info_w = stage_r = stage_w = -1
+        # our ends (read) and the child's ends (write) of the info and stage pipes, and the
+        # child's end (read) of the seccomp pipe; -1: none
+        info_r = info_w = stage_r = stage_w = seccomp_r = -1
         try:
             if stages:
                 # the child's stdin, fd 0: a number every shell can name (dash: only 0-9), whatever
@@ -332,7 +430,10 @@ def _execute(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limi
                 stage_r, stage_w = os.pipe()
             if sandboxed:
                 info_r, info_w = os.pipe()
-                cmd = _launcher(plan) + _bwrap_argv(plan, workdir, limits, child_env, info_w) + list(argv)
+                if plan.seccomp:
+                    seccomp_r = _seccomp_pipe(plan.seccomp)
+                cmd = (_launcher(plan) + _bwrap_argv(plan, workdir, limits, child_env, info_w, seccomp_r)
+                       + list(argv))
             else:
                 cmd = list(argv)
             t0 = time.perf_counter()
@@ -340,7 +441,7 @@ def _execute(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limi
                 cmd, cwd="/" if sandboxed else workdir, env=child_env,
                 stdin=stage_w if stage_w >= 0 else subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-                pass_fds=(info_w,) if info_w >= 0 else (), preexec_fn=preexec,
+                pass_fds=tuple(fd for fd in (info_w, seccomp_r) if fd >= 0), preexec_fn=preexec,
             )
         except BaseException:
             for fd in (info_r, stage_r):
@@ -348,11 +449,11 @@ def _execute(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limi
                     os.close(fd)
             raise
         finally:
-            for fd in (info_w, stage_w):
+            for fd in (info_w, stage_w, seccomp_r):
                 if fd >= 0:
                     os.close(fd)
         try:
-            sup = _supervise(proc, t0, limits, stages, info_r, stage_r)
+            sup = _supervise(proc, t0, limits, stages, info_r, stage_r, workdir)
         finally:
             for f in (proc.stdout, proc.stderr):
                 f.close()
@@ -361,11 +462,14 @@ def _execute(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limi
                     os.close(fd)
         wall = time.perf_counter() - t0
         collected, rejected = _collect(workdir, collect, limits.max_output_bytes)
+        stderr = sup.stderr.decode("utf-8", "replace")
+        if sup.exceeded:
+            stderr += ("\n" if stderr and not stderr.endswith("\n") else "") + f"[sandbox] killed: {sup.exceeded}"
         return Result(
             argv=list(argv), returncode=None if sup.timed_out else proc.returncode,
-            stdout=sup.stdout.decode("utf-8", "replace"), stderr=sup.stderr.decode("utf-8", "replace"),
+            stdout=sup.stdout.decode("utf-8", "replace"), stderr=stderr,
             timed_out=sup.timed_out, output_truncated=sup.overflow, wall_s=round(wall, 3), files=collected,
-            rejected_files=rejected, isolation=plan.mode, stage=sup.stage,
+            rejected_files=rejected, isolation=plan.mode, stage=sup.stage, limit_exceeded=sup.exceeded,
         )
     finally:
         _remove_tree(workdir)
@@ -383,10 +487,26 @@ def _check_tool(argv: Sequence[str], sandboxed: bool) -> None:
             raise SandboxError(f"tool {argv[0]!r} resolves to {real}, outside the sandbox's read-only view {roots}")
 
 
-def _bwrap_argv(plan: _Plan, workdir: str, limits: Limits, env: Mapping[str, str], info_fd: int) -> list[str]:
+def _seccomp_pipe(program: bytes) -> int:
+    """The read end of a pipe holding ``program`` (bwrap reads it to the end; one per run)."""
+    r, w = os.pipe()
+    try:
+        os.write(w, program)  # a few hundred bytes: far below a pipe's buffer
+    except BaseException:
+        os.close(r)
+        raise
+    finally:
+        os.close(w)
+    return r
+
+
+def _bwrap_argv(plan: _Plan, workdir: str, limits: Limits, env: Mapping[str, str], info_fd: int,
+                seccomp_fd: int = -1) -> list[str]:
     """bwrap's options, ending with ``--`` (and ``prlimit ... --``): the caller appends argv."""
     args = [plan.bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", "--hostname", "sandbox", "--info-fd", str(info_fd)]
+    if seccomp_fd >= 0:
+        args += ["--seccomp", str(seccomp_fd)]
     if limits.network:
         args.append("--share-net")
     if "--disable-userns" in plan.features:
@@ -400,7 +520,8 @@ def _bwrap_argv(plan: _Plan, workdir: str, limits: Limits, env: Mapping[str, str
     args += ["--dev", "/dev", "--proc", "/proc"]
     args += [*(["--size", str(MIB)] if sized else []), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
     args += [*(["--size", str(limits.tmp_mb * MIB)] if sized else []), "--tmpfs", "/tmp"]
-    args += ["--bind", workdir, WORKDIR, "--chdir", WORKDIR, "--uid", str(NOBODY), "--gid", str(NOBODY), "--"]
+    args += ["--bind", workdir, WORKDIR, "--remount-ro", "/"]
+    args += ["--chdir", WORKDIR, "--uid", str(NOBODY), "--gid", str(NOBODY), "--"]
     if plan.prlimit:
         args += [plan.prlimit, *(f"--{name}={value}:{value}" for name, value in _rlimits(limits)), "--"]
     return args
@@ -446,10 +567,11 @@ class _Supervised:
     timed_out: bool
     overflow: bool
     stage: int
+    exceeded: str = ""
 
 
 def _supervise(proc: subprocess.Popen, t0: float, limits: Limits, stages: tuple[float, ...], info_r: int,
-               stage_r: int) -> _Supervised:
+               stage_r: int, workdir: str = "") -> _Supervised:
     """Watch a started run until it and everything in its sandbox have ended, in this thread.
 
     One ``poll`` loop (no helper threads: starting three threads per run cost milliseconds on a
@@ -459,7 +581,9 @@ def _supervise(proc: subprocess.Popen, t0: float, limits: Limits, stages: tuple[
     and a pidfd of the child (woken the moment it exits; without pidfds, 10 ms polling). The
     deadline is the run's ``timeout_s`` from ``t0`` or the running stage's own limit, whichever
     comes first; past it, or on overflow, the child's process group is killed (the sandbox's
-    init dies with bwrap, and the kernel then ends every process in its PID namespace).
+    init dies with bwrap, and the kernel then ends every process in its PID namespace). Every
+    ``WATCH_S`` while it runs, ``_over_limits`` measures the run as a whole (memory of its
+    process tree, bytes and entries under ``workdir``); past a limit the group is killed too.
 
     Returns once the child is reaped, the sandbox's init is gone (its exit proves nothing
     started inside survives) and both output pipes are closed. Unsandboxed, a grandchild may
@@ -493,6 +617,8 @@ def _supervise(proc: subprocess.Popen, t0: float, limits: Limits, stages: tuple[
     init_fd: int | None = None
     stage, stage_t0 = 0, t0
     timed_out = overflow = killed = False
+    exceeded = ""
+    next_watch = t0 + WATCH_S
     exited_at: float | None = None  # when the child was reaped
     group_killed_after_exit = False
     try:
@@ -524,7 +650,13 @@ def _supervise(proc: subprocess.Popen, t0: float, limits: Limits, stages: tuple[
                 if not killed and now >= deadline:
                     _killpg(proc.pid)
                     killed = timed_out = True
-                wait_s = max(0.0, deadline - now) if not killed else 0.05
+                if not killed and now >= next_watch:
+                    exceeded = _over_limits(proc.pid, workdir, limits)
+                    if exceeded:
+                        _killpg(proc.pid)
+                        killed = True
+                    next_watch = time.perf_counter() + WATCH_S
+                wait_s = max(0.0, min(deadline, next_watch) - now) if not killed else 0.05
                 if pidfd is None:
                     wait_s = min(wait_s, 0.01)
             for fd, _ in poller.poll(math.ceil(wait_s * 1000)):
@@ -578,7 +710,74 @@ def _supervise(proc: subprocess.Popen, t0: float, limits: Limits, stages: tuple[
             os.close(pidfd)
         if init_fd is not None:
             os.close(init_fd)
-    return _Supervised(b"".join(chunks[out_fd]), b"".join(chunks[err_fd]), timed_out, overflow, stage)
+    return _Supervised(b"".join(chunks[out_fd]), b"".join(chunks[err_fd]), timed_out, overflow, stage, exceeded)
+
+
+def _over_limits(root_pid: int, workdir: str, limits: Limits) -> str:
+    """Why the run must stop (memory of its processes, its files under ``/work``), or ``""``."""
+    rss = _tree_rss(root_pid)
+    if rss > limits.run_memory_bytes:
+        return (f"the run's processes held {rss // MIB} MiB of memory together "
+                f"(limit {limits.run_memory_bytes // MIB} MiB)")
+    if workdir:
+        used, entries = _disk_usage(workdir, limits.max_files)
+        if entries > limits.max_files:
+            return f"the run created more than {limits.max_files} files and directories under {WORKDIR}"
+        if used > limits.disk_mb * MIB:
+            return f"the run's files under {WORKDIR} took {used // MIB} MiB of disk (limit {limits.disk_mb} MiB)"
+    return ""
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _tree_rss(root_pid: int) -> int:
+    """Resident bytes of ``root_pid`` and all its descendants (``/proc/PID/task/TID/children``).
+
+    Every process of a sandbox descends from bwrap: one that called ``setsid`` or double-forked
+    is re-parented to the sandbox's own init, which is bwrap's child. Shared pages (libraries)
+    count once per process, so this errs high. Processes that vanish mid-walk count nothing.
+    """
+    total, stack, seen = 0, [root_pid], set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * _PAGE
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                    stack.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def _disk_usage(top: str, max_entries: int) -> tuple[int, int]:
+    """(bytes allocated, entries) under ``top``, never following links; stops past ``max_entries``.
+
+    Iterative (a hostile tree may be thousands of directories deep); entries that vanish while
+    the run goes on are skipped.
+    """
+    used = entries = 0
+    stack = [top]
+    while stack and entries <= max_entries:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                for e in it:
+                    entries += 1
+                    try:
+                        used += e.stat(follow_symlinks=False).st_blocks * 512
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append(e.path)
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return used, entries
 
 
 def _init_pid(info: bytes) -> int | None:
@@ -632,10 +831,67 @@ def _alive(pid: int) -> bool:
 
 
 def _safe_name(name: str) -> str:
+    if not isinstance(name, str) or "\x00" in name:
+        raise SandboxError(f"sandbox file name {name!r} must be a string without NUL bytes")
     norm = os.path.normpath(name)
     if os.path.isabs(name) or norm.startswith("..") or norm in {"", "."}:
         raise SandboxError(f"sandbox file name {name!r} must be relative and stay inside the sandbox")
     return norm
+
+
+def _workdir_prefix() -> str:
+    """``cf-sandbox-PID-START-``: which process made a run's directory, so a later one can tell it
+    is left over (its maker was killed before removing it)."""
+    pid = os.getpid()
+    return f"{WORKDIR_PREFIX}{pid}-{_proc_start(pid) or 0}-"
+
+
+_swept_in: int | None = None  # pid of the process that swept (a forked child sweeps again)
+
+
+def _sweep_stale_once() -> None:
+    """Remove run directories left in the temporary directory by processes that no longer exist.
+
+    A run's directory is removed when the run ends; only a killed process (SIGKILL, OOM killer,
+    a node's eviction) leaves one behind, with model-written files in it. Once per process, a
+    directory named ``cf-sandbox-PID-START-*`` is removed when it is older than ``STALE_S`` and
+    no process PID started at START exists (pids are reused; start times tell them apart).
+    """
+    global _swept_in
+    if _swept_in == os.getpid():
+        return
+    _swept_in = os.getpid()
+    top = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(top) if n.startswith(WORKDIR_PREFIX)]
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        parts = name[len(WORKDIR_PREFIX):].split("-")
+        if len(parts) < 3 or not parts[0].isdigit():
+            continue
+        path = os.path.join(top, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or now - st.st_mtime < STALE_S:
+            continue
+        pid = int(parts[0])
+        if os.path.exists(f"/proc/{pid}") and _proc_start(pid) == parts[1]:
+            continue
+        log.info("sandbox: removing %s, left by process %s that no longer runs", path, pid)
+        _remove_tree(path)
+
+
+def _proc_start(pid: int) -> str:
+    """Start time of process ``pid`` (clock ticks since boot; "" if gone): with the pid, its identity."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return ""
 
 
 def _chown_tree(top: str, uid: int) -> None:
@@ -721,7 +977,7 @@ def _remove_tree(path: str) -> None:
     ``shutil.rmtree`` never follows links; the permission repair runs only once nothing in
     the sandbox is alive, and checks each entry with ``lstat`` before touching it.
     """
-    shutil.rmtree(path, ignore_errors=True)
+    _rmtree(path)
     if not os.path.lexists(path):
         return
     stack = [path]
@@ -733,7 +989,16 @@ def _remove_tree(path: str) -> None:
                 stack.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
         except OSError:
             continue
-    shutil.rmtree(path, ignore_errors=True)
+    _rmtree(path)
+
+
+def _rmtree(path: str) -> None:
+    """``shutil.rmtree``, or ``rm -rf`` where the tree is too deep for its recursion."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", path], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
 def _killpg(pgid: int) -> None:

@@ -157,12 +157,12 @@ VERILOG_FILE_IO = re.compile(
     r"key|nokey|list|getenv|readmempath)$")
 VERILOG_HOST = frozenset({"$system", "$getenv"})
 # Verilog's lexer, as far as the checks need it: comments, escaped identifiers (``\\x" ``
-# may hold quotes and ``//``), strings, macro uses, identifiers (``a$b`` is one) and system
+# may hold quotes and ``//``; ``\\$name`` is a system name to iverilog), strings, macro uses, identifiers (``a$b`` is one) and system
 # names. Whichever starts first wins, as in the real lexer, so a ``$name`` inside a string,
 # a comment or an identifier is not a call, and whitespace or comments between ``$name``
 # and ``(`` do not matter.
 _V_LEX = re.compile(
-    r'//[^\n]*|/\*.*?(?:\*/|\Z)|\\\S*|"(?:\\.|[^"\\\n])*"?'
+    r'//[^\n]*|/\*.*?(?:\*/|\Z)|\\(\$[A-Za-z0-9_$]+)?\S*|"(?:\\.|[^"\\\n])*"?'
     r"|`([A-Za-z_][A-Za-z0-9_$]*)|[A-Za-z_][A-Za-z0-9_$]*|(\$[A-Za-z0-9_$]+)", re.S)
 _V_DIRECTIVES = frozenset(
     "include define undef ifdef ifndef elsif else endif timescale default_nettype resetall celldefine "
@@ -183,7 +183,9 @@ def verilog_tokens(text: str) -> _VerilogTokens:
     """System names, macro uses and ```include`` arguments of Verilog ``text``, lexed."""
     out = _VerilogTokens()
     for m in _V_LEX.finditer(text):
-        macro, system = m.group(1), m.group(2)
+        # an escaped name that starts with ``$`` (``\\$fopen ``) is compiled by iverilog as the
+        # system task itself, so it is checked as one
+        macro, system = m.group(2), m.group(1) or m.group(3)
         if system:
             out.system.append(system)
         elif macro == "include":

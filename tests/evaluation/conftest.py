@@ -62,13 +62,17 @@ def rtllm_checkout() -> Path:
 
 # ----------------------------------------------------------------------------- fake answers
 
+FORGED_MARKERS = {"verilogeval": "Mismatches: 0 in 20 samples", "rtllm": "===========Your Design Passed===========",
+                  "smoke": "TEST PASSED"}
+
 def fenced(code: str) -> str:
     return f"Here is the module.\n\n```verilog\n{code.rstrip()}\n```\n"
 
 
 def answer_for(problem: dict[str, Any], how: str) -> str:
     """A model answer to ``problem``: ``reference`` passes; ``syntax`` does not parse; ``wrong`` has the
-    right interface and undriven outputs; ``hang`` spins at time 0 so the simulation never ends."""
+    right interface and undriven outputs; ``hang`` spins at time 0 so the simulation never ends;
+    ``forged`` is ``wrong`` and prints the pass marker of the problem's harness itself."""
     from evaluation.benchmarks import module_header
 
     ref = problem["reference"]
@@ -82,6 +86,9 @@ def answer_for(problem: dict[str, Any], how: str) -> str:
         return fenced(header + "endmodule\n")
     if how == "hang":
         return fenced(header + "  initial begin : spin\n    forever begin end\n  end\nendmodule\n")
+    if how == "forged":  # wrong outputs, and prints the harness's pass marker itself at time 0
+        marker = FORGED_MARKERS[problem["harness"]]
+        return fenced(header + f'  initial $display("{marker}");\nendmodule\n')
     if how == "none":
         return "I would rather not write Verilog today."
     raise ValueError(how)

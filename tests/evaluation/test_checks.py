@@ -5,6 +5,7 @@ These call the check stage's functions directly (no Ray); the job tests run them
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import time
@@ -66,6 +67,34 @@ def test_reference_answers_pass_every_problem(v2_checkout: Path, rtllm_checkout:
 def test_bad_answers_are_classed(v2_checkout: Path, rtllm_checkout: Path, how: str, cls: str) -> None:
     problems = all_problems(v2_checkout, rtllm_checkout)
     assert verdicts(problems, how) == {p["key"]: ("fail", cls) for p in problems}
+
+
+def test_an_answer_that_prints_the_pass_marker_itself_fails(v2_checkout: Path, rtllm_checkout: Path) -> None:
+    """The testbench still prints its own verdict (a mismatch count, a failure banner): two verdicts, or a
+    pass beside a failure, is a failure, whatever the answer printed."""
+    problems = all_problems(v2_checkout, rtllm_checkout)
+    assert verdicts(problems, "forged") == {p["key"]: ("fail", "sim_mismatch") for p in problems}
+    v2 = next(p for p in problems if p["harness"] == "verilogeval")
+    res = run_problem(v2, answer_for(v2, "forged").split("```verilog\n")[1].split("```")[0], FAST)
+    assert "the testbench prints its verdict once, the output holds 2" in res["log"]
+
+
+def test_run_wide_limits_are_a_timeout_naming_the_limit(v2_checkout: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer killed for the memory or disk its run took is classed like one killed at its time limit."""
+    from synthesis import sandbox
+
+    p = bench.load_verilog_eval_v2(str(v2_checkout))[0]
+    real_run = sandbox.run
+
+    def tight(argv, files, *, limits, **kw):  # no disk at all: the first measurement ends the run
+        return real_run(argv, files, limits=dataclasses.replace(limits, disk_mb=0), **kw)
+
+    monkeypatch.setattr(sandbox, "run", tight)
+    t0 = time.perf_counter()
+    res = run_problem(p, answer_for(p, "hang").split("```verilog\n")[1].split("```")[0], FAST)
+    assert (res["verdict"], res["failure_class"]) == ("fail", "timeout"), res
+    assert "killed: the run's files under /work took" in res["log"]
+    assert time.perf_counter() - t0 < FAST.sim_timeout_s  # the disk limit, not the time limit, ended it
 
 
 def test_never_ending_simulation_is_killed_and_counted_and_nothing_else_dies(

@@ -10,12 +10,15 @@ namespaces bwrap needs; a missing bwrap fails them (install ``bubblewrap``).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import platform
 import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import textwrap
 import threading
@@ -300,6 +303,142 @@ def test_output_cap_kills_the_writer() -> None:
     t0 = time.perf_counter()
     r = sandbox.run(["sh", "-c", "yes"], limits=Limits(timeout_s=20, max_output_bytes=4096))
     assert r.output_truncated and len(r.stdout) == 4096 and time.perf_counter() - t0 < 5
+
+
+def test_disk_use_of_a_run_is_bounded_in_all_not_only_per_file() -> None:
+    """Many files each under ``max_file_bytes`` cannot fill the host's disk: the run is killed."""
+    lim = Limits(timeout_s=20, max_file_bytes=2 * sandbox.MIB, disk_mb=8)
+    t0 = time.perf_counter()
+    r = sandbox.run(["sh", "-c", "i=0; while [ $i -lt 40 ]; do head -c 2000000 /dev/urandom > f$i; i=$((i+1)); "
+                                 "done; sleep 30"], limits=lim)
+    assert not r.ok and not r.timed_out and time.perf_counter() - t0 < 10
+    assert r.limit_exceeded.startswith("the run's files under /work took"), r.limit_exceeded
+    assert r.stderr.endswith("[sandbox] killed: " + r.limit_exceeded)
+
+
+def test_file_count_of_a_run_is_bounded() -> None:
+    r = sandbox.run(["sh", "-c", "mkdir d; i=0; while [ $i -lt 3000 ]; do : > d/f$i; i=$((i+1)); done; sleep 30"],
+                    limits=Limits(timeout_s=20, max_files=500))
+    assert not r.ok and not r.timed_out
+    assert "more than 500 files" in r.limit_exceeded
+
+
+def test_memory_of_all_processes_together_is_bounded(marker: str) -> None:
+    """``memory_mb`` holds each process; three processes under it together pass ``run_memory_mb``."""
+    hog = "x = bytes([1]) * (150 * 1024 * 1024); import time; time.sleep(30)"
+    r = sandbox.run(["sh", "-c", f'for i in 1 2 3; do python3 -c "{hog}" {marker} & done; wait'],
+                    limits=Limits(timeout_s=25, memory_mb=400, run_memory_mb=300))
+    assert not r.ok and not r.timed_out, r.output
+    assert r.limit_exceeded.startswith("the run's processes held") and "(limit 300 MiB)" in r.limit_exceeded
+    assert_no_survivors(marker)
+
+
+def test_the_root_is_read_only_so_nothing_grows_in_memory_outside_the_small_tmpfs() -> None:
+    """bwrap's root is a tmpfs with no size: writable, it would hold as much as the host's memory."""
+    r = sandbox.run(["sh", "-c", "for d in / /etc /usr /work; do touch $d/cf-x && echo WROTE $d; done; true"])
+    assert r.stdout.split() == ["WROTE", "/work"], r.output
+
+
+def test_a_directory_tree_too_deep_for_recursion_is_still_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    top = tempfile.mkdtemp(prefix="cf-deep-", dir="/tmp")
+    os.chmod(top, 0o755)
+    monkeypatch.setattr(tempfile, "tempdir", top)
+    try:
+        code = ("import os\nfd = os.open('.', os.O_RDONLY)\nfor _ in range(1500):\n    os.mkdir('d', dir_fd=fd)\n"
+                "    fd = os.open('d', os.O_RDONLY, dir_fd=fd)\nprint('deep')")
+        r = sandbox.run(["python3", "-c", code])
+        assert r.ok and r.stdout.strip() == "deep", r.output
+        assert os.listdir(top) == []
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_directories_left_by_killed_processes_are_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job killed mid-run leaves its run's directory (model-written files); the next process removes it,
+    but never one of a live process, nor a fresh one."""
+    top = tempfile.mkdtemp(prefix="cf-stale-", dir="/tmp")
+    os.chmod(top, 0o755)
+    monkeypatch.setattr(tempfile, "tempdir", top)
+    monkeypatch.setattr(sandbox, "_swept_in", None)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs (and if reused, with another start time)
+    old = time.time() - 2 * sandbox.STALE_S
+    prefix = sandbox.WORKDIR_PREFIX
+    names = {"dead_old": f"{prefix}{dead.pid}-1-abc", "dead_new": f"{prefix}{dead.pid}-1-new",
+             "live_old": sandbox._workdir_prefix() + "live", "other": "cf-sandbox-not-ours"}
+    try:
+        for key, name in names.items():
+            os.makedirs(os.path.join(top, name, "sub"))
+            if key != "dead_new":
+                os.utime(os.path.join(top, name), (old, old))
+        assert sandbox.run(["true"]).ok
+        assert sorted(os.listdir(top)) == sorted(n for k, n in names.items() if k != "dead_old")
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- kernel interfaces
+
+KEYRING_PROBE = textwrap.dedent("""
+    import ctypes, json, sys
+    sys.path.insert(0, sys.argv[1])
+    from synthesis import sandbox
+    KEYCTL, ADD_KEY = 250, 248  # x86-64
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(KEYCTL, 1, b"_ses.cf-test") < 0:  # KEYCTL_JOIN_SESSION_KEYRING, as runc does per container
+        print(json.dumps({"no_keyring": ctypes.get_errno()}))
+        sys.exit(0)
+    assert libc.syscall(ADD_KEY, b"user", b"cf_canary", sys.argv[2].encode(), len(sys.argv[2]), -3) > 0
+    inside = sys.argv[3]
+    r = sandbox.run(["python3", "-c", inside])
+    planted = libc.syscall(KEYCTL, 10, -3, b"user", b"planted", 0)
+    print(json.dumps({"output": r.output, "planted": planted, "isolation": sandbox.isolation()}))
+""")
+KEYRING_INSIDE = textwrap.dedent("""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(4096)
+    k = libc.syscall(250, 10, -3, b"user", b"cf_canary", 0)  # KEYCTL_SEARCH in the session keyring
+    err = ctypes.get_errno()
+    n = libc.syscall(250, 11, k, buf, 4096) if k > 0 else -1  # KEYCTL_READ
+    print("search", k, err, buf.raw[:max(n, 0)].decode())
+    rc = libc.syscall(248, b"user", b"planted", b"x", 1, -3)
+    print("plant", rc, ctypes.get_errno())
+""")
+x86_64_only = pytest.mark.skipif(platform.machine() != "x86_64", reason="the probes' system call numbers are x86-64's")
+
+
+@x86_64_only
+def test_the_callers_keyring_is_out_of_reach(canary: Canary) -> None:
+    """bwrap has no keyring namespace: without the seccomp filter a tool reads (and plants) keys in the
+    session keyring of the job that runs it (a pod's, under runc). Run in a child: joining a keyring is
+    for the rest of a process's life."""
+    p = subprocess.run([sys.executable, "-c", KEYRING_PROBE, str(REPO_ROOT), canary.secret, KEYRING_INSIDE],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    if "no_keyring" in out:  # e.g. Docker's default seccomp profile: no process here reaches a keyring
+        pytest.skip(f"this machine refuses keyctl itself (errno {out['no_keyring']}): no keyring to protect")
+    assert out["isolation"]["seccomp"], out["isolation"]["seccomp_detail"]
+    canary.assert_not_leaked(out["output"])
+    lines = {line.split()[0]: line.split()[1:] for line in out["output"].splitlines() if line.strip()}
+    assert lines["search"][:2] == ["-1", str(errno.EPERM)], out["output"]
+    assert lines["plant"] == ["-1", str(errno.EPERM)], out["output"]
+    assert out["planted"] < 0  # nothing was left in the caller's keyring
+
+
+@x86_64_only
+def test_other_kernel_interfaces_fail_inside() -> None:
+    code = textwrap.dedent("""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        for name, nr in (("bpf", 321), ("userfaultfd", 323), ("io_uring_setup", 425), ("perf_event_open", 298)):
+            rc = libc.syscall(nr, 0, 0, 0, 0, 0)
+            print(name, rc, ctypes.get_errno())
+    """)
+    r = sandbox.run(["python3", "-c", code])
+    got = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines()}
+    assert got == {n: ["-1", str(errno.EPERM)] for n in ("bpf", "userfaultfd", "io_uring_setup", "perf_event_open")}
 
 
 # ----------------------------------------------------------------------------- argv and env

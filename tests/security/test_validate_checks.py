@@ -178,6 +178,9 @@ MOD = "module cf_b;\n  integer f; reg [7:0] m [0:3];\n  initial begin\n    {}\n 
         # escaped identifiers may hold quotes and //: `\\q"` is a name, not the start of a string
         (MOD.replace("{}", 'f = \\q" ; f = $fopen("/tmp/x", "w"); f = \\r" ;'), "verilog/unsafe_file_io"),
         (MOD.replace("{}", 'f = \\q// ; f = $fopen("/tmp/x", "w");'), "verilog/unsafe_file_io"),
+        # iverilog compiles an escaped name that starts with $ as that system task
+        (MOD.replace("{}", 'f = \\$fopen ("/tmp/x", "w");'), "verilog/unsafe_file_io"),
+        (MOD.replace("{}", '\\$system ("id");'), "verilog/unsafe_system_task"),
         (MOD.replace("{}", '$my_vpi_task(1);'), "verilog/unknown_system_task"),
         ('`include "/etc/passwd"\n' + MOD.replace("{}", ""), "verilog/unsafe_include"),
         ('`include "../x.v"\n' + MOD.replace("{}", ""), "verilog/unsafe_include"),

@@ -145,10 +145,15 @@ def test_the_validators_tools_work_inside() -> None:
     assert tcl.ok and tcl.stdout.strip() == "1", tcl.output
 
 
-@pytest.mark.parametrize("name", ["../escape.txt", "/etc/evil", "a/../../b", ""])
+@pytest.mark.parametrize("name", ["../escape.txt", "/etc/evil", "a/../../b", "", "a\x00b"])
 def test_file_names_must_stay_inside(name: str) -> None:
     with pytest.raises(SandboxError):
         sandbox.run(["true"], {name: "x"})
+
+
+def test_files_that_cannot_be_written_are_a_sandbox_error_naming_them() -> None:
+    with pytest.raises(SandboxError, match="'a/b' cannot be written"):
+        sandbox.run(["true"], {"a": "x", "a/b": "y"})
 
 
 def test_missing_tool_is_a_clear_error() -> None:

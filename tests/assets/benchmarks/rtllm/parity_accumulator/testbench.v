@@ -7,7 +7,7 @@ module testbench;
   initial begin
     #12 clear = 0; valid = 1;
     word = 16'h0001; #10 word = 16'h0003; #10 word = 16'h0100; #10 valid = 0;
-    #10 if (parity == 1'b0) $display("===========Your Design Passed==========="); else $display("failed");
+    #10 if (parity == 1'b0) $display("===========Your Design Passed==========="); else $display("===========Error===========");
     $finish;
   end
 endmodule

@@ -6,7 +6,7 @@ module testbench;
   initial begin
     #12 reset = 0; enable = 1;
     repeat (3) begin #10 toggle_in = 1; #10 toggle_in = 0; end
-    #10 if (count == 8'd3) $display("===========Your Design Passed==========="); else $display("failed");
+    #10 if (count == 8'd3) $display("===========Your Design Passed==========="); else $display("===========Error===========");
     $finish;
   end
 endmodule
