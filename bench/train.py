@@ -280,8 +280,10 @@ def profiler(cuda: bool) -> Any:
     return prof
 
 
-def gpu_run(spec: dict) -> dict[str, Any]:
-    """One configuration in this (fresh) process: the project's ``run_training`` or a plain loop."""
+def gpu_run(spec: dict, out_dir: str) -> dict[str, Any]:
+    """One configuration in this (fresh) process: the project's ``run_training`` or a plain loop.
+
+    ``out_dir`` takes the run's checkpoint (the caller removes it)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -298,7 +300,7 @@ def gpu_run(spec: dict) -> dict[str, Any]:
                        tie_word_embeddings=False)
     table = packed_rows(seq, steps * mb, vocab)
     cfg = FinetuneConfig(
-        base_model="random", output_dir=tempfile.mkdtemp(prefix="cf-bench-gpu-"), max_length=seq,
+        base_model="random", output_dir=out_dir, max_length=seq,
         attn_implementation=spec["attn"], gradient_checkpointing=spec["gradient_checkpointing"],
         fused_lora=spec["fused_lora"],
         lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": LORA_TARGETS},
@@ -566,7 +568,9 @@ def main() -> int:
     p.add_argument("--results", type=Path, default=RESULTS, help=f"JSON file the result is merged into ({RESULTS})")
     args = p.parse_args()
     if args.gpu_run:
-        print("RESULT " + json.dumps(gpu_run(json.loads(args.gpu_run))), flush=True)
+        with tempfile.TemporaryDirectory(prefix="cf-bench-gpu-") as out_dir:
+            result = gpu_run(json.loads(args.gpu_run), out_dir)
+        print("RESULT " + json.dumps(result), flush=True)
         return 0
     if args.pack:
         write_result("pack", run_pack(args), args.results)
