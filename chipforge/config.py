@@ -136,7 +136,8 @@ def load_config(
     for flag in extra_flags:
         parser.add_argument(flag, action="store_true", help=_EXTRA_HELP.get(flag, ""))
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override any config field")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    # intermixed: overrides may come before, between and after the flags
+    args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
 
     data: dict[str, Any] = read_yaml(args.config) if args.config else {}
     origins: dict[str, str] = {}

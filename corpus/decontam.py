@@ -112,6 +112,18 @@ def _v1_rows(path: str) -> list[tuple[str, str, str]]:
     return out
 
 
+def check_benchmark_paths(paths: list[str], field: str) -> None:
+    """Preflight of a job's benchmark paths: a missing one, or one with no recognised benchmark,
+    is a ``ConfigError`` naming ``field`` (exit 2, before Ray starts)."""
+    from chipforge.config import ConfigError
+
+    for p in paths:
+        try:
+            load_texts(p)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"{field}: {exc}") from exc
+
+
 def load_texts(path: str) -> list[tuple[str, str, str]]:
     """(problem id, kind, text) triples under ``path``; kind is ``prompt`` (text the n-gram check
     indexes) or ``reference`` (a reference solution module, for the canonical token check)."""

@@ -525,14 +525,9 @@ def local_inputs(cfg: CorpusConfig) -> dict[str, str]:
 
 def check_benchmarks(cfg: CorpusConfig) -> None:
     """Preflight: a missing benchmark path, or one with no recognised benchmark, fails before Ray (exit 2)."""
-    from chipforge.config import ConfigError
-    from corpus.decontam import load_texts
+    from corpus.decontam import check_benchmark_paths
 
-    for p in cfg.benchmark_paths:
-        try:
-            load_texts(p)
-        except (FileNotFoundError, ValueError) as exc:
-            raise ConfigError(f"benchmark_paths: {exc}") from exc
+    check_benchmark_paths(cfg.benchmark_paths, "benchmark_paths")
 
 
 def decontaminate(modules: Any, cfg: CorpusConfig, stats_dir: str) -> Any:
@@ -576,7 +571,10 @@ SPEC = JobSpec(
     volatile=("cache_dir", "clone", "parse.concurrency", "parse.num_cpus", "dedup.num_cpus", "dedup.concurrency",
               "dedup.partitions", "dedup.batch_size",
               "decontam.resources"),
-    outputs=lambda r: r["modules"], inputs_count=lambda r: r["files"]["read"], extra_inputs=job_inputs,
+    # files read, or where no repository gave any (every clone failed), the repositories: either
+    # way no output from them is a failed run (exit 1, no completion marker)
+    outputs=lambda r: r["modules"], inputs_count=lambda r: r["files"]["read"] or r["repositories"]["total"],
+    extra_inputs=job_inputs,
     preflight=check_benchmarks,
     description=__doc__,
 )

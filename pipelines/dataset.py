@@ -427,6 +427,19 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_inputs(cfg: DatasetConfig) -> None:
+    """Preflight: benchmark checkouts and the router's question files exist (exit 2 before Ray)."""
+    from chipforge.config import ConfigError
+    from corpus.decontam import check_benchmark_paths
+
+    check_benchmark_paths(cfg.benchmark_paths, "benchmark_paths")
+    questions = (("router.questions_paths", cfg.router.questions_paths), ("router.eval_path", [cfg.router.eval_path]))
+    for field, paths in questions:
+        for p in paths:
+            if p and not fs.exists(p):
+                raise ConfigError(f"{field}: {p!r} does not exist")
+
+
 SPEC = JobSpec(
     name="dataset", config=DatasetConfig, default_config="jobs/configs/dataset_sample.yaml", summary=summary,
     flags={"--corpus": "corpus_dir", "--docs": "docs_dir", "--output": "output_dir"},
@@ -438,5 +451,6 @@ SPEC = JobSpec(
     extra_inputs=lambda cfg: {**{f"benchmark:{i}": p for i, p in enumerate(cfg.benchmark_paths)},
                               **{f"router:{i}": p for i, p in enumerate(cfg.router.questions_paths)},
                               "router:eval": cfg.router.eval_path},
+    preflight=check_inputs,
     description=__doc__,
 )

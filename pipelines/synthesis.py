@@ -40,6 +40,7 @@ from chipforge.job import JobError, JobSpec, Run
 from chipforge.vocab import SPECIALIST_PHASES, unit_interval
 from chipforge.stage import StageResources, cluster_cpus, fit_to_cluster, map_stage
 from corpus.dataset import make_example
+from corpus.decontam import check_benchmark_paths
 from corpus.docs.sources import LocalSource
 from corpus.schema import EXAMPLES_SCHEMA, from_rows
 from synthesis import engines, sandbox, seeds, signatures, templates, validate
@@ -776,5 +777,6 @@ SPEC = JobSpec(
               "engine.openai.qps", "engine.openai.timeout_s"),
     outputs=_kept, inputs_count=lambda r: r["totals"]["generated"],
     extra_inputs=lambda cfg: {f"doc_source:{s.name}": s.path for s in cfg.doc_sources},
+    preflight=lambda cfg: check_benchmark_paths(cfg.decontam.benchmark_paths, "decontam.benchmark_paths"),
     description=__doc__,
 )

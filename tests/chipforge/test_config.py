@@ -42,6 +42,13 @@ def test_precedence_defaults_yaml_overrides_flags(tmp_path: Path) -> None:
     assert cfg.output_dir == "flag"  # named flags win over key=value overrides
 
 
+def test_overrides_may_come_before_between_and_after_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, "output_dir: from_yaml\n")
+    cfg = load_config(JobConfig, ["stage.batch_size=16", "--config", str(path), "tags=[a]", "--manifest", "x.yaml",
+                                  "stage.num_cpus=2"], prog="t", flags={"--manifest": "manifest"})
+    assert (cfg.stage.batch_size, cfg.tags, cfg.manifest, cfg.stage.num_cpus) == (16, ["a"], "x.yaml", 2.0)
+
+
 def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
     path = write(tmp_path, "stage:\n  batch_sise: 4\n")
     with pytest.raises(ConfigError) as err:

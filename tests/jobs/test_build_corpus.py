@@ -120,6 +120,22 @@ def test_corpus_job_on_test_repositories(tmp_path: Path, ray_session: object) ->
     assert not list(tmp_path.glob("out/modules.tmp-*"))
 
 
+def test_a_run_where_every_repository_fails_is_a_failure_and_is_retried(tmp_path: Path, ray_session: object,
+                                                                        capsys) -> None:
+    """No clone succeeds (the network is down): exit 1 and no completion marker, so the next run retries."""
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text("repositories:\n"
+                        f"  - {{name: gone, url: 'file://{tmp_path / 'does-not-exist'}'}}\n"
+                        f"  - {{name: gone2, url: 'file://{tmp_path / 'nor-this'}'}}\n")
+    argv = ["--manifest", str(manifest), "--output", str(tmp_path / "out"), f"cache_dir={tmp_path / 'cache'}",
+            "clone.retries=0"]
+    assert main(argv) == 1
+    assert "no output from 2 inputs" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["status"] == "failed"
+    assert main(argv) == 1
+    assert "up to date" not in capsys.readouterr().out
+
+
 def test_sample_config_end_to_end(tmp_path: Path, ray_session: object) -> None:
     out = tmp_path / "sample"
     assert main(["--output", str(out), f"cache_dir={tmp_path / 'cache'}"]) == 0

@@ -126,6 +126,25 @@ def test_missing_input_dir_is_an_error_before_ray(tmp_path: Path, capsys) -> Non
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("override,field", [('benchmark_paths=["{nope}"]', "benchmark_paths"),
+                                            ('router.questions_paths=["{nope}"]', "router.questions_paths")])
+def test_missing_benchmark_or_question_paths_exit_2_before_ray(override: str, field: str, tmp_path: Path, capsys,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from chipforge import job
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray must not start for a usage error")
+
+    monkeypatch.setattr(job, "init_ray", no_ray)
+    nope = tmp_path / "nope"
+    (tmp_path / "c/modules").mkdir(parents=True)
+    (tmp_path / "d/docs").mkdir(parents=True)
+    argv = [override.format(nope=nope), "--corpus", str(tmp_path / "c"), "--docs", str(tmp_path / "d")]
+    assert main([*argv, "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {field}:" in err and str(nope) in err and "Traceback" not in err
+
+
 # --------------------------------------------------------------------------- resources (issue 13)
 
 def test_resource_plan_fits_small_clusters() -> None:

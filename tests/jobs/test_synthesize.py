@@ -107,6 +107,17 @@ def test_missing_input_dir_exits_2_naming_the_flag(flag: str, field: str, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_benchmark_path_exits_2_before_ray(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray must not start for a usage error")
+
+    monkeypatch.setattr(job, "init_ray", no_ray)
+    nope = tmp_path / "nope"
+    assert synthesize.main([f'decontam.benchmark_paths=["{nope}"]', "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "error: decontam.benchmark_paths: benchmark path does not exist" in err and "Traceback" not in err
+
+
 def test_plan_round_oversamples_and_respects_the_budget() -> None:
     cfg = SynthesizeConfig(phases={"synthesis": {"quota": 10}, "routing": {"quota": 4}},
                            budget={"max_prompts": 30, "oversample": 2.0, "max_oversample": 5.0})
