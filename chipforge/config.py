@@ -92,12 +92,17 @@ class CommandLine:
         self.flags = flags
 
     def origin(self, dotted: str) -> str:
-        """``--output``, ``override a.b=…`` or the YAML file that set ``dotted`` (longest prefix)."""
+        """``--output``, ``override a.b=…`` or the YAML file that set ``dotted``: the longest prefix
+        set on the command line, else an override below it (``dedupp.threshold=…`` made the
+        unknown section ``dedupp``), else the file."""
         parts = dotted.split(".")
         for i in range(len(parts), 0, -1):
             key = ".".join(parts[:i])
             if key in self.origins:
                 return self.origins[key]
+        below = [origin for key, origin in self.origins.items() if key.startswith(dotted + ".")]
+        if below:
+            return below[0]
         return f"{self.config_file}: {dotted}" if self.config_file else f"default {dotted}"
 
     def flag(self, name: str) -> bool:
@@ -152,7 +157,14 @@ def load_config(
             origins[field] = f"{flag} {value}"
     line = CommandLine(args.config, origins, {f.lstrip("-").replace("-", "_"): getattr(args, f.lstrip("-").replace("-", "_"))
                                               for f in extra_flags})
-    cfg = validate(cls, data, source=args.config or "<defaults>", origin=line.origin)
+    try:
+        cfg = validate(cls, data, source=args.config or "<defaults>", origin=line.origin)
+    except ConfigError as exc:
+        meant = launch_command(args.config) if args.config and Path(args.config).is_file() else None
+        if meant and not re.search(re.escape(prog) + r"(\s|$)", meant):  # another job's YAML: its first line says
+            raise ConfigError(f"{exc}\n  ({args.config} is for another job: its first line says "
+                              f"`{meant}`; this is {prog})") from exc
+        raise
     return (cfg, line) if with_origins else cfg
 
 

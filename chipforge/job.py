@@ -22,7 +22,6 @@ the dataset config reruns the dataset and every job that reads it, and nothing e
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -41,6 +40,7 @@ from chipforge.vocab import content_hash, sha256_hex
 C = TypeVar("C", bound=BaseModel)
 MARKER_DIR = "_chipforge"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 class JobError(RuntimeError):
@@ -372,6 +372,9 @@ def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, 
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C: no traceback; nothing is marked finished
+        print(f"error: {spec.name}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     except Exception:  # noqa: BLE001 - unexpected: the traceback is what a developer needs
         traceback.print_exc()
         print(f"error: {spec.name} failed (traceback above)", file=sys.stderr, flush=True)

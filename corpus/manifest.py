@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Repository(BaseModel):
@@ -115,6 +115,10 @@ def iter_manifest(path: str | Path) -> Iterator[Repository]:
             for index, data in _entries(loader, path):
                 try:
                     repo = Repository.model_validate(data)
+                except ValidationError as exc:  # each field and what is wrong with it, no library links
+                    why = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}"
+                                    for e in exc.errors())
+                    raise ValueError(f"manifest {path}: repositories.{index}: {why}") from exc
                 except Exception as exc:
                     raise ValueError(f"manifest {path}: repositories.{index}: {exc}") from exc
                 if _is_local(repo.url) and not os.path.isabs(repo.url):

@@ -82,7 +82,29 @@ def summary(report: dict[str, Any]) -> str:
                       f"classifier {c:.3f} ({c - b:+.3f})"])
 
 
+def check_labels(cfg: ClassifyEvalConfig) -> None:
+    """Preflight: both labelled files read, every label in them is one of ``phases`` and every
+    phase has a training example, so a misspelt or new phase is an error naming it (exit 2)."""
+    from chipforge import fs
+    from chipforge.config import ConfigError
+
+    labels: dict[str, set[str]] = {}
+    for field, path in (("train_path", cfg.train_path), ("eval_path", cfg.eval_path)):
+        try:
+            labels[field] = {row.get("phase") for _, row in fs.read_jsonl(path) if isinstance(row, dict)}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{field}: cannot read {path}: {exc}") from exc
+        unknown = sorted(str(p) for p in labels[field] - set(cfg.phases))
+        if unknown:
+            raise ConfigError(f"phases: {path} ({field}) labels examples {unknown}, which phases does not list "
+                              f"(phases: {list(cfg.phases)})")
+    untrained = [p for p in cfg.phases if p not in labels["train_path"]]
+    if untrained:
+        raise ConfigError(f"phases: {untrained} has no labelled example in {cfg.train_path} to learn from (its labels: "
+                          f"{sorted(str(p) for p in labels['train_path'])}); add examples or fix the name")
+
+
 SPEC = JobSpec(name="classify_eval", config=ClassifyEvalConfig, default_config="jobs/configs/classify_eval.yaml",
                summary=summary, flags={"--output": "output_dir", "--model": "model_path"},
                inputs={"train_path": "a labelled JSONL file", "eval_path": "a labelled JSONL file"},
-               uses_ray=False, outputs=lambda r: r["n_eval"], description=__doc__)
+               uses_ray=False, outputs=lambda r: r["n_eval"], preflight=check_labels, description=__doc__)

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from chipforge import fs
 from chipforge.config import Config
-from chipforge.job import JobError, JobSpec, Run
+from chipforge.job import JobSpec, Run
 from chipforge.stage import StageResources, map_stage
 from corpus.clone import STATUS_SHARDS, CloneAndRead
 from corpus.decontam import DecontamConfig  # decontam
@@ -325,8 +325,10 @@ def run(cfg: CorpusConfig, job: Run) -> dict[str, Any]:
         staged = os.path.join(tmp, "manifest.arrow")
         try:
             n_repos = stage_manifest(cfg.manifest, staged)
-        except ValueError as exc:  # bad manifest: clear message naming the file
-            raise JobError(str(exc)) from exc
+        except ValueError as exc:  # bad manifest: the user's input, a usage error naming the file (exit 2)
+            from chipforge.config import ConfigError
+
+            raise ConfigError(str(exc)) from exc
         ds = manifest_dataset(staged, n_repos, cfg.clone.input_blocks or 4 * cfg.clone.concurrency)
     out = _abs(cfg.output_dir)
     status_dir, stats_dir = fs.join(out, "_status"), fs.join(out, "_status", "parse")

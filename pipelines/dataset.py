@@ -403,14 +403,15 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
 def summary(report: dict[str, Any]) -> str:
     """Compact table: examples per phase and split (median tokens), then what was dropped."""
     splits = ("train", "validation", "test")
+    # the first two lines stand alone (``--brief`` prints only them): totals, then what was dropped
     lines = [f"{report['n_examples']} examples from {report.get('n_inputs', '?')} inputs; "
              f"groups per split {report['groups_per_split']}",
+             f"  dropped: {report['dropped'] or 'none'}; contaminated: {report['contaminated_per_benchmark'] or 'none'}",
              f"  {'phase':<16}" + "".join(f"{s:>11}" for s in splits) + "   tokens p50"]
     for phase in sorted(report["per_phase"]):
         cells = [report["per_phase_split"].get(f"{phase}/{s}", {}) for s in splits]
         p50 = max((c.get("tokens", {}).get("p50") or 0) for c in cells)
         lines.append(f"  {phase:<16}" + "".join(f"{c.get('count', 0):>11}" for c in cells) + f"   {p50:>10}")
-    lines.append(f"  dropped: {report['dropped'] or 'none'}; contaminated: {report['contaminated_per_benchmark'] or 'none'}")
     lines.extend(f"  warning: {w}" for w in report.get("split_warnings") or [])
     dq = report.get("doc_questions") or {}
     if dq.get("engine"):

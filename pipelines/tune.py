@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -45,7 +45,8 @@ class TuneJobConfig(Config):
     num_samples: int = Field(4, ge=1)
     max_concurrent_trials: int = Field(1, ge=1)  # cap to what the cluster holds: trial_cpus + Train workers each
     trial_cpus: float = Field(1.0, ge=0.0)  # the trial's driver function (it only waits on its TorchTrainer)
-    metric: str = "eval_loss"
+    # what each report of ``training.loop`` holds that a sweep can minimise (mode "min")
+    metric: Literal["eval_loss", "eval_perplexity", "train_loss"] = "eval_loss"
     asha: AshaSettings = Field(default_factory=AshaSettings)
     seed: int = 0
     registry: str | None = "out/registry.json"  # None: do not register the winner

@@ -49,6 +49,24 @@ def test_overrides_may_come_before_between_and_after_flags(tmp_path: Path) -> No
     assert (cfg.stage.batch_size, cfg.tags, cfg.manifest, cfg.stage.num_cpus) == (16, ["a"], "x.yaml", 2.0)
 
 
+def test_a_misspelled_section_in_an_override_is_blamed_on_the_override(tmp_path: Path) -> None:
+    path = write(tmp_path, "output_dir: x\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(JobConfig, ["--config", str(path), "stagee.batch_size=3"], prog="t")
+    assert "stagee: Extra inputs are not permitted (set by command-line override 'stagee.batch_size=3')" in str(err.value)
+
+
+def test_another_jobs_yaml_is_named_as_such(tmp_path: Path) -> None:
+    path = write(tmp_path, "# launch: python -m jobs.other --config job.yaml\nsources: []\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(JobConfig, ["--config", str(path)], prog="python -m jobs.mine")
+    assert "is for another job: its first line says `python -m jobs.other --config job.yaml`" in str(err.value)
+    path.write_text("# launch: python -m jobs.mine --config job.yaml\nsources: []\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(JobConfig, ["--config", str(path)], prog="python -m jobs.mine")
+    assert "another job" not in str(err.value)
+
+
 def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
     path = write(tmp_path, "stage:\n  batch_sise: 4\n")
     with pytest.raises(ConfigError) as err:

@@ -130,6 +130,18 @@ def test_a_job_error_is_one_line_and_exit_1(tmp_path: Path, capsys) -> None:
     assert "error: toy: the toy input is broken" in err and "Traceback" not in err
 
 
+def test_ctrl_c_is_one_line_exit_130_and_marks_nothing_finished(tmp_path: Path, capsys) -> None:
+    spec = _spec(tmp_path)
+
+    def interrupted(cfg, run):
+        raise KeyboardInterrupt
+
+    assert job.main(spec, interrupted, ["--output", str(tmp_path / "o")]) == 130
+    err = capsys.readouterr().err
+    assert "error: toy: interrupted" in err and "Traceback" not in err
+    assert not Path(job.marker_path(str(tmp_path / "o"), "toy")).exists()
+
+
 def test_help_shows_field_names_not_internal_dests(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         job.main(_spec(tmp_path), _body([]), ["--help"])

@@ -30,7 +30,12 @@ def test_duplicate_names_and_unknown_keys_are_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="duplicate repository name 'a'"):
         load_manifest(m)
     m.write_text("repositories:\n  - {name: a, url: x, branch: main}\n")
-    with pytest.raises(ValueError, match=str(m)):
+    with pytest.raises(ValueError, match=str(m)) as err:
+        load_manifest(m)
+    # each field and what is wrong, without pydantic's header or documentation links
+    assert str(err.value).endswith("repositories.0: branch: Extra inputs are not permitted")
+    m.write_text("repositories:\n  - {name: a}\n")
+    with pytest.raises(ValueError, match=r"repositories\.0: url: Field required$"):
         load_manifest(m)
 
 

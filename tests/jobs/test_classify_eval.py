@@ -39,3 +39,14 @@ def test_classify_eval_bad_config_named(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["phases=[triage]", "--output", str(tmp_path / "m")]) == 2
     assert "command-line override 'phases=[triage]'" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_a_misspelt_or_unlabelled_phase_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Both were tracebacks from deep in the job; now exit 2 naming the phase, before any training."""
+    misspelt = [p if p != "rtl_design" else "rtl_desgn" for p in PHASES]
+    assert main([f"phases=[{','.join(misspelt)}]", "--output", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "error: phases:" in err and "['rtl_design']" in err and "Traceback" not in err
+    assert main([f"phases=[{','.join([*PHASES, 'dft'])}]", "--output", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "['dft'] has no labelled example" in err and "Traceback" not in err

@@ -63,3 +63,10 @@ def test_tune_with_no_arguments_sweeps_the_bundled_sample(ray_session, tmp_path,
 
     assert tune.main(["--output", str(out), "--registry", str(registry)]) == 0  # same inputs: skipped
     assert "up to date, skipped" in capsys.readouterr().out
+
+
+def test_a_metric_trials_do_not_report_is_a_config_error(tmp_path: Path, capsys) -> None:
+    """It used to fail in Ray Tune after the first trial had trained."""
+    assert tune.main(["metric=accuracy", "--output", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "metric: Input should be 'eval_loss', 'eval_perplexity' or 'train_loss'" in err
