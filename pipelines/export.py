@@ -7,16 +7,18 @@
 and the tokenizer, in Hugging Face layout: ``AutoModelForCausalLM.from_pretrained(OUTPUT/<name>)``
 and ``vllm serve OUTPUT/<name>`` load it. ``ollama``: OUTPUT/<name>/Modelfile and
 OUTPUT/<name>/adapter/ (safetensors LoRA), the base once in OUTPUT/base (unless ``ollama.base``
-names an Ollama model or path), and OUTPUT/README.md with the ``ollama create`` commands.
+names an Ollama model or path), and OUTPUT/README.md with the ``ollama create`` commands (absolute
+paths: they run from any directory). OUTPUT must be a local directory for ``ollama``.
 <name> is ``chipforge-<phase>``. Runs on this machine (no Ray); a rerun with the same config and
 registry is skipped (``--force`` redoes it).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from chipforge.config import Config, ConfigError
 from chipforge.job import JobSpec, Run
@@ -46,6 +48,16 @@ class ExportConfig(Config):
     def _phase(cls, v: str) -> str:
         if v != "all" and v not in PHASES:
             raise ValueError(f"must be 'all' or one of {', '.join(PHASES)}")
+        return v
+
+    @field_validator("output_dir")
+    @classmethod
+    def _ollama_is_local(cls, v: str, info: ValidationInfo) -> str:
+        from chipforge import fs
+
+        if info.data.get("format") == "ollama" and fs.is_uri(v):
+            raise ValueError("the ollama export writes a local directory (ollama create reads local files); "
+                             "give a local path, then copy it where Ollama runs")
         return v
 
 
@@ -83,7 +95,7 @@ def summary(r: dict[str, Any]) -> str:
         if e["format"] == "ollama":
             tmpl = "chat template translated" if e["template"] else "no TEMPLATE (not translatable)"
             lines.append(f"  {e['name']}: {e['path']}/Modelfile (FROM {e['from']}, {tmpl})")
-            lines.append(f"    ollama create {e['name']} -f {e['path']}/Modelfile")
+            lines.append(f"    ollama create {e['name']} -f {os.path.join(os.path.abspath(e['path']), 'Modelfile')}")
         else:
             lines.append(f"  {e['name']}: {e['path']}  (AutoModelForCausalLM.from_pretrained / vllm serve)")
     return "\n".join(lines)

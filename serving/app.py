@@ -137,7 +137,8 @@ class ModelServer:
         ctx = self.engine.max_model_len
         where = "messages" if req["kind"] == "chat" else "prompt"
         if n_prompt >= ctx:
-            raise P.APIError(400, f"This model's maximum context length is {ctx} tokens, but the {where} is "
+            are = "the messages are" if where == "messages" else "the prompt is"
+            raise P.APIError(400, f"This model's maximum context length is {ctx} tokens, but {are} "
                                   f"{n_prompt} tokens. Shorten the {where}.", param=where,
                              code="context_length_exceeded")
         wanted = req.get("max_tokens")

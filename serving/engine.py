@@ -22,11 +22,13 @@ string or an incomplete UTF-8 character).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +160,22 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return getattr(torch, dtype)
 
 
+# Raised by PEFT itself: ``PeftModel.__init__`` (peft <= 0.21) reads the base model's
+# ``is_gradient_checkpointing``, an alias that transformers 5 deprecates in favour of
+# ``is_activation_checkpointing``. Nothing in this project uses the alias; the warning only tells
+# PEFT's maintainers to move, so it is dropped, and only it, where a PeftModel is built.
+_PEFT_DEPRECATION = r"`is_gradient_checkpointing` is deprecated"
+
+
+@contextlib.contextmanager
+def peft_quiet() -> Iterator[None]:
+    """Without transformers' FutureWarning about ``is_gradient_checkpointing`` that PEFT triggers
+    when it wraps a model (``PeftModel.from_pretrained``); every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PEFT_DEPRECATION, category=FutureWarning)
+        yield
+
+
 def load_peft_model(base_path: str, adapters: dict[str, str], *, device: str = "cpu", dtype: str = "auto",
                     trust_remote_code: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer): the base once, each adapter loaded once under its name (eval mode)."""
@@ -172,7 +190,8 @@ def load_peft_model(base_path: str, adapters: dict[str, str], *, device: str = "
         from peft import PeftModel
 
         names = list(adapters)
-        model = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0], is_trainable=False)
+        with peft_quiet():
+            model = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0], is_trainable=False)
         for name in names[1:]:
             model.load_adapter(adapters[name], adapter_name=name, is_trainable=False)
     model.to(device)

@@ -9,7 +9,7 @@
   system prompt, ``TEMPLATE`` the tokenizer's chat template translated to Ollama's Go template
   (only when the translation renders conversations exactly as the Jinja template does),
   ``PARAMETER`` temperature, context length and stop tokens, ``LICENSE`` from the licences of
-  the examples the specialist was trained on. Relative paths in a Modelfile are resolved
+  the examples of the train split the specialist was trained on. Relative paths in a Modelfile are resolved
   against its directory by ``ollama create``.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 from collections import Counter
 from collections.abc import Sequence
@@ -135,9 +136,12 @@ def template_parts(tokenizer: Any) -> TemplateParts | None:
 # --------------------------------------------------------------------------- licences
 
 def training_licences(entry: dict[str, Any], phase: str) -> tuple[Counter[str], list[str]]:
-    """(licence → examples, dataset dirs read) over every split of the phase in the dataset(s) the
-    specialist was trained on (``config.dataset_dir`` and ``config.extra_dataset_dirs`` of its registry entry)."""
+    """(licence → examples, dataset dirs read) over the phase's train split (the split the adapter
+    was trained on; validation and test examples are not counted) in the dataset(s) of the registry
+    entry (``config.dataset_dir`` and ``config.extra_dataset_dirs``)."""
     import pyarrow.parquet as pq
+
+    from training.data import parquet_files
 
     cfg = entry.get("config") or {}
     dirs = [d for d in [cfg.get("dataset_dir"), *(cfg.get("extra_dataset_dirs") or [])] if isinstance(d, str) and d]
@@ -147,23 +151,56 @@ def training_licences(entry: dict[str, Any], phase: str) -> tuple[Counter[str], 
         if not fs.exists(d):
             continue
         read.append(d)
-        for sub in ("examples", "synthetic"):
-            for path in fs.listdir(fs.join(d, sub, f"phase={phase}"), recursive=True):
-                if not path.endswith(".parquet"):
-                    continue
-                filesystem, _ = fs.resolve(d)
-                with filesystem.open_input_file(path) as f:
-                    table = pq.read_table(f, columns=["license"])
-                counts.update(x or "unknown" for x in table.column("license").to_pylist())
+        for path in parquet_files(d, phase, "train"):
+            filesystem, inside = fs.resolve(path)
+            with filesystem.open_input_file(inside) as f:
+                table = pq.read_table(f, columns=["license"])
+            counts.update(x or "unknown" for x in table.column("license").to_pylist())
     return counts, read
 
 
-def licence_text(s: Specialist, counts: Counter[str], read: list[str]) -> str:
+def trained_examples(entry: dict[str, Any], phase: str) -> int | None:
+    """How many examples the adapter was trained on: ``examples.train`` of the training report
+    (``report.json`` beside the adapter directory, written by jobs.finetune / jobs.tune), or None
+    when that report is missing or belongs to another run."""
+    adapter = entry.get("adapter_path")
+    if not isinstance(adapter, str) or not adapter:
+        return None
+    parent = adapter.rstrip("/").rsplit("/", 1)[0] if fs.is_uri(adapter) else os.path.dirname(adapter.rstrip("/"))
+    path = fs.join(parent, "report.json") if fs.is_uri(adapter) else os.path.join(parent, "report.json")
+    try:
+        report = fs.read_json(path) if fs.exists(path) else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or report.get("phase") != phase or report.get("adapter_path") != adapter:
+        return None
+    registered = report.get("registry_entry")
+    if isinstance(registered, dict) and entry.get("registered_at") and \
+            registered.get("registered_at") != entry.get("registered_at"):
+        return None
+    n = (report.get("examples") or {}).get("train")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+
+
+def licence_text(s: Specialist, counts: Counter[str], read: list[str], trained: int | None = None) -> str:
+    """``counts``: licences of the train split's examples; ``trained``: how many of them the adapter
+    was trained on (from the training report; None: unknown)."""
     lines = [f"{s.name} is a LoRA adapter for {s.base_model}; the base model's own licence applies to it."]
     if counts:
         total = sum(counts.values())
-        lines.append(f"It was fine-tuned on {total} examples derived from sources under these licences "
-                     "(SPDX id: examples):")
+        if trained == total:
+            lines.append(f"It was fine-tuned on {total} examples derived from sources under these licences "
+                         "(SPDX id: examples):")
+        elif trained is not None and trained < total:
+            lines.append(f"It was fine-tuned on {trained} examples drawn from the dataset's train split (the rest "
+                         f"were held out for validation, rejected or over max_train_examples); the {total} examples "
+                         "of that split derive from sources under these licences (SPDX id: examples):")
+        elif trained is not None:
+            lines.append(f"It was fine-tuned on {trained} examples; the {total} examples of the dataset's train split "
+                         "found for this export derive from sources under these licences (SPDX id: examples):")
+        else:
+            lines.append(f"It was fine-tuned on the dataset's train split: {total} examples derived from sources "
+                         "under these licences (SPDX id: examples):")
         lines += [f"  {lic}: {n}" for lic, n in counts.most_common()]
         lines.append("Each source's terms apply to the material derived from it; see the dataset's provenance "
                      f"columns ({', '.join(read)}).")
@@ -193,11 +230,13 @@ def export_merged(s: Specialist, out_dir: str, *, dtype: str = "auto", cache_dir
     """``out_dir``: the base with ``s``'s adapter merged in, and the tokenizer (Hugging Face layout)."""
     from peft import PeftModel
 
+    from serving.engine import peft_quiet
     from training.tiny import quiet_hf
 
     base = localize(s.base_model, cache_dir)
     model, tok = _load_base(base, dtype, trust_remote_code)
-    merged = PeftModel.from_pretrained(model, localize(s.adapter_path, cache_dir)).merge_and_unload()
+    with peft_quiet():  # PEFT's own use of a deprecated transformers alias (see serving.engine.peft_quiet)
+        merged = PeftModel.from_pretrained(model, localize(s.adapter_path, cache_dir)).merge_and_unload()
     local = out_dir if not fs.is_uri(out_dir) else None
     tmp_root = local or os.path.join(os.path.expanduser(cache_dir), "export-tmp")
     with fs.atomic_dir(local) if local else _tempdir(tmp_root) as tmp:
@@ -285,6 +324,7 @@ def export_ollama(specialists: list[Specialist], entries: dict[str, dict[str, An
 
     if fs.is_uri(out_dir):
         raise ValueError("the ollama export writes a local directory (ollama create reads local files)")
+    out_dir = os.path.expanduser(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     results = []
     by_base: dict[str, tuple[Any, Any]] = {}
@@ -306,26 +346,42 @@ def export_ollama(specialists: list[Specialist], entries: dict[str, dict[str, An
         ctx = getattr(model.config, "max_position_embeddings", None) or 2048
         ctx = min(ctx, num_ctx) if num_ctx else ctx
         _, stops = stop_tokens(tok, model.generation_config)
-        counts, read = training_licences(entries.get(s.phase, {}), s.phase)
+        entry = entries.get(s.phase, {})
+        counts, read = training_licences(entry, s.phase)
+        trained = trained_examples(entry, s.phase)
         dest = os.path.join(out_dir, s.name)
         with fs.atomic_dir(dest) as tmp:
             _adapter_files(localize(s.adapter_path, cache_dir), os.path.join(tmp, "adapter"))
             text = modelfile(s, base_ref=from_ref, adapter_ref="./adapter",
                              template=parts.go_template() if parts else None, system=SYSTEM_PROMPTS.get(s.phase),
-                             temperature=temperature, num_ctx=ctx, stops=stops, licence=licence_text(s, counts, read),
-                             extra=extra,
+                             temperature=temperature, num_ctx=ctx, stops=stops,
+                             licence=licence_text(s, counts, read, trained), extra=extra,
                              note=None if getattr(tok, "chat_template", None) else "the tokenizer has no chat template")
             with open(os.path.join(tmp, "Modelfile"), "w") as f:
                 f.write(text)
         results.append({"name": s.name, "phase": s.phase, "path": dest, "format": "ollama", "from": from_ref,
-                        "template": parts is not None, "licences": dict(counts)})
-    readme = ["# chipforge specialists for Ollama", "",
-              "Create each model (run from any directory; paths in a Modelfile are relative to it):", ""]
-    readme += [f"    ollama create {r['name']} -f {os.path.join(out_dir, r['name'], 'Modelfile')}" for r in results]
-    readme += ["", f"then `ollama run {results[0]['name']}`." if results else ""]
+                        "template": parts is not None, "licences": dict(counts),
+                        "trained_examples": trained})
     with open(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write("\n".join(readme) + "\n")
+        f.write(ollama_readme(out_dir, [r["name"] for r in results]))
     return results
+
+
+def ollama_readme(out_dir: str, names: Sequence[str]) -> str:
+    """``out_dir/README.md``: the ``ollama create`` commands with absolute Modelfile paths (they work
+    from any directory; ``ollama create`` resolves a Modelfile's relative FROM/ADAPTER paths against
+    the Modelfile's own directory), and the same commands relative to ``out_dir`` for a moved copy."""
+    root = os.path.abspath(os.path.expanduser(out_dir))
+    lines = ["# chipforge specialists for Ollama", "",
+             "Create each model (these commands work from any directory; relative paths inside a Modelfile "
+             "are resolved against the Modelfile's own directory):", ""]
+    lines += [f"    ollama create {n} -f {shlex.quote(os.path.join(root, n, 'Modelfile'))}" for n in names]
+    if names:
+        lines += ["", "If this directory has been moved or copied elsewhere, run them from the directory that holds "
+                  "this README instead:", "", "    cd <the directory of this README>"]
+        lines += [f"    ollama create {n} -f {shlex.quote(os.path.join(n, 'Modelfile'))}" for n in names]
+        lines += ["", f"then `ollama run {names[0]}`."]
+    return "\n".join(lines) + "\n"
 
 
 def select(catalog: Catalog, phase: str) -> list[Specialist]:

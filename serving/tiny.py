@@ -45,6 +45,7 @@ def build_tiny_registry(
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from serving.engine import peft_quiet
     from training import registry
     from training.tiny import build_tiny_llama, quiet_hf, train_tokenizer
 
@@ -61,8 +62,9 @@ def build_tiny_registry(
     for i, (phase, text) in enumerate(phases.items()):
         torch.manual_seed(seed + 1 + i)
         model = build_tiny_llama(tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
-        peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                                                      target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
+        with peft_quiet():
+            peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                                          target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
         messages = [{"role": "system", "content": SYSTEM_PROMPTS.get(phase, "")},
                     {"role": "user", "content": "Tell me about it."}, {"role": "assistant", "content": text}]
         chat = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]

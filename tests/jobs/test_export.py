@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
+import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ from jobs import export as export_job
 from serving.export import TemplateParts, template_parts
 from tests.serving import fixtures
 
+REPO = Path(__file__).resolve().parents[2]
 INSTRUCTION = re.compile(r'^(FROM|ADAPTER|TEMPLATE|SYSTEM|PARAMETER|LICENSE|MESSAGE)\s+(.*)$')
 
 
@@ -98,6 +103,97 @@ def test_ollama_export_writes_complete_modelfiles(tiny_registry, tmp_path, capsy
         assert {v for k, v in params if k == "stop"} == {'"<|end|>"', '"</s>"'}
         assert "{{ .Content }}" in args["TEMPLATE"] and "<|assistant|>" in args["TEMPLATE"]
         assert "Apache-2.0" in args["LICENSE"] and "LoRA adapter" in args["LICENSE"]
+
+
+def test_merged_export_prints_no_future_warning(tiny_registry, tmp_path):
+    """The jobs are quiet: PEFT's read of transformers' deprecated ``is_gradient_checkpointing`` (a
+    FutureWarning on every adapter load) does not reach the terminal."""
+    argv = ["--registry", tiny_registry["registry"], "--phase", "rtl_design", "--format", "merged",
+            "--output", str(tmp_path / "merged")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert export_job.main(argv) == 0
+    assert not [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+
+
+def readme_commands(readme: str) -> tuple[list[list[str]], list[list[str]]]:
+    """(the commands for any directory, the ones after the README's ``cd`` line), each split like a shell."""
+    blocks: list[list[list[str]]] = [[]]
+    for line in readme.splitlines():
+        if line.startswith("    cd "):
+            blocks.append([])
+        elif line.startswith("    ollama create "):
+            blocks[-1].append(shlex.split(line))
+    return blocks[0], (blocks[1] if len(blocks) > 1 else [])
+
+
+def test_ollama_readme_commands_work_from_any_directory(tiny_registry, tmp_path, monkeypatch):
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run_dir.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(run_dir)  # a relative --output, as in the docs (out/ollama)
+    argv = ["--config", str(REPO / "jobs" / "configs" / "export_merged.yaml"), "--registry",
+            tiny_registry["registry"], "--phase", "all", "--format", "ollama", "--output", "out/ollama"]
+    assert export_job.main(argv) == 0
+    out = run_dir / "out" / "ollama"
+    readme = (out / "README.md").read_text()
+    anywhere, from_readme_dir = readme_commands(readme)
+    assert "any directory" in readme and len(anywhere) == len(fixtures.PHASES) == len(from_readme_dir)
+    monkeypatch.chdir(elsewhere)
+    for cmd in anywhere:
+        name, modelfile = cmd[2], Path(cmd[cmd.index("-f") + 1])
+        assert cmd[:2] == ["ollama", "create"] and modelfile.is_file(), cmd
+        assert modelfile.samefile(out / name / "Modelfile")
+    monkeypatch.chdir(out)  # a moved copy: the README's cd line, then paths relative to its directory
+    for cmd in from_readme_dir:
+        assert Path(cmd[cmd.index("-f") + 1]).samefile(out / cmd[2] / "Modelfile")
+
+
+def split_rows(phase: str) -> dict[str, int]:
+    import pyarrow.parquet as pq
+
+    rows: dict[str, int] = {}
+    for f in (REPO / "sample" / "dataset").glob(f"*/phase={phase}/split=*/*.parquet"):
+        split = f.parent.name.split("=", 1)[1]
+        rows[split] = rows.get(split, 0) + pq.read_metadata(f).num_rows
+    return rows
+
+
+def test_ollama_licence_counts_the_examples_trained_on(tiny_registry, tmp_path):
+    """N in "fine-tuned on N examples" is what training read from the train split (the training
+    report's ``examples.train`` when it is beside the adapter), never the validation/test examples."""
+    rtl, timing = split_rows("rtl_design"), split_rows("timing_analysis")
+    assert rtl.get("test") and rtl.get("validation") and timing.get("test")  # the sample has other splits
+    registry = json.loads(Path(tiny_registry["registry"]).read_text())
+    entry = registry["specialists"]["rtl_design"]
+    adapter = tmp_path / "finetune-rtl" / "adapter"  # a jobs.finetune output: adapter/ and report.json
+    shutil.copytree(entry["adapter_path"], adapter)
+    entry["adapter_path"] = str(adapter)
+    trained = rtl["train"] - 5
+    (adapter.parent / "report.json").write_text(json.dumps(
+        {"job": "finetune", "phase": "rtl_design", "adapter_path": str(adapter),
+         "examples": {"read": rtl["train"] + rtl["validation"], "train": trained, "validation": rtl["validation"]}}))
+    reg = tmp_path / "registry.json"
+    reg.write_text(json.dumps(registry))
+    out = tmp_path / "ollama"
+    assert export_job.main(["--registry", str(reg), "--phase", "all", "--format", "ollama", "--output", str(out)]) == 0
+
+    def licence(phase: str) -> str:
+        return dict(parse_modelfile((out / f"chipforge-{phase}" / "Modelfile").read_text()))["LICENSE"]
+
+    text = licence("rtl_design")
+    assert f"fine-tuned on {trained} examples" in text and f"the {rtl['train']} examples of that split" in text
+    assert sum(int(n) for n in re.findall(r"^  \S+: (\d+)$", text, re.M)) == rtl["train"]
+    text = licence("timing_analysis")  # no training report: the train split's size, said as such
+    assert f"fine-tuned on the dataset's train split: {timing['train']} examples" in text
+    assert str(sum(timing.values())) not in text
+
+
+def test_ollama_export_to_an_object_store_is_a_usage_error(tiny_registry, tmp_path, capsys):
+    argv = ["--registry", tiny_registry["registry"], "--phase", "all", "--format", "ollama",
+            "--output", "s3://chipforge-test-bucket/ollama"]
+    assert export_job.main(argv) == 2
+    assert "local directory" in capsys.readouterr().err
 
 
 def test_unknown_phase_is_a_usage_error(tiny_registry, tmp_path, capsys):

@@ -55,8 +55,18 @@ def test_request_errors_are_events_not_exceptions(server):
     (err,) = collect(server, chat(max_tokens=125))
     assert err["type"] == "error" and err["status"] == 400 and err["param"] == "max_tokens"
     assert "128 tokens" in err["message"] and "125 in the completion" in err["message"]
-    (err,) = collect(server, chat(messages=[{"role": "user", "content": "word " * 200}]))
-    assert err["status"] == 400 and "maximum context length is 128" in err["message"]
+    long_messages = [{"role": "user", "content": "word " * 200}]
+    (err,) = collect(server, chat(messages=long_messages))
+    n = len(server.engine.chat_prompt_ids(long_messages))
+    assert err["status"] == 400 and err["param"] == "messages" and n > 128
+    assert err["message"] == (f"This model's maximum context length is 128 tokens, but the messages are {n} tokens. "
+                              "Shorten the messages.")
+    (err,) = collect(server, {"kind": "completion", "adapter": None, "n": 1, "max_tokens": 2,
+                              "sampling": {"temperature": 0.0}, "prompts": ["word " * 200]})
+    n = len(server.engine.prompt_ids("word " * 200))
+    assert err["status"] == 400 and err["param"] == "prompt" and n > 128
+    assert err["message"] == (f"This model's maximum context length is 128 tokens, but the prompt is {n} tokens. "
+                              "Shorten the prompt.")
     (err,) = collect(server, {"kind": "completion", "adapter": None, "n": 1, "max_tokens": 2,
                               "sampling": {"temperature": 0.0}, "prompts": [[10**7]]})
     assert err["status"] == 400 and "outside the vocabulary" in err["message"]
