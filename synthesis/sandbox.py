@@ -18,12 +18,12 @@ inside a ``bwrap`` sandbox, which is also the tool's working directory. The sand
   tool could read or plant keys in the caller's session keyring) and a few others no EDA tool
   needs and which widen the kernel's attack surface (``SECCOMP_DENIED``);
 * limits: ``RLIMIT_AS`` (memory per process), ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (any file it
-  writes), ``RLIMIT_CORE`` 0 and ``RLIMIT_NPROC``, all set (hard and soft) by ``prlimit``
+  writes), ``RLIMIT_CORE`` 0, ``RLIMIT_NOFILE`` and ``RLIMIT_NPROC``, all set (hard and soft) by ``prlimit``
   inside the sandbox before the tool is executed (the process count is then per sandbox,
   since each sandbox has its own user namespace), a wall-clock limit and a cap on captured
   output. The parent also watches the run as a whole (no cgroup is needed): the resident
   memory of all its processes together and the bytes and entries under ``/work`` (which is on
-  the host's disk), every ``WATCH_S``. On timeout, overflow or a run-wide limit, bwrap's
+  the host's disk), files deleted but held open included, every ``WATCH_S``. On timeout, overflow or a run-wide limit, bwrap's
   process group is killed; the sandbox's
   init dies with it (``--die-with-parent``) and with it, by the kernel, every process in the
   PID namespace, including ones that called ``setsid`` or double-forked. ``run`` returns only
@@ -56,6 +56,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import functools
 import json
 import logging
@@ -67,6 +68,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -90,7 +92,7 @@ OPTIONAL_FLAGS = ("--clearenv", "--size", "--disable-userns")
 MIB = 1024 * 1024
 WATCH_S = 0.1  # how often the run-wide memory and disk use are measured
 WORKDIR_PREFIX = "cf-sandbox-"
-STALE_S = 60.0  # a left-over run directory (its process was killed) older than this is removed
+STALE_S = 60.0  # a left-over run directory (its process was killed, its flock gone) older than this is removed
 # System calls that fail with EPERM inside the sandbox: the kernel keyring (no namespace of its
 # own: shared with the caller's session), and kernel interfaces no EDA tool uses that are
 # common privilege-escalation paths (Docker's default profile blocks them too).
@@ -115,8 +117,8 @@ class Limits:
     all the run's processes together (default: twice ``memory_mb``), measured by the parent
     every ``WATCH_S`` (no cgroup is needed). ``disk_mb`` and ``max_files`` bound what the run
     leaves under ``/work`` (the host's disk) in all, where ``max_file_bytes`` bounds each file.
-    ``max_processes`` counts threads too and includes bwrap's own init inside the sandbox.
-    ``network=True`` shares the host network (never used for model-written input).
+    ``max_processes`` counts threads too and includes bwrap's own init inside the sandbox;
+    ``max_open_files`` is per process (``RLIMIT_NOFILE``). ``network=True`` shares the host network (never used for model-written input).
     """
 
     timeout_s: float = 20.0
@@ -130,6 +132,7 @@ class Limits:
     run_memory_mb: int | None = None
     disk_mb: int = 256
     max_files: int = 10_000
+    max_open_files: int = 1024
 
     @property
     def run_memory_bytes(self) -> int:
@@ -229,7 +232,8 @@ def _plan() -> _Plan:
                 for filt in ([bpf, b""] if bpf else [b""])]
     for run_as, filt in attempts:
         limit = "per-sandbox" if prlimit and (run_as is not None or not root) else "none"
-        sec_detail = bpf_detail if filt else (bpf_detail if not bpf else "bwrap refused the seccomp filter")
+        # without the filter only after it failed here: the report says why
+        sec_detail = bpf_detail if filt or not bpf else f"the run with the seccomp filter failed ({errors[-1]})"
         plan = _Plan("bwrap", run_as, bwrap, prlimit, setpriv, features, process_limit=limit, detail=version,
                      seccomp=filt, seccomp_detail=sec_detail)
         who = f"uid {os.geteuid() if run_as is None else run_as}" + (" with seccomp" if filt else "")
@@ -279,7 +283,12 @@ def _seccomp_filter() -> tuple[bytes, str]:
     ctx = lib.seccomp_init(allow)
     if not ctx:
         return b"", "libseccomp: seccomp_init failed: no seccomp filter"
+    lib.seccomp_attr_set.restype = ctypes.c_int
+    lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
     try:
+        # a call through a foreign ABI kills the whole process (SCMP_FLTATR_ACT_BADARCH =
+        # SCMP_ACT_KILL_PROCESS; libseccomp's default kills only the thread)
+        lib.seccomp_attr_set(ctx, 1, 0x80000000)
         denied = []
         for call in SECCOMP_DENIED:
             nr = lib.seccomp_syscall_resolve_name(call.encode())
@@ -289,12 +298,15 @@ def _seccomp_filter() -> tuple[bytes, str]:
             if rc < 0:
                 return b"", f"libseccomp: cannot add a rule for {call} ({os.strerror(-rc)}): no seccomp filter"
             denied.append(call)
-        with tempfile.TemporaryFile() as f:
-            rc = lib.seccomp_export_bpf(ctx, f.fileno())
-            if rc < 0:
-                return b"", f"libseccomp: export failed ({os.strerror(-rc)}): no seccomp filter"
-            f.seek(0)
-            program = f.read()
+        try:
+            with tempfile.TemporaryFile() as f:
+                rc = lib.seccomp_export_bpf(ctx, f.fileno())
+                if rc < 0:
+                    return b"", f"libseccomp: export failed ({os.strerror(-rc)}): no seccomp filter"
+                f.seek(0)
+                program = f.read()
+        except OSError as exc:
+            return b"", f"libseccomp: export failed ({exc}): no seccomp filter"
     finally:
         lib.seccomp_release(ctx)
     return program, "fails with EPERM: " + " ".join(denied)
@@ -404,10 +416,13 @@ def _execute(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limi
     sandboxed = plan.mode == "bwrap"
     _check_tool(argv, sandboxed)
     _sweep_stale_once()
-    workdir = tempfile.mkdtemp(prefix=_workdir_prefix())
+    workdir = tempfile.mkdtemp(prefix=WORKDIR_PREFIX)
+    lock_fd = _lock_dir(workdir)  # held until the directory is gone: a sweep knows it is in use
     try:
         for name, content in files.items():
             path = os.path.join(workdir, _safe_name(name))
+            if not isinstance(content, (str, bytes)):
+                raise SandboxError(f"sandbox file {name!r}: content must be str or bytes, not {type(content).__name__}")
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "wb") as f:
@@ -473,6 +488,7 @@ def _execute(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limi
         )
     finally:
         _remove_tree(workdir)
+        os.close(lock_fd)
 
 
 def _check_tool(argv: Sequence[str], sandboxed: bool) -> None:
@@ -547,7 +563,7 @@ def _rlimits(limits: Limits) -> list[tuple[str, int]]:
     """(``prlimit`` option name, value) of every limit a tool runs under; the process count last."""
     cpu = int(limits.cpu_s if limits.cpu_s is not None else limits.timeout_s + 1)
     return [("as", limits.memory_mb * MIB), ("cpu", cpu), ("fsize", limits.max_file_bytes), ("core", 0),
-            ("nproc", limits.max_processes)]
+            ("nofile", limits.max_open_files), ("nproc", limits.max_processes)]
 
 
 def _launcher(plan: _Plan) -> list[str]:
@@ -655,7 +671,10 @@ def _supervise(proc: subprocess.Popen, t0: float, limits: Limits, stages: tuple[
                     if exceeded:
                         _killpg(proc.pid)
                         killed = True
-                    next_watch = time.perf_counter() + WATCH_S
+                    # a run that makes measuring slow (thousands of files) is measured less often:
+                    # the watch takes at most a tenth of this thread's time
+                    after = time.perf_counter()
+                    next_watch = after + max(WATCH_S, 10 * (after - now))
                 wait_s = max(0.0, min(deadline, next_watch) - now) if not killed else 0.05
                 if pidfd is None:
                     wait_s = min(wait_s, 0.01)
@@ -714,69 +733,130 @@ def _supervise(proc: subprocess.Popen, t0: float, limits: Limits, stages: tuple[
 
 
 def _over_limits(root_pid: int, workdir: str, limits: Limits) -> str:
-    """Why the run must stop (memory of its processes, its files under ``/work``), or ``""``."""
-    rss = _tree_rss(root_pid)
-    if rss > limits.run_memory_bytes:
-        return (f"the run's processes held {rss // MIB} MiB of memory together "
+    """Why the run must stop (memory of its processes, its files under ``/work``), or ``""``.
+
+    Files the run holds open after deleting them count too: on ``/work``'s filesystem as disk,
+    elsewhere (``memfd_create``, tmpfs) as memory."""
+    try:
+        work_dev = os.stat(workdir).st_dev if workdir else -1
+    except OSError:
+        work_dev = -1
+    rss, hidden_mem, hidden_disk = _tree_usage(root_pid, work_dev)
+    if rss + hidden_mem > limits.run_memory_bytes:
+        return (f"the run's processes held {(rss + hidden_mem) // MIB} MiB of memory together "
                 f"(limit {limits.run_memory_bytes // MIB} MiB)")
     if workdir:
         used, entries = _disk_usage(workdir, limits.max_files)
         if entries > limits.max_files:
             return f"the run created more than {limits.max_files} files and directories under {WORKDIR}"
-        if used > limits.disk_mb * MIB:
-            return f"the run's files under {WORKDIR} took {used // MIB} MiB of disk (limit {limits.disk_mb} MiB)"
+        if used + hidden_disk > limits.disk_mb * MIB:
+            return (f"the run's files under {WORKDIR} took {(used + hidden_disk) // MIB} MiB of disk "
+                    f"(limit {limits.disk_mb} MiB)")
     return ""
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_KCMP = {"x86_64": 312, "aarch64": 272}.get(os.uname().machine)  # kcmp(2)'s number; KCMP_VM = 1
 
 
-def _tree_rss(root_pid: int) -> int:
-    """Resident bytes of ``root_pid`` and all its descendants (``/proc/PID/task/TID/children``).
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _same_vm(pid_a: int, pid_b: int) -> bool:
+    """Whether two processes share one address space (a ``vfork`` child before its ``exec``)."""
+    if _KCMP is None:
+        return False
+    try:
+        return _libc().syscall(_KCMP, pid_a, pid_b, 1, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _tree_usage(root_pid: int, work_dev: int) -> tuple[int, int, int]:
+    """(resident bytes, bytes of deleted files held open elsewhere, on ``work_dev``) of
+    ``root_pid`` and all its descendants (``/proc/PID/task/TID/children``).
 
     Every process of a sandbox descends from bwrap: one that called ``setsid`` or double-forked
-    is re-parented to the sandbox's own init, which is bwrap's child. Shared pages (libraries)
-    count once per process, so this errs high. Processes that vanish mid-walk count nothing.
+    is re-parented to the sandbox's own init, which is bwrap's child. A ``vfork`` child shares
+    its parent's memory until it calls ``exec`` and counts nothing (``kcmp``); shared pages
+    (libraries, copy-on-write after ``fork``) count once per process, so this errs high.
+    Processes and descriptors that vanish mid-walk count nothing.
     """
-    total, stack, seen = 0, [root_pid], set()
+    rss = hidden_mem = hidden_disk = 0
+    stack: list[tuple[int, int | None]] = [(root_pid, None)]
+    seen: set[int] = set()
+    files: set[tuple[int, int]] = set()
     while stack:
-        pid = stack.pop()
+        pid, parent = stack.pop()
         if pid in seen:
             continue
         seen.add(pid)
         try:
-            with open(f"/proc/{pid}/statm", "rb") as f:
-                total += int(f.read().split()[1]) * _PAGE
             for tid in os.listdir(f"/proc/{pid}/task"):
                 with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                    stack.extend(int(c) for c in f.read().split())
+                    stack.extend((int(c), pid) for c in f.read().split())
+            if parent is not None and _same_vm(parent, pid):
+                continue
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                rss += int(f.read().split()[1]) * _PAGE
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    st = os.stat(f"/proc/{pid}/fd/{fd}")  # the open file itself: never blocks
+                except OSError:
+                    continue
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink or (st.st_dev, st.st_ino) in files:
+                    continue
+                files.add((st.st_dev, st.st_ino))
+                if st.st_dev == work_dev:
+                    hidden_disk += st.st_blocks * 512
+                else:
+                    hidden_mem += st.st_blocks * 512
         except (OSError, ValueError, IndexError):
             continue
-    return total
+    return rss, hidden_mem, hidden_disk
 
 
 def _disk_usage(top: str, max_entries: int) -> tuple[int, int]:
     """(bytes allocated, entries) under ``top``, never following links; stops past ``max_entries``.
 
-    Iterative (a hostile tree may be thousands of directories deep); entries that vanish while
-    the run goes on are skipped.
+    Iterative (a hostile tree may be thousands of directories deep), one directory open at a
+    time. The run goes on meanwhile and may swap a directory for a link: each directory is
+    opened with ``O_NOFOLLOW`` and read only if it is the very one its parent listed (same
+    device and inode), so nothing outside ``top`` is ever counted. Entries that vanish are skipped.
     """
     used = entries = 0
-    stack = [top]
+    try:
+        st0 = os.lstat(top)
+    except OSError:
+        return 0, 0
+    stack = [(top, st0.st_dev, st0.st_ino)]
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     while stack and entries <= max_entries:
-        d = stack.pop()
+        path, dev, ino = stack.pop()
         try:
-            with os.scandir(d) as it:
+            fd = os.open(path, flags)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (dev, ino):
+                continue
+            with os.scandir(fd) as it:
                 for e in it:
                     entries += 1
                     try:
-                        used += e.stat(follow_symlinks=False).st_blocks * 512
-                        if e.is_dir(follow_symlinks=False):
-                            stack.append(e.path)
+                        est = e.stat(follow_symlinks=False)
                     except OSError:
                         continue
+                    used += est.st_blocks * 512
+                    if stat.S_ISDIR(est.st_mode):
+                        stack.append((os.path.join(path, e.name), est.st_dev, est.st_ino))
         except OSError:
             continue
+        finally:
+            os.close(fd)
     return used, entries
 
 
@@ -801,7 +881,7 @@ def _make_preexec(limits: Limits, plan: _Plan) -> Callable[[], None] | None:
     if plan.mode == "bwrap" and plan.prlimit and (plan.run_as is None or plan.setpriv):
         return None
     values = dict(_rlimits(limits))
-    mem, cpu, fsize = values["as"], values["cpu"], values["fsize"]
+    mem, cpu, fsize, nofile = values["as"], values["cpu"], values["fsize"], values["nofile"]
     nproc = limits.max_processes if plan.mode == "none" and plan.run_as is not None else None
     run_as = plan.run_as
     setrlimit = resource.setrlimit
@@ -811,6 +891,7 @@ def _make_preexec(limits: Limits, plan: _Plan) -> Callable[[], None] | None:
         setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
         setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
         setrlimit(resource.RLIMIT_CORE, (0, 0))
+        setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         if nproc is not None:
             setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
         if run_as is not None:
@@ -833,65 +914,79 @@ def _alive(pid: int) -> bool:
 def _safe_name(name: str) -> str:
     if not isinstance(name, str) or "\x00" in name:
         raise SandboxError(f"sandbox file name {name!r} must be a string without NUL bytes")
+    try:
+        name.encode(sys.getfilesystemencoding())
+    except UnicodeEncodeError as exc:
+        raise SandboxError(f"sandbox file name {name!r} cannot be a file name here: {exc.reason}") from exc
+    if len(name) > 1024:
+        raise SandboxError(f"sandbox file name {name[:40]!r}... is longer than 1024 characters")
     norm = os.path.normpath(name)
     if os.path.isabs(name) or norm.startswith("..") or norm in {"", "."}:
         raise SandboxError(f"sandbox file name {name!r} must be relative and stay inside the sandbox")
     return norm
 
 
-def _workdir_prefix() -> str:
-    """``cf-sandbox-PID-START-``: which process made a run's directory, so a later one can tell it
-    is left over (its maker was killed before removing it)."""
-    pid = os.getpid()
-    return f"{WORKDIR_PREFIX}{pid}-{_proc_start(pid) or 0}-"
+def _lock_dir(path: str) -> int:
+    """An fd of directory ``path`` holding an exclusive ``flock``: the run is alive while it is held.
+
+    The kernel drops the lock when the process ends, however it ends, and a lock is seen from
+    every pid namespace and container that shares the directory, unlike a pid.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fresh from mkdtemp: nobody else has it
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 _swept_in: int | None = None  # pid of the process that swept (a forked child sweeps again)
 
 
 def _sweep_stale_once() -> None:
-    """Remove run directories left in the temporary directory by processes that no longer exist.
+    """Remove run directories left in the temporary directory by processes that were killed.
 
-    A run's directory is removed when the run ends; only a killed process (SIGKILL, OOM killer,
-    a node's eviction) leaves one behind, with model-written files in it. Once per process, a
-    directory named ``cf-sandbox-PID-START-*`` is removed when it is older than ``STALE_S`` and
-    no process PID started at START exists (pids are reused; start times tell them apart).
+    A run's directory is removed when the run ends; only a killed process (SIGKILL, the OOM
+    killer, a node's eviction) leaves one behind, with model-written files in it. Once per
+    process, a ``cf-sandbox-*`` directory is removed when it is older than ``STALE_S``, is owned
+    by this user (or by ``nobody``, the sandbox's uid, when root) and its ``flock`` can be taken,
+    i.e. no live run holds it. Removal is ``shutil.rmtree`` only, which never follows a link
+    (the entry may be replaced by one at any time: /tmp is shared); a tree the killed tool made
+    unreadable stays.
     """
     global _swept_in
     if _swept_in == os.getpid():
         return
     _swept_in = os.getpid()
     top = tempfile.gettempdir()
+    owners = {os.geteuid(), NOBODY} if os.geteuid() == 0 else {os.geteuid()}
     try:
         names = [n for n in os.listdir(top) if n.startswith(WORKDIR_PREFIX)]
     except OSError:
         return
     now = time.time()
     for name in names:
-        parts = name[len(WORKDIR_PREFIX):].split("-")
-        if len(parts) < 3 or not parts[0].isdigit():
-            continue
         path = os.path.join(top, name)
         try:
-            st = os.lstat(path)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             continue
-        if not stat.S_ISDIR(st.st_mode) or now - st.st_mtime < STALE_S:
-            continue
-        pid = int(parts[0])
-        if os.path.exists(f"/proc/{pid}") and _proc_start(pid) == parts[1]:
-            continue
-        log.info("sandbox: removing %s, left by process %s that no longer runs", path, pid)
-        _remove_tree(path)
-
-
-def _proc_start(pid: int) -> str:
-    """Start time of process ``pid`` (clock ticks since boot; "" if gone): with the pid, its identity."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return ""
+        try:
+            st = os.fstat(fd)
+            if st.st_uid not in owners or now - st.st_mtime < STALE_S:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # a live run holds it
+                continue
+            log.info("sandbox: removing %s, left by a run whose process was killed", path)
+            try:
+                shutil.rmtree(path, ignore_errors=True)
+            except RecursionError:
+                _rm_rf(path)
+        finally:
+            os.close(fd)
 
 
 def _chown_tree(top: str, uid: int) -> None:
@@ -993,12 +1088,18 @@ def _remove_tree(path: str) -> None:
 
 
 def _rmtree(path: str) -> None:
-    """``shutil.rmtree``, or ``rm -rf`` where the tree is too deep for its recursion."""
+    """``shutil.rmtree``, or ``rm -rf`` where the tree is too deep for its recursion (both never
+    follow links)."""
     try:
         shutil.rmtree(path, ignore_errors=True)
     except RecursionError:
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", path], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        _rm_rf(path)
+
+
+def _rm_rf(path: str) -> None:
+    rm = shutil.which("rm", path=SAFE_PATH) or "/bin/rm"
+    subprocess.run([rm, "-rf", "--one-file-system", "--", path], stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
 def _killpg(pgid: int) -> None:

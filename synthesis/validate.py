@@ -157,12 +157,13 @@ VERILOG_FILE_IO = re.compile(
     r"key|nokey|list|getenv|readmempath)$")
 VERILOG_HOST = frozenset({"$system", "$getenv"})
 # Verilog's lexer, as far as the checks need it: comments, escaped identifiers (``\\x" ``
-# may hold quotes and ``//``; ``\\$name`` is a system name to iverilog), strings, macro uses, identifiers (``a$b`` is one) and system
+# may hold quotes and ``//`` and end at iverilog's whitespace, backspace included; ``\\$name``
+# is a system name to iverilog), strings, macro uses, identifiers (``a$b`` is one) and system
 # names. Whichever starts first wins, as in the real lexer, so a ``$name`` inside a string,
 # a comment or an identifier is not a call, and whitespace or comments between ``$name``
 # and ``(`` do not matter.
 _V_LEX = re.compile(
-    r'//[^\n]*|/\*.*?(?:\*/|\Z)|\\(\$[A-Za-z0-9_$]+)?\S*|"(?:\\.|[^"\\\n])*"?'
+    r'//[^\n]*|/\*.*?(?:\*/|\Z)|\\(\$[A-Za-z0-9_$]+)?[^ \t\b\f\r\n]*|"(?:\\.|[^"\\\n])*"?'
     r"|`([A-Za-z_][A-Za-z0-9_$]*)|[A-Za-z_][A-Za-z0-9_$]*|(\$[A-Za-z0-9_$]+)", re.S)
 _V_DIRECTIVES = frozenset(
     "include define undef ifdef ifndef elsif else endif timescale default_nettype resetall celldefine "
@@ -1158,6 +1159,8 @@ class Validator:
                 return self._reject("verilog/sim_timeout", f"vvp ran past {self.settings.sim_timeout_s} s: {tail}")
             if sim.output_truncated:
                 return self._reject("verilog/sim_output_cap", "vvp printed more than the output cap")
+            if sim.limit_exceeded:  # killed for its memory or disk: a marker printed before counts for nothing
+                return self._reject("verilog/sim_limit", f"vvp killed: {sim.limit_exceeded}")
             if self.settings.fail_marker in sim.output or self.settings.pass_marker not in sim.output:
                 return self._reject("verilog/sim_fail", f"no {self.settings.pass_marker!r} (or a failure): {tail}")
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,14 @@ def test_prompts_name_the_module(v2_checkout: Path, rtllm_checkout: Path) -> Non
         msgs = bench.messages(p)
         assert [m["role"] for m in msgs] == ["system", "user"]
         assert p["top"] in msgs[1]["content"] and p["prompt"].strip()[:40] in msgs[1]["content"]
+
+
+@pytest.mark.parametrize("line", ["=========== Test completed with x /100 failures ===========",
+                                  "===========Test completed with 3/20 failures===========", "Test completed with 2 errors.",
+                                  "===========Error===========", "=========== Failed ===========",
+                                  "Test failed: a = 1, b = 0", "Failed at        40: clk=1"])
+def test_rtllm_failure_lines_are_recognised_even_with_an_unknown_count(line: str) -> None:
+    """An undriven answer leaves a testbench's error counter at x: its failure line must still count,
+    or a forged pass marker beside it passes."""
+    assert re.search(bench.RTLLM_FAIL, line)
+    assert not re.search(bench.RTLLM_FAIL, "===========Your Design Passed===========")

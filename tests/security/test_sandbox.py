@@ -345,7 +345,7 @@ def test_a_directory_tree_too_deep_for_recursion_is_still_removed(monkeypatch: p
     monkeypatch.setattr(tempfile, "tempdir", top)
     try:
         code = ("import os\nfd = os.open('.', os.O_RDONLY)\nfor _ in range(1500):\n    os.mkdir('d', dir_fd=fd)\n"
-                "    fd = os.open('d', os.O_RDONLY, dir_fd=fd)\nprint('deep')")
+                "    fd, parent = os.open('d', os.O_RDONLY, dir_fd=fd), fd\n    os.close(parent)\nprint('deep')")
         r = sandbox.run(["python3", "-c", code])
         assert r.ok and r.stdout.strip() == "deep", r.output
         assert os.listdir(top) == []
@@ -354,27 +354,73 @@ def test_a_directory_tree_too_deep_for_recursion_is_still_removed(monkeypatch: p
 
 
 def test_directories_left_by_killed_processes_are_removed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A job killed mid-run leaves its run's directory (model-written files); the next process removes it,
-    but never one of a live process, nor a fresh one."""
+    """A job killed mid-run leaves its run's directory (model-written files); the next process removes it
+    once its lock is gone, but never one a live run holds (whatever its pid namespace), a fresh one,
+    another user's, or what a planted link points to."""
     top = tempfile.mkdtemp(prefix="cf-stale-", dir="/tmp")
     os.chmod(top, 0o755)
+    victim = Path(tempfile.mkdtemp(prefix="cf-victim-", dir="/tmp"))
+    (victim / "keep.txt").write_text("x")
     monkeypatch.setattr(tempfile, "tempdir", top)
     monkeypatch.setattr(sandbox, "_swept_in", None)
-    dead = subprocess.Popen(["true"])
-    dead.wait()  # a pid that no longer runs (and if reused, with another start time)
     old = time.time() - 2 * sandbox.STALE_S
-    prefix = sandbox.WORKDIR_PREFIX
-    names = {"dead_old": f"{prefix}{dead.pid}-1-abc", "dead_new": f"{prefix}{dead.pid}-1-new",
-             "live_old": sandbox._workdir_prefix() + "live", "other": "cf-sandbox-not-ours"}
+    names = {k: f"{sandbox.WORKDIR_PREFIX}{k}" for k in ("dead", "live", "fresh", "foreign")}
+    held = []
     try:
         for key, name in names.items():
-            os.makedirs(os.path.join(top, name, "sub"))
-            if key != "dead_new":
-                os.utime(os.path.join(top, name), (old, old))
+            path = os.path.join(top, name)
+            os.makedirs(os.path.join(path, "sub"))
+            if key != "fresh":
+                os.utime(path, (old, old))
+            if key == "live":
+                held.append(sandbox._lock_dir(path))  # as a run in progress holds it
+        if os.geteuid() == 0:
+            os.chown(os.path.join(top, names["foreign"]), 12345, 12345)
+        else:
+            names.pop("foreign")
+            shutil.rmtree(os.path.join(top, f"{sandbox.WORKDIR_PREFIX}foreign"))
+        os.symlink(victim, os.path.join(top, f"{sandbox.WORKDIR_PREFIX}link"))
         assert sandbox.run(["true"]).ok
-        assert sorted(os.listdir(top)) == sorted(n for k, n in names.items() if k != "dead_old")
+        assert sorted(os.listdir(top)) == sorted([*(n for k, n in names.items() if k != "dead"),
+                                                  f"{sandbox.WORKDIR_PREFIX}link"])
+        assert (victim / "keep.txt").read_text() == "x" and stat.S_IMODE(victim.stat().st_mode) == 0o700
     finally:
+        for fd in held:
+            os.close(fd)
         shutil.rmtree(top, ignore_errors=True)
+        shutil.rmtree(victim, ignore_errors=True)
+
+
+def test_files_deleted_but_held_open_still_count(marker: str) -> None:
+    """Unlinking a file it keeps open hides it from a directory walk, not from the limits: on /work it
+    is disk, a memfd is memory."""
+    disk = ("import os, time\nfs = []\nfor i in range(8):\n    f = open(f'f{i}', 'wb'); f.write(os.urandom(2_000_000)); "
+            "f.flush(); os.unlink(f'f{i}'); fs.append(f)\ntime.sleep(30)")
+    r = sandbox.run(["python3", "-c", disk, marker], limits=Limits(timeout_s=20, max_file_bytes=4 * sandbox.MIB,
+                                                                   disk_mb=8))
+    assert "files under /work took" in r.limit_exceeded and not r.timed_out, r.output
+    mem = ("import os, time\nfds = [os.memfd_create('x') for _ in range(6)]\nfor fd in fds:\n"
+           "    os.write(fd, b'\\1' * 25_000_000)\ntime.sleep(30)")  # each under max_file_bytes
+    r = sandbox.run(["python3", "-c", mem, marker], limits=Limits(timeout_s=20, memory_mb=400, run_memory_mb=120))
+    assert "processes held" in r.limit_exceeded and not r.timed_out, r.output
+    assert_no_survivors(marker)
+
+
+def test_a_tool_that_spawns_children_is_not_charged_twice_for_its_memory() -> None:
+    """A vfork child shares its parent's memory until it execs: counting it again killed a ~210 MiB
+    tool that started programs (yosys runs abc that way) under a 330 MiB run limit."""
+    code = ("import subprocess, time\nx = bytes([1]) * (150 * 1024 * 1024)\nt = time.time()\n"
+            "while time.time() - t < 2:\n    subprocess.run(['/bin/true'])\nprint('done')")
+    r = sandbox.run(["python3", "-c", code], limits=Limits(timeout_s=20, memory_mb=600, run_memory_mb=260))
+    assert r.ok and r.stdout.strip() == "done", (r.limit_exceeded, r.output)
+
+
+def test_the_disk_walk_never_counts_what_a_link_points_to(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f").write_bytes(b"x" * 100_000)
+    os.symlink("/usr", tmp_path / "usr-link")
+    used, entries = sandbox._disk_usage(str(tmp_path), 1000)
+    assert entries == 3 and used < 1_000_000
 
 
 # ----------------------------------------------------------------------------- kernel interfaces

@@ -181,6 +181,8 @@ MOD = "module cf_b;\n  integer f; reg [7:0] m [0:3];\n  initial begin\n    {}\n 
         # iverilog compiles an escaped name that starts with $ as that system task
         (MOD.replace("{}", 'f = \\$fopen ("/tmp/x", "w");'), "verilog/unsafe_file_io"),
         (MOD.replace("{}", '\\$system ("id");'), "verilog/unsafe_system_task"),
+        # iverilog ends an escaped name at a backspace too
+        (MOD.replace("{}", 'f = \\q\b;f=$fopen("/tmp/x", "w");'), "verilog/unsafe_file_io"),
         (MOD.replace("{}", '$my_vpi_task(1);'), "verilog/unknown_system_task"),
         ('`include "/etc/passwd"\n' + MOD.replace("{}", ""), "verilog/unsafe_include"),
         ('`include "../x.v"\n' + MOD.replace("{}", ""), "verilog/unsafe_include"),

@@ -154,6 +154,12 @@ def test_file_names_must_stay_inside(name: str) -> None:
 def test_files_that_cannot_be_written_are_a_sandbox_error_naming_them() -> None:
     with pytest.raises(SandboxError, match="'a/b' cannot be written"):
         sandbox.run(["true"], {"a": "x", "a/b": "y"})
+    with pytest.raises(SandboxError, match="surrogates"):
+        sandbox.run(["true"], {"a\udc80": "x"})
+    with pytest.raises(SandboxError, match="must be str or bytes"):
+        sandbox.run(["true"], {"a": None})
+    with pytest.raises(SandboxError, match="longer than 1024"):
+        sandbox.run(["true"], {"/".join(["d"] * 1500): "x"})
 
 
 def test_missing_tool_is_a_clear_error() -> None:
