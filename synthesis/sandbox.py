@@ -62,6 +62,7 @@ import json
 import logging
 import math
 import os
+import re
 import resource
 import select
 import shutil
@@ -91,6 +92,7 @@ RO_TRY = ("/etc/ld.so.cache", "/etc/alternatives")
 OPTIONAL_FLAGS = ("--clearenv", "--size", "--disable-userns")
 MIB = 1024 * 1024
 WATCH_S = 0.1  # how often the run-wide memory and disk use are measured
+WATCH_MAX_S = 1.0  # ... at least, however long measuring takes (it backs off to a tenth of the time)
 WORKDIR_PREFIX = "cf-sandbox-"
 STALE_S = 60.0  # a left-over run directory (its process was killed, its flock gone) older than this is removed
 # System calls that fail with EPERM inside the sandbox: the kernel keyring (no namespace of its
@@ -286,9 +288,9 @@ def _seccomp_filter() -> tuple[bytes, str]:
     lib.seccomp_attr_set.restype = ctypes.c_int
     lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
     try:
-        # a call through a foreign ABI kills the whole process (SCMP_FLTATR_ACT_BADARCH =
-        # SCMP_ACT_KILL_PROCESS; libseccomp's default kills only the thread)
-        lib.seccomp_attr_set(ctx, 1, 0x80000000)
+        # a call through a foreign ABI kills the whole process (SCMP_FLTATR_ACT_BADARCH = 2, value
+        # SCMP_ACT_KILL_PROCESS; libseccomp's default kills only the thread, which still blocks the call)
+        badarch = "kills the process" if lib.seccomp_attr_set(ctx, 2, 0x80000000) == 0 else "kills the thread"
         denied = []
         for call in SECCOMP_DENIED:
             nr = lib.seccomp_syscall_resolve_name(call.encode())
@@ -309,7 +311,7 @@ def _seccomp_filter() -> tuple[bytes, str]:
             return b"", f"libseccomp: export failed ({exc}): no seccomp filter"
     finally:
         lib.seccomp_release(ctx)
-    return program, "fails with EPERM: " + " ".join(denied)
+    return program, "fails with EPERM: " + " ".join(denied) + f"; a call through a foreign ABI {badarch}"
 
 
 def _host_namespace(name: str) -> str:
@@ -324,7 +326,8 @@ def isolation() -> dict[str, Any]:
 
     ``mode`` is ``bwrap`` or ``none``; ``namespaces`` the fresh namespaces; ``host_uid`` the
     uid that owns the sandbox's processes on the host; ``process_limit`` ``per-sandbox``,
-    ``per-host-user`` or ``none``; ``seccomp`` whether the filter is loaded (``seccomp_detail``:
+    ``per-host-user`` or ``none``; ``run_watch`` what the run-wide limits can see (``watch``);
+    ``seccomp`` whether the filter is loaded (``seccomp_detail``:
     which calls it fails, or why there is none); ``detail`` bwrap's version or why it does not work.
     """
     plan = _plan()
@@ -335,10 +338,36 @@ def isolation() -> dict[str, Any]:
         "host_uid": plan.run_as if plan.run_as is not None else os.geteuid(),
         "process_limit": plan.process_limit,
         "unsandboxed_allowed": _allowed_unsandboxed(),
+        "run_watch": watch(),
         "seccomp": bool(plan.seccomp),
         "seccomp_detail": plan.seccomp_detail if plan.mode == "bwrap" else "",
         "detail": plan.detail,
     }
+
+
+@functools.lru_cache(maxsize=1)
+def watch() -> dict[str, bool]:
+    """What the parent's run-wide watch can see here: ``deleted_files`` (descriptors and mappings
+    of the sandbox's processes: needs ptrace access, which root lacks without ``CAP_SYS_PTRACE``,
+    as in Docker's default capabilities, since the sandbox runs as ``nobody``) and
+    ``vfork_by_kcmp`` (else a heuristic tells a ``vfork`` child from its parent)."""
+    cap_ptrace = True
+    if os.geteuid() == 0 and _plan_run_as_other():
+        try:
+            with open("/proc/self/status") as f:
+                eff = next(line for line in f if line.startswith("CapEff:")).split()[1]
+            cap_ptrace = bool(int(eff, 16) >> 19 & 1)  # CAP_SYS_PTRACE
+        except (OSError, StopIteration, ValueError):
+            cap_ptrace = False
+    me = os.getpid()
+    return {"deleted_files": cap_ptrace, "vfork_by_kcmp": cap_ptrace and _same_vm(me, me) is True}
+
+
+def _plan_run_as_other() -> bool:
+    try:
+        return _plan().run_as is not None
+    except Exception:  # noqa: BLE001 - probing failed: assume the worst
+        return True
 
 
 def network_isolation() -> str:
@@ -417,16 +446,24 @@ def _execute(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limi
     _check_tool(argv, sandboxed)
     _sweep_stale_once()
     workdir = tempfile.mkdtemp(prefix=WORKDIR_PREFIX)
-    lock_fd = _lock_dir(workdir)  # held until the directory is gone: a sweep knows it is in use
+    try:
+        lock_fd = _lock_dir(workdir)  # held until the directory is gone: a sweep knows it is in use
+    except BaseException:
+        _remove_tree(workdir)
+        raise
     try:
         for name, content in files.items():
             path = os.path.join(workdir, _safe_name(name))
             if not isinstance(content, (str, bytes)):
                 raise SandboxError(f"sandbox file {name!r}: content must be str or bytes, not {type(content).__name__}")
             try:
+                data = content.encode("utf-8") if isinstance(content, str) else content
+            except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from JSON's "\ud800"
+                raise SandboxError(f"sandbox file {name!r}: content is not valid text ({exc.reason})") from exc
+            try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "wb") as f:
-                    f.write(content.encode("utf-8") if isinstance(content, str) else content)
+                    f.write(data)
             except OSError as exc:  # ``a`` and ``a/b`` both given, a name too long, ...
                 raise SandboxError(f"sandbox file {name!r} cannot be written: {exc.strerror or exc}") from exc
         if plan.run_as is not None:
@@ -487,8 +524,10 @@ def _execute(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limi
             rejected_files=rejected, isolation=plan.mode, stage=sup.stage, limit_exceeded=sup.exceeded,
         )
     finally:
-        _remove_tree(workdir)
-        os.close(lock_fd)
+        try:
+            _remove_tree(workdir)
+        finally:
+            os.close(lock_fd)
 
 
 def _check_tool(argv: Sequence[str], sandboxed: bool) -> None:
@@ -674,7 +713,7 @@ def _supervise(proc: subprocess.Popen, t0: float, limits: Limits, stages: tuple[
                     # a run that makes measuring slow (thousands of files) is measured less often:
                     # the watch takes at most a tenth of this thread's time
                     after = time.perf_counter()
-                    next_watch = after + max(WATCH_S, 10 * (after - now))
+                    next_watch = after + min(max(WATCH_S, 10 * (after - now)), WATCH_MAX_S)
                 wait_s = max(0.0, min(deadline, next_watch) - now) if not killed else 0.05
                 if pidfd is None:
                     wait_s = min(wait_s, 0.01)
@@ -764,30 +803,54 @@ def _libc() -> Any:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _same_vm(pid_a: int, pid_b: int) -> bool:
-    """Whether two processes share one address space (a ``vfork`` child before its ``exec``)."""
+def _same_vm(pid_a: int, pid_b: int) -> bool | None:
+    """Whether two processes share one address space (a ``vfork`` child before its ``exec``);
+    None where ``kcmp`` is not allowed (no ptrace access, a seccomp profile) or not built."""
     if _KCMP is None:
-        return False
+        return None
+    lib = _libc()
+    rc = lib.syscall(_KCMP, pid_a, pid_b, 1, 0, 0)
+    if rc < 0 and ctypes.get_errno() in (errno.EPERM, errno.EACCES, errno.ENOSYS):
+        return None
+    return rc == 0
+
+
+def _statm(pid: int) -> bytes:
+    with open(f"/proc/{pid}/statm", "rb") as f:
+        return f.read()
+
+
+def _parent_waits_for_vfork(parent: int) -> bool:
+    """The parent sleeps uninterruptibly (``D``), as a ``vfork`` parent does until its child execs."""
     try:
-        return _libc().syscall(_KCMP, pid_a, pid_b, 1, 0, 0) == 0
-    except (OSError, AttributeError):
+        with open(f"/proc/{parent}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"D"
+    except (OSError, IndexError):
         return False
+
+
+_DELETED_MAP = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ ([0-9a-f]+):([0-9a-f]+) (\d+) +(.*) \(deleted\)$", re.M)
 
 
 def _tree_usage(root_pid: int, work_dev: int) -> tuple[int, int, int]:
-    """(resident bytes, bytes of deleted files held open elsewhere, on ``work_dev``) of
-    ``root_pid`` and all its descendants (``/proc/PID/task/TID/children``).
+    """(resident bytes, bytes of deleted files held elsewhere, on ``work_dev``) of ``root_pid``
+    and all its descendants (``/proc/PID/task/TID/children``).
 
     Every process of a sandbox descends from bwrap: one that called ``setsid`` or double-forked
     is re-parented to the sandbox's own init, which is bwrap's child. A ``vfork`` child shares
-    its parent's memory until it calls ``exec`` and counts nothing (``kcmp``); shared pages
-    (libraries, copy-on-write after ``fork``) count once per process, so this errs high.
-    Processes and descriptors that vanish mid-walk count nothing.
+    its parent's memory until it calls ``exec`` and its memory counts nothing (``kcmp``; where
+    that is not allowed, a child with its parent's exact ``statm`` whose parent waits in ``D``).
+    Shared pages (libraries, copy-on-write after ``fork``) count once per process, so this errs
+    high. A deleted file still held by a descriptor (its size) or by a mapping (the mapped
+    length) counts once: on ``work_dev`` as disk, elsewhere (``memfd_create``, tmpfs) as
+    memory. Reading descriptors and mappings of the sandbox's processes needs ptrace access
+    (``watch()`` says whether this process has it); without it only resident memory counts.
+    Processes, descriptors and mappings that vanish mid-walk count nothing.
     """
     rss = hidden_mem = hidden_disk = 0
     stack: list[tuple[int, int | None]] = [(root_pid, None)]
     seen: set[int] = set()
-    files: set[tuple[int, int]] = set()
+    held: dict[tuple[int, int], int] = {}  # (dev, inode) of a deleted file -> bytes it holds
     while stack:
         pid, parent = stack.pop()
         if pid in seen:
@@ -797,24 +860,40 @@ def _tree_usage(root_pid: int, work_dev: int) -> tuple[int, int, int]:
             for tid in os.listdir(f"/proc/{pid}/task"):
                 with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
                     stack.extend((int(c), pid) for c in f.read().split())
-            if parent is not None and _same_vm(parent, pid):
-                continue
-            with open(f"/proc/{pid}/statm", "rb") as f:
-                rss += int(f.read().split()[1]) * _PAGE
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    st = os.stat(f"/proc/{pid}/fd/{fd}")  # the open file itself: never blocks
-                except OSError:
-                    continue
-                if not stat.S_ISREG(st.st_mode) or st.st_nlink or (st.st_dev, st.st_ino) in files:
-                    continue
-                files.add((st.st_dev, st.st_ino))
-                if st.st_dev == work_dev:
-                    hidden_disk += st.st_blocks * 512
-                else:
-                    hidden_mem += st.st_blocks * 512
+            statm = _statm(pid)
+            shared = _same_vm(parent, pid) if parent is not None else False
+            if shared is None and parent is not None:
+                shared = _parent_waits_for_vfork(parent) and statm == _statm(parent)
+            if not shared:
+                rss += int(statm.split()[1]) * _PAGE
         except (OSError, ValueError, IndexError):
             continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            fds = []
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")  # the open file itself: never blocks
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and not st.st_nlink:
+                key = (st.st_dev, st.st_ino)
+                held[key] = max(held.get(key, 0), st.st_blocks * 512)
+        try:
+            with open(f"/proc/{pid}/maps", "rb") as f:
+                maps = f.read()
+        except OSError:
+            maps = b""
+        for m in _DELETED_MAP.finditer(maps):
+            dev = os.makedev(int(m.group(3), 16), int(m.group(4), 16))
+            key = (dev, int(m.group(5)))
+            held[key] = max(held.get(key, 0), int(m.group(2), 16) - int(m.group(1), 16))
+    for (dev, _), size in held.items():
+        if dev == work_dev:
+            hidden_disk += size
+        else:
+            hidden_mem += size
     return rss, hidden_mem, hidden_disk
 
 

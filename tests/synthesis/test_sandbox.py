@@ -158,6 +158,8 @@ def test_files_that_cannot_be_written_are_a_sandbox_error_naming_them() -> None:
         sandbox.run(["true"], {"a\udc80": "x"})
     with pytest.raises(SandboxError, match="must be str or bytes"):
         sandbox.run(["true"], {"a": None})
+    with pytest.raises(SandboxError, match="content is not valid text"):
+        sandbox.run(["true"], {"a": "x\ud800"})
     with pytest.raises(SandboxError, match="longer than 1024"):
         sandbox.run(["true"], {"/".join(["d"] * 1500): "x"})
 
