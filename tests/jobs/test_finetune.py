@@ -32,14 +32,7 @@ def test_missing_dataset_is_an_error_before_ray_starts(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_missing_phase_fails_before_ray_starts_naming_dataset_and_phase(tmp_path, capsys, monkeypatch):
-    from chipforge import job
-
-    def no_ray(*a, **k):
-        raise AssertionError("Ray was started for a dataset without the phase")
-
-    monkeypatch.setattr(job, "_ray_started", lambda: False)
-    monkeypatch.setattr(job, "init_ray", no_ray)
+def test_missing_phase_fails_before_ray_starts_naming_dataset_and_phase(tmp_path, capsys, ray_forbidden):
     dataset = write_dataset(tmp_path / "ds", rows(n_train=4, n_val=0))
     rc = finetune.main(["--dataset", str(dataset), "--phase", "placement", "--output", str(tmp_path / "o")])
     err = capsys.readouterr().err

@@ -95,11 +95,7 @@ def test_no_argument_config_is_the_offline_sample_run() -> None:
 @pytest.mark.parametrize("flag,field", [("--docs", "docs_dir"), ("--corpus", "corpus_dir"),
                                         ("--dataset", "dataset_dir")])
 def test_missing_input_dir_exits_2_naming_the_flag(flag: str, field: str, tmp_path: Path, capsys,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_ray(*args, **kwargs):
-        raise AssertionError("Ray must not start for a usage error")
-
-    monkeypatch.setattr(job, "init_ray", no_ray)
+                                                   ray_forbidden: None) -> None:
     missing = tmp_path / "nope"
     assert synthesize.main([flag, str(missing), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
@@ -107,11 +103,7 @@ def test_missing_input_dir_exits_2_naming_the_flag(flag: str, field: str, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_benchmark_path_exits_2_before_ray(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_ray(*args, **kwargs):
-        raise AssertionError("Ray must not start for a usage error")
-
-    monkeypatch.setattr(job, "init_ray", no_ray)
+def test_missing_benchmark_path_exits_2_before_ray(tmp_path: Path, capsys, ray_forbidden: None) -> None:
     nope = tmp_path / "nope"
     assert synthesize.main([f'decontam.benchmark_paths=["{nope}"]', "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
