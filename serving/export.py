@@ -166,8 +166,8 @@ def trained_examples(entry: dict[str, Any], phase: str) -> int | None:
     adapter = entry.get("adapter_path")
     if not isinstance(adapter, str) or not adapter:
         return None
-    parent = adapter.rstrip("/").rsplit("/", 1)[0] if fs.is_uri(adapter) else os.path.dirname(adapter.rstrip("/"))
-    path = fs.join(parent, "report.json") if fs.is_uri(adapter) else os.path.join(parent, "report.json")
+    head, _, _ = adapter.rstrip("/").rpartition("/")
+    path = fs.join(head or ".", "report.json")  # local paths and URIs alike
     try:
         report = fs.read_json(path) if fs.exists(path) else None
     except (OSError, ValueError):

@@ -91,6 +91,7 @@ RO_TRY = ("/etc/ld.so.cache", "/etc/alternatives")
 # bwrap flags newer than 0.4 that are used when this bwrap knows them.
 OPTIONAL_FLAGS = ("--clearenv", "--size", "--disable-userns")
 MIB = 1024 * 1024
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a directory, never through a link
 WATCH_S = 0.1  # how often the run-wide memory and disk use are measured
 WATCH_MAX_S = 1.0  # ... at least, however long measuring takes (it backs off to a tenth of the time)
 WORKDIR_PREFIX = "cf-sandbox-"
@@ -820,15 +821,6 @@ def _statm(pid: int) -> bytes:
         return f.read()
 
 
-def _parent_waits_for_vfork(parent: int) -> bool:
-    """The parent sleeps uninterruptibly (``D``), as a ``vfork`` parent does until its child execs."""
-    try:
-        with open(f"/proc/{parent}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"D"
-    except (OSError, IndexError):
-        return False
-
-
 _DELETED_MAP = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ ([0-9a-f]+):([0-9a-f]+) (\d+) +(.*) \(deleted\)$", re.M)
 
 
@@ -863,7 +855,8 @@ def _tree_usage(root_pid: int, work_dev: int) -> tuple[int, int, int]:
             statm = _statm(pid)
             shared = _same_vm(parent, pid) if parent is not None else False
             if shared is None and parent is not None:
-                shared = _parent_waits_for_vfork(parent) and statm == _statm(parent)
+                # a vfork parent sleeps uninterruptibly (D) until its child execs
+                shared = _proc_state(parent) == b"D" and statm == _statm(parent)
             if not shared:
                 rss += int(statm.split()[1]) * _PAGE
         except (OSError, ValueError, IndexError):
@@ -911,7 +904,7 @@ def _disk_usage(top: str, max_entries: int) -> tuple[int, int]:
     except OSError:
         return 0, 0
     stack = [(top, st0.st_dev, st0.st_ino)]
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    flags = DIR_FLAGS | os.O_NONBLOCK
     while stack and entries <= max_entries:
         path, dev, ino = stack.pop()
         try:
@@ -981,13 +974,18 @@ def _make_preexec(limits: Limits, plan: _Plan) -> Callable[[], None] | None:
     return preexec
 
 
-def _alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
+def _proc_state(pid: int) -> bytes | None:
+    """The state letter of process ``pid`` (``R``, ``S``, ``D``, ``Z``...); None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+            return f.read().rsplit(b")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return False
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    return _proc_state(pid) not in (None, b"Z")
 
 
 def _safe_name(name: str) -> str:
@@ -1011,7 +1009,7 @@ def _lock_dir(path: str) -> int:
     The kernel drops the lock when the process ends, however it ends, and a lock is seen from
     every pid namespace and container that shares the directory, unlike a pid.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(path, DIR_FLAGS)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fresh from mkdtemp: nobody else has it
     except OSError:
@@ -1030,8 +1028,8 @@ def _sweep_stale_once() -> None:
     killer, a node's eviction) leaves one behind, with model-written files in it. Once per
     process, a ``cf-sandbox-*`` directory is removed when it is older than ``STALE_S``, is owned
     by this user (or by ``nobody``, the sandbox's uid, when root) and its ``flock`` can be taken,
-    i.e. no live run holds it. Removal is ``shutil.rmtree`` only, which never follows a link
-    (the entry may be replaced by one at any time: /tmp is shared); a tree the killed tool made
+    i.e. no live run holds it. Removal is ``_rmtree`` only, which never follows a link (the
+    entry may be replaced by one at any time: /tmp is shared); a tree the killed tool made
     unreadable stays.
     """
     global _swept_in
@@ -1048,7 +1046,7 @@ def _sweep_stale_once() -> None:
     for name in names:
         path = os.path.join(top, name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, DIR_FLAGS)
         except OSError:
             continue
         try:
@@ -1060,10 +1058,7 @@ def _sweep_stale_once() -> None:
             except OSError:  # a live run holds it
                 continue
             log.info("sandbox: removing %s, left by a run whose process was killed", path)
-            try:
-                shutil.rmtree(path, ignore_errors=True)
-            except RecursionError:
-                _rm_rf(path)
+            _rmtree(path)
         finally:
             os.close(fd)
 
@@ -1085,7 +1080,7 @@ def _collect(workdir: str, names: Sequence[str], cap: int) -> tuple[dict[str, by
     rejected: dict[str, str] = {}
     if not names:
         return files, rejected
-    top = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    top = os.open(workdir, DIR_FLAGS)
     try:
         for name in names:
             got = _read_beneath(top, _safe_name(name), cap)
@@ -1111,7 +1106,7 @@ def _read_beneath(top: int, rel: str, cap: int) -> bytes | str | None:
     try:
         parent = top
         for part in parts[:-1]:
-            parent = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            parent = os.open(part, DIR_FLAGS, dir_fd=parent)
             opened.append(parent)
         fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
                      dir_fd=parent)
@@ -1172,13 +1167,9 @@ def _rmtree(path: str) -> None:
     try:
         shutil.rmtree(path, ignore_errors=True)
     except RecursionError:
-        _rm_rf(path)
-
-
-def _rm_rf(path: str) -> None:
-    rm = shutil.which("rm", path=SAFE_PATH) or "/bin/rm"
-    subprocess.run([rm, "-rf", "--one-file-system", "--", path], stdin=subprocess.DEVNULL,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        rm = shutil.which("rm", path=SAFE_PATH) or "/bin/rm"
+        subprocess.run([rm, "-rf", "--one-file-system", "--", path], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
 def _killpg(pgid: int) -> None:
