@@ -33,6 +33,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from ray.exceptions import TaskCancelledError
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from chipforge import fs
 from serving import protocol as P
@@ -131,7 +134,16 @@ class ModelServer:
                     raise P.APIError(400, f"Invalid value for 'prompt': token id {bad[0]} is outside the "
                                           f"vocabulary (0..{vocab - 1})", param="prompt")
                 out.append((list(p), e.tokenizer.decode(p)))
+            if not out[-1][0]:
+                raise P.APIError(400, "Invalid value for 'prompt': a prompt is empty (no tokens)", param="prompt")
         return out
+
+    def _check_logit_bias(self, req: dict[str, Any]) -> None:
+        vocab = len(self.engine.tokenizer)
+        bad = [t for t, _ in req["sampling"].get("logit_bias") or () if not 0 <= int(t) < vocab]
+        if bad:
+            raise P.APIError(400, f"Invalid value for 'logit_bias': token id {bad[0]} is outside the vocabulary "
+                                  f"(0..{vocab - 1})", param="logit_bias")
 
     def _max_tokens(self, req: dict[str, Any], n_prompt: int) -> int:
         ctx = self.engine.max_model_len
@@ -156,8 +168,13 @@ class ModelServer:
         from serving.engine import EngineBusy, SamplingParams
 
         try:
+            self._check_logit_bias(req)
             prompts = self._prompts(req)
             limits = [self._max_tokens(req, len(ids)) for ids, _ in prompts]
+            slots, held = len(prompts) * int(req.get("n", 1)), getattr(self.engine, "max_waiting", None)
+            if held is not None and slots > held:  # it would be a 429 forever: no retry can succeed
+                raise P.APIError(400, f"Invalid value for 'prompt': {slots} choices (prompts x n) are more than this "
+                                      f"server queues at once ({held}, engine.hf.max_waiting)", param="prompt")
         except P.APIError as exc:
             yield [_error_event(exc.status, exc.message, exc.param, exc.code)]
             return
@@ -220,6 +237,13 @@ app = FastAPI(title="chipforge", docs_url=None, redoc_url=None)
 @app.exception_handler(P.APIError)
 async def _api_error(_request: Request, exc: P.APIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+    """FastAPI's own errors (unknown route, wrong method) in OpenAI's error body, not ``{"detail": ...}``."""
+    e = P.APIError(exc.status_code, str(exc.detail))
+    return JSONResponse(e.body(), status_code=exc.status_code, headers=dict(exc.headers or {}))
 
 
 class Stats:
@@ -366,11 +390,21 @@ class Ingress:
             raise P.APIError(413, f"Request body is {int(declared)} bytes; the limit is {limit} bytes.",
                              code="request_too_large")
         chunks, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:
-                raise P.APIError(413, f"Request body exceeds the limit of {limit} bytes.", code="request_too_large")
-            chunks.append(part)
+        deadline = self.cfg.limits.body_timeout_s
+        try:  # a deadline for the whole body: a client trickling it (or never sending it) must not hold a slot
+            async with asyncio.timeout(deadline):
+                async for part in request.stream():
+                    size += len(part)
+                    if size > limit:
+                        raise P.APIError(413, f"Request body exceeds the limit of {limit} bytes.",
+                                         code="request_too_large")
+                    chunks.append(part)
+        except TimeoutError:
+            raise P.APIError(408, f"The request body did not arrive within {deadline:g} s.",
+                             code="request_timeout", headers={"Connection": "close"}) from None
+        except (ClientDisconnect, TaskCancelledError):  # the client went away mid-body (Serve's proxy: cancelled)
+            raise P.APIError(499, "The client closed the connection while sending the body.",
+                             code="client_closed_request") from None
         return P.parse_body(b"".join(chunks))
 
     def _not_found(self, model: str) -> P.APIError:
@@ -467,7 +501,8 @@ class Ingress:
             self._auth(request)
             data = await self._body(request)
             limits = self.cfg.limits
-            req = P.parse_request(kind, data, max_n=limits.max_n, max_stop=limits.max_stop)  # type: ignore[arg-type]
+            req = P.parse_request(kind, data, max_n=limits.max_n, max_stop=limits.max_stop,  # type: ignore[arg-type]
+                                  max_logit_bias=limits.max_logit_bias, max_choices=limits.max_choices)
             target = self.catalog.resolve(req.model)
             if target is None:
                 raise self._not_found(req.model)

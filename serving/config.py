@@ -35,7 +35,10 @@ class RouterSettings(Config):
 class LimitSettings(Config):
     max_request_bytes: int = Field(1 << 20, ge=1024)  # larger bodies: 413
     max_n: int = Field(4, ge=1)
+    max_choices: int = Field(64, ge=1)  # prompts x n of one completions request
     max_stop: int = Field(4, ge=0)
+    max_logit_bias: int = Field(300, ge=0)  # logit_bias entries per request (each costs per-token work)
+    body_timeout_s: float = Field(30.0, gt=0)  # the whole body must arrive within this; slower: 408
     default_max_tokens: int | None = Field(None, ge=1)  # None: up to the context length
     retry_after_s: int = Field(1, ge=0)  # Retry-After of a 429
     request_timeout_s: float = Field(600.0, gt=0)

@@ -37,6 +37,10 @@ logger = logging.getLogger("chipforge.serving")
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 
+# Temperatures below this decode greedily (as vLLM does): logits / 1e-300 overflow and softmax gives NaNs.
+GREEDY_BELOW = 1e-5
+
+
 class EngineBusy(RuntimeError):
     """The waiting queue is full (the server answers 429)."""
 
@@ -271,8 +275,10 @@ class HFEngine:
         adapter = adapter or BASE_ADAPTER
         if adapter != BASE_ADAPTER and adapter not in self.adapters:
             raise KeyError(f"unknown adapter {adapter!r}")
+        if not prompt_ids:
+            raise ValueError("empty prompt: at least one token is needed")
         row = _Row(list(prompt_ids), adapter, params, sink, index=index)
-        if params.temperature > 0:
+        if params.temperature >= GREEDY_BELOW:
             row.generator = torch.Generator()
             if params.seed is not None:
                 row.generator.manual_seed(int(params.seed) & 0xFFFF_FFFF_FFFF_FFFF)
@@ -406,6 +412,8 @@ class HFEngine:
             tokens = self._sample(logits, rows, counts)
             keep = []
             for i, (r, tok) in enumerate(zip(rows, tokens)):
+                if r.done:  # its sampling failed (already reported to its sink): it leaves the batch
+                    continue
                 if counts is not None:
                     counts[i, tok] += 1
                 self._advance(r, tok)
@@ -446,37 +454,47 @@ class HFEngine:
     def _sample(self, logits: Any, rows: list[_Row], counts: Any) -> list[int]:
         import torch
 
-        if all(r.params.temperature <= 0 and not r.params.logit_bias and not r.params.ignore_eos
+        if all(r.params.temperature < GREEDY_BELOW and not r.params.logit_bias and not r.params.ignore_eos
                and not (counts is not None and (r.params.presence_penalty or r.params.frequency_penalty))
                for r in rows):
             return [int(t) for t in torch.argmax(logits, dim=-1).tolist()]  # all greedy: no copy of the logits
         logits = logits.float().cpu()
         out = []
         for i, r in enumerate(rows):
-            p = r.params
-            row = logits[i]
-            if p.logit_bias:
-                row = row.clone()
-                for tok, bias in p.logit_bias:
-                    if 0 <= tok < row.shape[-1]:
-                        row[tok] += bias
-            if counts is not None and (p.presence_penalty or p.frequency_penalty):
-                row = row - p.frequency_penalty * counts[i] - p.presence_penalty * (counts[i] > 0).float()
-            if p.ignore_eos and self.stop_token_ids:
-                row = row.clone()
-                row[self.stop_token_ids] = float("-inf")
-            if p.temperature <= 0:
-                out.append(int(torch.argmax(row)))
-                continue
-            probs = torch.softmax(row / p.temperature, dim=-1)
-            if p.top_p < 1.0:
-                sorted_p, order = torch.sort(probs, descending=True)
-                cum = torch.cumsum(sorted_p, dim=-1)
-                drop = cum - sorted_p > p.top_p  # keep the smallest prefix reaching top_p (at least one)
-                sorted_p[drop] = 0.0
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-            out.append(int(torch.multinomial(probs, 1, generator=r.generator)))
+            try:
+                out.append(self._sample_row(logits[i], r, None if counts is None else counts[i]))
+            except Exception as exc:  # noqa: BLE001 - this row's settings fail; its batch goes on without it
+                logger.warning("sampling failed for one row: %s", exc)
+                r.done = True
+                r.sink({"index": r.index, "error": f"generation failed: {type(exc).__name__}: {exc}"})
+                out.append(self.pad_id)
         return out
+
+    def _sample_row(self, row: Any, r: _Row, counts: Any) -> int:
+        """One row's next token (``row``: its logits; ``counts``: its token counts, for the penalties)."""
+        import torch
+
+        p = r.params
+        if p.logit_bias:
+            row = row.clone()
+            for tok, bias in p.logit_bias:
+                if 0 <= tok < row.shape[-1]:
+                    row[tok] += bias
+        if counts is not None and (p.presence_penalty or p.frequency_penalty):
+            row = row - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).float()
+        if p.ignore_eos and self.stop_token_ids:
+            row = row.clone()
+            row[self.stop_token_ids] = float("-inf")
+        if p.temperature < GREEDY_BELOW:
+            return int(torch.argmax(row))
+        probs = torch.softmax(row / p.temperature, dim=-1)
+        if p.top_p < 1.0:
+            sorted_p, order = torch.sort(probs, descending=True)
+            cum = torch.cumsum(sorted_p, dim=-1)
+            drop = cum - sorted_p > p.top_p  # keep the smallest prefix reaching top_p (at least one)
+            sorted_p[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+        return int(torch.multinomial(probs, 1, generator=r.generator))
 
     def _advance(self, r: _Row, tok: int) -> None:
         """Append ``tok`` to the row, detect its end, send what became final."""

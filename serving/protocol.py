@@ -141,15 +141,33 @@ def validation_error(exc: ValidationError) -> APIError:
 def parse_body(raw: bytes) -> dict[str, Any]:
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, bad UTF-8, an int over 4300 digits
         raise APIError(400, f"Request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, f"Request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
     return data
 
 
+_TOKEN_ID = re.compile(r"[0-9]{1,9}")  # ASCII digits only ("²".isdigit() but int("²") raises)
+
+
+def _bad_text(s: str) -> bool:
+    """Whether ``s`` cannot be encoded as UTF-8 (a lone surrogate such as ``\\ud800`` from a JSON escape)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _not_unicode(name: str) -> APIError:
+    return APIError(400, f"Invalid value for '{name}': not valid Unicode text (a lone surrogate escape such as "
+                         f"\\ud800)", param=name, code="invalid_value")
+
+
 def parse_request(kind: Literal["chat", "completion"], data: dict[str, Any], *, max_n: int = 4,
-                  max_stop: int = 4) -> ChatRequest | CompletionRequest:
+                  max_stop: int = 4, max_logit_bias: int = 300,
+                  max_choices: int = 64) -> ChatRequest | CompletionRequest:
     cls = ChatRequest if kind == "chat" else CompletionRequest
     try:
         req = cls.model_validate(data)
@@ -163,9 +181,17 @@ def parse_request(kind: Literal["chat", "completion"], data: dict[str, Any], *, 
                        param="stop")
     if any(s == "" for s in stops):
         raise APIError(400, "Invalid value for 'stop': stop sequences must not be empty", param="stop")
-    for key in (req.logit_bias or {}):
-        if not key.lstrip("-").isdigit():
-            raise APIError(400, f"Invalid value for 'logit_bias': keys are token ids, got {key!r}", param="logit_bias")
+    bias = req.logit_bias or {}
+    if len(bias) > max_logit_bias:
+        raise APIError(400, f"Invalid value for 'logit_bias': at most {max_logit_bias} entries (got {len(bias)})",
+                       param="logit_bias")
+    for key, value in bias.items():
+        if not _TOKEN_ID.fullmatch(key):
+            raise APIError(400, f"Invalid value for 'logit_bias': keys are token ids, got {key[:20]!r}",
+                           param="logit_bias")
+        if not -100.0 <= value <= 100.0:  # also NaN and the infinities
+            raise APIError(400, f"Invalid value for 'logit_bias': biases are from -100 to 100, got {value} "
+                                f"for token {key}", param="logit_bias")
     if isinstance(req, ChatRequest):
         if req.logprobs:
             raise APIError(400, "'logprobs' is not supported by this server", param="logprobs")
@@ -175,6 +201,9 @@ def parse_request(kind: Literal["chat", "completion"], data: dict[str, Any], *, 
             raise APIError(400, "only response_format {\"type\": \"text\"} is supported", param="response_format")
         if not any(m.role == "user" for m in req.messages):
             raise APIError(400, "'messages' must contain at least one user message", param="messages")
+        for i, m in enumerate(req.messages):
+            if _bad_text(m.text()):
+                raise _not_unicode(f"messages[{i}].content")
     else:
         if req.suffix:
             raise APIError(400, "'suffix' is not supported by this server", param="suffix")
@@ -184,6 +213,13 @@ def parse_request(kind: Literal["chat", "completion"], data: dict[str, Any], *, 
             raise APIError(400, "'best_of' other than n is not supported by this server", param="best_of")
         if isinstance(req.prompt, list) and not req.prompt:
             raise APIError(400, "Invalid value for 'prompt': must not be empty", param="prompt")
+        prompts = prompts_of(req)
+        if len(prompts) * req.n > max_choices:
+            raise APIError(400, f"Invalid value for 'prompt': at most {max_choices} choices per request (got "
+                                f"{len(prompts)} prompts x n={req.n})", param="prompt")
+        for i, p in enumerate(prompts):
+            if isinstance(p, str) and _bad_text(p):
+                raise _not_unicode("prompt" if isinstance(req.prompt, str) else f"prompt[{i}]")
     return req
 
 

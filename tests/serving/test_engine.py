@@ -127,3 +127,29 @@ def test_score_matches_a_direct_forward(engine, tiny_registry):
         want = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(c))
         assert g == pytest.approx(want, abs=1e-4)
     assert BASE_ADAPTER == "__base__"
+
+
+def test_a_row_whose_sampling_fails_does_not_fail_its_batch(engine):
+    # One client's row that cannot be sampled (a NaN bias: multinomial raises) used to end every row
+    # of the batch with "generation failed"; now only that row gets the error.
+    good = [submit(engine, p, a, max_tokens=40, ignore_eos=True) for p, a in zip(PROMPTS, ADAPTERS)]
+    bad = submit(engine, PROMPTS[0], None, temperature=1.0, logit_bias=((5, float("nan")),))
+    _, end = result(bad)
+    assert "error" in end and "probability" in end["error"]
+    for job in good:
+        _, end = result(job)
+        assert end.get("finish_reason") == "length" and end["completion_tokens"] == 40, end
+
+
+def test_a_vanishing_temperature_is_greedy(engine):
+    # row / 1e-300 overflowed to inf and softmax gave NaNs: a 500 for the request and its whole batch.
+    greedy, _ = result(submit(engine, PROMPTS[1], "rtl_design", max_tokens=8))
+    for t in (1e-300, 5e-324, 1e-9):
+        text, end = result(submit(engine, PROMPTS[1], "rtl_design", max_tokens=8, temperature=t, seed=1))
+        assert "error" not in end and text == greedy, (t, end)
+
+
+def test_an_empty_prompt_is_refused_at_submit(engine):
+    # An empty row broke the batch's prefill (reshape of 0 elements) for every row in it.
+    with pytest.raises(ValueError, match="empty"):
+        engine.submit([], None, SamplingParams(4, temperature=0.0), lambda e: None)

@@ -84,3 +84,22 @@ def test_triage_scores_are_the_answer_likelihoods(server):
     text = e.tokenizer.decode(prompt, skip_special_tokens=False)
     cont = e.tokenizer(text + triage_answer("rtl_design"), add_special_tokens=False)["input_ids"][len(prompt):]
     assert got["rtl_design"] == pytest.approx(e.score(prompt, [cont], "timing_analysis")[0], abs=1e-5)
+
+
+def test_empty_prompts_and_unknown_bias_tokens_are_400s(server):
+    for prompts in ([""], [[]], [[5], []]):  # [[5], []]: the empty row used to be padded into a batch
+        (err,) = collect(server, {"kind": "completion", "adapter": None, "n": 1, "max_tokens": 2,
+                                  "sampling": {"temperature": 0.0}, "prompts": prompts})
+        assert err["type"] == "error" and err["status"] == 400 and err["param"] == "prompt", (prompts, err)
+    vocab = len(server.engine.tokenizer)
+    (err,) = collect(server, chat(sampling={"temperature": 0.0, "logit_bias": ((vocab, 5.0),)}))
+    assert err["status"] == 400 and err["param"] == "logit_bias" and str(vocab) in err["message"]
+
+
+def test_more_choices_than_the_queue_holds_is_a_400_not_a_429_forever(server):
+    held = server.engine.max_waiting
+    req = {"kind": "completion", "adapter": None, "max_tokens": 2, "sampling": {"temperature": 0.0}}
+    (err,) = collect(server, {**req, "n": 1, "prompts": ["a"] * (held + 1)})
+    assert err["status"] == 400 and err["param"] == "prompt" and f"({held}, engine.hf.max_waiting)" in err["message"]
+    events = collect(server, {**req, "n": 2, "prompts": ["a", "b"]})
+    assert events[0]["type"] == "start" and len(events[0]["prompt_tokens"]) == 4

@@ -78,3 +78,52 @@ def test_response_shapes():
         "index": 1, "text": "t", "logprobs": None, "finish_reason": None}
     assert P.sse("[DONE]") == b"data: [DONE]\n\n"
     assert json.loads(P.sse({"a": "é"})[6:]) == {"a": "é"}
+
+
+# ----------------------------------------------------------------------------- hostile clients
+
+def test_body_with_an_integer_beyond_pythons_digit_limit_is_a_400():
+    # json.loads raises a plain ValueError (not JSONDecodeError) for integers over 4300 digits.
+    with pytest.raises(P.APIError, match="not valid JSON") as e:
+        P.parse_body(b'{"model": "m", "seed": ' + b"9" * 5000 + b"}")
+    assert e.value.status == 400
+
+
+@pytest.mark.parametrize("bias", [
+    {"\u00b2": 1},  # str.isdigit() but not int(): was a 500
+    {"9" * 5000: 1},  # int() over the digit limit: was a 500
+    {"\u0663": 1},  # an Arabic-Indic digit is not a token id
+    {"-1": 1},  # no token has a negative id
+    {"5": float("nan")}, {"5": float("inf")}, {"5": 1e308}, {"5": -101.0},  # finite, in [-100, 100]
+])
+def test_logit_bias_keys_and_values_are_checked(bias):
+    e = error("chat", chat(logit_bias=bias))
+    assert e.status == 400 and e.param == "logit_bias", e.message
+
+
+def test_logit_bias_size_is_bounded():
+    # Each entry costs a Python-level update per generated token on the shared engine thread.
+    e = error("chat", chat(logit_bias={str(i): 1.0 for i in range(301)}))
+    assert e.status == 400 and e.param == "logit_bias" and "300" in e.message
+    ok = P.parse_request("chat", chat(logit_bias={str(i): 100.0 for i in range(300)}))
+    assert len(P.sampling_of(ok)["logit_bias"]) == 300
+
+
+def test_lone_surrogates_are_named_400s():
+    e = error("completion", {"model": "m", "prompt": "a\ud800"})
+    assert e.status == 400 and e.param == "prompt"
+    e = error("completion", {"model": "m", "prompt": ["ok", "\udfff"]})
+    assert e.status == 400 and e.param == "prompt[1]"
+    e = error("chat", chat(messages=[{"role": "system", "content": "s"}, {"role": "user", "content": [
+        {"type": "text", "text": "\ud800"}]}]))
+    assert e.status == 400 and e.param == "messages[1].content"
+
+
+def test_prompts_times_n_is_bounded_by_max_choices():
+    # Each prompt of a list is n more rows (the model server also refuses more than its queue holds,
+    # which would be a 429 forever: test_model_server)
+    e = error("completion", {"model": "m", "prompt": ["a"] * 65})
+    assert e.status == 400 and e.param == "prompt" and "at most 64" in e.message
+    e = error("completion", {"model": "m", "prompt": [[1], [2]], "n": 3}, max_choices=5)
+    assert e.status == 400 and e.param == "prompt" and "2 prompts x n=3" in e.message
+    assert len(P.prompts_of(P.parse_request("completion", {"model": "m", "prompt": ["a", "b"], "n": 2}))) == 2
