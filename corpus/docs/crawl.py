@@ -21,19 +21,30 @@ both on the wire and after decompression. aiohttp's own decompression is off
 gzip bomb stops at the cap instead of growing the process; other encodings are refused. A
 robots.txt that cannot be fetched within these limits is recorded in ``robots_failures`` and
 treated as absent (everything allowed), as an unreachable one always was.
+
+Hostile input: a link that is not a valid URL (bad port, broken IPv6 literal) or longer than
+``MAX_URL_CHARS`` is dropped like a ``mailto:``; URLs are normalised to what aiohttp sends
+(``/docs/%2e%2e/x`` is ``/x``) before the prefix and robots.txt checks; a malformed response is
+``bad_response``, a body with NUL bytes ``binary_content``; failure reasons are cut to
+``MAX_REASON`` characters. Local folders are walked without leaving them (symlinks outside:
+``symlink_outside``), FIFOs and devices are never opened for a blocking read, and files are
+capped at ``max_bytes`` like responses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import fnmatch
 import hashlib
 import json
+import os
+import stat
 import time
 import urllib.robotparser
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +81,9 @@ FORMAT_BY_TYPE = {
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 ACCEPT_ENCODING = "gzip, deflate"  # the only encodings ``read_body`` inflates
 _CHUNK = 65536
+MAX_REASON = 300  # characters of a failure reason
+MAX_URL_CHARS = 4096  # longer links are dropped: no server takes them, and each would sit in the report
+SNIFF_CHARS = 8192  # a NUL in the first SNIFF_CHARS characters of a "text" body: binary (as git decides)
 
 FORMAT_BY_SUFFIX = {
     ".html": "html", ".htm": "html", ".md": "markdown", ".markdown": "markdown",
@@ -108,7 +122,9 @@ class CrawlStats:
     robots_failures: list[dict[str, str]] = field(default_factory=list)  # {url, reason}: treated as absent
 
     def fail(self, url: str, reason: str) -> None:
-        self.failures.append({"url": url, "reason": reason})
+        # bounded: an exception message may quote whatever a server sent
+        short = reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 3] + "..."
+        self.failures.append({"url": url, "reason": short})
 
     def as_dict(self) -> dict[str, Any]:
         reasons = Counter(f["reason"].split(":", 1)[0] for f in self.failures)
@@ -122,18 +138,30 @@ class CrawlStats:
 
 
 def normalize_url(url: str, base: str | None = None) -> str | None:
-    """Absolute http(s) URL without fragment, lower-case scheme/host, default port dropped; else None."""
-    if base is not None:
-        url = urljoin(base, url.strip())
-    url, _ = urldefrag(url)
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
+    """Absolute http(s) URL without fragment, lower-case scheme/host, default port dropped; else None.
+
+    The result is the URL exactly as aiohttp requests it (through ``yarl``): dot segments, also
+    percent-encoded ones (``/docs/%2e%2e/x`` is sent as ``/x``), are resolved here, so the prefix
+    and robots.txt checks see the path that is fetched. A link that is not a valid URL (a port
+    out of range, a broken IPv6 literal, an invalid host) is None, like any other unusable link.
+    """
+    import yarl
+
+    try:
+        if base is not None:
+            url = urljoin(base, url.strip())
+        url, _ = urldefrag(url)
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            return None
+        host = parts.hostname.lower()
+        host = f"[{host}]" if ":" in host else host  # IPv6 literal
+        port = parts.port
+        netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else f"{host}:{port}"
+        return str(yarl.URL(urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))))
+    except ValueError:  # includes UnicodeError (IDNA)
         return None
-    host = parts.hostname.lower()
-    port = parts.port
-    netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else f"{host}:{port}"
-    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 
 
 def within(url: str, prefixes: list[str]) -> bool:
@@ -172,10 +200,32 @@ def links_of(content: str, fmt: str, base_url: str) -> list[str]:
     for a in soup.find_all("a", href=True):
         if a.get("rel") and "nofollow" in a.get("rel"):
             continue
-        u = normalize_url(a["href"], base)
-        if u:
+        u = normalize_url(a["href"], base) if len(a["href"]) <= MAX_URL_CHARS else None
+        if u and len(u) <= MAX_URL_CHARS:
             out.append(u)
     return list(dict.fromkeys(out))
+
+
+def _codec(name: str | None) -> str | None:
+    try:
+        return codecs.lookup(name).name if name else None
+    except LookupError:
+        return None
+
+
+def decode_body(body: bytes, header_charset: str | None, fmt: str) -> str:
+    """Text of a response: a BOM first, then the Content-Type charset, then (HTML) ``<meta charset>``
+    in the first 2 KiB, then UTF-8; an unknown charset name is skipped; bad bytes become U+FFFD."""
+    from bs4.dammit import EncodingDetector
+
+    bom = next((c for b, c in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                               (codecs.BOM_UTF16_BE, "utf-16")) if body.startswith(b)), None)
+    charset = bom or _codec(header_charset)
+    if charset is None and fmt == "html":
+        charset = _codec(EncodingDetector.find_declared_encoding(body[:2048], is_html=True))
+        if charset and charset.startswith("utf-16"):  # a meta tag read as ASCII cannot be UTF-16 (HTML spec)
+            charset = "utf-8"
+    return body.decode(charset or "utf-8", errors="replace")
 
 
 class _Retryable(Exception):
@@ -438,6 +488,8 @@ class SiteCrawler:
                     raise _Retryable(f"payload_error:{exc}") from exc
                 except aiohttp.ClientConnectionError as exc:
                     raise _Retryable(f"connection_error:{type(exc).__name__}") from exc
+                except aiohttp.ClientResponseError as exc:  # not HTTP: bad status line, oversized headers, ...
+                    raise _Failed(f"bad_response:{' '.join(str(exc.message).split())}") from exc
         raise _Failed("too_many_redirects")
 
     @staticmethod
@@ -471,7 +523,9 @@ class SiteCrawler:
         fmt = page_format(fetched.headers.get("Content-Type", ""), fetched.url)
         assert fmt is not None  # checked by _accept_page before the body was read
         self.stats.bytes += len(fetched.body)
-        text = fetched.body.decode(fetched.charset or "utf-8", errors="replace")
+        text = decode_body(fetched.body, fetched.charset, fmt)
+        if "\x00" in text[:SNIFF_CHARS]:
+            raise _Failed("binary_content")  # a PDF or an image served as text/html
         entry = {
             "url": fetched.url, "requested_url": url, "format": fmt, "content": text,
             "etag": fetched.headers.get("ETag"), "last_modified": fetched.headers.get("Last-Modified"),
@@ -492,48 +546,172 @@ def crawl_site(source: SiteSource, cfg: CrawlConfig) -> tuple[pa.Table, dict[str
     return pa.Table.from_pylist(rows, schema=PAGES_SCHEMA), stats.as_dict()
 
 
-def read_local(source: LocalSource) -> tuple[pa.Table, dict[str, Any]]:
+def read_local(source: LocalSource, max_bytes: int | None = None) -> tuple[pa.Table, dict[str, Any]]:
     """Read a local directory (or URI) of docs matched by ``globs``: (pages, stats).
 
-    Files whose suffix has no known format and files that are not UTF-8 are recorded as failures.
+    Files whose suffix has no known format, that are not UTF-8, hold NUL bytes
+    (``binary_content``) or exceed ``max_bytes`` are recorded as failures. A local directory is
+    walked by ``_local_files``: symlinks never lead out of it, and FIFOs, devices and unreadable
+    files are recorded, not read.
     """
     stats = CrawlStats(source=source.name)
-    filesystem, root = fs.resolve(source.path)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    if not fs.is_uri(source.path):
+        root = fs.resolve(source.path)[1]
+        if not os.path.isdir(root):
+            stats.fail(source.path, "missing_directory")
+            return PAGES_SCHEMA.empty_table(), stats.as_dict()
+        for path, listed, rel in _local_files(root, source.globs, stats):
+            url = f"file://{_printable(listed)}"
+            data = _read_regular(path, url, max_bytes, stats)
+            if data is not None:
+                _add_page(rows, stats, source, url, rel, data)
+        rows.sort(key=lambda r: r["url"])
+        return pa.Table.from_pylist(rows, schema=PAGES_SCHEMA), stats.as_dict()
+    filesystem, _ = fs.resolve(source.path)
     paths = fs.listdir(source.path, recursive=True)
     if not paths and not fs.exists(source.path):
         stats.fail(source.path, "missing_directory")
-    for p in paths:
-        rel = p[len(root):].lstrip("/")
-        if not any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(rel, g.removeprefix("**/")) for g in source.globs):
+    for listed in paths:
+        rel = fs.relative(listed, source.path)
+        p = fs.resolve(listed)[1]
+        if not _matches(rel, source.globs):
             continue
         info = filesystem.get_file_info(p)
         if info.type.name != "File":
             continue
-        url = f"file://{p}" if not fs.is_uri(source.path) else fs.join(source.path, rel)
-        fmt = FORMAT_BY_SUFFIX.get(Path(rel).suffix.lower())
-        if fmt is None:
-            stats.fail(url, f"content_type:{Path(rel).suffix or 'none'}")
+        url = fs.join(source.path, rel)
+        if max_bytes is not None and info.size is not None and info.size > max_bytes:
+            stats.fail(url, f"too_large:{info.size}")
             continue
         with filesystem.open_input_stream(p) as f:
             data = f.read()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            stats.fail(url, "not_utf8")
-            continue
-        stats.fetched += 1
-        stats.bytes += len(data)
-        rows.append({"source": source.name, "tool": source.tool, "url": url, "format": fmt,
-                     "content": text, "license": source.license})
+        _add_page(rows, stats, source, url, rel, data)
     return pa.Table.from_pylist(rows, schema=PAGES_SCHEMA), stats.as_dict()
+
+
+def _matches(rel: str, globs: list[str]) -> bool:
+    return any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(rel, g.removeprefix("**/")) for g in globs)
+
+
+def _printable(path: str) -> str:
+    """A file name as valid text: bytes that are not UTF-8 (surrogate-escaped by ``os``) become U+FFFD."""
+    return os.fsencode(path).decode("utf-8", errors="replace")
+
+
+def _add_page(rows: list[dict[str, Any]], stats: CrawlStats, source: LocalSource, url: str, rel: str,
+              data: bytes) -> None:
+    fmt = FORMAT_BY_SUFFIX.get(Path(rel).suffix.lower())
+    if fmt is None:
+        stats.fail(url, f"content_type:{_printable(Path(rel).suffix) or 'none'}")
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        stats.fail(url, "not_utf8")
+        return
+    if "\x00" in text[:SNIFF_CHARS]:
+        stats.fail(url, "binary_content")
+        return
+    stats.fetched += 1
+    stats.bytes += len(data)
+    rows.append({"source": source.name, "tool": source.tool, "url": url, "format": fmt,
+                 "content": text, "license": source.license})
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _local_files(root: str, globs: list[str], stats: CrawlStats) -> Iterator[tuple[str, str, str]]:
+    """(path to read, path listed, path relative to ``root``) of the files below ``root`` matched by ``globs``.
+
+    Iterative (any depth). Symlinks: one whose target resolves outside ``root`` is recorded as
+    ``symlink_outside`` and never read; a dangling or looping one as ``broken_symlink``; one to a
+    directory inside is skipped (``skipped.symlink_dir``: the target is listed where it lies); one
+    to a file inside yields that file. A FIFO, socket or device is ``not_a_regular_file``.
+    """
+    real_root = os.path.realpath(root)
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = list(it)
+        except OSError as exc:
+            stats.fail(f"file://{_printable(directory)}", f"unreadable:{exc.strerror or type(exc).__name__}")
+            continue
+        for entry in entries:
+            path = entry.path
+            rel = os.path.relpath(path, root)
+            url = f"file://{_printable(path)}"
+            try:
+                if entry.is_symlink():
+                    target = os.path.realpath(path)
+                    if not os.path.exists(target):
+                        if _matches(rel, globs):
+                            stats.fail(url, "broken_symlink")
+                    elif not _inside(target, real_root):
+                        if os.path.isdir(target) or _matches(rel, globs):
+                            stats.fail(url, "symlink_outside")
+                    elif os.path.isdir(target):
+                        stats.skipped["symlink_dir"] += 1
+                    elif _matches(rel, globs):
+                        yield target, path, rel
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append(path)
+                elif _matches(rel, globs):
+                    if entry.is_file(follow_symlinks=False):
+                        yield path, path, rel
+                    else:
+                        stats.fail(url, "not_a_regular_file")
+            except OSError as exc:
+                stats.fail(url, f"unreadable:{exc.strerror or type(exc).__name__}")
+
+
+def _read_regular(path: str, url: str, max_bytes: int | None, stats: CrawlStats) -> bytes | None:
+    """The bytes of a regular file (at most ``max_bytes``), or None after recording why not.
+
+    Opened without following a symlink and without blocking (a FIFO swapped in after the listing
+    is refused by ``fstat``, not waited on); the size is checked before reading.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        stats.fail(url, f"unreadable:{exc.strerror or type(exc).__name__}")
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            stats.fail(url, "not_a_regular_file")
+            return None
+        if max_bytes is not None and st.st_size > max_bytes:
+            stats.fail(url, f"too_large:{st.st_size}")
+            return None
+        limit = st.st_size + 1 if max_bytes is None else max_bytes + 1
+        chunks, n = [], 0
+        while n < limit:
+            chunk = os.read(fd, min(_CHUNK * 16, limit - n))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            n += len(chunk)
+        if max_bytes is not None and n > max_bytes:  # grew while being read
+            stats.fail(url, f"too_large:>{max_bytes}")
+            return None
+        return b"".join(chunks)
+    except OSError as exc:
+        stats.fail(url, f"unreadable:{exc.strerror or type(exc).__name__}")
+        return None
+    finally:
+        os.close(fd)
 
 
 def fetch_source(source: SiteSource | LocalSource, cfg: CrawlConfig) -> tuple[pa.Table, dict[str, Any]]:
     """Pages and stats of any source; the unit of work of one Ray task in ``jobs.scrape_docs``."""
     t0 = time.perf_counter()
     if isinstance(source, LocalSource):
-        table, stats = read_local(source)
+        table, stats = read_local(source, max_bytes=cfg.max_bytes)
     else:
         table, stats = crawl_site(source, cfg)
     stats["kind"] = source.kind

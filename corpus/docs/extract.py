@@ -33,6 +33,10 @@ LANG_PREFIXES = ("language-", "lang-", "highlight-", "sourceCode ")
 LANG_ALIASES = {"bash": "shell", "sh": "shell", "console": "shell", "shell-session": "shell", "tcl": "tcl",
                 "ys": "yosys", "yoscrypt": "yosys", "yosys": "yosys", "none": "", "default": "", "text": ""}
 HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
+# Deeper pages are refused (``too_deep``): the walker recurses per level and several of its steps
+# search a whole subtree, so thousands of nested tags cost minutes before a RecursionError.
+# Real documentation pages nest a few dozen levels.
+MAX_DEPTH = 256
 
 
 @dataclass
@@ -72,9 +76,20 @@ def _is_boilerplate(tag: Any) -> bool:
     names = " ".join([*(tag.get("class") or []), tag.get("id") or ""]).lower()
     if names and any(w in names for w in BOILERPLATE_WORDS):
         return True
-    if tag.name == "a" and _squash(tag.get_text()).lower() in EDIT_LINK_TEXTS:
+    if tag.name == "a" and _squash(_short_text(tag)).lower() in EDIT_LINK_TEXTS:
         return True
     return False
+
+
+def _short_text(tag: Any, limit: int = 200) -> str:
+    """``tag``'s text if at most ``limit`` characters, else "" (without reading a whole large subtree)."""
+    out, n = [], 0
+    for text in tag.strings:
+        n += len(text)
+        if n > limit:
+            return ""
+        out.append(text)
+    return "".join(out)
 
 
 def _code_language(pre: Any) -> str:
@@ -116,9 +131,17 @@ def _inline(tag: Any) -> str:
     return "".join(parts)
 
 
+def _rows(table: Any) -> list[Any]:
+    """The table's own rows (not those of tables nested in its cells: they are in their cell's text)."""
+    rows = []
+    for child in table.find_all(["tr", "thead", "tbody", "tfoot"], recursive=False):
+        rows += [child] if child.name == "tr" else child.find_all("tr", recursive=False)
+    return rows
+
+
 def _table(table: Any) -> str:
     rows = []
-    for tr in table.find_all("tr"):
+    for tr in _rows(table):
         cells = [_squash(_inline(c)).replace("|", "\\|") for c in tr.find_all(["th", "td"], recursive=False)]
         if cells:
             rows.append((cells, bool(tr.find("th", recursive=False)) or tr.parent.name == "thead"))
@@ -207,11 +230,20 @@ class _Walker:
 
 
 def _clean(soup: Any) -> Any:
+    from bs4 import Tag
+
     for tag in soup.find_all(DROP_TAGS):
         tag.decompose()
-    for tag in soup.find_all(True):
-        if not tag.decomposed and _is_boilerplate(tag):
-            tag.decompose()
+    # Top-down, not descending into what is dropped. (Not ``tag.decomposed``: on a live Tag that
+    # property falls through to ``find("_decomposed")``, a search of the whole subtree per tag.)
+    stack = [soup]
+    while stack:
+        for child in list(stack.pop().contents):
+            if isinstance(child, Tag):
+                if _is_boilerplate(child):
+                    child.decompose()
+                else:
+                    stack.append(child)
     for img in soup.find_all("img"):
         img.decompose()
     main = None
@@ -231,10 +263,23 @@ def _title_of(soup: Any, fallback: str) -> str:
     return fallback
 
 
+def _check_depth(soup: Any) -> None:
+    """ValueError("too_deep: ...") when elements nest deeper than ``MAX_DEPTH`` (iterative walk)."""
+    from bs4 import Tag
+
+    stack = [(soup, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"too_deep: elements nested more than {MAX_DEPTH} levels")
+        stack.extend((c, depth + 1) for c in node.contents if isinstance(c, Tag))
+
+
 def html_page(html: str, url: str) -> Page:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, "lxml")
+    _check_depth(soup)
     fallback = PurePosixPath(url.split("?", 1)[0].rstrip("/")).stem or url
     main = _clean(soup)  # boilerplate gone first, so a sidebar's h1 never becomes the title
     title = _title_of(soup, fallback)

@@ -103,3 +103,32 @@ def test_job_crawls_a_site_and_reuses_its_cache(ray_session, doc_site: DocSite, 
     assert site2["revalidated"] == 7 and site2["fetched"] == 0
     assert again["totals"]["revalidated"] == 7 and sum(doc_site.not_modified.values()) == 7
     assert _read_docs(out).column("id").to_pylist() == table.column("id").to_pylist()
+
+
+def test_input_fingerprint_survives_a_non_utf8_file_name(tmp_path: Path) -> None:
+    """It listed local inputs with pyarrow, which cannot decode such a name: the job died with a traceback
+    before reading anything. Links are fingerprinted by their target text, never followed or read."""
+    import os
+
+    from chipforge.job import fingerprint
+    from pipelines.docs import SPEC
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "good.md").write_text("# Good\n\ntext\n")
+    with open(os.fsencode(str(root)) + b"/bad\xffname.md", "wb") as f:
+        f.write(b"# Bad name\n\ntext\n")
+    cfg = validate(scrape_docs.ScrapeDocsConfig,
+                   {"sources": [{"kind": "local", "name": "l", "tool": "yosys", "path": str(root)}]}, source="t.yaml")
+    _, inputs = fingerprint(SPEC, cfg)
+    assert inputs["source:l"]
+    outside = tmp_path / "outside.md"
+    outside.write_text("secret v1")
+    os.symlink(outside, root / "link.md")
+    os.mkfifo(root / "pipe.md")  # never opened: it would block
+    linked = fingerprint(SPEC, cfg)[1]["source:l"]
+    assert linked != inputs["source:l"]
+    outside.write_text("secret v2")  # what the link points at is not part of the input
+    assert fingerprint(SPEC, cfg)[1]["source:l"] == linked
+    (root / "good.md").write_text("# Good\n\nchanged\n")
+    assert fingerprint(SPEC, cfg)[1]["source:l"] != linked
