@@ -8,6 +8,7 @@ half-written output that a rerun would mistake for a finished one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import uuid
@@ -27,7 +28,29 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
         path = path[len("file://") :]
     if not is_uri(path):
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
-    return pafs.FileSystem.from_uri(path)
+    scheme, rest = path.split("://", 1)
+    if "?" in rest or scheme not in _CACHED_SCHEMES:  # options in the URI: pyarrow parses them each time
+        return pafs.FileSystem.from_uri(path)
+    bucket = rest.split("/", 1)[0]
+    return _bucket_filesystem(scheme, bucket, os.environ.get("AWS_ENDPOINT_URL")), rest.rstrip("/") or bucket
+
+
+_CACHED_SCHEMES = frozenset({"s3", "gs", "gcs"})
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_filesystem(scheme: str, bucket: str, endpoint: str | None) -> pafs.FileSystem:
+    """One filesystem per bucket (keyed on the endpoint too): building one resolves the bucket's region,
+    a request to the store, which thousands of small reads (status files, markers) would repeat."""
+    return pafs.FileSystem.from_uri(f"{scheme}://{bucket}")[0]
+
+
+def on_storage_of(path: str, like: str) -> str:
+    """A path inside ``like``'s filesystem (as pyarrow and Ray report them: no scheme) as a path this
+    module and Ray accept: ``like``'s scheme is put back for object stores."""
+    if not is_uri(like) or "://" in path:
+        return path
+    return like.split("://", 1)[0] + "://" + path.lstrip("/")
 
 
 def join(base: str, *parts: str) -> str:
@@ -136,16 +159,49 @@ def atomic_dir(path: str) -> Iterator[str]:
     delete(path)
     filesystem, src = resolve(tmp)
     _, dst = resolve(path)
-    filesystem.move(src, dst)
+    _move_tree(filesystem, src, dst)
 
 
-def listdir(path: str, *, recursive: bool = False) -> list[str]:
-    """Paths (in the filesystem's own form) below ``path``; empty when it does not exist."""
+def _move_tree(filesystem: pafs.FileSystem, src: str, dst: str) -> None:
+    """Rename a directory; object stores have no directory rename, so there each file moves.
+
+    On an object store the move is per file, not atomic as a whole: what makes an output
+    finished is the job's completion marker, written after this returns.
+    """
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        filesystem.move(src, dst)
+        return
+    filesystem.create_dir(dst, recursive=True)
+    for info in filesystem.get_file_info(pafs.FileSelector(src, recursive=True)):
+        target = dst + info.path[len(src):]
+        if info.type == pafs.FileType.File:
+            filesystem.move(info.path, target)
+        elif info.type == pafs.FileType.Directory:
+            filesystem.create_dir(target, recursive=True)
+    filesystem.delete_dir(src)
+
+
+def listdir(path: str, *, recursive: bool = False, files_only: bool = False) -> list[str]:
+    """Paths below ``path`` in the form of ``path``: absolute local paths, or URIs with their scheme.
+
+    Each can be passed to this module's functions again (and to Ray Data's readers). Empty when
+    ``path`` does not exist.
+    """
     filesystem, p = resolve(path)
     if filesystem.get_file_info(p).type == pafs.FileType.NotFound:
         return []
     infos = filesystem.get_file_info(pafs.FileSelector(p, recursive=recursive))
-    return sorted(i.path for i in infos)
+    scheme = path.split("://", 1)[0] + "://" if is_uri(path) else ""
+    return sorted(scheme + i.path for i in infos if not files_only or i.type == pafs.FileType.File)
+
+
+def relative(path: str, root: str) -> str:
+    """``path`` (as ``listdir(root)`` gives it) relative to ``root``, without a leading slash."""
+    inner = resolve(root)[1].rstrip("/")
+    base = root.split("://", 1)[0] + "://" + inner if is_uri(root) else inner
+    if not (path == base or path.startswith(base + "/")):
+        raise ValueError(f"{path} is not below {root}")
+    return path[len(base):].lstrip("/")
 
 
 def read_ipc_rows(path: str, start: int, stop: int) -> Any:

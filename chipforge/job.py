@@ -102,6 +102,8 @@ def path_fingerprint(path: str) -> str:
     if markers:
         return _digest(sorted(fs.read_json(p).get("fingerprint", "") for p in markers))
     filesystem, root = fs.resolve(path)
+    if not fs.is_uri(path):
+        return _local_fingerprint(root)
     import pyarrow.fs as pafs
 
     info = filesystem.get_file_info(root)
@@ -120,6 +122,42 @@ def path_fingerprint(path: str) -> str:
         else:
             entries.append((rel, i.size, i.mtime_ns))
     return _digest(entries)
+
+
+def _local_fingerprint(root: str) -> str:
+    """``path_fingerprint`` of a local file or directory tree, walked by name as the OS stores it: names
+    that are not UTF-8 are fine, symbolic links below ``root`` count by their target text and are never followed,
+    and FIFOs, sockets and devices count by kind (never opened: they could block)."""
+    import stat
+
+    def entry(p: bytes, rel: str) -> tuple[Any, ...] | None:
+        st = os.lstat(p)
+        if stat.S_ISLNK(st.st_mode):
+            return (rel, "symlink", os.readlink(p).decode("utf-8", "backslashreplace"))
+        if not stat.S_ISREG(st.st_mode):
+            return None if stat.S_ISDIR(st.st_mode) else (rel, "special", stat.S_IFMT(st.st_mode))
+        if st.st_size > 1 << 20:
+            return (rel, st.st_size, st.st_mtime_ns)
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            return (rel, "unreadable", exc.errno)
+        with os.fdopen(fd, "rb") as f:
+            return (rel, sha256_hex(f.read()))
+
+    top = os.path.realpath(os.fsencode(root))  # the input named itself may be a link; links below it are not followed
+    if not os.path.lexists(top):
+        return "missing"
+    if not os.path.isdir(top):
+        return _digest([entry(top, os.path.basename(root))])
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(top):  # never descends into a linked directory
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            e = entry(p, os.path.relpath(p, top).decode("utf-8", "backslashreplace"))
+            if e is not None:
+                entries.append(e)
+    return _digest(sorted(entries, key=lambda e: e[0]))
 
 
 def _get(cfg: BaseModel, dotted: str) -> Any:
@@ -156,23 +194,45 @@ def fingerprint(spec: JobSpec[Any], cfg: BaseModel) -> tuple[str, dict[str, str]
 
 def check_paths(spec: JobSpec[Any], cfg: BaseModel, origin: Callable[[str], str]) -> None:
     """Inputs exist and the output is not a file; errors name the flag or file that set them."""
+    import pyarrow.fs as pafs
+
     errors = []
     out = str(_get(cfg, spec.output_field))
-    if _is_file(out):
+    kind, problem = _probe(out, output=True)
+    if problem:
+        errors.append(f"{origin(spec.output_field)}: output {out!r}: {problem}")
+    elif kind == pafs.FileType.File:
         errors.append(f"{origin(spec.output_field)}: output {out!r} is a file, not a directory")
     for name, what in spec.inputs.items():
         value = _get(cfg, name)
-        if value and not fs.exists(str(value)):
+        if not value:
+            continue
+        kind, problem = _probe(str(value))
+        if problem:
+            errors.append(f"{origin(name)}: input {value!r}: {problem}")
+        elif kind == pafs.FileType.NotFound:
             errors.append(f"{origin(name)}: input {value!r} does not exist (expected {what})")
     if errors:
         raise ConfigError("invalid paths:\n  " + "\n  ".join(errors))
 
 
-def _is_file(path: str) -> bool:
+def _probe(path: str, *, output: bool = False) -> tuple[Any, str | None]:
+    """(file type, None), or (None, why the storage cannot be used): an unknown scheme, an object
+    store that does not answer or refuses the credentials, or an output's bucket that does not exist."""
+    import pyarrow as pa
     import pyarrow.fs as pafs
 
-    filesystem, p = fs.resolve(path)
-    return filesystem.get_file_info(p).type == pafs.FileType.File
+    try:
+        filesystem, p = fs.resolve(path)
+        kind = filesystem.get_file_info(p).type
+        if output and fs.is_uri(path) and kind == pafs.FileType.NotFound:
+            bucket = p.split("/", 1)[0]
+            if filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
+                return None, f"its bucket {bucket!r} does not exist (create it first)"
+        return kind, None
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        reason = " ".join(str(exc).split())
+        return None, f"storage cannot be used: {reason[:400]}"
 
 
 # --------------------------------------------------------------------------- run context
@@ -326,9 +386,12 @@ class _nothing:
 
 
 def _module_name(spec: JobSpec[Any]) -> str:
-    mod = sys.modules.get("__main__")
-    name = getattr(getattr(mod, "__spec__", None), "name", None) or ""
-    return name.rsplit(".", 1)[-1] or spec.name
+    """The ``jobs.<module>`` of this job (as ``chipforge <name>`` maps it), whoever runs it: its own
+    ``python -m``, the ``chipforge`` command, or the quickstart running it in-process."""
+    from chipforge.cli import COMMANDS
+
+    module = COMMANDS.get(spec.name.replace("_", "-"), (f"jobs.{spec.name}", ""))[0]
+    return module.removeprefix("jobs.")
 
 
 def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, *, force: bool = False,

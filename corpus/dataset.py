@@ -391,14 +391,14 @@ def check_input_files(root: str, required: Sequence[str], what: str) -> int:
 
     from chipforge import fs
 
-    filesystem, base = fs.resolve(root)
     n = 0
     for path in fs.listdir(root, recursive=True):
         if not path.endswith(".parquet") or posixpath.basename(path).startswith((".", "_")):
             continue
-        rel = path[len(base):].lstrip("/")
+        rel = fs.relative(path, root)
         partition_cols = [seg.split("=", 1)[0] for seg in rel.split("/")[:-1] if "=" in seg]
-        names = list(pq.read_schema(path, filesystem=filesystem).names) + partition_cols
+        filesystem, inner = fs.resolve(path)
+        names = list(pq.read_schema(inner, filesystem=filesystem).names) + partition_cols
         require_columns(names, required, f"{what} file {path}")
         n += 1
     return n

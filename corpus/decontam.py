@@ -131,33 +131,31 @@ def load_texts(path: str) -> list[tuple[str, str, str]]:
         raise FileNotFoundError(f"benchmark path does not exist: {path}")
     filesystem, inner = fs.resolve(path)
     if filesystem.get_file_info(inner).type == pafs.FileType.File:
-        files = [inner]
+        files = [path if fs.is_uri(path) else inner]
     else:
         files = fs.listdir(path, recursive=True)
-    prefix = path.split("://", 1)[0] + "://" if fs.is_uri(path) else ""
-    full = {f: prefix + f if prefix and not f.startswith(prefix) else f for f in files}
     names = set(files)
     found: list[tuple[str, str, str]] = []
     for f in files:
         m = _V2_PROMPT.search(f)
         if m:
             pid = f"verilogeval-v2/{m.group(1)}/{m.group(2)}"
-            found.append((pid, PROMPT, _read(full[f])))
+            found.append((pid, PROMPT, _read(f)))
             ref = f[: -len("_prompt.txt")] + "_ref.sv"
             if ref in names:
-                found.append((pid, REFERENCE, _read(full[ref])))
+                found.append((pid, REFERENCE, _read(ref)))
             continue
         m = _RTLLM_DESC.search(f)
         if m:
             pid = f"rtllm/{m.group(1)}"
-            found.append((pid, PROMPT, _read(full[f])))
+            found.append((pid, PROMPT, _read(f)))
             folder = f.rsplit("/", 1)[0]
             for ref in files:
                 if ref.rsplit("/", 1)[0] == folder and _RTLLM_REF.search(ref):
-                    found.append((pid, REFERENCE, _read(full[ref])))
+                    found.append((pid, REFERENCE, _read(ref)))
             continue
         if f.endswith(".jsonl"):
-            found.extend(_v1_rows(full[f]))
+            found.extend(_v1_rows(f))
     if not found:
         raise ValueError(
             f"benchmark path {path}: no VerilogEval v2 (dataset_*/ProbNNN_name_prompt.txt), "

@@ -231,12 +231,7 @@ class PhaseClassifier:
 
     def save(self, path: str | Path) -> None:
         """Write the JSON artifact (``to_artifact``) to ``path`` atomically (temp file, then rename)."""
-        data = json.dumps(self.to_artifact(), separators=(",", ":"), allow_nan=False).encode()
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(p)
+        fs.write_bytes(str(path), json.dumps(self.to_artifact(), separators=(",", ":"), allow_nan=False).encode())
 
     def to_artifact(self) -> dict[str, Any]:
         """The fitted parameters as plain JSON types (see the module docstring)."""
@@ -340,24 +335,25 @@ class PhaseClassifier:
         """
         if path is None:
             return _default_classifier()
-        p = Path(path)
-        if p.exists():
-            return cls.read(p)
+        if fs.exists(str(path)):
+            return cls.read(path)
         clf = cls.train_default()
-        clf.save(p)
+        clf.save(path)
         return clf
 
     @classmethod
     def read(cls, path: str | Path) -> "PhaseClassifier":
         """Load the JSON artifact at ``path``. Never unpickles: a pickle (or anything that is not
         the expected JSON document) raises ValueError naming the file, before any of it is used."""
-        p = Path(path)
         where = f"phase classifier artifact {path}"
         try:
-            size = p.stat().st_size
+            filesystem, inner = fs.resolve(str(path))
+            size = filesystem.get_file_info(inner).size
+            if size is None:
+                raise FileNotFoundError(str(path))
             if size > MAX_ARTIFACT_BYTES:
                 raise ValueError(f"{where}: {size} bytes > {MAX_ARTIFACT_BYTES}")
-            data = p.read_bytes()
+            data = fs.read_bytes(str(path))
         except OSError as e:
             raise ValueError(f"{where}: unreadable ({e})") from e
         if data[:1] == b"\x80":

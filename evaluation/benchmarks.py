@@ -85,16 +85,6 @@ def _base(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _rel(path: str, root: str) -> str:
-    _, r = fs.resolve(root)
-    return path[len(r) :].lstrip("/") if path.startswith(r) else path
-
-
-def _full(path: str, root: str) -> str:
-    """A listed path (filesystem form) as a path fs functions accept again (URIs keep their scheme)."""
-    return root.split("://", 1)[0] + "://" + path if fs.is_uri(root) and "://" not in path else path
-
-
 def load_verilog_eval_v2(path: str, tasks: Sequence[str] = ("spec-to-rtl", "code-complete")) -> list[dict[str, Any]]:
     """Every problem of the VerilogEval v2 checkout (or single ``dataset_*`` directory) at ``path``."""
     if not fs.exists(path):
@@ -102,14 +92,13 @@ def load_verilog_eval_v2(path: str, tasks: Sequence[str] = ("spec-to-rtl", "code
     if _base(path).startswith("dataset_"):
         dirs = [path.rstrip("/")]
     else:
-        _, inner = fs.resolve(path)
-        dirs = [_full(p, path) for p in fs.listdir(path) if _base(p).startswith("dataset_")]
+        dirs = [p for p in fs.listdir(path) if _base(p).startswith("dataset_")]
     problems = []
     for d in sorted(dirs):
         task = v2_task(_base(d))
         if task not in tasks:
             continue
-        files = {_base(p): _full(p, d) for p in fs.listdir(d)}
+        files = {_base(p): p for p in fs.listdir(d)}
         for name in sorted(files):
             m = _V2_FILE.search(name)
             if not m:
@@ -146,7 +135,7 @@ def load_rtllm(path: str) -> list[dict[str, Any]]:
     """Every RTLLM design (a directory with ``design_description.txt``) below ``path``."""
     if not fs.exists(path):
         raise BenchmarkError(f"benchmarks.rtllm: {path!r} does not exist")
-    listed = [_full(p, path) for p in fs.listdir(path, recursive=True)]
+    listed = fs.listdir(path, recursive=True)
     by_dir: dict[str, list[str]] = {}
     for p in listed:
         by_dir.setdefault(p.rsplit("/", 1)[0], []).append(p)
@@ -169,7 +158,7 @@ def load_rtllm(path: str) -> list[dict[str, Any]]:
             raw = fs.read_bytes(f)
             if len(raw) <= MAX_DATA_FILE_BYTES:
                 data[n] = raw.decode("utf-8", "replace") if _is_text(raw) else raw
-        pid = _rel(d, path) or _base(d)
+        pid = fs.relative(d, path) or _base(d)
         tb_name = _base(tb)
         problems.append({
             "key": f"rtllm/{pid}", "benchmark": "rtllm", "id": pid, "harness": "rtllm", "task": "rtllm", "top": top,

@@ -138,12 +138,9 @@ def local_dir(path: str) -> str:
 @functools.lru_cache(maxsize=32)
 def _download(uri: str) -> str:
     dest = tempfile.mkdtemp(prefix="cf-eval-adapter-")
-    _, root = fs.resolve(uri)
-    scheme = uri.split("://", 1)[0] + "://"
-    for p in fs.listdir(uri, recursive=True):
-        rel = p[len(root):].lstrip("/")
-        data = fs.read_bytes(scheme + p) if "://" not in p else fs.read_bytes(p)
-        target = os.path.join(dest, rel)
+    for p in fs.listdir(uri, recursive=True, files_only=True):
+        data = fs.read_bytes(p)
+        target = os.path.join(dest, fs.relative(p, uri))
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "wb") as f:
             f.write(data)

@@ -68,8 +68,7 @@ def read_split(dataset_dir: str, phase: str, split: str) -> list[dict[str, Any]]
         base = fs.join(dataset_dir, sub, f"phase={phase}", f"split={split}")
         for p in fs.listdir(base):
             if p.endswith(".parquet"):
-                filesystem, inner = fs.resolve(p if not fs.is_uri(dataset_dir) else
-                                               dataset_dir.split("://", 1)[0] + "://" + p)
+                filesystem, inner = fs.resolve(p)
                 with filesystem.open_input_file(inner) as f:
                     rows += pq.read_table(f, columns=["id", "messages"]).to_pylist()
     return sorted({r["id"]: r for r in reversed(rows)}.values(), key=lambda r: r["id"])  # an id once

@@ -8,11 +8,11 @@ plus the macro-F1 comparison, printed and written to ``DIR/report.json``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import field_validator
 
+from chipforge import fs
 from chipforge.config import Config
 from chipforge.job import JobSpec, Run
 from corpus.phases import EVAL_PATH, PHASES, TRAIN_PATH, PhaseClassifier, evaluate, keyword_baseline, load_labelled
@@ -48,7 +48,7 @@ def format_metrics(name: str, m: dict[str, Any]) -> str:
 
 
 def build_classifier(cfg: ClassifyEvalConfig) -> PhaseClassifier:
-    if cfg.model_path and Path(cfg.model_path).exists():
+    if cfg.model_path and fs.exists(cfg.model_path):
         return PhaseClassifier.load(cfg.model_path)
     clf = PhaseClassifier.train_default(cfg.train_path, cfg.phases)
     if cfg.model_path:

@@ -197,7 +197,8 @@ def run(cfg: FinetuneConfig, job: Run) -> dict[str, Any]:
     with result.checkpoint.as_directory() as d:
         report = write_outputs(cfg, d, data.base_path, {
             "runner": "ray", "world_size": cfg.scaling.num_workers, "dataset": cfg.dataset_dirs(), **data.info,
-            "plan": plan.__dict__, "run_name": run_name, "checkpoint": result.checkpoint.path})
+            "plan": plan.__dict__, "run_name": run_name,
+            "checkpoint": fs.on_storage_of(result.checkpoint.path, cfg.resolved_storage_path())})
     if cfg.registry:
         report["registry_entry"] = register(cfg, cfg, report, run=run_name)
     return report

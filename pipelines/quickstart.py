@@ -17,7 +17,7 @@ from pydantic import Field
 
 from chipforge import fs
 from chipforge import job as jobs
-from chipforge.config import Config
+from chipforge.config import Config, ConfigError, load_config
 from chipforge.job import JobSpec, Run
 from chipforge.vocab import Phase
 
@@ -68,6 +68,21 @@ def step_argv(cfg: QuickstartConfig) -> list[tuple[str, str, list[str]]]:
     return [p for p in plan if p[0] in cfg.steps]
 
 
+def check_steps(cfg: QuickstartConfig) -> None:
+    """Every step's config, validated as its job will validate it, before the first step runs.
+
+    Paths are not checked: the later steps read what the earlier ones will write.
+    """
+    for step, label, argv in step_argv(cfg):
+        spec = importlib.import_module(PIPELINES[step]).SPEC
+        try:
+            load_config(spec.config, argv, prog=f"python -m {_JOB_MODULE[step]}", default_config=spec.default_config,
+                        flags=spec.flags)
+        except ConfigError as exc:
+            raise ConfigError(f"quickstart step {label} (python -m {_JOB_MODULE[step]} {' '.join(argv)}):\n"
+                              f"{exc}") from exc
+
+
 def run_step(step: str, argv: list[str]) -> int:
     """Run one step's job in this process (one Ray for all steps)."""
     module = importlib.import_module(PIPELINES[step])
@@ -108,4 +123,4 @@ def _failure(report: dict[str, Any]) -> str | None:
 
 SPEC = JobSpec(name="quickstart", config=QuickstartConfig, default_config="jobs/configs/quickstart.yaml",
                summary=summary, flags={"--output": "output_dir"}, uses_ray=False, marker=False,
-               failure=_failure, description=__doc__)
+               failure=_failure, description=__doc__, preflight=check_steps)

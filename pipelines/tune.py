@@ -127,19 +127,25 @@ def run(cfg: TuneJobConfig, job: Run) -> dict[str, Any]:
     with job.step("sweep"):
         grid = tuner.fit()
     trials = []
+
+    def checkpoint_of(metrics: dict[str, Any]) -> str | None:  # reported inside the storage's filesystem
+        path = metrics.get("checkpoint_path")
+        return fs.on_storage_of(path, base.resolved_storage_path()) if path else None
+
     for r in grid:
         m = r.metrics or {}
         trials.append({"trial_id": m.get("trial_id"), "config": r.config, cfg.metric: m.get(cfg.metric),
-                       "step": m.get("step"), "checkpoint_path": m.get("checkpoint_path"),
+                       "step": m.get("step"), "checkpoint_path": checkpoint_of(m),
                        "error": repr(r.error) if r.error else None})
     best = grid.get_best_result(cfg.metric, "min", scope="last")
-    if best.metrics is None or not best.metrics.get("checkpoint_path"):
+    checkpoint = checkpoint_of(best.metrics or {})
+    if checkpoint is None:
         raise JobError(f"sweep {out}: no trial reported a checkpoint; trials: {json.dumps(trials, default=str)}")
     winner = apply_trial(base, best.config)
-    with ray.train.Checkpoint(best.metrics["checkpoint_path"]).as_directory() as d:
+    with ray.train.Checkpoint(checkpoint).as_directory() as d:
         report = write_outputs(winner, d, data.base_path, {
             "runner": "ray.tune", "best_trial": best.metrics.get("trial_id"), "best_config": best.config,
-            "checkpoint": best.metrics["checkpoint_path"], "n_trials": len(trials), "trials": trials,
+            "checkpoint": checkpoint, "n_trials": len(trials), "trials": trials,
             "dataset": base.dataset_dirs(), **data.info})
     fs.write_json(fs.join(out, "sweep.json"), {"metric": cfg.metric, "best_trial": report["best_trial"], "trials": trials})
     if cfg.registry:

@@ -44,8 +44,59 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    """A local Ray with small fixed resources, shared by every test that needs Ray."""
+def s3_env() -> Iterator[dict[str, str]]:
+    """A local S3 for the session: moto's server on 127.0.0.1, reached through ``AWS_ENDPOINT_URL``.
+
+    Its variables are set in this process and, through ``ray_session``, in every Ray worker, so an
+    ``s3://`` path in any test reaches this server and never the network. Buckets: ``make_bucket``.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto's S3 server did not start on {endpoint} (pip install -e '.[dev]')")
+            time.sleep(0.2)
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    proc.wait(10)
+
+
+def make_bucket(s3_env: dict[str, str], name: str) -> str:
+    """Create bucket ``name`` on the session's S3; returns ``s3://name``."""
+    import pyarrow.fs as pafs
+
+    pafs.S3FileSystem(endpoint_override=s3_env["AWS_ENDPOINT_URL"], allow_bucket_creation=True).create_dir(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_env: dict[str, str]) -> Iterator[None]:
+    """A local Ray with small fixed resources, shared by every test that needs Ray (workers see ``s3_env``)."""
     import ray
 
     if ray.is_initialized():
@@ -58,7 +109,7 @@ def ray_session() -> Iterator[None]:
         object_store_memory=512 * 1024**2,
         include_dashboard=True,
         log_to_driver=False,
-        runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO_ROOT)}},
+        runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO_ROOT), **s3_env}},
     )
     from ray.data import DataContext
 

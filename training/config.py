@@ -149,7 +149,9 @@ class FinetuneConfig(Config):
         if self.deepspeed.offload_param and self.deepspeed.zero_stage != 3:
             raise ValueError("deepspeed.offload_param needs deepspeed.zero_stage: 3")
         if self.base_model == TINY and fs.is_uri(self.output_dir):
-            raise ValueError("base_model: tiny builds its base model into output_dir, which must be a local path")
+            raise ValueError("base_model: tiny builds its base model into output_dir, which must be a local path "
+                             f"(not {self.output_dir}); on object storage, train a Hugging Face id or local "
+                             "base_model")
         budget = self.optim.micro_batch_tokens
         if budget is not None:
             if not self.packing:

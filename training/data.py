@@ -108,8 +108,7 @@ def parquet_files(dataset_dir: DatasetDirs, phase: str, split: str) -> list[str]
     """The split's parquet files as openable paths (URIs keep their scheme)."""
     out = []
     for d in split_dirs(dataset_dir, phase, split):
-        scheme = d.split("://", 1)[0] + "://" if fs.is_uri(d) else ""
-        out += [scheme + p for p in fs.listdir(d, recursive=True) if p.endswith(".parquet")]
+        out += [p for p in fs.listdir(d, recursive=True) if p.endswith(".parquet")]
     return out
 
 

@@ -37,12 +37,10 @@ def dataset_version(dataset_dir: str | Sequence[str], phase: str) -> str:
     for root in dataset_roots(dataset_dir):
         for sub in EXAMPLE_SUBDIRS:
             base = fs.join(root, sub, f"phase={phase}")
-            _, resolved = fs.resolve(base)
-            scheme = base.split("://", 1)[0] + "://" if fs.is_uri(base) else ""
             for p in (p for p in fs.listdir(base, recursive=True) if p.endswith(".parquet")):
                 n += 1
-                h.update(f"{sub}/phase={phase}/".encode() + p[len(resolved):].lstrip("/").encode() + b"\0")
-                h.update(hashlib.sha256(fs.read_bytes(scheme + p if scheme else p)).digest())
+                h.update(f"{sub}/phase={phase}/".encode() + fs.relative(p, base).encode() + b"\0")
+                h.update(hashlib.sha256(fs.read_bytes(p)).digest())
     if not n:
         raise FileNotFoundError(f"dataset {', '.join(dataset_roots(dataset_dir))}: no parquet files for phase {phase!r}")
     return "sha256:" + h.hexdigest()

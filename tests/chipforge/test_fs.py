@@ -52,3 +52,39 @@ def test_read_jsonl_numbers_lines_and_names_the_bad_one(tmp_path: Path) -> None:
     p.write_text('{"a": 1}\n{oops\n')
     with pytest.raises(ValueError, match=r"rows\.jsonl:2: not JSON"):
         fs.read_jsonl(str(p))
+
+
+def test_listdir_gives_paths_in_the_form_it_was_given(tmp_path: Path, monkeypatch) -> None:
+    fs.write_text(str(tmp_path / "d" / "x" / "y.txt"), "hi")
+    monkeypatch.chdir(tmp_path)
+    listed = fs.listdir("d", recursive=True)
+    assert listed == [str(tmp_path / "d" / "x"), str(tmp_path / "d" / "x" / "y.txt")]
+    assert fs.listdir("file://" + str(tmp_path / "d"), recursive=True, files_only=True) == [listed[1]]
+    assert [fs.relative(p, "d") for p in listed] == ["x", "x/y.txt"]
+    with pytest.raises(ValueError, match="is not below"):
+        fs.relative(str(tmp_path / "elsewhere"), "d")
+
+
+def test_object_store_paths_round_trip(s3_env) -> None:
+    """On S3 every listed path is an s3:// URI the other functions accept, and atomic_dir replaces a
+    directory although object stores cannot rename one."""
+    from tests.conftest import make_bucket
+
+    root = make_bucket(s3_env, "cf-fs-test") + "/run"
+    fs.write_json(fs.join(root, "a", "b.json"), {"x": 1})
+    listed = fs.listdir(root, recursive=True)
+    assert listed == [f"{root}/a", f"{root}/a/b.json"]
+    assert fs.read_json(listed[1]) == {"x": 1} and fs.relative(listed[1], root + "/") == "a/b.json"
+
+    out = fs.join(root, "modules")
+    with fs.atomic_dir(out) as tmp:
+        fs.write_text(fs.join(tmp, "part=0", "f.txt"), "one")
+    with pytest.raises(RuntimeError):
+        with fs.atomic_dir(out) as tmp:
+            fs.write_text(fs.join(tmp, "part=0", "f.txt"), "two")
+            raise RuntimeError("stage crashed")
+    assert fs.read_text(fs.join(out, "part=0", "f.txt")) == "one"
+    with fs.atomic_dir(out) as tmp:
+        fs.write_text(fs.join(tmp, "g.txt"), "new")
+    assert fs.listdir(out, recursive=True) == [f"{out}/g.txt"]
+    assert [fs.relative(p, root) for p in fs.listdir(root)] == ["a", "modules"]  # no temporary left behind

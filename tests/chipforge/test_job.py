@@ -180,3 +180,46 @@ def test_a_local_ray_starts_without_dashboard_unless_asked(monkeypatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
     job.init_ray()
     assert [c.get("include_dashboard", "unset") for c in calls] == [False, True, "unset"]
+
+
+def test_each_job_names_its_own_command_whoever_runs_it(monkeypatch, tmp_path: Path, capsys) -> None:
+    """`python -m jobs.<module>` in usage text and hints is the job's own, also when the quickstart (another
+    ``__main__``) runs it in-process or the ``chipforge`` command does."""
+    import importlib
+    import sys
+
+    from chipforge.cli import COMMANDS
+
+    monkeypatch.setitem(sys.modules, "__main__", importlib.import_module("jobs.quickstart"))
+    for module, _ in COMMANDS.values():
+        spec = getattr(importlib.import_module(module), "SPEC", None)
+        if spec is not None:
+            assert f"jobs.{job._module_name(spec)}" == module
+    # a finetune YAML run as the quickstart's finetune step is not "for another job"
+    from pipelines import finetune
+
+    bad = tmp_path / "ft.yaml"
+    bad.write_text("# launch: python -m jobs.finetune --config ft.yaml\noptim: {lr: -1}\n")
+    assert job.main(finetune.SPEC, finetune.run, ["--config", str(bad)]) == job.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "optim" in err and "another job" not in err
+
+
+def test_unusable_storage_is_a_usage_error_naming_the_path(s3_env, tmp_path: Path, capsys) -> None:
+    from chipforge import fs
+    from tests.conftest import make_bucket
+
+    spec = JobSpec(name="toy", config=ToyConfig, default_config=None, summary=lambda r: "",
+                   flags={"--output": "output_dir", "--input": "input_dir"}, inputs={"input_dir": "toy input"},
+                   uses_ray=False)
+    bucket = make_bucket(s3_env, "cf-job-paths")
+    cases = {("--output", "s3://cf-no-such-bucket/out"): "its bucket 'cf-no-such-bucket' does not exist",
+             ("--output", "nosuchscheme://x/y"): "storage cannot be used: Unrecognized filesystem type",
+             ("--input", f"{bucket}/missing"): "does not exist (expected toy input)"}
+    for (flag, value), message in cases.items():
+        argv = [flag, value] + ([] if flag == "--output" else ["--output", str(tmp_path / "o")])
+        assert job.main(spec, _body([]), argv) == job.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert f"{flag} {value}" in err and message in err, err
+    assert job.main(spec, _body([]), ["--output", f"{bucket}/out"]) == job.EXIT_OK
+    assert fs.exists(f"{bucket}/out/report.json")

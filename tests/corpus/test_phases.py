@@ -97,6 +97,18 @@ def test_classifier_deterministic_and_roundtrip(tmp_path: Path, trained: PhaseCl
     assert PhaseClassifier.load().predict(texts) == trained.predict(texts)
 
 
+def test_classifier_artifact_on_object_storage(s3_env, trained: PhaseClassifier) -> None:
+    """``router.classifier`` / ``model_path`` may be an s3:// URI (it used to become a local ``s3:`` folder)."""
+    from chipforge import fs
+    from tests.conftest import make_bucket
+
+    uri = make_bucket(s3_env, "cf-classifier") + "/router/clf.json"
+    a = PhaseClassifier.load(uri)  # trains and saves there
+    assert fs.exists(uri) and not Path("s3:").exists()
+    texts = ["global_placement -density 0.7", "set_false_path between clocks"]
+    assert PhaseClassifier.load(uri).predict(texts) == a.predict(texts) == trained.predict(texts)
+
+
 def test_tool_prior_is_a_learned_feature() -> None:
     texts = ["The command prints a summary table.", "Run it again with more iterations."] * 4
     tools = ["opensta", "tritonroute"] * 4

@@ -9,6 +9,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from chipforge.job import Run
+from tests.conftest import make_bucket
 from jobs import quickstart
 from pipelines.quickstart import QuickstartConfig, run
 
@@ -33,10 +34,27 @@ def test_steps_feed_each_other_and_a_failure_stops_the_pipeline(tmp_path: Path, 
     assert "step dataset failed with exit code 3" in capsys.readouterr().out
 
 
-def test_a_failed_step_makes_the_quickstart_exit_non_zero(tmp_path: Path) -> None:
-    assert quickstart.main(["--output", str(tmp_path / "q"), "steps=[docs]",
-                            f"docs_config={tmp_path / 'missing.yaml'}"]) == 1
+def test_a_failed_step_makes_the_quickstart_exit_non_zero(tmp_path: Path, ray_forbidden, capsys) -> None:
+    # the dataset step alone: its corpus input was never written, which only the step itself finds
+    assert quickstart.main(["--output", str(tmp_path / "q"), "steps=[dataset]"]) == 1
     assert json.loads((tmp_path / "q" / "report.json").read_text())["ok"] is False
+    assert "does not exist (expected a directory written by python -m jobs.build_corpus)" in capsys.readouterr().err
+
+
+def test_every_step_config_is_checked_before_the_first_step_runs(tmp_path: Path, ray_forbidden, s3_env, capsys) -> None:
+    bad = tmp_path / "ft.yaml"
+    bad.write_text("# launch: python -m jobs.finetune --config ft.yaml\noptim: {lr: -1}\n")
+    argv = ["--output", str(tmp_path / "q"), f"finetune_config={bad}"]
+    assert quickstart.main(argv) == 2  # before the corpus step, not after three steps' work
+    err = capsys.readouterr().err
+    assert "quickstart step finetune rtl_design (python -m jobs.finetune --config" in err and "optim.lr" in err
+    assert "another job" not in err and not (tmp_path / "q").exists()
+    assert quickstart.main([*argv[:2], f"docs_config={tmp_path / 'missing.yaml'}"]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    # a tiny base cannot be built on object storage: said up front, naming the step
+    bucket = make_bucket(s3_env, "cf-quickstart-preflight")
+    assert quickstart.main(["--output", f"{bucket}/qs", "steps=[finetune]"]) == 2
+    assert f"must be a local path (not {bucket}/qs/specialists/rtl_design)" in capsys.readouterr().err
 
 
 def _ids(examples_dir: Path) -> set[tuple[str, str, str]]:

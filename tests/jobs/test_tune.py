@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from chipforge import fs
 from jobs import tune
 from training.registry import dataset_version
 
@@ -35,11 +36,16 @@ def test_help_names_the_flags(capsys):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_tune_with_no_arguments_sweeps_the_bundled_sample(ray_session, tmp_path, capsys, monkeypatch):
+def test_tune_with_no_arguments_sweeps_the_bundled_sample(ray_session, s3_env, tmp_path, capsys, monkeypatch):
+    from tests.conftest import make_bucket
+
     monkeypatch.chdir(REPO)  # the shipped config's paths (sample/dataset) are relative to the repository
     out, registry = tmp_path / "tune", tmp_path / "registry.json"
-    # only where results go is changed: config, dataset and model are the defaults
-    assert tune.main(["--output", str(out), "--registry", str(registry)]) == 0
+    # only where results go is changed: config, dataset and model are the defaults; the trials'
+    # checkpoints go to object storage, as on a cluster (Ray reports their paths without the scheme)
+    trials_uri = make_bucket(s3_env, "cf-tune-trials") + "/trials"
+    argv = ["--output", str(out), "--registry", str(registry), f"finetune.storage_path={trials_uri}"]
+    assert tune.main(argv) == 0
     printed = capsys.readouterr().out
     sweep = json.loads((out / "sweep.json").read_text())
     trials = sweep["trials"]
@@ -48,6 +54,7 @@ def test_tune_with_no_arguments_sweeps_the_bundled_sample(ray_session, tmp_path,
     worst = max(trials, key=lambda t: t["eval_loss"])
     assert best["eval_loss"] < worst["eval_loss"] and best["config"] == {"lr": 0.01}
     assert sweep["best_trial"] == best["trial_id"]
+    assert all(t["checkpoint_path"].startswith(trials_uri + "/") and fs.exists(t["checkpoint_path"]) for t in trials)
     assert sum(f"trial {t['trial_id']} finished" in printed for t in trials) == 2
 
     entry = json.loads(registry.read_text())["specialists"]["rtl_design"]
@@ -61,7 +68,7 @@ def test_tune_with_no_arguments_sweeps_the_bundled_sample(ray_session, tmp_path,
     assert report["examples"]["validation"] >= 1 and report["eval_rows"] >= 1
     assert printed.rstrip().splitlines()[-1].startswith("registered as the rtl_design specialist")
 
-    assert tune.main(["--output", str(out), "--registry", str(registry)]) == 0  # same inputs: skipped
+    assert tune.main(argv) == 0  # same inputs: skipped
     assert "up to date, skipped" in capsys.readouterr().out
 
 
