@@ -29,19 +29,25 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     if not is_uri(path):
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
     scheme, rest = path.split("://", 1)
-    if "?" in rest or scheme not in _CACHED_SCHEMES:  # options in the URI: pyarrow parses them each time
-        return pafs.FileSystem.from_uri(path)
     bucket = rest.split("/", 1)[0]
-    return _bucket_filesystem(scheme, bucket, os.environ.get("AWS_ENDPOINT_URL")), rest.rstrip("/") or bucket
+    if scheme not in _CACHED_SCHEMES or any(c in rest for c in "?%@#"):
+        return pafs.FileSystem.from_uri(path)  # options, escapes or credentials in the URI: pyarrow's own parsing
+    env = tuple(os.environ.get(k) for k in _STORE_ENV)
+    return _bucket_filesystem(scheme, bucket, env), rest.rstrip("/") or bucket
 
 
 _CACHED_SCHEMES = frozenset({"s3", "gs", "gcs"})
+# what pyarrow reads from the environment when it builds an object-store filesystem (the cache's key)
+_STORE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+              "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE",
+              "AWS_SHARED_CREDENTIALS_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+              "GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST")
 
 
 @functools.lru_cache(maxsize=64)
-def _bucket_filesystem(scheme: str, bucket: str, endpoint: str | None) -> pafs.FileSystem:
-    """One filesystem per bucket (keyed on the endpoint too): building one resolves the bucket's region,
-    a request to the store, which thousands of small reads (status files, markers) would repeat."""
+def _bucket_filesystem(scheme: str, bucket: str, env: tuple[str | None, ...]) -> pafs.FileSystem:
+    """One filesystem per bucket and environment: building one resolves the bucket's region, a request
+    to the store, which thousands of small reads (status files, markers) would otherwise repeat."""
     return pafs.FileSystem.from_uri(f"{scheme}://{bucket}")[0]
 
 
@@ -147,7 +153,10 @@ def read_arrow(path: str) -> Any:
 def atomic_dir(path: str) -> Iterator[str]:
     """Yield a temporary sibling directory; on success it replaces ``path``.
 
-    On an exception the temporary directory is removed and ``path`` is left as it was.
+    On an exception the temporary directory is removed and ``path`` is left as it was. On an object
+    store the final move goes file by file (``_move_tree``): if it fails part-way, ``path`` holds part
+    of the new output and the exception propagates, so the job writes no completion marker and its
+    rerun writes ``path`` again.
     """
     tmp = f"{path.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
     makedirs(tmp)
@@ -159,25 +168,30 @@ def atomic_dir(path: str) -> Iterator[str]:
     delete(path)
     filesystem, src = resolve(tmp)
     _, dst = resolve(path)
-    _move_tree(filesystem, src, dst)
+    try:
+        _move_tree(filesystem, src, dst)
+    finally:
+        delete(tmp)  # gone already after a successful move
 
 
-def _move_tree(filesystem: pafs.FileSystem, src: str, dst: str) -> None:
-    """Rename a directory; object stores have no directory rename, so there each file moves.
+def _move_tree(filesystem: pafs.FileSystem, src: str, dst: str, threads: int = 16) -> None:
+    """Rename a directory; object stores have no directory rename, so there each file moves (a
+    server-side copy, ``threads`` at a time: an S3 copy takes objects up to 5 GiB)."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    On an object store the move is per file, not atomic as a whole: what makes an output
-    finished is the job's completion marker, written after this returns.
-    """
     if isinstance(filesystem, pafs.LocalFileSystem):
         filesystem.move(src, dst)
         return
     filesystem.create_dir(dst, recursive=True)
+    moves = []
     for info in filesystem.get_file_info(pafs.FileSelector(src, recursive=True)):
         target = dst + info.path[len(src):]
         if info.type == pafs.FileType.File:
-            filesystem.move(info.path, target)
+            moves.append((info.path, target))
         elif info.type == pafs.FileType.Directory:
             filesystem.create_dir(target, recursive=True)
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda m: filesystem.move(*m), moves))  # list(): the first failure raises here
     filesystem.delete_dir(src)
 
 

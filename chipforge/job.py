@@ -22,6 +22,7 @@ the dataset config reruns the dataset and every job that reads it, and nothing e
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -125,38 +126,47 @@ def path_fingerprint(path: str) -> str:
 
 
 def _local_fingerprint(root: str) -> str:
-    """``path_fingerprint`` of a local file or directory tree, walked by name as the OS stores it: names
-    that are not UTF-8 are fine, symbolic links below ``root`` count by their target text and are never followed,
-    and FIFOs, sockets and devices count by kind (never opened: they could block)."""
+    """``path_fingerprint`` of a local file or directory tree, walked by name as the OS stores it (names
+    that are not UTF-8 are fine). Links are followed, as the jobs read through them: a linked file counts
+    by its content, a directory reached twice (a link loop) once, a dangling link by its target text.
+    FIFOs, sockets and devices count by kind and are never opened (they could block)."""
     import stat
 
-    def entry(p: bytes, rel: str) -> tuple[Any, ...] | None:
-        st = os.lstat(p)
-        if stat.S_ISLNK(st.st_mode):
-            return (rel, "symlink", os.readlink(p).decode("utf-8", "backslashreplace"))
+    def entry(p: bytes, rel: str) -> tuple[Any, ...]:
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            if os.path.islink(p):
+                return (rel, "broken_symlink", os.readlink(p).decode("utf-8", "backslashreplace"))
+            return (rel, "unreadable", exc.errno)
         if not stat.S_ISREG(st.st_mode):
-            return None if stat.S_ISDIR(st.st_mode) else (rel, "special", stat.S_IFMT(st.st_mode))
+            return (rel, "special", stat.S_IFMT(st.st_mode))
         if st.st_size > 1 << 20:
             return (rel, st.st_size, st.st_mtime_ns)
         try:
-            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
             return (rel, "unreadable", exc.errno)
         with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # swapped since the stat
+                return (rel, "special", 0)
             return (rel, sha256_hex(f.read()))
 
-    top = os.path.realpath(os.fsencode(root))  # the input named itself may be a link; links below it are not followed
-    if not os.path.lexists(top):
+    top = os.fsencode(os.path.abspath(root))
+    if not os.path.exists(top):
         return "missing"
     if not os.path.isdir(top):
         return _digest([entry(top, os.path.basename(root))])
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(top):  # never descends into a linked directory
-        for name in dirnames + filenames:
+    entries, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:  # a link back up the tree, or a second link to one directory
+            dirnames.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for name in filenames:
             p = os.path.join(dirpath, name)
-            e = entry(p, os.path.relpath(p, top).decode("utf-8", "backslashreplace"))
-            if e is not None:
-                entries.append(e)
+            entries.append(entry(p, os.path.relpath(p, top).decode("utf-8", "backslashreplace")))
     return _digest(sorted(entries, key=lambda e: e[0]))
 
 
@@ -218,21 +228,63 @@ def check_paths(spec: JobSpec[Any], cfg: BaseModel, origin: Callable[[str], str]
 
 def _probe(path: str, *, output: bool = False) -> tuple[Any, str | None]:
     """(file type, None), or (None, why the storage cannot be used): an unknown scheme, an object
-    store that does not answer or refuses the credentials, or an output's bucket that does not exist."""
+    store that does not answer or refuses the credentials, an output's bucket that does not exist, or
+    an output that is a whole bucket (its temporary sibling would be another bucket)."""
     import pyarrow as pa
     import pyarrow.fs as pafs
 
+    silent = _silent_endpoint(path)
+    if silent:
+        return None, silent
     try:
         filesystem, p = fs.resolve(path)
+        if output and fs.is_uri(path) and "/" not in p.strip("/"):
+            return None, f"an output needs a folder inside the bucket (e.g. {path.rstrip('/')}/out)"
         kind = filesystem.get_file_info(p).type
         if output and fs.is_uri(path) and kind == pafs.FileType.NotFound:
             bucket = p.split("/", 1)[0]
             if filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
-                return None, f"its bucket {bucket!r} does not exist (create it first)"
+                try:  # a store that is not there also says "not found": listing tells them apart
+                    filesystem.get_file_info(pafs.FileSelector(bucket, allow_not_found=False))
+                except (OSError, pa.ArrowException) as exc:
+                    return None, f"its bucket {bucket!r} cannot be used: {_short(exc)}"
         return kind, None
     except (OSError, ValueError, pa.ArrowException) as exc:
-        reason = " ".join(str(exc).split())
-        return None, f"storage cannot be used: {reason[:400]}"
+        return None, f"storage cannot be used: {_short(exc)}"
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:400]
+
+
+def _silent_endpoint(path: str) -> str | None:
+    """Why an S3 path's configured endpoint (``AWS_ENDPOINT_URL[_S3]``: MinIO, a proxy) cannot be used, when
+    it does not answer an HTTP request within ``ENDPOINT_TIMEOUT_S``: pyarrow would wait minutes for it
+    (retries of long timeouts), and a process cannot exit while such a request is in flight. None
+    otherwise: any answer, even an error status, is the store's to judge."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return _endpoint_silence(endpoint) if endpoint and path.startswith("s3://") else None
+
+
+ENDPOINT_TIMEOUT_S = 10.0
+
+
+@functools.lru_cache(maxsize=8)
+def _endpoint_silence(endpoint: str) -> str | None:
+    import socket
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=ENDPOINT_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return None
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, (socket.timeout, TimeoutError)) or isinstance(getattr(exc, "reason", None),
+                                                                          (socket.timeout, TimeoutError)):
+            return f"storage endpoint {endpoint} did not answer within {ENDPOINT_TIMEOUT_S:g} s"
+        return None  # refused, unresolvable, TLS...: pyarrow says so itself, quickly
+    return None
 
 
 # --------------------------------------------------------------------------- run context

@@ -88,3 +88,26 @@ def test_object_store_paths_round_trip(s3_env) -> None:
         fs.write_text(fs.join(tmp, "g.txt"), "new")
     assert fs.listdir(out, recursive=True) == [f"{out}/g.txt"]
     assert [fs.relative(p, root) for p in fs.listdir(root)] == ["a", "modules"]  # no temporary left behind
+
+
+def test_object_store_filesystems_are_cached_per_bucket_and_environment(s3_env, monkeypatch) -> None:
+    a, path = fs.resolve("s3://cf-cache/x/y")
+    assert path == "cf-cache/x/y" and fs.resolve("s3://cf-cache/z")[0] is a  # no region lookup per call
+    assert fs.resolve("s3://cf-cache/a%20b")[1] == "cf-cache/a b"  # escapes: pyarrow's own parsing, as Ray's
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env["AWS_ENDPOINT_URL"] + "/")  # another endpoint (or key)
+    assert fs.resolve("s3://cf-cache/x")[0] is not a
+
+
+def test_a_failed_final_move_leaves_no_temporary_behind(s3_env, monkeypatch) -> None:
+    from tests.conftest import make_bucket
+
+    root = make_bucket(s3_env, "cf-fs-move") + "/run"
+
+    def broken(*args, **kwargs):
+        raise OSError("copy refused")
+
+    monkeypatch.setattr(fs, "_move_tree", broken)
+    with pytest.raises(OSError, match="copy refused"):
+        with fs.atomic_dir(fs.join(root, "out")) as tmp:
+            fs.write_text(fs.join(tmp, "f.txt"), "x")
+    assert fs.listdir(root) == []  # the job fails without a marker; nothing half-named is left

@@ -213,7 +213,8 @@ def test_unusable_storage_is_a_usage_error_naming_the_path(s3_env, tmp_path: Pat
                    flags={"--output": "output_dir", "--input": "input_dir"}, inputs={"input_dir": "toy input"},
                    uses_ray=False)
     bucket = make_bucket(s3_env, "cf-job-paths")
-    cases = {("--output", "s3://cf-no-such-bucket/out"): "its bucket 'cf-no-such-bucket' does not exist",
+    cases = {("--output", "s3://cf-no-such-bucket/out"): "its bucket 'cf-no-such-bucket' cannot be used: ",
+             ("--output", bucket): f"an output needs a folder inside the bucket (e.g. {bucket}/out)",
              ("--output", "nosuchscheme://x/y"): "storage cannot be used: Unrecognized filesystem type",
              ("--input", f"{bucket}/missing"): "does not exist (expected toy input)"}
     for (flag, value), message in cases.items():
@@ -221,5 +222,28 @@ def test_unusable_storage_is_a_usage_error_naming_the_path(s3_env, tmp_path: Pat
         assert job.main(spec, _body([]), argv) == job.EXIT_USAGE
         err = capsys.readouterr().err
         assert f"{flag} {value}" in err and message in err, err
+    assert "The specified bucket does not exist" in job._probe("s3://cf-no-such-bucket/out", output=True)[1]
     assert job.main(spec, _body([]), ["--output", f"{bucket}/out"]) == job.EXIT_OK
     assert fs.exists(f"{bucket}/out/report.json")
+
+
+def test_an_endpoint_that_never_answers_is_a_usage_error_in_seconds(monkeypatch, tmp_path: Path, capsys) -> None:
+    """pyarrow waits minutes on a store that accepts connections and never replies (and the process
+    cannot exit meanwhile): the configured endpoint is asked first, with a short timeout."""
+    import socket
+    import time
+
+    spec = JobSpec(name="toy", config=ToyConfig, default_config=None, summary=lambda r: "",
+                   flags={"--output": "output_dir"}, uses_ray=False)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        monkeypatch.setattr(job, "ENDPOINT_TIMEOUT_S", 1.0)
+        job._endpoint_silence.cache_clear()
+        t0 = time.monotonic()
+        assert job.main(spec, _body([]), ["--output", "s3://cf-any/out"]) == job.EXIT_USAGE
+        assert time.monotonic() - t0 < 10
+    job._endpoint_silence.cache_clear()
+    assert f"storage endpoint {endpoint} did not answer within 1 s" in capsys.readouterr().err

@@ -107,7 +107,8 @@ def test_job_crawls_a_site_and_reuses_its_cache(ray_session, doc_site: DocSite, 
 
 def test_input_fingerprint_survives_a_non_utf8_file_name(tmp_path: Path) -> None:
     """It listed local inputs with pyarrow, which cannot decode such a name: the job died with a traceback
-    before reading anything. Links are fingerprinted by their target text, never followed or read."""
+    before reading anything. Links are followed (a linked file's change reruns the job), a link loop is
+    walked once, and a FIFO is never opened."""
     import os
 
     from chipforge.job import fingerprint
@@ -122,13 +123,12 @@ def test_input_fingerprint_survives_a_non_utf8_file_name(tmp_path: Path) -> None
                    {"sources": [{"kind": "local", "name": "l", "tool": "yosys", "path": str(root)}]}, source="t.yaml")
     _, inputs = fingerprint(SPEC, cfg)
     assert inputs["source:l"]
-    outside = tmp_path / "outside.md"
-    outside.write_text("secret v1")
-    os.symlink(outside, root / "link.md")
+    shared = tmp_path / "shared.md"
+    shared.write_text("v1")
+    os.symlink(shared, root / "link.md")
+    os.symlink("..", root / "up")  # a loop: walked once
     os.mkfifo(root / "pipe.md")  # never opened: it would block
     linked = fingerprint(SPEC, cfg)[1]["source:l"]
     assert linked != inputs["source:l"]
-    outside.write_text("secret v2")  # what the link points at is not part of the input
-    assert fingerprint(SPEC, cfg)[1]["source:l"] == linked
-    (root / "good.md").write_text("# Good\n\nchanged\n")
+    shared.write_text("v2")  # a linked file's content is part of the input, as the job reads it
     assert fingerprint(SPEC, cfg)[1]["source:l"] != linked
