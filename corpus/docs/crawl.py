@@ -105,6 +105,9 @@ class CrawlConfig(Config):
     cache_dir: str | None = "out/cache/docs"  # None: no cache
     cache_max_age_s: float = Field(0.0, ge=0.0)  # younger cache entries are used without a request
     max_redirects: int = Field(5, ge=0)
+    # wall-clock budget of one site: a site that answers every page slowly (just inside timeout_s, with
+    # retries) would otherwise take hours; pages in flight at the end fail as site_budget, the rest are skipped
+    site_budget_s: float | None = Field(3600.0, gt=0)
 
 
 @dataclass
@@ -348,6 +351,19 @@ class SiteCrawler:
         self.stats = CrawlStats(source=source.name)
         self.hosts: dict[str, _Host] = {}
         self.prefixes = [normalize_url(p) or p for p in source.allowed_prefixes]
+        self.deadline = float("inf")
+
+    async def _budgeted(self, session: Any, url: str) -> dict[str, Any] | None:
+        """``_page`` within what is left of ``cfg.site_budget_s``."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.stats.skipped["site_budget"] += 1
+            return None
+        try:
+            return await asyncio.wait_for(self._page(session, url), left)
+        except asyncio.TimeoutError:
+            self.stats.fail(url, f"site_budget:{self.cfg.site_budget_s:g}s")
+            return None
 
     def _host(self, url: str) -> _Host:
         key = urlsplit(url).netloc
@@ -363,6 +379,8 @@ class SiteCrawler:
         pages: dict[str, dict[str, Any]] = {}
         seen: set[str] = set()
         frontier = [u for u in (normalize_url(s) for s in self.source.start_urls) if u]
+        if self.cfg.site_budget_s is not None:
+            self.deadline = time.monotonic() + self.cfg.site_budget_s
         # auto_decompress=False: bodies are inflated by read_body, under the size cap.
         async with aiohttp.ClientSession(timeout=timeout, headers=headers, auto_decompress=False) as session:
             for depth in range(self.source.max_depth + 1):
@@ -375,7 +393,7 @@ class SiteCrawler:
                         self.stats.skipped["max_pages"] += 1
                         continue
                     batch.append(url)
-                results = await asyncio.gather(*(self._page(session, u) for u in batch))
+                results = await asyncio.gather(*(self._budgeted(session, u) for u in batch))
                 frontier = []
                 for url, result in zip(batch, results):
                     if result is None:

@@ -352,3 +352,24 @@ def test_nesting_below_the_limit_stays_linear() -> None:
     t0 = time.monotonic()
     extract(html, "html", "http://h/d.html")
     assert time.monotonic() - t0 < 20
+
+
+def test_a_site_that_is_slow_everywhere_ends_at_its_budget(raw_site: RawSite) -> None:
+    """Every page answers just inside timeout_s: without a site budget that is timeout x pages (hours on
+    a real site); with it the crawl ends, the pages in flight fail as site_budget and the rest are skipped."""
+    async def slow(writer: asyncio.StreamWriter, site: RawSite) -> None:
+        await asyncio.sleep(0.8)
+        links = "".join(f'<a href="/docs/p{i}.html">p{i}</a>' for i in range(40))
+        writer.write(_response("200 OK", _page("slow", f"<p>slow page</p>{links}")))
+
+    for i in range(40):
+        raw_site.routes[f"/docs/p{i}.html"] = slow
+    raw_site.routes["/docs/index.html"] = slow
+    src = _source(raw_site, "/docs/index.html", max_pages=41)
+    t0 = time.monotonic()
+    rows, stats = crawl_site(src, _cfg(per_host_concurrency=2, site_budget_s=2.5))
+    assert time.monotonic() - t0 < 6
+    assert 1 <= stats["fetched"] < 10 and PAGES_SCHEMA.names == rows.schema.names
+    reasons = set(_reasons(stats).values())
+    assert reasons == {"site_budget:2.5s"}, reasons
+    assert stats["fetched"] + len(stats["failures"]) + stats["skipped"].get("site_budget", 0) == 41
