@@ -22,6 +22,11 @@ def is_uri(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def _prefix(path: str) -> str:
+    """``scheme://`` of a URI, "" for a local path: what turns a filesystem's own path back into ``path``'s form."""
+    return path.split("://", 1)[0] + "://" if is_uri(path) else ""
+
+
 def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path, ``file://`` or any pyarrow-supported URI."""
     if path.startswith("file://"):
@@ -56,7 +61,7 @@ def on_storage_of(path: str, like: str) -> str:
     module and Ray accept: ``like``'s scheme is put back for object stores."""
     if not is_uri(like) or "://" in path:
         return path
-    return like.split("://", 1)[0] + "://" + path.lstrip("/")
+    return _prefix(like) + path.lstrip("/")
 
 
 def join(base: str, *parts: str) -> str:
@@ -205,14 +210,14 @@ def listdir(path: str, *, recursive: bool = False, files_only: bool = False) -> 
     if filesystem.get_file_info(p).type == pafs.FileType.NotFound:
         return []
     infos = filesystem.get_file_info(pafs.FileSelector(p, recursive=recursive))
-    scheme = path.split("://", 1)[0] + "://" if is_uri(path) else ""
+    scheme = _prefix(path)
     return sorted(scheme + i.path for i in infos if not files_only or i.type == pafs.FileType.File)
 
 
 def relative(path: str, root: str) -> str:
     """``path`` (as ``listdir(root)`` gives it) relative to ``root``, without a leading slash."""
     inner = resolve(root)[1].rstrip("/")
-    base = root.split("://", 1)[0] + "://" + inner if is_uri(root) else inner
+    base = _prefix(root) + inner
     if not (path == base or path.startswith(base + "/")):
         raise ValueError(f"{path} is not below {root}")
     return path[len(base):].lstrip("/")

@@ -17,11 +17,12 @@ Layout (every HTML page carries an ETag and honours If-None-Match with a 304):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -142,12 +143,36 @@ def _make_app(site: DocSite) -> web.Application:
     return app
 
 
+@contextlib.contextmanager
+def serve_on_loop(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]],
+                  what: str) -> Iterator[None]:
+    """Run ``start()`` on a fresh event loop in a daemon thread, keep the loop running while the
+    ``with`` body runs, then run ``stop()`` on it and close it (test servers on 127.0.0.1)."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(10), f"{what} did not start"
+    try:
+        yield
+    finally:
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
 @pytest.fixture
 def doc_site() -> Iterator[DocSite]:
     """The site above on a fresh random port; counters start at zero for each test."""
-    loop = asyncio.new_event_loop()
     site = DocSite(base="")
-    started = threading.Event()
     runner_box: dict[str, web.AppRunner] = {}
 
     async def start() -> None:
@@ -159,19 +184,8 @@ def doc_site() -> Iterator[DocSite]:
         site.base = f"http://127.0.0.1:{port}"
         runner_box["runner"] = runner
 
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        started.set()
-        loop.run_forever()
+    async def stop() -> None:
+        await runner_box["runner"].cleanup()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(10), "test doc site did not start"
-    try:
+    with serve_on_loop(start, stop, "test doc site"):
         yield site
-    finally:
-        asyncio.run_coroutine_threadsafe(runner_box["runner"].cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()

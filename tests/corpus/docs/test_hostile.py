@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,6 +20,7 @@ from corpus.docs.chunk import ExtractChunk
 from corpus.docs.crawl import PAGES_SCHEMA, CrawlConfig, crawl_site, normalize_url, read_local, within
 from corpus.docs.extract import extract
 from corpus.docs.sources import LocalSource, SiteSource
+from tests.corpus.docs.conftest import serve_on_loop
 
 Writer = Callable[[asyncio.StreamWriter, "RawSite"], Awaitable[None]]
 
@@ -48,8 +48,6 @@ class RawSite:
 @pytest.fixture
 def raw_site() -> Iterator[RawSite]:
     site = RawSite()
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
     box: dict[str, asyncio.AbstractServer] = {}
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -74,28 +72,14 @@ def raw_site() -> Iterator[RawSite]:
         site.base = f"http://127.0.0.1:{site.port}"
         box["server"] = server
 
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        started.set()
-        loop.run_forever()
+    async def stop() -> None:
+        box["server"].close()
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(10), "raw test site did not start"
-    try:
+    with serve_on_loop(start, stop, "raw test site"):
         yield site
-    finally:
-        async def stop() -> None:
-            box["server"].close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
-
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 def _source(site: RawSite, start: str, prefix: str = "/docs/", **kw) -> SiteSource:
