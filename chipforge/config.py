@@ -144,7 +144,7 @@ def load_config(
     # intermixed: overrides may come before, between and after the flags
     args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
 
-    data: dict[str, Any] = read_yaml(args.config) if args.config else {}
+    data: dict[str, Any] = _read_config(args.config, default_config) if args.config else {}
     origins: dict[str, str] = {}
     for item in args.overrides:
         key, value = parse_override(item)
@@ -166,6 +166,21 @@ def load_config(
                               f"`{meant}`; this is {prog})") from exc
         raise
     return (cfg, line) if with_origins else cfg
+
+
+def _read_config(path: str, default_config: str | Path | None) -> dict[str, Any]:
+    """``read_yaml``; the job's own default config, relative to the checkout, missing from the working
+    directory means the job runs outside the checkout: the error says where to run it."""
+    try:
+        return read_yaml(path)
+    except ConfigError:
+        checkout = Path(__file__).resolve().parents[1]
+        if (default_config is None or path != str(default_config) or Path(path).is_absolute()
+                or not (checkout / path).is_file() or Path(path).exists()):
+            raise
+        raise ConfigError(f"config file not found: {path} (in {Path.cwd()}). Jobs run from the chipforge "
+                          f"checkout, where their configs, the bundled sample and the configs' relative "
+                          f"paths are: cd {checkout}") from None
 
 
 _EXTRA_HELP = {"--force": "redo the job even if its output is up to date",

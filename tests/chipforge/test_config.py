@@ -96,6 +96,19 @@ def test_default_config_used_without_flag(tmp_path: Path) -> None:
     assert cfg.manifest == "default.yaml"
 
 
+def test_default_config_outside_the_checkout_says_where_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's default config is relative to the checkout: run elsewhere, the error says where to cd."""
+    checkout = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=f"cd {checkout}$"):
+        load_config(JobConfig, [], prog="t", default_config="jobs/configs/corpus_sample.yaml")
+    # a config the user names, or a default that is not the checkout's, keeps the plain error
+    for argv, default in ((["--config", "jobs/configs/corpus_sample.yaml"], None), ([], "jobs/configs/nope.yaml")):
+        with pytest.raises(ConfigError) as err:
+            load_config(JobConfig, argv, prog="t", default_config=default)
+        assert "not found" in str(err.value) and "cd " not in str(err.value)
+
+
 def test_set_dotted_and_launch_header(tmp_path: Path) -> None:
     data: dict = {"a": 1}
     set_dotted(data, "a.b.c", 2)
