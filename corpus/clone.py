@@ -24,16 +24,21 @@ repository, never a job failure. Every URL and ref reaches git after ``--`` (or 
 protocol.allow=never`` + ``protocol.<p>.allow=always`` and ``GIT_ALLOW_PROTOCOL``): the
 repository's own protocol family, with ``file`` only for an already confined local URL;
 submodules are updated in a separate command that never allows ``file``.
+
+Credentials in a manifest URL (``https://user:token@host/...``) reach git only: the status, the
+report and the file rows carry ``redact_url(url)``, and error messages have the URL replaced by it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import time
 import uuid
@@ -58,7 +63,13 @@ GIT_ENV = {
     "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=20",
     "GIT_CONFIG_NOSYSTEM": "1",
     "GCM_INTERACTIVE": "never",
+    "GIT_LFS_SKIP_SMUDGE": "1",
 }
+# A filter driver installed in the user's global git config (``git lfs install``) runs for every
+# file a repository's .gitattributes names: git-lfs would download each object, from a server the
+# repository itself may choose (.lfsconfig), past max_repo_bytes and the protocol allow-list.
+# Pointer files are kept instead (``corpus.files`` skips them as ``lfs_pointer``).
+NO_LFS_FILTER = ["-c", "filter.lfs.smudge=", "-c", "filter.lfs.process=", "-c", "filter.lfs.required=false"]
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
 # URL schemes a manifest may use; git is also told to allow only these protocols.
@@ -68,6 +79,7 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _SCP = re.compile(r"^([^@/:\s]+)@([^@/:\s]+):(.*)$")
 _HELPER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
 _BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)@")  # scheme, user[:password]
 
 _CREDENTIALS = ("could not read username", "could not read password", "terminal prompts disabled",
                 "authentication failed", "permission denied (publickey", "host key verification failed",
@@ -197,6 +209,16 @@ def resolve_url(url: str, roots: Sequence[str]) -> tuple[str, bool]:
     return real, True
 
 
+def redact_url(url: str) -> str:
+    """``url`` fit for reports and data: without the password of a ``scheme://`` URL, and without
+    its user name too except over ssh (a token is often the user name: ``https://<token>@host/x``)."""
+    m = _USERINFO.match(url)
+    if not m:
+        return url
+    user = m.group(2).split(":", 1)[0] + "@" if m.group(1).lower() == "ssh" else ""
+    return f"{m.group(1)}://{user}{url[m.end():]}"
+
+
 def protocols_for(url: str) -> tuple[str, ...]:
     """Protocols git may use for the repository itself: ``file`` only for a (confined) local URL."""
     return ("file",) if url.startswith("file://") else NETWORK_PROTOCOLS
@@ -219,10 +241,11 @@ def git(args: list[str], *, cwd: str | None = None, timeout_s: float,
 
     Only ``protocols`` are allowed for any transport the command (or a command it starts, such
     as a submodule clone) opens: ``-c protocol.allow=never`` plus one ``protocol.<p>.allow=always``
-    each, and ``GIT_ALLOW_PROTOCOL`` (which git also passes on to child processes).
+    each, and ``GIT_ALLOW_PROTOCOL`` (which git also passes on to child processes). The git-lfs
+    filter never runs (``NO_LFS_FILTER``).
     """
     env = {**os.environ, **GIT_ENV, "GIT_ALLOW_PROTOCOL": ":".join(protocols)}
-    allow = ["-c", "protocol.allow=never"]
+    allow = ["-c", "protocol.allow=never", *NO_LFS_FILTER]
     for p in protocols:
         allow += ["-c", f"protocol.{p}.allow=always"]
     proc = subprocess.Popen(["git", *allow, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -246,7 +269,12 @@ def url_key(url: str) -> str:
 
 
 def snapshot_id(root: str) -> str:
-    """``dir:`` + sha256 over sorted relative paths and contents (links hashed by target)."""
+    """``dir:`` + sha256 over sorted relative paths and contents (links hashed by target).
+
+    Only regular files are opened, and read in chunks: a FIFO, socket or device in a local
+    directory (which would block ``open`` forever or never end) is hashed by its kind only.
+    Names are hashed as the bytes the file system holds (non-UTF-8 names included).
+    """
     h = hashlib.sha256()
     entries: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -254,12 +282,15 @@ def snapshot_id(root: str) -> str:
         entries += [os.path.relpath(os.path.join(dirpath, n), root) for n in filenames]
     for rel in sorted(entries):
         path = os.path.join(root, rel)
-        h.update(rel.replace(os.sep, "/").encode() + b"\0")
-        if os.path.islink(path):
-            h.update(b"link:" + os.readlink(path).encode())
+        h.update(os.fsencode(rel.replace(os.sep, "/")) + b"\0")
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            h.update(b"link:" + os.fsencode(os.readlink(path)))
+        elif not stat.S_ISREG(mode):
+            h.update(b"special:%o" % stat.S_IFMT(mode))
         else:
             with open(path, "rb") as fh:
-                h.update(hashlib.sha256(fh.read()).digest())
+                h.update(hashlib.file_digest(fh, "sha256").digest())
     return "dir:" + h.hexdigest()[:16]
 
 
@@ -417,14 +448,35 @@ def clone(repo: Repository, s: CloneSettings) -> tuple[str, str, bool]:
         if size > s.max_repo_bytes:
             raise CloneError("too big", f"{size} bytes > max_repo_bytes {s.max_repo_bytes}")
         done = os.path.join(base, commit + suffix)
-        if os.path.exists(os.path.join(done, ".complete")):
-            return done, commit, True
-        shutil.rmtree(done, ignore_errors=True)
-        os.rename(tmp, done)
-        Path(done, ".complete").write_text(f"{url}\n{repo.ref or 'HEAD'}\n{commit}\n")
-        return done, commit, False
+        # The marker goes in before the rename, so a checkout in the cache is always complete, and
+        # a worker cloning the same URL at the same moment (one URL under two names) finds it.
+        Path(tmp, ".complete").write_text(f"{url}\n{repo.ref or 'HEAD'}\n{commit}\n")
+        for _ in range(2):
+            try:
+                os.rename(tmp, done)  # fails while ``done`` exists: never replaces another worker's checkout
+                return done, commit, False
+            except OSError:
+                if os.path.exists(os.path.join(done, ".complete")):
+                    return done, commit, True
+                _set_aside(done)  # no marker: a leftover of an older run
+        raise CloneError("error", f"cache entry {done} could not be written")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _set_aside(path: str) -> None:
+    """Remove a directory by renaming it away first: of workers racing on it, one renames it,
+    and no worker ever deletes a directory another has just put in its place."""
+    aside = f"{path}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(path, aside)
+    except OSError:
+        return
+    if os.path.exists(os.path.join(aside, ".complete")):  # another worker's checkout landed meanwhile
+        with contextlib.suppress(OSError):
+            os.rename(aside, path)
+            return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _retry(fn: Any, s: CloneSettings) -> Any:
@@ -491,7 +543,8 @@ class CloneAndRead:
         """Clone (or hit the cache) and read one repository; its status, with the CPU seconds spent
         here and in git (this process and its waited-for children), goes to ``status_dir``."""
         t0, c0 = time.perf_counter(), _cpu_with_children()
-        status: dict[str, Any] = {"repo": repo.name, "url": repo.url, "ref": repo.ref, "manifest_index": index,
+        url = redact_url(repo.url)  # never the manifest's credentials in the status or the rows
+        status: dict[str, Any] = {"repo": repo.name, "url": url, "ref": repo.ref, "manifest_index": index,
                                   "status": "failed", "reason": None, "error": None, "commit": None,
                                   "license": None, "cached": False, "files_read": 0, "skipped": {},
                                   "encodings": {}, "bytes": 0}
@@ -499,16 +552,16 @@ class CloneAndRead:
         try:
             root, commit, cached = clone(repo, self.settings)
             license = repo.license or detect_repo(root)
-            result = read_repo(root, repo=repo.name, url=repo.url, commit=commit, license=license,
+            result = read_repo(root, repo=repo.name, url=url, commit=commit, license=license,
                                manifest_index=index, extensions=self.extensions, include=repo.include,
                                exclude=repo.exclude, max_file_bytes=self.max_file_bytes)
             rows = result.rows
             status.update(status="ok", commit=commit, license=license, cached=cached, files_read=len(rows),
                           skipped=dict(result.skipped), encodings=dict(result.encodings), bytes=result.n_bytes)
         except CloneError as exc:
-            status.update(reason=exc.reason, error=str(exc))
+            status.update(reason=exc.reason, error=str(exc).replace(repo.url, url))
         except Exception as exc:  # noqa: BLE001 - one bad repository never fails the job
-            status.update(reason="error", error=f"{type(exc).__name__}: {exc}")
+            status.update(reason="error", error=f"{type(exc).__name__}: {exc}".replace(repo.url, url))
         status["seconds"] = round(time.perf_counter() - t0, 3)
         status["cpu_seconds"] = round(_cpu_with_children() - c0, 4)
         fs.write_json(status_path(self.status_dir, repo.name), status)

@@ -537,9 +537,39 @@ def near_edges(bucket: pa.Table | Mapping[str, Any], threshold: float = 0.8, max
                               t.column("signature").to_pylist(), threshold, max_bucket))
 
 
+class _Components:
+    """Union-find over module ids: which pairs are already joined by the edges kept so far."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        parent = self.parent
+        root = parent.setdefault(x, x)
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def join(self, a: str, b: str) -> bool:
+        """Join the components of ``a`` and ``b``; False when they were one already."""
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return False
+        self.parent[rb] = ra
+        return True
+
+
 def _near_pairs(ids: Sequence[str], norms: Sequence[str | None], sigs: Sequence[Any], threshold: float,
-                max_bucket: int) -> list[tuple[str, str]]:
-    """Verified pairs of one bucket; ``sigs[i]`` is row i's signature (a list or a numpy row)."""
+                max_bucket: int, joined: _Components | None = None) -> list[tuple[str, str]]:
+    """Verified pairs of one bucket; ``sigs[i]`` is row i's signature (a list or a numpy row).
+
+    With ``joined`` (the components of the edges already kept), a candidate pair already in one
+    component is neither verified nor returned: clusters are components, so it adds nothing, and
+    a family of near-identical modules that shares every band costs one verified pair per
+    module, not one per band and window slot.
+    """
     rep: dict[str | None, tuple[str, int]] = {}
     for i, (mid, h) in enumerate(zip(ids, norms)):
         if h not in rep or mid < rep[h][0]:
@@ -547,8 +577,15 @@ def _near_pairs(ids: Sequence[str], norms: Sequence[str | None], sigs: Sequence[
     if len(rep) < 2:
         return []
     by_id = {mid: np.asarray(sigs[i], dtype=np.uint32) for mid, i in rep.values()}
-    return [(a, b) for a, b in bucket_pairs(list(by_id), max_bucket)
-            if jaccard_estimate(by_id[a], by_id[b]) >= threshold]
+    if joined is None:
+        return [(a, b) for a, b in bucket_pairs(list(by_id), max_bucket)
+                if jaccard_estimate(by_id[a], by_id[b]) >= threshold]
+    out = []
+    for a, b in bucket_pairs(list(by_id), max_bucket):
+        if joined.find(a) != joined.find(b) and jaccard_estimate(by_id[a], by_id[b]) >= threshold:
+            joined.join(a, b)
+            out.append((a, b))
+    return out
 
 
 def _signature_matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -567,8 +604,10 @@ def bucket_edges(block: pa.Table | Mapping[str, Any], threshold: float = 0.8, ma
 
     Rows are sorted by (key, exact) once with numpy; only groups of two or more rows reach
     Python: an exact group links every member to its smallest id, an LSH bucket gives its
-    verified near edges (``near_edges``). Each linked module is also emitted once as a node
-    row (b null) with its keep-policy fields.
+    verified near edges (``near_edges``). A pair already joined by the block's earlier edges is
+    skipped, so edges and verifications grow with the modules, not with modules x bands x
+    window (thousands of generated near-identical modules share every band). Each linked module
+    is also emitted once as a node row (b null) with its keep-policy fields.
     """
     t = _table(block)
     empty = pa.table({f.name: pa.array([], f.type) for f in LINKS_SCHEMA}, schema=LINKS_SCHEMA)
@@ -588,17 +627,20 @@ def bucket_edges(block: pa.Table | Mapping[str, Any], threshold: float = 0.8, ma
     taken = t.take(pa.array(rows))
     sub = taken.select(["exact", "id", "norm_sha256"]).to_pydict()
     sigs = _signature_matrix(taken.column("signature"))  # numpy, never Python lists of ints
+    offsets = np.r_[0, np.cumsum(sizes[multi])].tolist()
+    # Exact groups first, then LSH buckets; an edge inside a component already joined is dropped
+    # (same clusters, bounded edges and verifications for families of near-identical modules).
+    groups = sorted(range(len(multi)), key=lambda i: not sub["exact"][offsets[i]])
+    joined = _Components()
     edges: list[tuple[str, str]] = []
-    pos = 0
-    for g in multi:
-        lo, hi = pos, pos + int(sizes[g])
-        pos = hi
+    for i in groups:
+        lo, hi = offsets[i], offsets[i + 1]
         ids = sub["id"][lo:hi]
         if sub["exact"][lo]:
             uniq = sorted(set(ids))
-            edges += [(uniq[0], other) for other in uniq[1:]]
+            edges += [(uniq[0], other) for other in uniq[1:] if joined.join(uniq[0], other)]
         else:
-            edges += _near_pairs(ids, sub["norm_sha256"][lo:hi], sigs[lo:hi], threshold, max_bucket)
+            edges += _near_pairs(ids, sub["norm_sha256"][lo:hi], sigs[lo:hi], threshold, max_bucket, joined)
     if not edges:
         return empty
     linked = sorted({x for pair in edges for x in pair})

@@ -7,7 +7,8 @@ Which files are source is decided by content, not size: the size cap (``DEFAULT_
 32 MiB) only bounds memory, so multi-MB generated RTL (nvdla's) is read and parsed. A file is
 skipped as data or as another language (``content_reason``):
 
-- ``binary``: NUL bytes;
+- ``binary``: NUL bytes (after a UTF-16 file with a byte-order mark is transcoded to UTF-8);
+- ``lfs_pointer``: a Git LFS pointer (the real file lives on an LFS server the clone never fetches);
 - ``hex_image``: a memory image (``$readmemh`` data): most non-empty lines are hex digits/x/z/_/@;
 - ``template``: a Mako/Jinja template (``% for`` lines, ``<%``, ``${...}``, ``{%`` outside ``//``
   comments and strings), which no Verilog parser can read before it is rendered;
@@ -17,6 +18,11 @@ skipped as data or as another language (``content_reason``):
 
 Content checks look at a bounded sample (``_SAMPLE_BYTES``) and use byte searches first, so a
 large file costs little.
+
+Text is UTF-8 (a byte-order mark dropped), UTF-16 when the file starts with a UTF-16 byte-order
+mark, else Latin-1; the encoding is recorded. Lone carriage returns (classic Mac line ends) become
+``\\n`` so that line numbers and per-module text mean what an editor shows (CRLF is kept as is).
+Paths are stored as text: bytes of a file name that are not UTF-8 become ``\\xNN`` escapes.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any, Sequence
 
 DEFAULT_EXTENSIONS = (".v", ".sv", ".vh", ".svh")
 DEFAULT_MAX_FILE_BYTES = 32 * 1024 * 1024  # a memory bound only; content decides what is source
-CONTENT_REASONS = ("binary", "hex_image", "template", "c_preprocessor")
+CONTENT_REASONS = ("binary", "lfs_pointer", "hex_image", "template", "c_preprocessor")
 SKIP_REASONS = ("too_large", *CONTENT_REASONS, "symlink_outside", "symlink_loop", "symlink_broken", "unreadable")
 _HEX_LINE = re.compile(r"^[0-9a-fA-FxXzZ_@\s]+$")
 _SAMPLE_BYTES = 256 * 1024  # hex-image check: the first lines are enough to tell
@@ -39,6 +45,12 @@ _TEMPLATE = re.compile(rb"^[ \t]*%[ \t]*(?:if|for|endif|endfor|else|elif|def|end
                        rb"|<%|\$\{|\{%", re.M)
 _CPP_DIRECTIVE = re.compile(rb"#[ \t]*(?:include|define|ifdef|ifndef|if|elif|else|endif|undef|pragma)\b")
 _UNIT_WORD = re.compile(rb"\b(?:module|macromodule|interface|package|program|primitive)\b")
+# https://github.com/git-lfs/git-lfs/blob/main/docs/spec.md: pointers start with this line
+# (``hawser`` in early versions) and are smaller than 1024 bytes.
+_LFS_POINTER = re.compile(rb"version https://(?:git-lfs|hawser)\.github\.com/spec/v\d+\r?\n")
+_LFS_MAX_BYTES = 1024
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_LONE_CR = re.compile(r"\r(?!\n)")
 
 
 @dataclass
@@ -86,10 +98,17 @@ def has_cpp_directives(data: bytes) -> bool:
     return False
 
 
+def is_lfs_pointer(data: bytes) -> bool:
+    """A Git LFS pointer file standing in for the real (unfetched) content."""
+    return len(data) < _LFS_MAX_BYTES and _LFS_POINTER.match(data) is not None
+
+
 def content_reason(data: bytes) -> str | None:
     """Why ``data`` is not Verilog source to parse (one of ``CONTENT_REASONS``), or None."""
     if b"\x00" in data:
         return "binary"
+    if is_lfs_pointer(data):
+        return "lfs_pointer"
     if is_hex_image(data):
         return "hex_image"
     if is_template(data):
@@ -99,11 +118,33 @@ def content_reason(data: bytes) -> str | None:
     return None
 
 
-def decode(data: bytes) -> tuple[str, str]:
+def from_utf16(data: bytes) -> bytes | None:
+    """UTF-8 bytes of a file that starts with a UTF-16 byte-order mark and decodes as UTF-16, else None."""
+    if not data.startswith(_UTF16_BOMS):
+        return None
     try:
-        return data.decode("utf-8"), "utf-8"
+        return data.decode("utf-16").encode("utf-8")
+    except UnicodeError:
+        return None
+
+
+def decode(data: bytes) -> tuple[str, str]:
+    """(text, encoding): UTF-8 (a leading byte-order mark dropped), else Latin-1 (never fails)."""
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError:
         return data.decode("latin-1"), "latin-1"
+
+
+def normalize_newlines(text: str) -> str:
+    """Lone ``\\r`` line ends (classic Mac) as ``\\n``; ``\\r\\n`` and ``\\n`` unchanged."""
+    return _LONE_CR.sub("\n", text) if "\r" in text else text
+
+
+def text_path(rel: str) -> str:
+    """A relative path as valid Unicode text: name bytes that are not UTF-8 (which ``os.walk``
+    returns as lone surrogates, unstorable in Arrow/JSON) become ``\\xNN`` escapes."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
 def selected(rel: str, extensions: Sequence[str], include: Sequence[str], exclude: Sequence[str]) -> bool:
@@ -169,17 +210,19 @@ def read_repo(
         if len(data) > max_file_bytes:
             out.skipped["too_large"] += 1
             continue
-        reason = content_reason(data)
+        utf8 = from_utf16(data)
+        reason = content_reason(data if utf8 is None else utf8)
         if reason is not None:
             out.skipped[reason] += 1
             continue
-        text, encoding = decode(data)
+        text, encoding = decode(data) if utf8 is None else (utf8.decode("utf-8"), "utf-16")
         out.encodings[encoding] += 1
         out.n_bytes += len(data)
         out.rows.append(
             {
-                "repo": repo, "url": url, "commit": commit, "path": rel, "license": license,
-                "text": text, "encoding": encoding, "n_bytes": len(data), "manifest_index": manifest_index,
+                "repo": repo, "url": url, "commit": commit, "path": text_path(rel), "license": license,
+                "text": normalize_newlines(text), "encoding": encoding, "n_bytes": len(data),
+                "manifest_index": manifest_index,
             }
         )
     return out

@@ -8,6 +8,7 @@ from pathlib import Path
 PERMISSIVE = {"MIT", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause", "ISC", "SHL-0.51", "Unlicense",
               "CERN-OHL-P-2.0"}
 _FILES = re.compile(r"^(LICEN[SC]E|COPYING)", re.IGNORECASE)
+LICENSE_HEAD_BYTES = 200_000  # bytes of each licence file that are read and matched
 
 # Ordered: more specific texts first.
 _RULES: list[tuple[str, list[str]]] = [
@@ -48,9 +49,11 @@ def detect_repo(root: str | Path) -> str:
         return "NOASSERTION"
     for path in names:
         try:
-            spdx = detect_text(path.read_bytes()[:200_000].decode("utf-8", "replace"))
+            with path.open("rb") as fh:  # the head only: a licence file may be huge (or not a licence)
+                head = fh.read(LICENSE_HEAD_BYTES)
         except OSError:
             continue
+        spdx = detect_text(head.decode("utf-8", "replace"))
         if spdx != "NOASSERTION":
             return spdx
     return "NOASSERTION"

@@ -32,6 +32,20 @@ class Repository(BaseModel):
     license: str | None = None  # SPDX override
     submodules: bool = False
 
+    @model_validator(mode="after")
+    def _unicode_text(self) -> "Repository":
+        """Every string is encodable text: a YAML ``"\\udcff"`` escape gives a lone surrogate, which
+        would otherwise fail later (hashing, JSON, Arrow) with an error naming no entry."""
+        for field in ("name", "url", "ref", "license", "include", "exclude"):
+            value = getattr(self, field)
+            for text in value if isinstance(value, list) else [value]:
+                if text is not None and not text.isascii():
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise ValueError(f"{field} {text!r} is not valid Unicode text (a lone surrogate)") from None
+        return self
+
 
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")

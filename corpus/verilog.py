@@ -130,6 +130,8 @@ _SV_HINT = re.compile(
 )
 _EXT_LANGUAGE = {".v": "verilog", ".vh": "verilog", ".sv": "systemverilog", ".svh": "systemverilog"}
 
+# A `define line with its continuation lines (unit keywords there are no units of the file).
+_DEFINE_BODY = re.compile(r"^[ \t]*`define\b(?:[^\n]*\\[ \t\r]*\n)*[^\n]*", re.M)
 # A unit keyword at the start of a line, in raw text (used to find units the tree lost).
 _UNIT_LINE = re.compile(
     r"^[ \t]*(?:\(\*[^\n]*?\*\)[ \t]*)?(module|macromodule|interface|package|program|primitive)\b"
@@ -207,6 +209,17 @@ class _BlockComments:
     def contains(self, pos: int) -> bool:
         i = bisect_right(self.starts, pos) - 1
         return i >= 0 and pos < self.ends[i]
+
+
+class _DefineBodies(_BlockComments):
+    """Spans of `` `define`` lines with their ``\\`` continuation lines, built once: a unit
+    keyword line in a macro body (``module name(...``, the macro's parameter as the name) is
+    no unit of the file."""
+
+    def __init__(self, text: str) -> None:
+        spans = [m.span() for m in _DEFINE_BODY.finditer(text)]
+        self.starts = [a for a, _ in spans]
+        self.ends = [b for _, b in spans]
 
 
 def _check_deadline(deadline: float | None, what: str) -> None:
@@ -767,13 +780,14 @@ class VerilogParser:
         lost = [k for k, m in enumerate(candidates) if m.group(2) not in found]
         if lost:
             comments = _BlockComments(text)
+            macros = _DefineBodies(text)
             bounds = sorted([m.start(1) for m in candidates if not comments.contains(m.start(1))]
                             + clean_starts)  # unit lines
         row_pos, row = 0, 0  # incremental line counting: text[:row_pos] has ``row`` newlines
         for k in lost:
             m = candidates[k]
             name = m.group(2)
-            if name in found or comments.contains(m.start(1)):
+            if name in found or comments.contains(m.start(1)) or macros.contains(m.start(1)):
                 continue
             _check_deadline(deadline, "recovery")
             found.add(name)

@@ -199,3 +199,60 @@ def test_sparse_checkout_fetches_only_selected_files(tmp_path: Path) -> None:
     full, commit2, hit2 = clone(Repository(name="o", url=str(repo)), settings(tmp_path))
     assert (commit2, hit2) == (commit, False) and full != d and Path(full, "docs", "big.bin").exists()
     assert clone(Repository(name="o", url=str(repo)), s) == (d, commit, True)
+
+
+def test_cache_entries_appear_complete_and_stale_ones_are_replaced(tmp_path: Path, origin: tuple[Path, str, str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout enters the cache with its marker already inside (one rename), so a worker cloning
+    the same URL at the same moment sees a complete entry or none; a leftover without a marker is
+    replaced."""
+    import os
+
+    import corpus.clone as clone_module
+
+    repo, _, head = origin
+    s = settings(tmp_path)
+    renamed: list[tuple[str, bool]] = []
+    real_rename = os.rename
+
+    def rename(src: str, dst: str) -> None:
+        renamed.append((dst, Path(src, ".complete").exists()))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(clone_module.os, "rename", rename)
+    d, commit, hit = clone(Repository(name="o", url=str(repo)), s)
+    assert (commit, hit) == (head, False) and renamed == [(d, True)]
+    # an older run's half-written entry (no marker) under the same key
+    (Path(d) / ".complete").unlink()
+    (Path(d) / "junk.v").write_text("module junk; endmodule\n")
+    d2, _, hit2 = clone(Repository(name="o2", url=str(repo)), s)
+    assert (d2, hit2) == (d, False) and Path(d, ".complete").exists() and not Path(d, "junk.v").exists()
+    assert sorted(p.name for p in Path(d).parent.iterdir()) == [Path(d).name]  # nothing set aside is left
+
+
+def test_workers_cloning_one_url_at_once_all_get_the_checkout(tmp_path: Path, origin: tuple[Path, str, str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """One URL under several manifest names: workers finishing their fetch together share one entry."""
+    import corpus.clone as clone_module
+
+    repo, _, head = origin
+    s = settings(tmp_path)
+    together = threading.Barrier(4)
+    real = clone_module.tree_bytes
+    monkeypatch.setattr(clone_module, "tree_bytes", lambda p: (together.wait(30), real(p))[1])
+    results: list[object] = [None] * 4
+
+    def work(i: int) -> None:
+        try:
+            d, commit, _ = clone(Repository(name=f"n{i}", url=str(repo)), s)
+            results[i] = (d, commit, Path(d, "a.v").exists() and Path(d, ".complete").exists())
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            results[i] = repr(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len({r if isinstance(r, str) else r[0] for r in results}) == 1, results
+    assert all(isinstance(r, tuple) and r[1:] == (head, True) for r in results), results

@@ -81,3 +81,12 @@ def test_streamed_manifest_keeps_yaml_features_and_errors(tmp_path: Path) -> Non
         m.write_text(text)
         with pytest.raises(ValueError, match=message):
             list(iter_manifest(m))
+
+
+@pytest.mark.parametrize("entry", ['{name: "a\\udcff", url: /srv/a}', '{name: a, url: "/srv/\\udcff"}',
+                                   '{name: a, url: /srv/a, include: ["rtl/\\ud800*"]}'])
+def test_lone_surrogates_are_an_error_naming_the_entry(tmp_path: Path, entry: str) -> None:
+    m = tmp_path / "m.yaml"
+    m.write_text(f"repositories:\n  - {{name: ok, url: /srv/ok}}\n  - {entry}\n")
+    with pytest.raises(ValueError, match=r"repositories\.1: .*not valid Unicode text"):
+        load_manifest(m)
