@@ -286,21 +286,22 @@ def build_vllm_processor(cfg: VLLMConfig, sampling: SamplingConfig) -> Any:
                            postprocess=engines.vllm_reply)
 
 
-def build_openai_processor(cfg: engines.OpenAIConfig, sampling: SamplingConfig,
-                           environ: Mapping[str, str] | None = None) -> Any:
-    """``ray.data.llm``'s HTTP processor with the plain client's request and reply adapters."""
-    import functools
+def openai_stage(cfg: engines.OpenAIConfig, sampling: SamplingConfig,
+                 environ: Mapping[str, str] | None = None) -> tuple[Engine, dict[str, Any]]:
+    """The ``openai`` engine: ``engines.OpenAIChat`` on an actor pool (``cfg.concurrency`` clients,
+    ``cfg.batch_size`` requests in flight per client). Each row's reply, whatever the server sends,
+    is that row's text or ``engine_error``; the key is read here, so a missing variable fails before
+    anything runs."""
+    import ray.data
 
-    from ray.data.llm import HttpRequestProcessorConfig, build_processor
-
-    config = HttpRequestProcessorConfig(
-        url=engines.chat_url(cfg.url), headers=engines.openai_headers(cfg, environ), qps=cfg.qps,
-        max_retries=cfg.max_retries, base_retry_wait_time_in_s=cfg.base_retry_wait_s, concurrency=cfg.concurrency,
-        batch_size=cfg.batch_size,
-    )
-    return build_processor(config, preprocess=functools.partial(engines.openai_payload, model=cfg.model,
-                                                                sampling=sampling.params()),
-                           postprocess=engines.openai_reply)
+    key = engines.openai_api_key(cfg, environ)
+    kwargs = {"cfg": cfg.model_dump(mode="json"), "sampling": sampling.params(), "api_key": key or ""}
+    pool = cfg.concurrency
+    compute = (ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1]) if isinstance(pool, tuple)
+               else ray.data.ActorPoolStrategy(size=pool))
+    resources = StageResources(num_cpus=0.25, batch_size=cfg.batch_size)
+    info = {"stages": [{"stage": "OpenAIChat", "concurrency": pool, "batch_size": cfg.batch_size, "num_cpus": 0.25}]}
+    return (lambda ds: map_stage(ds, engines.OpenAIChat, resources, kwargs=kwargs, compute=compute)), info
 
 
 def stage_summary(processor: Any) -> list[dict[str, Any]]:
@@ -332,9 +333,7 @@ def make_engine(cfg: EngineConfig, hf: StageResources | None = None) -> tuple[En
         info["stages"] = stage_summary(processor)
         return (lambda ds: map_stage(processor(ds), engines.to_generation_rows, post)), info
     if cfg.name == "openai":
-        processor = build_openai_processor(cfg.openai, cfg.sampling)
-        info["stages"] = stage_summary(processor)
-        return (lambda ds: map_stage(processor(ds), engines.to_generation_rows, post)), info
+        return openai_stage(cfg.openai, cfg.sampling)
     kwargs = {"model_path": cfg.hf.model_path, "sampling": cfg.sampling.model_dump(), "dtype": cfg.hf.dtype,
               "tiny": cfg.hf.tiny.model_dump(), "allow_download": cfg.hf.allow_download}
     resources = hf or hf_resources(cfg.hf)

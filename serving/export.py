@@ -15,8 +15,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 from collections import Counter
@@ -25,7 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from chipforge import fs
-from chipforge.vocab import SYSTEM_PROMPTS
+from chipforge.config import ConfigError
+from chipforge.job import JobError
+from chipforge.vocab import PHASES, SYSTEM_PROMPTS
 from serving.catalog import Catalog, Specialist, localize
 
 
@@ -235,8 +239,15 @@ def export_merged(s: Specialist, out_dir: str, *, dtype: str = "auto", cache_dir
 
     base = localize(s.base_model, cache_dir)
     model, tok = _load_base(base, dtype, trust_remote_code)
-    with peft_quiet():  # PEFT's own use of a deprecated transformers alias (see serving.engine.peft_quiet)
-        merged = PeftModel.from_pretrained(model, localize(s.adapter_path, cache_dir)).merge_and_unload()
+    adapter = localize(s.adapter_path, cache_dir)
+    _check_adapter(s, model, adapter, s.base_model)
+    try:
+        with peft_quiet():  # PEFT's own use of a deprecated transformers alias (see serving.engine.peft_quiet)
+            merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    except (ValueError, RuntimeError, KeyError, OSError) as exc:  # PEFT's checks: a clear, one-line error
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise JobError(f"{s.name}: adapter {s.adapter_path} cannot be merged into base {s.base_model}: "
+                       f"{type(exc).__name__}: {first[:500]}") from exc
     local = out_dir if not fs.is_uri(out_dir) else None
     tmp_root = local or os.path.join(os.path.expanduser(cache_dir), "export-tmp")
     with fs.atomic_dir(local) if local else _tempdir(tmp_root) as tmp:
@@ -273,6 +284,59 @@ def _upload(local_dir: str, dest: str) -> None:
                 fs.write_bytes(fs.join(dest, os.path.relpath(p, local_dir)), f.read())
 
 
+LORA_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])\.weight")
+
+
+def adapter_problem(model: Any, adapter_dir: str) -> str | None:
+    """Why the LoRA adapter in ``adapter_dir`` does not fit ``model`` (None when it does): files
+    missing, not a LoRA, a weight for a module the base does not have or that ``target_modules``
+    does not name, or A/B shapes that disagree with the module's features or the configured rank.
+    Read from the safetensors header only; an ``adapter_model.bin`` is checked by PEFT when merged."""
+    config_path = os.path.join(adapter_dir, "adapter_config.json")
+    weights = os.path.join(adapter_dir, "adapter_model.safetensors")
+    if not os.path.isfile(config_path):
+        return f"{adapter_dir} has no adapter_config.json (not a PEFT adapter directory)"
+    if not os.path.isfile(weights) and not os.path.isfile(os.path.join(adapter_dir, "adapter_model.bin")):
+        return f"{adapter_dir} has no adapter_model.safetensors (or .bin)"
+    cfg = _read_json(config_path)
+    if not isinstance(cfg, dict) or cfg.get("peft_type", "LORA") != "LORA" or not isinstance(cfg.get("r"), int):
+        return f"{config_path} is not a LoRA adapter config (peft_type LORA with an integer r)"
+    if not os.path.isfile(weights):
+        return None
+    from safetensors import safe_open
+
+    modules = dict(model.named_modules())
+    targets = cfg.get("target_modules")
+    names = set(targets) if isinstance(targets, list) else None
+    rank = None if cfg.get("rank_pattern") else cfg["r"]
+    with safe_open(weights, "pt") as f:
+        for key in f.keys():
+            m = LORA_KEY.fullmatch(key)
+            if not m:
+                continue
+            name, shape = m["module"], list(f.get_slice(key).get_shape())
+            module = modules.get(name)
+            if module is None:
+                return f"{key}: the base has no module {name!r} (an adapter for another base model?)"
+            if names is not None and name.rsplit(".", 1)[-1] not in names and name not in names:
+                return f"{key}: module {name!r} is not in the adapter's target_modules {sorted(names)}"
+            feats = getattr(module, "in_features", None), getattr(module, "out_features", None)
+            if None in feats:
+                continue
+            r = rank if rank is not None else shape[0 if m["ab"] == "A" else 1]
+            want = [r, feats[0]] if m["ab"] == "A" else [feats[1], r]
+            if shape != want:
+                return (f"{key}: shape {shape}, but the base's {name} ({feats[0]} -> {feats[1]}) with r={r} "
+                        f"needs {want} (rank or base model do not match)")
+    return None
+
+
+def _check_adapter(s: Specialist, model: Any, adapter_dir: str, base: str) -> None:
+    problem = adapter_problem(model, adapter_dir)
+    if problem:
+        raise JobError(f"{s.name}: adapter {s.adapter_path} does not fit base {base}: {problem}")
+
+
 def _adapter_files(src: str, dest: str) -> None:
     """The adapter's config and weights in safetensors (converted from adapter_model.bin if needed)."""
     os.makedirs(dest, exist_ok=True)
@@ -294,9 +358,19 @@ def _quote(text: str) -> str:
     return '"""' + text + '"""'
 
 
+def _one_line(text: str) -> str:
+    """A Modelfile argument outside triple quotes: a line break would start another instruction."""
+    if LINE_BREAK.search(text):
+        raise ValueError(f"{text!r} contains a line break and cannot be written on one Modelfile line")
+    return text
+
+
 def modelfile(s: Specialist, *, base_ref: str, adapter_ref: str, template: str | None, system: str | None,
               temperature: float, num_ctx: int, stops: list[str], licence: str,
               extra: dict[str, Any] | None = None, note: str | None = None) -> str:
+    for text in (s.name, s.phase, s.base_model, base_ref, adapter_ref, note or "",
+                 *(f"{k} {v}" for k, v in (extra or {}).items())):
+        _one_line(text)
     lines = [f"# {s.name}: the {s.phase} specialist (LoRA adapter) on {s.base_model}",
              f"# ollama create {s.name} -f Modelfile      (relative paths are resolved from this directory)",
              f"FROM {base_ref}", f"ADAPTER {adapter_ref}"]
@@ -314,6 +388,30 @@ def modelfile(s: Specialist, *, base_ref: str, adapter_ref: str, template: str |
     return "\n".join(lines) + "\n"
 
 
+BASE_MARKER = "chipforge-base.json"  # in OUTPUT/base: which base was saved there
+
+
+def base_identity(path: str) -> str:
+    """What identifies a base's weights without reading them: the relative path, size and mtime of
+    every file of a local directory (a hub id or other name stands for itself)."""
+    if not os.path.isdir(path):
+        return path
+    h = hashlib.sha256()
+    for root, _, files in sorted(os.walk(path)):
+        for name in sorted(files):
+            st = os.stat(os.path.join(root, name))
+            h.update(f"{os.path.relpath(os.path.join(root, name), path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return "files:" + h.hexdigest()
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def export_ollama(specialists: list[Specialist], entries: dict[str, dict[str, Any]], out_dir: str, *,
                   base_ref: str | None, temperature: float, num_ctx: int | None, extra: dict[str, Any],
                   cache_dir: str = "~/.cache/chipforge/serving", trust_remote_code: bool = False) -> list[dict[str, Any]]:
@@ -324,6 +422,9 @@ def export_ollama(specialists: list[Specialist], entries: dict[str, dict[str, An
 
     if fs.is_uri(out_dir):
         raise ValueError("the ollama export writes a local directory (ollama create reads local files)")
+    check_parameters(extra)
+    if base_ref is not None and (LINE_BREAK.search(base_ref) or not base_ref.strip()):
+        raise ConfigError(f"ollama.base: {base_ref!r} must be one line naming an Ollama model or a path")
     out_dir = os.path.expanduser(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     results = []
@@ -337,10 +438,13 @@ def export_ollama(specialists: list[Specialist], entries: dict[str, dict[str, An
             from_ref = base_ref
         else:
             base_dir = os.path.join(out_dir, "base" if len(by_base) == 1 else f"base-{len(by_base)}")
-            if not os.path.exists(os.path.join(base_dir, "config.json")):
+            saved_from = {"base_model": base_local, "identity": base_identity(base_local)}
+            if _read_json(os.path.join(base_dir, BASE_MARKER)) != saved_from:  # missing, or another base's
                 with fs.atomic_dir(base_dir) as tmp, quiet_hf():
                     model.save_pretrained(tmp, safe_serialization=True)
                     tok.save_pretrained(tmp)
+                    with open(os.path.join(tmp, BASE_MARKER), "w") as f:
+                        json.dump(saved_from, f, indent=2)
             from_ref = "../" + os.path.basename(base_dir)
         parts = template_parts(tok)
         ctx = getattr(model.config, "max_position_embeddings", None) or 2048
@@ -350,8 +454,10 @@ def export_ollama(specialists: list[Specialist], entries: dict[str, dict[str, An
         counts, read = training_licences(entry, s.phase)
         trained = trained_examples(entry, s.phase)
         dest = os.path.join(out_dir, s.name)
+        adapter = localize(s.adapter_path, cache_dir)
+        _check_adapter(s, model, adapter, s.base_model)
         with fs.atomic_dir(dest) as tmp:
-            _adapter_files(localize(s.adapter_path, cache_dir), os.path.join(tmp, "adapter"))
+            _adapter_files(adapter, os.path.join(tmp, "adapter"))
             text = modelfile(s, base_ref=from_ref, adapter_ref="./adapter",
                              template=parts.go_template() if parts else None, system=SYSTEM_PROMPTS.get(s.phase),
                              temperature=temperature, num_ctx=ctx, stops=stops,
@@ -375,16 +481,52 @@ def ollama_readme(out_dir: str, names: Sequence[str]) -> str:
     lines = ["# chipforge specialists for Ollama", "",
              "Create each model (these commands work from any directory; relative paths inside a Modelfile "
              "are resolved against the Modelfile's own directory):", ""]
-    lines += [f"    ollama create {n} -f {shlex.quote(os.path.join(root, n, 'Modelfile'))}" for n in names]
+    lines += [f"    ollama create {shlex.quote(n)} -f {shlex.quote(os.path.join(root, n, 'Modelfile'))}" for n in names]
     if names:
         lines += ["", "If this directory has been moved or copied elsewhere, run them from the directory that holds "
                   "this README instead:", "", "    cd <the directory of this README>"]
-        lines += [f"    ollama create {n} -f {shlex.quote(os.path.join(n, 'Modelfile'))}" for n in names]
+        lines += [f"    ollama create {shlex.quote(n)} -f {shlex.quote(os.path.join(n, 'Modelfile'))}" for n in names]
         lines += ["", f"then `ollama run {names[0]}`."]
     return "\n".join(lines) + "\n"
 
 
+# An exported name is an Ollama model name and a directory under OUTPUT: letters, digits, '_', '.', '-'
+# (no '/', no whitespace, no line break), starting with a letter or digit.
+EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
+LINE_BREAK = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+PARAMETER_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
 def select(catalog: Catalog, phase: str) -> list[Specialist]:
-    if phase == "all":
-        return list(catalog.specialists.values())
-    return [catalog.specialists[phase]]
+    """The specialists to export, checked first (``ConfigError`` naming the registry entry).
+
+    The registry is a file a person can edit: an entry under a key that is not a phase (``../x``,
+    a key with a line break or quotes) would otherwise become a path outside OUTPUT, which the
+    export replaces (``fs.atomic_dir`` deletes what is there), extra lines in a Modelfile
+    (``FROM``/``ADAPTER``/``SYSTEM`` injected through the name or the base model) or a shell
+    command in the README; a name Ollama refuses would only fail at ``ollama create``.
+    """
+    chosen = list(catalog.specialists.values()) if phase == "all" else [catalog.specialists[phase]]
+    problems = []
+    for s in chosen:
+        where = f"registry {catalog.registry}: specialists[{s.phase!r}]"
+        if s.phase not in PHASES:
+            problems.append(f"{where}: {s.phase!r} is not a phase (one of {', '.join(PHASES)})")
+        elif not EXPORT_NAME.fullmatch(s.name):
+            problems.append(f"{where}: the exported name {s.name!r} is not a valid model name (letters, digits, "
+                            "'_', '.', '-'; at most 80 characters): check prefix")
+        for key, value in (("base_model", s.base_model), ("adapter_path", s.adapter_path)):
+            if LINE_BREAK.search(value):
+                problems.append(f"{where}: {key} {value!r} contains a line break or control character")
+    if problems:
+        raise ConfigError("cannot export:\n  " + "\n  ".join(problems))
+    return chosen
+
+
+def check_parameters(extra: dict[str, Any]) -> None:
+    """``ollama.parameters``: each a ``PARAMETER name value`` line of its own (``ConfigError`` otherwise)."""
+    bad = [f"{k!r}: {v!r}" for k, v in extra.items()
+           if not PARAMETER_NAME.fullmatch(str(k)) or LINE_BREAK.search(str(v)) or not str(v).strip()]
+    if bad:
+        raise ConfigError("ollama.parameters: each entry must be a lower-case name and a one-line value; "
+                          f"bad: {', '.join(bad)}")

@@ -8,9 +8,12 @@ checks, ``ray.data.llm`` processors, map stages).
   ``vllm_preflight`` says, from the cluster's resources, whether it can run at all. vllm itself
   (the ``gpu`` extra) is only ever imported inside Ray's engine actors.
 - ``openai``: any OpenAI-compatible ``/v1/chat/completions`` endpoint. ``OpenAIChat`` is a
-  plain client (stdlib HTTP, retries on 408/429/5xx and connection errors); the pipeline uses
-  ``ray.data.llm``'s HTTP processor with the same request and reply adapters
-  (``openai_payload`` / ``openai_reply``). The key is read from the variable the config names.
+  client (aiohttp, retries on 408/429/502/503/504 and connection errors, each attempt bounded as a
+  whole, reply bodies capped); the pipeline runs it as an actor pool, so whatever the server
+  sends for one row is that row's ``engine_error``, never a failed batch (``ray.data.llm``'s HTTP
+  processor raises out of the batch on a non-JSON body or exhausted retries, which aborted the
+  job). ``openai_payload`` / ``openai_reply`` are the request and reply adapters (the evaluation
+  job's processor uses them too). The key is read from the variable the config names.
 - ``hf``: ``HFGenerator``, transformers ``generate`` (model loaded once per instance).
   ``model_path: tiny`` builds a tiny random Llama and tokenizer in-process
   (``training.tiny``): nothing is downloaded, and its replies are noise, so it keeps ~0
@@ -25,9 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -93,10 +93,13 @@ class OpenAIConfig(Config):
     api_key_env: str | None = "OPENAI_API_KEY"  # env var holding the key; None: send no key
     max_retries: int = Field(3, ge=0)
     base_retry_wait_s: float = Field(1.0, gt=0.0)
-    timeout_s: float = Field(120.0, gt=0.0)  # per request (plain client)
-    qps: int | None = Field(None, gt=0)  # per actor and batch (Ray's pacing is not global)
-    concurrency: int | tuple[int, int] = 1
-    batch_size: int = Field(16, ge=1)
+    # One attempt as a whole (connect, headers, body): a reply that never ends is cut here. A row
+    # takes at most (max_retries + 1) * timeout_s plus the backoff waits.
+    timeout_s: float = Field(120.0, gt=0.0)
+    max_reply_mb: float = Field(8.0, gt=0.0)  # a larger reply body is an engine error (not read further)
+    qps: int | None = Field(None, gt=0)  # request starts per second, per actor (the pacing is not global)
+    concurrency: int | tuple[int, int] = 1  # client actors
+    batch_size: int = Field(16, ge=1)  # rows per batch; a batch's requests are in flight together
 
 
 class TinyModelConfig(Config):
@@ -227,6 +230,7 @@ def vllm_reply(row: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ OpenAI
 
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
+REDACTED = "[redacted]"
 
 
 def chat_url(url: str) -> str:
@@ -234,16 +238,22 @@ def chat_url(url: str) -> str:
     return url if url.endswith("/chat/completions") else url + "/chat/completions"
 
 
-def openai_headers(cfg: OpenAIConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Request headers; the key comes from ``cfg.api_key_env`` (a missing variable is an error)."""
+def openai_api_key(cfg: OpenAIConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The key from ``cfg.api_key_env`` (None when no key is configured; a missing variable is an error)."""
     environ = os.environ if environ is None else environ
     if not cfg.api_key_env:
-        return {}
+        return None
     key = environ.get(cfg.api_key_env)
     if not key:
         raise EngineUnavailable(f"engine 'openai' reads its API key from ${cfg.api_key_env}, which is not set "
                                 "(set it, or set engine.openai.api_key_env=null for a server without keys)")
-    return {"Authorization": f"Bearer {key}"}
+    return key
+
+
+def openai_headers(cfg: OpenAIConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Request headers; the key comes from ``cfg.api_key_env`` (a missing variable is an error)."""
+    key = openai_api_key(cfg, environ)
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def openai_payload(row: dict[str, Any], model: str, sampling: dict[str, Any]) -> dict[str, Any]:
@@ -253,7 +263,8 @@ def openai_payload(row: dict[str, Any], model: str, sampling: dict[str, Any]) ->
 
 def openai_reply(row: dict[str, Any]) -> dict[str, Any]:
     """``row["http_response"]`` → generation row: the answer text, or an ``engine_error`` for an
-    error body, a reply without choices or a reply of any other shape (never an exception)."""
+    error body, a reply without choices, a reply cut at ``max_tokens`` (``finish_reason``
+    ``length``), tool calls instead of text, or a reply of any other shape (never an exception)."""
     try:
         return _openai_reply(row)
     except Exception as exc:  # noqa: BLE001 - runs inside Ray's processor: one odd reply is one error
@@ -272,65 +283,139 @@ def _openai_reply(row: dict[str, Any]) -> dict[str, Any]:
         error = "http_error: " + json.dumps(resp, default=str)[:500]
     else:
         choice = resp["choices"][0] or {}
-        text = (choice.get("message") or {}).get("content")
+        message = choice.get("message") or {}
+        text = message.get("content")
         usage = resp.get("usage") or {}
-        if not isinstance(text, str):
-            text, error = None, "http_error: reply without message content"
+        if choice.get("finish_reason") == "length":
+            text, error = None, ("http_error: reply cut at the token limit (finish_reason 'length'; raise "
+                                 "engine.sampling.max_tokens)")
+        elif not isinstance(text, str):
+            what = "tool calls" if message.get("tool_calls") else "no message content"
+            text, error = None, f"http_error: reply with {what} (finish_reason {choice.get('finish_reason')!r})"
     return {**_meta(row), "generated_text": text, "engine_error": error,
             "prompt_tokens": _int_or_none(usage.get("prompt_tokens")),
             "completion_tokens": _int_or_none(usage.get("completion_tokens"))}
 
 
-class OpenAIChat:
-    """Plain OpenAI-compatible client: ``complete(messages)`` for one chat, ``__call__`` for prompt rows.
+class ReplyTooLarge(Exception):
+    """The server sent more than ``max_reply_mb``."""
 
-    Retries 408/429/502/503/504 and connection errors ``max_retries`` times with exponential
-    backoff; any other HTTP error's body becomes the row's ``engine_error``.
+
+class OpenAIChat:
+    """OpenAI-compatible client (aiohttp): ``complete(messages)`` for one chat, ``__call__`` for a
+    batch of prompt rows (the synthesis job's ``openai`` engine runs it as an actor pool).
+
+    Every reply, whatever the server sends, becomes one generation row: a non-JSON or empty body,
+    an HTTP error, a body over ``max_reply_mb``, a reply that never ends (``timeout_s`` bounds each
+    attempt as a whole), ``choices`` missing or empty, ``content`` null or a reply cut at the token
+    limit is that row's ``engine_error``, never an exception out of the batch. 408/429/5xx and
+    connection errors are retried ``max_retries`` times with exponential backoff. The API key is
+    replaced by ``[redacted]`` in everything read back, so a server that echoes it cannot put it
+    into a report or an example.
     """
 
-    def __init__(self, cfg: OpenAIConfig, sampling: SamplingConfig | Mapping[str, Any],
-                 environ: Mapping[str, str] | None = None) -> None:
-        self.cfg = cfg
-        self.url = chat_url(cfg.url)
-        self.headers = {"Content-Type": "application/json", **openai_headers(cfg, environ)}
+    def __init__(self, cfg: OpenAIConfig | Mapping[str, Any], sampling: SamplingConfig | Mapping[str, Any],
+                 environ: Mapping[str, str] | None = None, api_key: str | None = None) -> None:
+        self.cfg = cfg if isinstance(cfg, OpenAIConfig) else OpenAIConfig(**cfg)
+        self.url = chat_url(self.cfg.url)
+        self.key = api_key if api_key is not None else openai_api_key(self.cfg, environ)
+        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.key}"}
+                                                                if self.key else {})}
         params = sampling.params() if isinstance(sampling, SamplingConfig) else dict(sampling)
         self.sampling = {k: v for k, v in params.items() if v is not None}
+        self.max_bytes = int(self.cfg.max_reply_mb * (1 << 20))
 
-    def post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """The JSON reply (an ``{"error": ...}`` body for a final HTTP error)."""
-        data = json.dumps(body).encode()
+    def redact(self, text: str) -> str:
+        return text.replace(self.key, REDACTED) if self.key else text
+
+    async def _read(self, resp: Any) -> bytes:
+        if resp.content_length is not None and resp.content_length > self.max_bytes:
+            raise ReplyTooLarge(f"Content-Length {resp.content_length}")
+        chunks, size = [], 0
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise ReplyTooLarge(f"more than {self.max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _decode(self, status: int, content_type: str, raw: bytes) -> dict[str, Any]:
+        text = self.redact(raw.decode("utf-8", "replace"))
+        try:
+            body = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            return {"error": f"HTTP {status}: not a JSON reply ({content_type or 'no content type'}): {text[:300]!r}"}
+        if status >= 400:
+            return {"error": {"status": status, "body": body}}
+        if not isinstance(body, dict) or not body:
+            return {"error": f"HTTP {status}: reply is not a chat completion: {text[:300]!r}"}
+        return body
+
+    async def post(self, session: Any, body: dict[str, Any]) -> dict[str, Any]:
+        """The JSON reply, or ``{"error": ...}`` (never raises for what the server does)."""
+        import asyncio
+
+        import aiohttp
+
+        data = json.dumps(body)
         for attempt in range(self.cfg.max_retries + 1):
             last = attempt == self.cfg.max_retries
-            request = urllib.request.Request(self.url, data=data, headers=self.headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as resp:  # noqa: S310 - configured URL
-                    return json.loads(resp.read().decode("utf-8", "replace"))
-            except urllib.error.HTTPError as exc:
-                text = exc.read().decode("utf-8", "replace")
-                if exc.code not in RETRY_STATUSES or last:
-                    try:
-                        return json.loads(text) if text.strip().startswith("{") else {"error": text or str(exc)}
-                    except json.JSONDecodeError:
-                        return {"error": text}
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                async with session.post(self.url, data=data, headers=self.headers) as resp:
+                    raw = await self._read(resp)
+                    if resp.status not in RETRY_STATUSES or last:
+                        return self._decode(resp.status, resp.content_type, raw)
+            except ReplyTooLarge as exc:
+                return {"error": f"reply over engine.openai.max_reply_mb={self.cfg.max_reply_mb:g} ({exc})"}
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
                 if last:
-                    return {"error": f"{type(exc).__name__}: {exc}"}
-            time.sleep(self.cfg.base_retry_wait_s * 2**attempt)
+                    kind = "no complete reply within engine.openai.timeout_s" if isinstance(
+                        exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"
+                    return {"error": self.redact(f"{kind} (after {attempt + 1} attempt(s))")}
+            await asyncio.sleep(self.cfg.base_retry_wait_s * 2**attempt)
         return {"error": "no attempt made"}  # unreachable: max_retries >= 0
+
+    async def _complete_all(self, chats: list[list[dict[str, str]] | None]) -> list[dict[str, Any]]:
+        """One reply per chat (None: a row whose messages could not be read), requests in flight together."""
+        import asyncio
+
+        import aiohttp
+
+        async def one(session: Any, k: int, messages: list[dict[str, str]]) -> dict[str, Any]:
+            if self.cfg.qps:
+                await asyncio.sleep(k / self.cfg.qps)
+            body = {"model": self.cfg.model, "messages": messages, **self.sampling}
+            reply = openai_reply({"http_response": await self.post(session, body)})
+            return {k: reply[k] for k in ("generated_text", "engine_error", "prompt_tokens", "completion_tokens")}
+
+        timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as session:
+            started = [one(session, k, m) for k, m in enumerate(c for c in chats if c is not None)]
+            done = iter(await asyncio.gather(*started))
+        return [next(done) if c is not None else {} for c in chats]
 
     def complete(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         """One chat → ``{"generated_text", "engine_error", "prompt_tokens", "completion_tokens"}``."""
-        row = {"messages_json": json.dumps(messages)}
-        reply = openai_reply({"http_response": self.post(openai_payload(row, self.cfg.model, self.sampling)["payload"])})
-        return {k: reply[k] for k in ("generated_text", "engine_error", "prompt_tokens", "completion_tokens")}
+        import asyncio
+
+        return asyncio.run(self._complete_all([messages]))[0]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out = []
-        for r in batch.to_pylist():
+        import asyncio
+
+        rows, chats, errors = batch.to_pylist(), [], {}
+        for i, r in enumerate(rows):
             try:
-                out.append({**_meta(r), **self.complete(_messages(r))})
+                chats.append(_messages(r))
             except Exception as exc:  # noqa: BLE001 - one bad row is one engine error
-                out.append(error_row(r, f"{type(exc).__name__}: {exc}"))
+                chats.append(None)
+                errors[i] = f"{type(exc).__name__}: {exc}"
+        try:
+            replies = asyncio.run(self._complete_all(chats))
+        except Exception as exc:  # noqa: BLE001 - the client itself failed: every row says why
+            replies = [{}] * len(rows)
+            errors = {i: errors.get(i, self.redact(f"{type(exc).__name__}: {exc}")) for i in range(len(rows))}
+        out = [error_row(r, errors[i]) if i in errors else {**_meta(r), **replies[i]} for i, r in enumerate(rows)]
         return pa.Table.from_pylist(out, schema=GENERATION_SCHEMA)
 
 

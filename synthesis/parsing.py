@@ -5,7 +5,8 @@ The model must reply with exactly one JSON object — bare, or as the only conte
 that carry one, ``testbench``. Code inside ``answer`` sits in fenced blocks tagged with a
 language (```` ```verilog ````, ```` ```yosys ````, ```` ```tcl ````, ```` ```sdc ````).
 Anything else (prose around the JSON, unknown keys, empty fields, an unterminated or
-untagged fence) is malformed: ``ParseError.reason`` names why, and the job counts it.
+untagged fence, code a Markdown renderer shows that these fences do not hold: ```` ```` ````,
+``~~~`` or indented blocks) is malformed: ``ParseError.reason`` names why, and the job counts it.
 
 Model output is hostile input: the reply's size and its JSON nesting depth are bounded
 before ``json.loads`` runs (a reply nested 1,000 deep would otherwise raise
@@ -78,6 +79,27 @@ def code_blocks(text: str) -> list[CodeBlock]:
     if lang is not None:
         raise ParseError("unterminated_fence", f"a ```{lang} block is never closed")
     return blocks
+
+
+def _normalised(code: str) -> str:
+    return "\n".join(line.strip() for line in code.strip().splitlines())
+
+
+def hidden_code(text: str, blocks: list[CodeBlock]) -> str | None:
+    """Why a Markdown renderer would show code in ``text`` that ``blocks`` (what the tools check) do
+    not hold, or None. CommonMark (markdown-it-py) also opens fences with four backticks or ``~~~``,
+    and indents code by four spaces: such a block would be kept in the answer without ever being
+    validated."""
+    from markdown_it import MarkdownIt
+
+    shown = [t for t in MarkdownIt("commonmark").parse(text) if t.type in ("fence", "code_block")]
+    if [_normalised(t.content) for t in shown] == [_normalised(b.code) for b in blocks]:
+        return None
+    extra = [t for t in shown if _normalised(t.content) not in {_normalised(b.code) for b in blocks}]
+    what = extra[0] if extra else None
+    kind = (f"a {what.markup or 'indented'} {what.info.strip() or 'untagged'} block" if what else "its blocks")
+    return (f"Markdown shows {len(shown)} code block(s), the validator reads {len(blocks)} (fenced with ``` "
+            f"and a language tag): {kind} would be kept unchecked")[:300]
 
 
 def _unwrap_testbench(text: str) -> str:
@@ -161,6 +183,9 @@ def parse_answer(text: str | None, *, require_testbench: bool = False) -> Answer
     blocks = code_blocks(obj["answer"])
     if any(b.lang == "" for b in blocks):
         raise ParseError("untagged_fence", "every code block needs a language tag")
+    hidden = hidden_code(obj["answer"], blocks)
+    if hidden:
+        raise ParseError("hidden_code", hidden)
     code_blocks(obj["instruction"])  # fences in the question must at least be closed
     return Answer(
         instruction=obj["instruction"].strip(),

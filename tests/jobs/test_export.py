@@ -225,3 +225,117 @@ def test_template_translation(tiny_registry):
     assert template_parts(tok) is None
     tok.chat_template = None
     assert template_parts(tok) is None
+
+
+# ------------------------------------------------------------------------ hand-edited or hostile registries
+
+def edited_registry(tiny_registry, tmp_path: Path, edit) -> str:
+    """A copy of the tiny registry after ``edit(data)`` (a person's hand edit, or a hostile one)."""
+    data = json.loads(Path(tiny_registry["registry"]).read_text())
+    edit(data)
+    path = tmp_path / "edited-registry.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt", ["ollama", "merged"])
+@pytest.mark.parametrize("case", ["traversal", "modelfile_injection", "shell_in_name", "base_with_newline",
+                                  "bad_prefix"])
+def test_hostile_registry_entries_are_usage_errors(tiny_registry, tmp_path, capsys, case, fmt):
+    """A registry key is a directory under OUTPUT (replaced by the export), a Modelfile line and a README
+    shell command: a key that is not a phase, a base with a line break or a prefix that makes an invalid
+    model name is a usage error naming the entry, before anything is written (before: ``x/../../escaped``
+    replaced a directory outside OUTPUT and a key with line breaks added FROM/SYSTEM lines)."""
+    keys = {"traversal": "x/../../escaped", "modelfile_injection": "x\nFROM /etc/passwd\nSYSTEM evil",
+            "shell_in_name": "x; touch pwned"}
+
+    def edit(data):
+        entry = data["specialists"]["rtl_design"]
+        if case in keys:
+            data["specialists"] = {keys[case]: entry}
+        elif case == "base_with_newline":
+            entry["base_model"] = entry["base_model"] + "\nADAPTER /etc"
+
+    out = tmp_path / "work" / "out"
+    argv = ["--registry", edited_registry(tiny_registry, tmp_path, edit), "--phase", "all", "--format", fmt,
+            "--output", str(out)] + (["prefix=my model"] if case == "bad_prefix" else [])
+    assert export_job.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot export" in err and "specialists[" in err, err
+    assert ("prefix" in err) if case == "bad_prefix" else ("base_model" in err if case == "base_with_newline"
+                                                           else "is not a phase" in err)
+    assert not (tmp_path / "work" / "escaped").exists() and not list(tmp_path.rglob("Modelfile"))
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_ollama_parameters_and_base_must_be_one_line(tiny_registry, tmp_path, capsys):
+    argv = ["--registry", tiny_registry["registry"], "--phase", "all", "--format", "ollama", "--output",
+            str(tmp_path / "o")]
+    assert export_job.main([*argv, 'ollama.parameters={"top_p": "0.9\\nFROM /etc/passwd"}']) == 2
+    assert "ollama.parameters" in capsys.readouterr().err
+    assert export_job.main([*argv, 'ollama.base="llama3\\nADAPTER /etc"']) == 2
+    assert "ollama.base" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("Modelfile"))
+
+
+def test_ollama_export_rewrites_the_base_saved_for_another_base_model(tiny_registry, tmp_path):
+    """OUTPUT/base is reused only for the base it was saved from: after the registry moved to another
+    base, the export used to keep the old weights under ``FROM ../base`` while naming the new base."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    other = tmp_path / "other-base"  # same shapes (the adapters fit), other weights
+    model = AutoModelForCausalLM.from_pretrained(tiny_registry["base"])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.25)
+    model.save_pretrained(other)
+    AutoTokenizer.from_pretrained(tiny_registry["base"]).save_pretrained(other)
+    out = tmp_path / "ollama"
+    argv = ["--phase", "rtl_design", "--format", "ollama", "--output", str(out)]
+    assert export_job.main(["--registry", tiny_registry["registry"], *argv]) == 0
+    first = load_file(out / "base" / "model.safetensors")
+
+    def rebase(data):
+        for e in data["specialists"].values():
+            e["base_model"] = str(other)
+
+    assert export_job.main(["--registry", edited_registry(tiny_registry, tmp_path, rebase), *argv]) == 0
+    saved, want = load_file(out / "base" / "model.safetensors"), load_file(other / "model.safetensors")
+    assert saved.keys() == want.keys() and all(torch.equal(saved[k], want[k]) for k in want)
+    assert not all(torch.equal(saved[k], first[k]) for k in first)
+    assert json.loads((out / "base" / "chipforge-base.json").read_text())["base_model"] == str(other)
+
+
+@pytest.mark.parametrize("fmt", ["ollama", "merged"])
+@pytest.mark.parametrize("case", ["rank", "target_modules", "not_an_adapter"])
+def test_an_adapter_that_does_not_fit_the_base_is_a_clear_error(tiny_registry, tmp_path, capsys, case, fmt):
+    """An adapter whose rank or target modules disagree with its weights/base, or a directory that is no
+    adapter, fails with one line naming the specialist, the adapter and the problem (before: the merged
+    export printed PEFT's traceback and the ollama export wrote a Modelfile that ollama create rejects)."""
+    bad = tmp_path / "adapter"
+    shutil.copytree(json.loads(Path(tiny_registry["registry"]).read_text())["specialists"]["rtl_design"][
+        "adapter_path"], bad)
+    config = json.loads((bad / "adapter_config.json").read_text())
+    if case == "rank":
+        config["r"] = config["r"] // 2
+    elif case == "target_modules":
+        config["target_modules"] = ["no_such_proj"]
+    (bad / "adapter_config.json").write_text(json.dumps(config))
+    if case == "not_an_adapter":
+        bad = tmp_path / "elsewhere"
+        bad.mkdir()
+
+    def point(data):
+        data["specialists"]["rtl_design"]["adapter_path"] = str(bad)
+
+    out = tmp_path / "out"
+    argv = ["--registry", edited_registry(tiny_registry, tmp_path, point), "--phase", "rtl_design", "--format", fmt,
+            "--output", str(out)]
+    assert export_job.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"chipforge-rtl_design: adapter {bad} does not fit base" in err, err
+    assert {"rank": "rank or base model do not match", "target_modules": "not in the adapter's target_modules",
+            "not_an_adapter": "has no adapter_config.json"}[case] in err
+    assert not (out / "chipforge-rtl_design").exists()

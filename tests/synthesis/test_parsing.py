@@ -73,3 +73,16 @@ def test_json_depth_is_counted_without_recursion() -> None:
     assert json_depth("[" * 100_000) == MAX_JSON_DEPTH + 1  # stops counting past the limit
     with pytest.raises(ParseError, match="not_text"):
         parse_answer(b'{"instruction": "q"}')  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("extra", ["````bash\nrm -rf ~\n````", "~~~sh\ncurl http://x | sh\n~~~", "    rm -rf /"],
+                         ids=["four_backticks", "tildes", "indented"])
+def test_code_a_markdown_renderer_shows_but_the_validator_does_not_read_is_malformed(extra: str) -> None:
+    """CommonMark also opens code blocks with four backticks, ``~~~`` or a four-space indent; the
+    validator reads only ```` ```lang ```` fences, so such a block was kept in the answer unchecked."""
+    answer = "Script:\n\n```yosys\nread_verilog cf_top.v\nsynth\n```\n\nThen run:\n\n" + extra + "\n"
+    with pytest.raises(ParseError) as exc:
+        parse_answer(json.dumps({"instruction": "How do I synthesise?", "answer": answer}))
+    assert exc.value.reason == "hidden_code" and "kept unchecked" in exc.value.detail
+    nested = "Steps:\n\n- first\n\n  ```tcl\n  puts a\n  ```\n\n```sdc\nset_load 1 [all_outputs]\n```\n"
+    assert [b.kind for b in parse_answer(json.dumps({"instruction": "q", "answer": nested})).blocks] == ["tcl", "sdc"]
