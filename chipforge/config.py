@@ -203,5 +203,48 @@ def validate(cls: type[C], data: Mapping[str, Any], *, source: str,
 
 
 def dump_yaml(cfg: BaseModel) -> str:
-    """The resolved config as YAML (for run outputs)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML (for run outputs), secrets in URLs redacted (``redact_secrets``)."""
+    return yaml.safe_dump(redact_secrets(cfg.model_dump(mode="json")), sort_keys=False)
+
+
+REDACTED = "REDACTED"
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SECRET_PARAM = re.compile(r"(key|token|secret|passw|signature|sig|credential|auth)", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for reports, logs and data: no password, no user name except over ssh (a token is
+    often the user name: ``https://<token>@host``), and no value of a query parameter whose name says secret
+    (``?api-key=...``, ``X-Amz-Signature``). Anything that is not a URL is returned as it is."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    if not _URL.match(url):
+        return url
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host  # IPv6
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not parseable (a bad port): keep only the scheme
+        return url.split("://", 1)[0] + "://" + REDACTED
+    netloc = parts.netloc
+    if parts.username is not None or parts.password is not None:
+        keep_user = parts.scheme.lower() == "ssh" and parts.username
+        netloc = (f"{parts.username}@" if keep_user else "") + host + port
+    query = parts.query
+    if query and _SECRET_PARAM.search(query):
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, REDACTED if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe=REDACTED)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_secrets(value: Any) -> Any:
+    """``value`` (a config as JSON data) with every URL string passed through ``redact_url``: a job's
+    report.json and a run's config.yaml never hold the credentials a URL in the config carried."""
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, dict):
+        return {k: redact_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_secrets(v) for v in value]
+    return value

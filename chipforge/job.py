@@ -35,7 +35,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from chipforge import fs
-from chipforge.config import ConfigError, load_config
+from chipforge.config import ConfigError, load_config, redact_secrets
 from chipforge.vocab import content_hash, sha256_hex
 
 C = TypeVar("C", bound=BaseModel)
@@ -500,7 +500,7 @@ def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, 
     failed_because = spec.failure(report) if spec.failure else None
     failed = failed_because is not None or (n_out == 0 and (n_in is None or n_in > 0))
     report = {"job": spec.name, "status": "failed" if failed else "ok", "fingerprint": fp,
-              "config": cfg.model_dump(mode="json"), **report, "steps": run.steps, "wall_s": round(wall, 2)}
+              "config": redact_secrets(cfg.model_dump(mode="json")), **report, "steps": run.steps, "wall_s": round(wall, 2)}
     fs.write_json(fs.join(out, "report.json"), report)
     text = spec.summary(report)
     shown = text

@@ -51,6 +51,7 @@ import pyarrow as pa
 from git import Repo as GitRepo
 
 from chipforge import fs
+from chipforge.config import redact_url
 from corpus.files import DEFAULT_EXTENSIONS, DEFAULT_MAX_FILE_BYTES, read_repo
 from corpus.licenses import detect_repo
 from corpus.manifest import Repository
@@ -79,7 +80,6 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _SCP = re.compile(r"^([^@/:\s]+)@([^@/:\s]+):(.*)$")
 _HELPER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
 _BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)@")  # scheme, user[:password]
 
 _CREDENTIALS = ("could not read username", "could not read password", "terminal prompts disabled",
                 "authentication failed", "permission denied (publickey", "host key verification failed",
@@ -207,16 +207,6 @@ def resolve_url(url: str, roots: Sequence[str]) -> tuple[str, bool]:
     if is_file_url or os.path.exists(os.path.join(real, ".git")) or os.path.isfile(os.path.join(real, "HEAD")):
         return "file://" + real, False
     return real, True
-
-
-def redact_url(url: str) -> str:
-    """``url`` fit for reports and data: without the password of a ``scheme://`` URL, and without
-    its user name too except over ssh (a token is often the user name: ``https://<token>@host/x``)."""
-    m = _USERINFO.match(url)
-    if not m:
-        return url
-    user = m.group(2).split(":", 1)[0] + "@" if m.group(1).lower() == "ssh" else ""
-    return f"{m.group(1)}://{user}{url[m.end():]}"
 
 
 def protocols_for(url: str) -> tuple[str, ...]:

@@ -115,3 +115,21 @@ def test_set_dotted_and_launch_header(tmp_path: Path) -> None:
     assert data == {"a": {"b": {"c": 2}}}
     path = write(tmp_path, "# launch: python -m jobs.build_corpus --config x.yaml\nk: 1\n")
     assert launch_command(path) == "python -m jobs.build_corpus --config x.yaml"
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://user:pw@example.invalid/a", "https://example.invalid/a"),
+    ("https://tok@example.invalid:8080/a", "https://example.invalid:8080/a"),
+    ("ssh://git:pw@example.invalid/b.git", "ssh://git@example.invalid/b.git"),
+    ("http://u:pw@[::1]:9/x", "http://[::1]:9/x"),
+    ("https://h.invalid/v1?api-key=k1&model=m&X-Amz-Signature=s&token=t",
+     "https://h.invalid/v1?api-key=REDACTED&model=m&X-Amz-Signature=REDACTED&token=REDACTED"),
+    ("https://h.invalid/a@b?q=1", "https://h.invalid/a@b?q=1"),
+    ("s3://bucket/out", "s3://bucket/out"),
+    ("out/tune", "out/tune"),
+    ("http://u:pw@h.invalid:99999/x", "http://REDACTED"),  # unparseable port: nothing of it is kept
+])
+def test_redact_url(url: str, shown: str) -> None:
+    from chipforge.config import redact_url
+
+    assert redact_url(url) == shown

@@ -247,3 +247,13 @@ def test_an_endpoint_that_never_answers_is_a_usage_error_in_seconds(monkeypatch,
         assert time.monotonic() - t0 < 10
     job._endpoint_silence.cache_clear()
     assert f"storage endpoint {endpoint} did not answer within 1 s" in capsys.readouterr().err
+
+
+def test_credentials_in_a_config_url_never_reach_the_report(tmp_path: Path, inp: Path) -> None:
+    """A key in an endpoint URL of the config (``user:key@``, ``?api-key=``) is redacted in report.json."""
+    out = tmp_path / "out"
+    url = "https://me:s3cr3t-pw@llm.example.invalid:8443/v1?api-key=s3cr3t-key&model=m"
+    assert job.main(_spec(tmp_path), _body([]), ["--input", str(inp), "--output", str(out), f"mode={url}"]) == 0
+    text = (out / "report.json").read_text()
+    assert "s3cr3t" not in text
+    assert json.loads(text)["config"]["mode"] == "https://llm.example.invalid:8443/v1?api-key=REDACTED&model=m"
