@@ -9,9 +9,11 @@ self-check's ceiling; routing confusion matrices; the smoke suite. matplotlib ru
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import math
+from collections.abc import Callable
 from typing import Any
 
 COLORS = {"base": "#8c8c8c", "specialist": "#1f77b4", "reference": "#2ca02c"}
@@ -37,6 +39,21 @@ def _plt() -> Any:
     return plt
 
 
+def _plain_text(plot: Callable[..., str]) -> Callable[..., str]:
+    """``plot`` with matplotlib's mathtext off: its labels are data (model names, benchmark and
+    problem names), and a ``$`` in one was parsed as math (an unbalanced one failed the page)."""
+
+    @functools.wraps(plot)
+    def wrapper(*args: Any, **kwargs: Any) -> str:
+        _plt()
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return wrapper
+
+
 def _fmt(x: Any, nd: int = 3) -> str:
     if x is None:
         return "–"
@@ -53,6 +70,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+@_plain_text
 def side_by_side_plot(side: list[dict[str, Any]]) -> str:
     """One panel per (area, metric): specialist and base bars for each specialist/phase."""
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -86,6 +104,7 @@ def side_by_side_plot(side: list[dict[str, Any]]) -> str:
     return _png(fig)
 
 
+@_plain_text
 def pass_at_k_plot(name: str, cells: dict[str, Any]) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 3.0))
@@ -103,6 +122,7 @@ def pass_at_k_plot(name: str, cells: dict[str, Any]) -> str:
     return _png(fig)
 
 
+@_plain_text
 def failures_plot(name: str, cells: dict[str, Any]) -> str:
     plt = _plt()
     models = list(cells)
@@ -122,6 +142,7 @@ def failures_plot(name: str, cells: dict[str, Any]) -> str:
     return _png(fig)
 
 
+@_plain_text
 def confusion_plot(name: str, m: dict[str, Any]) -> str:
     plt = _plt()
     conf = m["confusion"]
@@ -185,6 +206,10 @@ def render(report: dict[str, Any]) -> str:
                                   ", ".join(f"@{k} {v:.3f}" for k, v in c["pass_at_k"].items()), c["samples"],
                                   c["passed"], ", ".join(f"{k} {v}" for k, v in c["failures"].items() if v)]
                                  for m, c in cells.items()]))
+    skipped = report.get("benchmark_problems_skipped") or []
+    if skipped:
+        parts.append("<h3>Benchmark problems skipped (a missing or unusable file)</h3>" + _table(
+            ["benchmark", "problem", "reason"], [[x["benchmark"], x["problem"], x["reason"]] for x in skipped]))
     ref = report.get("reference_check")
     if ref:
         parts.append("<h2>Harness self-check (reference solutions)</h2>")

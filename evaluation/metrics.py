@@ -64,10 +64,14 @@ def _rouge() -> Any:
 
 
 def perplexity(nll_sum: float, n_tokens: int) -> tuple[float | None, float | None]:
-    """(mean loss per token, perplexity) of a split; (None, None) without tokens."""
+    """(mean loss per token, perplexity) of a split; (None, None) without tokens. A NaN loss (a
+    model that overflowed) stays NaN, never an infinite perplexity; past ``exp``'s range the
+    perplexity is infinite (``evaluation.report.json_safe`` writes both as null)."""
     if n_tokens <= 0:
         return None, None
     loss = nll_sum / n_tokens
+    if math.isnan(loss):
+        return loss, math.nan
     return loss, (math.exp(loss) if loss < 700 else math.inf)
 
 

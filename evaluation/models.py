@@ -32,6 +32,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -155,11 +156,21 @@ def row_sampling(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` as Arrow can store it: each lone surrogate (JSON's ``"\\ud800"`` from a server)
+    becomes U+FFFD; Arrow refused the whole batch over one, failing the job."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def engine_row(row: Mapping[str, Any], **values: Any) -> dict[str, Any]:
-    """An output row: the prompt row's fields plus the engine's (missing ones null)."""
+    """An output row: the prompt row's fields plus the engine's (missing ones null; text made valid
+    UTF-8, ``valid_text``)."""
     out = {f.name: row.get(f.name) for f in PROMPT_FIELDS}
     out.update({f.name: None for f in ENGINE_FIELDS})
-    out.update(values)
+    out.update({k: valid_text(v) if isinstance(v, str) else v for k, v in values.items()})
     return out
 
 
@@ -172,7 +183,7 @@ def to_output(batch: pa.Table) -> pa.Table:
         if r.get("eval_model"):  # a vLLM row that failed before our postprocess: its model column is the LoRA
             r["model"] = r["eval_model"]
         rows.append({**engine_row(r, **{f.name: r.get(f.name) for f in ENGINE_FIELDS}),
-                     "engine_error": str(err)[:2000] if err else None})
+                     "engine_error": valid_text(str(err)[:2000]) if err else None})
     return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
 
@@ -421,9 +432,30 @@ def openai_request(row: dict[str, Any], served: Mapping[str, str]) -> dict[str, 
                         **row_sampling(row)}}
 
 
+def plain(value: Any) -> Any:
+    """``value`` with numpy arrays and scalars turned back into lists and Python values, nested.
+
+    Ray Data hands a postprocess its row that way when a stage's block could not be Arrow (a
+    reply holding a lone surrogate): ``payload["messages"]`` was then an array, whose truth value
+    raised and failed the job.
+    """
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return [plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
 def openai_reply_row(row: dict[str, Any]) -> dict[str, Any]:
     from synthesis.engines import openai_reply
 
+    row = plain(row)
     r = openai_reply(row)
     payload = row.get("payload") if isinstance(row.get("payload"), Mapping) else {}
     return engine_row(row, completion=r["generated_text"], engine_error=r["engine_error"],

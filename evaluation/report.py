@@ -29,6 +29,21 @@ def _scores(r: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(r.get("scores_json") or "{}")
 
 
+def json_safe(value: Any, where: str = "", found: list[str] | None = None) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (JSON has neither: Python's
+    ``json`` would write ``NaN``/``Infinity``, which other readers reject); the dotted path of each
+    replaced value is appended to ``found``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if found is not None:
+            found.append(f"{where}={value}")
+        return None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v, f"{where}.{k}" if where else str(k), found) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, f"{where}[{i}]", found) for i, v in enumerate(value)]
+    return value
+
+
 def benchmark_summary(rows: list[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
     """One (benchmark, model) cell: counts, pass@1 (greedy), pass@k (sampled; greedy when none)."""
     greedy_rows = [r for r in rows if r["sample"] < 0]
@@ -162,7 +177,8 @@ def aggregate(small: list[dict[str, Any]], cfg: Any, specs: Sequence[ModelSpec],
     side = side_by_side(specs, phases_out, benchmarks_out, routing_out, smoke_out, cfg)
     counts = Counter(r["kind"] for r in small)
     judged = Counter(r["kind"] for r in small if r["verdict"] is not None or r["kind"] == "loss")
-    return {
+    non_finite: list[str] = []
+    out = json_safe({
         "models": {m.name: m.as_dict() for m in specs} | (
             {REFERENCE: {"name": REFERENCE, "kind": "reference"}} if cfg.reference else {}),
         "model_names": model_names,
@@ -172,7 +188,9 @@ def aggregate(small: list[dict[str, Any]], cfg: Any, specs: Sequence[ModelSpec],
         "rows": {"total": len(small), "by_kind": dict(sorted(counts.items())),
                  "judged": sum(judged.values()), "all_judged": sum(judged.values()) == len(small)},
         "engine_info": engine_info,
-    }
+    }, found=non_finite)
+    out["non_finite"] = non_finite  # metrics that were NaN or infinite (null in the report)
+    return out
 
 
 def side_by_side(specs: Sequence[ModelSpec], phases_out: dict[str, Any], benchmarks_out: dict[str, Any],
@@ -282,6 +300,11 @@ def summary(r: dict[str, Any]) -> str:
             fails = ", ".join(f"{k}={v}" for k, v in c["failures"].items() if v)
             lines.append(f"{name} {m}: pass@1 {_f(c['pass_at_1'])} ({c['greedy']['passed']}/{c['n_problems']}); {pk}; "
                          f"samples {c['samples']} = {c['passed']} passed + {c['failed']} failed ({fails or 'none'})")
+    skipped = r.get("benchmark_problems_skipped") or []
+    if skipped:
+        lines.append(f"benchmark problems skipped: {len(skipped)} (" + "; ".join(
+            f"{x['benchmark']}/{x['problem']}: {x['reason']}" for x in skipped[:3])
+                     + ("; ... in report.json" if len(skipped) > 3 else "") + ")")
     if r.get("reference_check"):
         for name, c in r["reference_check"]["benchmarks"].items():
             cannot = ", ".join(f"{x['problem']} ({x['failure_class']})" for x in c["cannot_pass"][:8])
@@ -299,7 +322,7 @@ def summary(r: dict[str, Any]) -> str:
     diffs = [x for x in r["side_by_side"] if x["difference"] is not None]
     if diffs:
         lines.append("specialist vs base (difference = specialist - base):")
-        shown = [x for x in diffs if x["metric"] in ("loss", "pass_rate", "pass_at_1", "compile_rate")][:8]
+        shown = [x for x in diffs if x["metric"] in ("loss", "pass_rate", "pass@1", "compile_rate")][:8]
         for x in shown:
             lines.append(f"  {x['specialist']:<16} {x['area'][:28]:<28} {x['metric']:<13} {_f(x['specialist_value'])} "
                          f"vs {_f(x['base_value'])} ({x['difference']:+.3f})")

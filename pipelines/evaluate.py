@@ -325,16 +325,59 @@ def load_registry(cfg: EvaluateConfig) -> dict[str, Any] | None:
         raise ConfigError(f"registry (--registry): {exc}") from exc
 
 
-def load_problems(cfg: EvaluateConfig) -> list[dict[str, Any]]:
+def load_problems(cfg: EvaluateConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(the selected benchmark problems, the problems skipped for a missing or unusable file, each
+    with its reason: the report lists them). A checkout with no usable problem is a usage error."""
     problems: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     try:
         if cfg.benchmarks.verilog_eval_v2:
-            problems += bench.load_verilog_eval_v2(cfg.benchmarks.verilog_eval_v2, cfg.benchmarks.verilog_eval_tasks)
+            problems += bench.load_verilog_eval_v2(cfg.benchmarks.verilog_eval_v2, cfg.benchmarks.verilog_eval_tasks,
+                                                   skipped)
         if cfg.benchmarks.rtllm:
-            problems += bench.load_rtllm(cfg.benchmarks.rtllm)
+            problems += bench.load_rtllm(cfg.benchmarks.rtllm, skipped)
     except bench.BenchmarkError as exc:
         raise ConfigError(str(exc)) from exc
-    return bench.select(problems, cfg.benchmarks.problems, cfg.benchmarks.max_problems)
+    patterns = cfg.benchmarks.problems
+    return (bench.select(problems, patterns, cfg.benchmarks.max_problems),
+            [s for s in skipped if bench.selected(s["problem"], patterns)])
+
+
+def load_route_items(cfg: EvaluateConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(every labelled routing item, the ones asked of the routers: ``routing.max_items`` of them).
+
+    A labelled file that cannot be read (not JSON lines, a phase outside the vocabulary), holds
+    no item or an item without its own ``id``, and a classifier training set that cannot be read,
+    are usage errors naming the field.
+    """
+    from corpus.phases import load_labelled
+
+    if not cfg.routing.enabled:
+        return [], []
+    fields = {"routing.eval_path": cfg.routing.eval_path}
+    if not cfg.routing.classifier_path:
+        fields["routing.train_path"] = cfg.routing.train_path
+    items: dict[str, list[dict[str, Any]]] = {}
+    for name, path in fields.items():
+        try:
+            items[name] = load_labelled(path, list(PHASES))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSON errors are ValueErrors
+            raise ConfigError(f"{name}: {path!r}: {exc}") from exc
+        if not items[name]:
+            raise ConfigError(f"{name}: {path!r} holds no labelled item (set routing.enabled=false to skip routing)")
+    all_items = items["routing.eval_path"]
+    ids = Counter(i.get("id") for i in all_items)
+    bad = [i for i, n in ids.items() if not isinstance(i, str) or not i or n > 1]
+    if bad:  # rows and verdicts are keyed by the item id
+        raise ConfigError(f"routing.eval_path: {cfg.routing.eval_path!r}: every item needs its own \"id\" string; "
+                          f"missing or repeated: {bad[:5]}")
+    return all_items, sorted(all_items, key=lambda r: row_hash(r["id"]))[: cfg.routing.max_items or len(all_items)]
+
+
+def preflight(cfg: EvaluateConfig) -> None:
+    """Before Ray starts: every benchmark checkout holds usable problems, the routing sets read."""
+    load_problems(cfg)
+    load_route_items(cfg)
 
 
 def run(cfg: EvaluateConfig, job: Run) -> dict[str, Any]:
@@ -354,16 +397,14 @@ def run(cfg: EvaluateConfig, job: Run) -> dict[str, Any]:
         phases = list(cfg.phases)
     else:
         phases = [p for p in PHASES if p in set(dataset_phases(cfg.dataset_dir)) | {m.phase for m in specs}]
-    problems = load_problems(cfg)
+    problems, skipped_problems = load_problems(cfg)
+    if skipped_problems:
+        job.progress(f"{len(skipped_problems)} benchmark problem(s) skipped (listed in report.json): "
+                     + "; ".join(f"{s['benchmark']}/{s['problem']}: {s['reason']}" for s in skipped_problems[:3])
+                     + (" ..." if len(skipped_problems) > 3 else ""))
     suite = smoke_mod.load_suite() if cfg.smoke else None
     smoke_problems = [smoke_mod.problem(i) for i in (suite or {}).get("items", []) if i["kind"] == "verilog"]
-    all_items: list[dict[str, Any]] = []
-    route_items: list[dict[str, Any]] = []
-    if cfg.routing.enabled:
-        from corpus.phases import load_labelled
-
-        all_items = load_labelled(cfg.routing.eval_path, list(PHASES))
-        route_items = sorted(all_items, key=lambda r: row_hash(r["id"]))[: cfg.routing.max_items or len(all_items)]
+    all_items, route_items = load_route_items(cfg)
     job.progress("models: " + (", ".join(f"{m.name} ({m.kind}{', ' + m.adapter_path if m.adapter_path else ''})"
                                          for m in specs) or "none") + (" + reference" if cfg.reference else ""))
     engine_info = check_engine(cfg, specs)
@@ -415,6 +456,7 @@ def run(cfg: EvaluateConfig, job: Run) -> dict[str, Any]:
     with job.step("aggregate"):
         report = aggregate(small, cfg, specs, phase_info, problems, suite, classifier, route_items, engine_info)
     report.update({
+        "benchmark_problems_skipped": skipped_problems,
         "output_dir": out, "samples_dir": samples_dir, "report_html": fs.join(out, "report.html"),
         "registry": cfg.registry, "dataset_dir": cfg.dataset_dir, "phases_evaluated": phases,
         "engine": engines.engine_summary(cfg.engine), "prompt_version": bench.PROMPT_VERSION,
@@ -470,5 +512,5 @@ SPEC = JobSpec(
               "engine.vllm.concurrency", "engine.vllm.runtime_env", "engine.vllm.wait_for_gpus_s",
               "engine.vllm.max_concurrent_batches", "engine.openai.concurrency", "engine.openai.qps",
               "engine.openai.timeout_s", "update_registry"),
-    outputs=lambda r: r["rows"]["total"], extra_inputs=local_inputs, description=__doc__,
+    outputs=lambda r: r["rows"]["total"], extra_inputs=local_inputs, description=__doc__, preflight=preflight,
 )
