@@ -345,18 +345,37 @@ def require_columns(names: Sequence[str], required: Sequence[str], where: str) -
                           "is this the output of the right job?")
 
 
+def _uncastable_rows(column: pa.ChunkedArray, target: pa.DataType) -> list[int]:
+    """Rows of ``column`` whose value cannot be cast to ``target`` (all of them when the types
+    cannot be cast at all); empty when the whole column casts."""
+    try:
+        column.cast(target)
+        return []
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        pass
+    bad = []
+    for i in range(len(column)):
+        try:
+            column.slice(i, 1).cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            bad.append(i)
+    return bad
+
+
 def validate_rows(batch: pa.Table | pa.RecordBatch | Mapping[str, Any], schema: pa.Schema,
                   required: Sequence[str], group_column: str, stage: str) -> tuple[pa.Table, list[dict[str, Any]]]:
     """Split a batch into (valid rows conformed to ``schema``, skip rows for the invalid ones).
 
     A missing ``required`` column raises SchemaError (the whole input is wrong, not one row).
-    A row with a null (or, for strings, empty) value in a ``required`` column becomes
-    ``{"skip": "invalid_row:<column> is null or empty", "id": <row id>, "group": <group>}``
+    Columns ``schema`` does not know (a corpus written by another version) are not read.
+    A row with a null (or, for strings, empty) value in a ``required`` column, or a value that
+    does not cast to its column's type (``keep: "maybe"``), becomes
+    ``{"skip": "invalid_row:<column> <what is wrong>", "id": <row id>, "group": <group>}``
     and is logged with its id; the others are conformed (types cast) to ``schema``.
     """
     table = _as_table(batch)
     require_columns(table.column_names, required, stage)
-    bad = pa.array([False] * table.num_rows, pa.bool_())
+    table = table.select([c for c in table.column_names if schema.get_field_index(c) >= 0])
     first_problem: list[str | None] = [None] * table.num_rows
     for col in required:
         values = table.column(col)
@@ -366,19 +385,45 @@ def validate_rows(batch: pa.Table | pa.RecordBatch | Mapping[str, Any], schema: 
         if pc.any(empty).as_py():
             for i, flag in enumerate(empty.to_pylist()):
                 if flag and first_problem[i] is None:
-                    first_problem[i] = col
-            bad = pc.or_(bad, empty)
+                    first_problem[i] = f"{col} is null or empty"
+    for field in schema:
+        if field.name in table.column_names and table.column(field.name).type != field.type:
+            column = table.column(field.name)
+            for i in _uncastable_rows(column, field.type):
+                if first_problem[i] is None:
+                    first_problem[i] = f"{field.name} is not {field.type} (a {column.type} value {str(column[i])[:60]!r})"
     skips: list[dict[str, Any]] = []
-    if pc.any(bad).as_py():
+    if any(p is not None for p in first_problem):
         ids = table.column("id").to_pylist()
         groups = table.column(group_column).to_pylist()
-        for i, col in enumerate(first_problem):
-            if col is not None:
-                skips.append({"skip": f"{INVALID_ROW}:{col} is null or empty", "id": ids[i],
-                              "group": groups[i] or "unknown"})
+        for i, problem in enumerate(first_problem):
+            if problem is not None:
+                skips.append({"skip": f"{INVALID_ROW}:{problem}", "id": ids[i], "group": groups[i] or "unknown"})
         log.warning("%s: %d invalid rows skipped, e.g. id=%s (%s)", stage, len(skips), skips[0]["id"], skips[0]["skip"])
-        table = table.filter(pc.invert(bad))
+        table = table.filter(pa.array([p is None for p in first_problem], pa.bool_()))
     return conform(table, schema, stage=stage), skips
+
+
+def input_files(root: str) -> list[tuple[str, pa.Schema | str, list[str]]]:
+    """(path, file schema or why it cannot be read, hive partition columns) of every Parquet file
+    under ``root`` (schemas only, no data read); hidden and ``_``-prefixed files are not inputs."""
+    import pyarrow.parquet as pq
+
+    from chipforge import fs
+
+    out = []
+    for path in fs.listdir(root, recursive=True):
+        if not path.endswith(".parquet") or posixpath.basename(path).startswith((".", "_")):
+            continue
+        rel = fs.relative(path, root)
+        partition_cols = [seg.split("=", 1)[0] for seg in rel.split("/")[:-1] if "=" in seg]
+        filesystem, inner = fs.resolve(path)
+        try:
+            schema: pa.Schema | str = pq.read_schema(inner, filesystem=filesystem)
+        except (pa.ArrowInvalid, OSError) as exc:  # truncated or not Parquet at all
+            schema = f"not a readable Parquet file ({str(exc).splitlines()[0][:200]})"
+        out.append((path, schema, partition_cols))
+    return out
 
 
 def check_input_files(root: str, required: Sequence[str], what: str) -> int:
@@ -387,21 +432,36 @@ def check_input_files(root: str, required: Sequence[str], what: str) -> int:
     Hive partition directories (``repo=<name>/``) supply their column. Raises SchemaError naming
     the first file that lacks a ``required`` column; returns the number of files checked.
     """
-    import pyarrow.parquet as pq
-
-    from chipforge import fs
-
-    n = 0
-    for path in fs.listdir(root, recursive=True):
-        if not path.endswith(".parquet") or posixpath.basename(path).startswith((".", "_")):
+    files = input_files(root)
+    for path, schema, partition_cols in files:
+        if isinstance(schema, str):  # unreadable: incompatible_files reports it and it is not read
             continue
-        rel = fs.relative(path, root)
-        partition_cols = [seg.split("=", 1)[0] for seg in rel.split("/")[:-1] if "=" in seg]
-        filesystem, inner = fs.resolve(path)
-        names = list(pq.read_schema(inner, filesystem=filesystem).names) + partition_cols
-        require_columns(names, required, f"{what} file {path}")
-        n += 1
-    return n
+        require_columns(list(schema.names) + partition_cols, required, f"{what} file {path}")
+    return len(files)
+
+
+def incompatible_files(root: str, schema: pa.Schema) -> dict[str, str]:
+    """Parquet files under ``root`` that cannot be read, or whose column types cannot be unified with
+    ``schema``'s: path → why.
+
+    Ray Data unifies the schemas of every file it reads before reading any, so one file of a
+    hand-made or older corpus with, say, ``start_line`` written as strings failed the whole read
+    (``Unable to merge: Field start_line has incompatible types``). The job reads the others and
+    reports these; values that fit a unifiable type are checked row by row (``validate_rows``).
+    Columns ``schema`` does not have are not compared (they are not read into examples).
+    """
+    bad: dict[str, str] = {}
+    for path, file_schema, _ in input_files(root):
+        if isinstance(file_schema, str):
+            bad[path] = file_schema
+            continue
+        shared = pa.schema([f for f in file_schema if schema.get_field_index(f.name) >= 0])
+        expected = pa.schema([schema.field(f.name) for f in shared])
+        try:
+            pa.unify_schemas([expected, shared], promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+            bad[path] = str(exc).splitlines()[0]
+    return bad
 
 
 class ModuleStage:

@@ -43,13 +43,13 @@ from chipforge import fs
 from chipforge.config import Config
 from chipforge.job import JobError, JobSpec, Run
 from chipforge.stage import StageResources, cluster_cpus, fit_to_cluster, map_stage, read_cpus
-from corpus.dataset import (DOC_REQUIRED, MODULE_REQUIRED, ApplySplits, DecontamStage, DocStage, ModuleStage,
-                            cap_per_group, check_input_files)
+from corpus.dataset import (DOC_REQUIRED, INVALID_ROW, MODULE_REQUIRED, ApplySplits, DecontamStage, DocStage, ModuleStage,
+                            cap_per_group, check_input_files, incompatible_files, input_files)
 from corpus.doc_questions import DocQuestionsConfig
 from corpus.module_specs import ModuleSpecsConfig
 from corpus.router import RouterConfig, build_examples, is_router_group, prompt_rows, score_router
 from corpus.router import tagged as tagged_router
-from corpus.schema import EXAMPLES_SCHEMA, SchemaError, conform
+from corpus.schema import DOCS_SCHEMA, EXAMPLES_SCHEMA, MODULES_SCHEMA, SchemaError, conform
 from corpus.splits import DEFAULT_MIN_EXAMPLES, assign_by_phase
 
 
@@ -234,13 +234,40 @@ def plan_resources(cfg: DatasetConfig, total_cpus: float, say: Any = None) -> tu
     return res, ({"num_cpus": n} if n is not None else {})
 
 
+def rejected_files(cfg: DatasetConfig) -> dict[str, str]:
+    """Module and doc Parquet files whose column types do not fit their schema (path → why): they
+    are not read (``corpus.dataset.incompatible_files``), and the report lists them."""
+    out: dict[str, str] = {}
+    for given, sub, schema in ((cfg.corpus_dir, "modules", MODULES_SCHEMA), (cfg.docs_dir, "docs", DOCS_SCHEMA)):
+        if given and fs.exists(fs.join(given, sub)):
+            out.update(incompatible_files(fs.join(given, sub), schema))
+    return out
+
+
+def read_inputs(root: str, bad_files: dict[str, str], read: dict[str, Any]) -> Any:
+    """``ray.data.read_parquet`` of ``root``, less the ``bad_files`` under it (hive partition
+    columns still parsed below ``root``); a JobError when no file is left."""
+    import ray
+    from ray.data.datasource import Partitioning
+
+    bad = [p for p in bad_files if p.startswith(root.rstrip("/") + "/")]
+    if not bad:
+        return ray.data.read_parquet(root, **read)
+    good = [p for p, _, _ in input_files(root) if p not in bad_files]
+    if not good:
+        raise JobError(f"every Parquet file in {root} was rejected, nothing usable remains: "
+                       + "; ".join(f"{p}: {bad_files[p]}" for p in bad))
+    return ray.data.read_parquet(good, partitioning=Partitioning("hive", base_dir=root), **read)
+
+
 def build(cfg: DatasetConfig, job: Run | None = None, router: Any = None, doc_questions: Any = None,
-          module_specs: Any = None) -> Any:
+          module_specs: Any = None, bad_files: dict[str, str] | None = None) -> Any:
     """Tagged examples (corpus.dataset.TAGGED_SCHEMA) from modules, docs and ``router`` (a tagged
     table of router examples, corpus.router.tagged), decontaminated. ``doc_questions``: the
     engine-written doc examples (:func:`doc_question_data`); then ``DocStage`` only counts skips.
     ``module_specs``: the engine-spec write_module examples (:func:`module_spec_data`); then
-    ``ModuleStage`` leaves the write_module example of every prompted module to them."""
+    ``ModuleStage`` leaves the write_module example of every prompted module to them.
+    ``bad_files``: input files not to read (:func:`rejected_files`, computed when None)."""
     import ray
 
     mods_dir = fs.join(cfg.corpus_dir, "modules") if cfg.corpus_dir else ""
@@ -256,17 +283,19 @@ def build(cfg: DatasetConfig, job: Run | None = None, router: Any = None, doc_qu
             check_input_files(docs_dir, DOC_REQUIRED, "docs")
     except SchemaError as exc:
         raise JobError(str(exc)) from exc
+    if bad_files is None:
+        bad_files = rejected_files(cfg)
     res, read = plan_resources(cfg, cluster_cpus(), say=job.progress if job else None)
     parts = []
     if mods_dir:
         # repo is a column; Ray's default hive partitioning also reads older repo=<name>/ layouts.
-        parts.append(map_stage(ray.data.read_parquet(mods_dir, **read), ModuleStage, res["modules"], kwargs=
+        parts.append(map_stage(read_inputs(mods_dir, bad_files, read), ModuleStage, res["modules"], kwargs=
                           {"min_comment_chars": cfg.min_comment_chars, "max_error_share": cfg.max_error_share,
                            "classify": cfg.classify_modules, "model_path": cfg.classifier_path,
                            "min_confidence": cfg.module_min_confidence,
                            "specs_max_chars": cfg.module_specs.max_source_chars if module_specs is not None else None}))
     if docs_dir:
-        parts.append(map_stage(ray.data.read_parquet(docs_dir, **read), DocStage, res["docs"],
+        parts.append(map_stage(read_inputs(docs_dir, bad_files, read), DocStage, res["docs"],
                                kwargs={"model_path": cfg.classifier_path, "min_chars": cfg.min_doc_chars,
                                        "titles": doc_questions is None}))
     if doc_questions is not None:  # --- doc questions ---
@@ -293,7 +322,11 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
     with job.step("module specs"):
         mod_specs, mod_specs_report = module_spec_data(cfg, job)
     with job.step("build examples"):
-        tagged = build(cfg, job, router=tagged_router(router_rows), doc_questions=doc_q, module_specs=mod_specs)
+        bad_files = rejected_files(cfg)
+        for path, why in list(bad_files.items())[:5]:
+            job.progress(f"warning: not read: {path}: {why}")
+        tagged = build(cfg, job, router=tagged_router(router_rows), doc_questions=doc_q, module_specs=mod_specs,
+                       bad_files=bad_files)
     # Driver: small metadata only (id, phase, group, skip) → drops, cap, split map.
     meta = tagged.select_columns(["id", "phase", "group", "skip"]).take_all()
     dropped: Counter[str] = Counter()
@@ -303,9 +336,12 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
     removed: dict[tuple[str | None, str], Counter[str]] = defaultdict(Counter)
     seen: set[str] = set()
     rows: list[dict[str, Any]] = []
+    invalid_rows: list[str] = []  # the first few input rows that did not fit their schema, and why
     for m in sorted(meta, key=lambda m: (m["id"] or "", m["group"] or "")):
         if m["skip"]:
             reason = m["skip"].split(":")[0]
+            if reason == INVALID_ROW and len(invalid_rows) < 20:
+                invalid_rows.append(f"{m['group']} id {m['id']}: {m['skip'].split(':', 1)[1]}")
             dropped[reason] += 1
             removed[(m["phase"], m["group"])][reason] += 1
             if m["skip"].startswith("contaminated:"):
@@ -324,6 +360,8 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
     corpus_rows = [r for r in rows if not is_router_group(r["group"])]
     # the cap's unit is the split group: a repository, or a documentation page (a tool's manual is
     # expected to dominate its phase; a capped source left thin phases such as timing with a handful)
+    if bad_files:
+        dropped["bad_file"] = len(bad_files)
     rows, n_capped = cap_per_group(corpus_rows, "group", cfg.max_group_share)
     dropped["repo_cap"] += n_capped
     kept_pairs = {(r["id"], r["group"]) for r in rows}
@@ -377,7 +415,9 @@ def run(cfg: DatasetConfig, job: Run) -> dict[str, Any]:
               "dropped": dict(dropped),
               "dropped_units": "inputs (modules, doc chunks) for skip reasons; examples for repo_cap, "
                                "duplicate_example and contaminated; engine-written question/answer pairs "
-                               "(or whole replies) for doc_question_*; modules for module_spec_*",
+                               "(or whole replies) for doc_question_*; modules for module_spec_*; Parquet "
+                               "files for bad_file (bad_files: path -> why it was not read)",
+              "invalid_rows": invalid_rows, "bad_files": bad_files,
               "contaminated_per_benchmark": dict(contaminated),
                                "contaminated_per_method": dict(contaminated_by_method),
               "removed_units": "per_phase_split[...].removed: inputs by the phase the classifier gave them and "
@@ -429,11 +469,19 @@ def summary(report: dict[str, Any]) -> str:
 
 
 def check_inputs(cfg: DatasetConfig) -> None:
-    """Preflight: benchmark checkouts and the router's question files exist (exit 2 before Ray)."""
+    """Preflight (exit 2 before Ray): benchmark checkouts and the router's question files exist, and a
+    given phase classifier artifact loads."""
     from chipforge.config import ConfigError
     from corpus.decontam import check_benchmark_paths
 
     check_benchmark_paths(cfg.benchmark_paths, "benchmark_paths")
+    if cfg.classifier_path and fs.exists(cfg.classifier_path):  # a corrupt artifact: every actor would fail
+        from corpus.phases import PhaseClassifier
+
+        try:
+            PhaseClassifier.read(cfg.classifier_path)
+        except ValueError as exc:
+            raise ConfigError(f"classifier_path: {exc}") from exc
     questions = (("router.questions_paths", cfg.router.questions_paths), ("router.eval_path", [cfg.router.eval_path]))
     for field, paths in questions:
         for p in paths:

@@ -15,13 +15,14 @@ in the specialist registry. A rerun with the same config and dataset is skipped 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from chipforge import fs
-from chipforge.config import Config
+from chipforge.config import Config, ConfigError
 from chipforge.job import JobError, JobSpec, Run
 from pipelines.finetune import (
     VOLATILE,
@@ -35,7 +36,7 @@ from pipelines.finetune import (
     train_plan,
 )
 from training.config import FinetuneConfig
-from training.sweep import AshaSettings, SearchSpace, apply_trial, param_space
+from training.sweep import TARGETS, AshaSettings, SearchSpace, apply_trial, param_space
 
 
 class TuneJobConfig(Config):
@@ -65,6 +66,42 @@ def trial_driver(config: dict[str, Any], *, base: dict[str, Any], datasets: dict
     trial_id = tune.get_context().get_trial_id()
     build_trainer(cfg, datasets, plan, run_name=f"{cfg.resolved_run_name()}-{trial_id}",
                   callbacks=[TuneReportCallback()]).fit()
+
+
+def best_result(results: list[Any], metric: str, trials: list[dict[str, Any]]) -> Any:
+    """The finished trial (no error, a finite last ``metric``) with the lowest last ``metric``.
+
+    Tune's ``get_best_result`` also ranks trials that failed after a report (a crashed trial's early
+    eval loss could win) and, when every trial failed, raises a bare RuntimeError; here a failed
+    trial never wins and a sweep with no finished trial is a JobError listing each trial's error."""
+    finished = [r for r in results if r.error is None and isinstance((r.metrics or {}).get(metric), (int, float))
+                and math.isfinite(r.metrics[metric])]
+    if not finished:
+        raise JobError(f"no trial of the sweep finished with a {metric}: "
+                       + "; ".join(f"trial {t['trial_id']} {t['config']}: {t['error'] or 'no ' + metric}" for t in trials))
+    return min(finished, key=lambda r: r.metrics[metric])
+
+
+def check_search(cfg: "TuneJobConfig") -> None:
+    """Before Ray: every value a trial can draw (choice/grid values, range bounds) makes a valid
+    ``FinetuneConfig``; a bad one (``lora_r: 0``, ``warmup_ratio: 1.5``) used to fail its trials."""
+    for name, dist in cfg.search:
+        if dist is None:
+            continue
+        if dist.kind == "loguniform" and min(dist.values) <= 0:
+            raise ConfigError(f"search.{name}: loguniform bounds must be > 0, not {dist.values}")
+        for value in dist.values:
+            try:
+                apply_trial(cfg.finetune, {name: value})
+            except ValidationError as exc:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                raise ConfigError(f"search.{name}: value {value!r} is not a valid {TARGETS[name]} ({problems})") from None
+
+
+def preflight(cfg: "TuneJobConfig") -> None:
+    """The search space, then the base fine-tune's inputs (``pipelines.finetune.check_inputs``)."""
+    check_search(cfg)
+    check_inputs(cfg.finetune)
 
 
 def _trial_callback(say: Any, metric: str) -> Any:
@@ -137,7 +174,7 @@ def run(cfg: TuneJobConfig, job: Run) -> dict[str, Any]:
         trials.append({"trial_id": m.get("trial_id"), "config": r.config, cfg.metric: m.get(cfg.metric),
                        "step": m.get("step"), "checkpoint_path": checkpoint_of(m),
                        "error": repr(r.error) if r.error else None})
-    best = grid.get_best_result(cfg.metric, "min", scope="last")
+    best = best_result(list(grid), cfg.metric, trials)
     checkpoint = checkpoint_of(best.metrics or {})
     if checkpoint is None:
         raise JobError(f"sweep {out}: no trial reported a checkpoint; trials: {json.dumps(trials, default=str)}")
@@ -146,6 +183,7 @@ def run(cfg: TuneJobConfig, job: Run) -> dict[str, Any]:
         report = write_outputs(winner, d, data.base_path, {
             "runner": "ray.tune", "best_trial": best.metrics.get("trial_id"), "best_config": best.config,
             "checkpoint": checkpoint, "n_trials": len(trials), "trials": trials,
+            "failed_trials": sum(1 for t in trials if t["error"]),
             "dataset": base.dataset_dirs(), **data.info})
     fs.write_json(fs.join(out, "sweep.json"), {"metric": cfg.metric, "best_trial": report["best_trial"], "trials": trials})
     if cfg.registry:
@@ -182,5 +220,5 @@ SPEC = JobSpec(
     volatile=("trial_cpus", "max_concurrent_trials", *(f"finetune.{v}" for v in VOLATILE)),
     outputs=lambda r: r["examples"]["train"], inputs_count=lambda r: r["examples"]["read"],
     description=__doc__, extra_inputs=lambda cfg: extra_dataset_inputs(cfg.finetune),
-    preflight=lambda cfg: check_inputs(cfg.finetune),
+    preflight=preflight,
 )

@@ -42,6 +42,7 @@ import functools
 import gc
 import hashlib
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -121,9 +122,12 @@ def check_split(dataset_dir: DatasetDirs, phase: str, split: str) -> list[str]:
     """The split's parquet files; raises ``DatasetError`` naming paths and phase when there are none."""
     files = parquet_files(dataset_dir, phase, split)
     if not files:
+        others = [f for d in split_dirs(dataset_dir, phase, split) for f in fs.listdir(d, recursive=True, files_only=True)]
+        unread = (f"; {len(others)} file(s) there are not Parquet (e.g. {others[0]}): the fine-tune reads only "
+                  "*.parquet files with the dataset job's columns (id, messages)") if others else ""
         raise DatasetError(
             f"dataset {', '.join(dataset_roots(dataset_dir))}: no {split} examples for phase {phase!r} "
-            f"(looked in {', '.join(split_dirs(dataset_dir, phase, split))}); "
+            f"(looked in {', '.join(split_dirs(dataset_dir, phase, split))}){unread}; "
             f"phases present: {available_phases(dataset_dir) or 'none'}"
         )
     return files
@@ -337,6 +341,69 @@ def assistant_spans(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> tu
     return text, spans
 
 
+def special_token_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+    """A regex of the tokenizer's special tokens (``<|im_end|>``, ``<|eot_id|>``, ``</s>``, ...), longest
+    first; None when it has none."""
+    names = sorted({t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
+                    if getattr(t, "special", False) and t.content}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, names))) if names else None
+
+
+def literal_spans(tokenizer: Any, text: str, messages: Sequence[Mapping[str, str]]) -> list[tuple[int, int]]:
+    """Character spans of ``text`` (the rendered conversation) where a message's *content* spells a
+    special token: corpus text such as a comment holding ``<|im_end|>`` or ``</s>``.
+
+    Tokenised as usual, that text would become the real token: a fake end of turn or role header in
+    the prompt (the model is trained on a conversation nobody wrote), or, in a reply, a label that
+    teaches the model to stop mid-answer. The content's place in ``text`` comes from rendering the
+    conversation with a unique placeholder per content (the template's own special tokens stay
+    outside every content); a template that rewrites contents falls back to finding each content in
+    turn. Empty (the common case) when no content holds a special token."""
+    pattern = special_token_pattern(tokenizer)
+    if pattern is None or not any(pattern.search(m["content"]) for m in messages):
+        return []
+    marks = [f"\x00chipforge-content-{i}\x00" for i in range(len(messages))]
+    skeleton = tokenizer.apply_chat_template(
+        [{"role": m["role"], "content": mark} for m, mark in zip(messages, marks)], tokenize=False)
+    where: list[tuple[int, int]] = []  # (start of the content in text, message index)
+    rebuilt, pos = [], 0
+    for part in re.split("(" + "|".join(map(re.escape, marks)) + ")", skeleton):
+        if part in marks:
+            i = marks.index(part)
+            where.append((pos, i))
+            part = messages[i]["content"]
+        rebuilt.append(part)
+        pos += len(part)
+    if "".join(rebuilt) != text or len(where) != len(messages):  # the template changes contents
+        where, cursor = [], 0
+        for i, m in enumerate(messages):
+            at = text.find(m["content"], cursor) if m["content"] else -1
+            if at >= 0:
+                where.append((at, i))
+                cursor = at + len(m["content"])
+    return sorted((at + x.start(), at + x.end()) for at, i in where for x in pattern.finditer(messages[i]["content"]))
+
+
+def encode_text(tokenizer: Any, text: str, literal: Sequence[tuple[int, int]] = ()) -> tuple[list[int], list[tuple[int, int]]]:
+    """(token ids, character offsets) of ``text``; the ``literal`` spans are encoded as plain text
+    (``split_special_tokens``), everything else as the tokenizer does (the template's special tokens)."""
+    if not literal:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    pos = 0
+    for a, b in [*literal, (len(text), len(text))]:
+        for start, end, plain in ((pos, a, False), (a, b, True)):
+            if end > start:
+                enc = tokenizer(text[start:end], add_special_tokens=False, return_offsets_mapping=True,
+                                split_special_tokens=plain)
+                ids += enc["input_ids"]
+                offsets += [(s + start, e + start) for s, e in enc["offset_mapping"]]
+        pos = b
+    return ids, offsets
+
+
 def tokenize_messages(
     tokenizer: Any, messages: Sequence[Mapping[str, str]], max_length: int
 ) -> tuple[list[int], list[int]] | None:
@@ -346,10 +413,9 @@ def tokenize_messages(
     which case the prompt is cut from the left so the reply starts half way through the window.
     """
     text, spans = assistant_spans(tokenizer, messages)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = list(enc["input_ids"])
+    ids, offsets = encode_text(tokenizer, text, literal_spans(tokenizer, text, messages))
     labels = [IGNORE] * len(ids)
-    for k, (a, b) in enumerate(enc["offset_mapping"]):
+    for k, (a, b) in enumerate(offsets):
         if b > a and any(s <= a < e for s, e in spans):
             labels[k] = ids[k]
     first = next((k for k in range(1, len(labels)) if labels[k] != IGNORE), None)  # causal LM: shift by one

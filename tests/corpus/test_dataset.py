@@ -278,3 +278,18 @@ def test_an_example_whose_prompt_shares_its_answer_becomes_a_counted_skip() -> N
     out = _tagged([leak, clean], lambda r: "repo1").to_pylist()
     assert [(r["skip"], r["group"], r["example"] is None) for r in out] == [
         ("prompt_shares_answer", "repo1", True), (None, "repo1", False)]
+
+
+def test_module_stage_ignores_unknown_columns_and_skips_rows_whose_values_do_not_cast() -> None:
+    """A corpus from another version (an extra column) or hand-edited (``start_line: "x"``) is read:
+    the bad row is a counted ``invalid_row`` skip naming the column and its value, not a failed job."""
+    import pyarrow as pa
+
+    table = from_rows([mod(), mod(id="m2", repo="r2", name="blink2")], MODULES_SCHEMA, stage="test")
+    table = table.append_column("added_by_a_newer_corpus", pa.array([1.5, 2.5]))
+    table = table.set_column(table.schema.get_field_index("start_line"), "start_line", pa.array(["3", "x"]))
+    out = ModuleStage(min_comment_chars=20, max_error_share=0.1)(table)
+    skips = [(i, s) for i, s in zip(out.column("id").to_pylist(), out.column("skip").to_pylist()) if s]
+    assert skips == [("m2", "invalid_row:start_line is not int32 (a string value 'x')")]
+    examples = [json.loads(e) for e in out.column("example").to_pylist() if e]
+    assert len(examples) == 3 and {e["provenance"]["start_line"] for e in examples} == {3}

@@ -197,3 +197,43 @@ def test_dataset_job_with_benchmarks_finishes_on_a_2_cpu_ray(tmp_path: Path, ass
     assert "scaled to fit" in proc.stdout  # the plan was checked against the 2 CPUs
     rep = json.loads((out / "report.json").read_text())
     assert rep["per_phase_split"]["rtl_design/train"]["count"] > 0
+
+
+def test_a_corrupt_classifier_artifact_exits_2_before_ray(tmp_path: Path, capsys, ray_forbidden: None) -> None:
+    """A truncated classifier artifact used to fail inside every module/doc actor, after Ray started."""
+    (tmp_path / "c/modules").mkdir(parents=True)
+    (tmp_path / "d/docs").mkdir(parents=True)
+    (tmp_path / "clf.json").write_text('{"kind": "phase-classifier", "vocab')
+    argv = ["--corpus", str(tmp_path / "c"), "--docs", str(tmp_path / "d"), "--output", str(tmp_path / "o"),
+            f"classifier_path={tmp_path / 'clf.json'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: classifier_path:" in err and "clf.json" in err and "Traceback" not in err
+
+
+@pytest.mark.integration
+def test_modules_from_another_version_and_bad_files_are_skipped_not_fatal(ray_session: None, tmp_path: Path) -> None:
+    """A corpus file with a column this version does not know, one whose start_line column holds
+    strings and one that is not Parquet at all: the job failed with a traceback (Ray's schema
+    unification, a SchemaError in the module actor, or pyarrow on the driver). Now those files are
+    counted as bad_file and named in the report; the other modules give their examples."""
+    import pyarrow as pa
+
+    for r in range(4):
+        d = tmp_path / f"c/modules/repo=repo{r}"
+        d.mkdir(parents=True)
+        table = from_rows([_module(f"repo{r}", i) for i in range(3)], MODULES_SCHEMA, stage="test")
+        if r == 2:
+            table = table.append_column("new_in_v9", pa.array(["x", "y", "z"]))
+        if r == 3:
+            table = table.set_column(table.schema.get_field_index("start_line"), "start_line", pa.array(["1", "one", "1"]))
+        pq.write_table(table, d / "part-0.parquet")
+    (tmp_path / "c/modules/repo=repo3/part-1.parquet").write_bytes(b"PAR1 truncated")
+    out = tmp_path / "out"
+    assert main(["--corpus", str(tmp_path / "c"), "--output", str(out), "docs_dir=null"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["dropped"]["bad_file"] == 2
+    assert sorted(p.rsplit("/", 2)[1:] for p in rep["bad_files"]) == [["repo=repo3", "part-0.parquet"],
+                                                                       ["repo=repo3", "part-1.parquet"]]
+    assert "start_line" in rep["bad_files"][str(tmp_path / "c/modules/repo=repo3/part-0.parquet")]
+    assert rep["per_phase"]["rtl_design"] == 9 * 3  # the other nine modules: three tasks each

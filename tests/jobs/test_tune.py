@@ -77,3 +77,35 @@ def test_a_metric_trials_do_not_report_is_a_config_error(tmp_path: Path, capsys)
     assert tune.main(["metric=accuracy", "--output", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
     assert "metric: Input should be 'eval_loss', 'eval_perplexity' or 'train_loss'" in err
+
+
+@pytest.mark.parametrize("override,message", [
+    ('search.lora_r={"kind": "choice", "values": [8, 0]}', "search.lora_r: value 0 is not a valid lora.r"),
+    ('search.warmup_ratio={"kind": "grid", "values": [0.1, 1.5]}', "search.warmup_ratio: value 1.5 is not a valid optim.warmup_ratio"),
+    ('search.lr={"kind": "loguniform", "values": [0, 0.001]}', "search.lr: loguniform bounds must be > 0"),
+])
+def test_a_search_value_the_fine_tune_rejects_exits_2_before_ray(override, message, tmp_path: Path, capsys,
+                                                                  ray_forbidden: None) -> None:
+    """Such a value used to fail its trials inside Ray Tune (a ValidationError per trial)."""
+    assert tune.main([override, "--output", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_failed_trial_never_wins_and_no_finished_trial_is_a_clear_error() -> None:
+    """Tune's get_best_result ranks a trial that crashed after reporting an early (low) eval loss,
+    and raises a bare RuntimeError when every trial failed."""
+    from types import SimpleNamespace
+
+    from chipforge.job import JobError
+    from pipelines.tune import best_result
+
+    crashed = SimpleNamespace(error=RuntimeError("worker died"), metrics={"eval_loss": 0.1})
+    ok = SimpleNamespace(error=None, metrics={"eval_loss": 0.5})
+    nan = SimpleNamespace(error=None, metrics={"eval_loss": float("nan")})
+    trials = [{"trial_id": "a", "config": {"lr": 1}, "error": "RuntimeError('worker died')"},
+              {"trial_id": "b", "config": {"lr": 2}, "error": None}]
+    assert best_result([crashed, nan, ok], "eval_loss", trials) is ok
+    with pytest.raises(JobError, match=r"no trial of the sweep finished with a eval_loss: trial a \{'lr': 1\}: "
+                                       r"RuntimeError\('worker died'\); trial b \{'lr': 2\}: no eval_loss"):
+        best_result([crashed, nan], "eval_loss", trials)
