@@ -40,7 +40,7 @@ class LoraSettings(Config):
 
 
 class OptimSettings(Config):
-    """AdamW + linear warmup + cosine decay (DeepSpeed ``WarmupCosineLR``); steps are optimizer steps."""
+    """AdamW + linear warmup + cosine decay (``training.model.lr_factor``); steps are optimizer steps."""
 
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = 0.0

@@ -38,7 +38,8 @@ from chipforge import fs
 from chipforge.config import dump_yaml
 from training.config import FinetuneConfig
 from training.data import IGNORE, batch_layout, batch_tokens, collate
-from training.model import build_engine, build_lora_model, deepspeed_config, save_adapter, warmup_steps
+from training.model import (build_engine, build_lora_model, deepspeed_config, save_adapter, set_schedule_step,
+                            warmup_steps)
 
 DS_TAG = "ckpt"
 
@@ -330,9 +331,15 @@ def save_checkpoint(engine: Any, d: str, state: State, *, rank: int, zero_stage:
 
 
 def load_checkpoint(engine: Any, d: str) -> State:
-    engine.load_checkpoint(os.path.join(d, "ds"), tag=DS_TAG, load_module_strict=False)
+    """Trainable params and optimizer from the checkpoint; the schedule is put at its step (its own
+    state is not read: the schedule is a function of the step, and older checkpoints hold another's)."""
+    engine.load_checkpoint(os.path.join(d, "ds"), tag=DS_TAG, load_module_strict=False,
+                           load_lr_scheduler_states=False)
     with open(os.path.join(d, "meta.json")) as f:
-        return State(**json.load(f))
+        state = State(**json.load(f))
+    if engine.lr_scheduler is not None:
+        set_schedule_step(engine.lr_scheduler, state.step)
+    return state
 
 
 def maybe_fail(cfg: FinetuneConfig, step: int, rank: int) -> None:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 from chipforge import fs
@@ -26,7 +27,9 @@ def deepspeed_config(
     ds: DeepSpeedSettings, optim: OptimSettings, *, world_size: int, total_steps: int, warmup_steps: int,
     use_gpu: bool = True,
 ) -> dict[str, Any]:
-    """A DeepSpeed config dict: ZeRO stage, bf16, offload, AdamW, WarmupCosineLR (torch AdamW on CPU)."""
+    """A DeepSpeed config dict: ZeRO stage, bf16, offload, AdamW (torch AdamW on CPU). The learning-rate
+    schedule is not DeepSpeed's (``lr_schedule``, passed to ``build_engine``); ``total_steps`` and
+    ``warmup_steps`` are kept in ``CHIPFORGE_SCHEDULE``, a key DeepSpeed does not read."""
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage in (2, 3):
         zero.update(overlap_comm=True, contiguous_gradients=True, reduce_bucket_size=5e7)
@@ -53,23 +56,45 @@ def deepspeed_config(
         "bf16": {"enabled": ds.bf16},
         "fp16": {"enabled": False},
         "optimizer": {"type": "AdamW", "params": adam},
-        "scheduler": {
-            "type": "WarmupCosineLR",
-            "params": {
-                "total_num_steps": max(total_steps, 1),
-                "warmup_num_steps": warmup_steps,
-                "warmup_min_ratio": 0.0,
-                "cos_min_ratio": optim.min_lr_ratio,
-                "warmup_type": "linear",
-            },
-        },
         "steps_per_print": 10**9,
+        SCHEDULE_KEY: {"total_steps": max(total_steps, 1), "warmup_steps": warmup_steps,
+                       "min_ratio": optim.min_lr_ratio},
         "wall_clock_breakdown": False,
     }
 
 
+SCHEDULE_KEY = "chipforge_schedule"
+
+
+def lr_factor(step: int, *, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """The peak learning rate's multiplier for optimizer step ``step`` (0-based): linear warmup from
+    1/warmup at the first step to 1 at step warmup-1, then cosine decay to ``min_ratio`` at the last
+    step. Every step trains: DeepSpeed's ``WarmupCosineLR`` ran the first two steps at 0 (a run of
+    one or two steps learned nothing, and two learning rates gave the same model)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps + 1) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_scheduler(ds_config: dict[str, Any]) -> Callable[[Any], Any]:
+    """What ``deepspeed.initialize`` calls with its optimizer: a ``LambdaLR`` over ``lr_factor``."""
+    import functools
+
+    from torch.optim.lr_scheduler import LambdaLR
+
+    factor = functools.partial(lr_factor, **ds_config[SCHEDULE_KEY])
+    return lambda optimizer: LambdaLR(optimizer, factor)
+
+
+def set_schedule_step(scheduler: Any, step: int) -> None:
+    """Put the schedule at optimizer step ``step`` (after a resume: the learning rate of that step)."""
+    scheduler.last_epoch = step - 1
+    scheduler.step()
+
+
 def warmup_steps(optim: OptimSettings, total_steps: int) -> int:
-    """Warmup length in optimizer steps (at least 1: DeepSpeed's WarmupCosineLR rejects 0)."""
+    """Warmup length in optimizer steps (at least 1: with one, the first step trains at the peak rate)."""
     return max(1, int(math.ceil(optim.warmup_ratio * total_steps)))
 
 
@@ -222,7 +247,8 @@ def no_jit_ops(use_gpu: bool) -> None:
 
 
 def build_engine(model: Any, ds_config: dict[str, Any], *, use_gpu: bool = True) -> tuple[Any, Any]:
-    """``deepspeed.initialize`` over the trainable (LoRA) parameters; reuses an existing process group."""
+    """``deepspeed.initialize`` over the trainable (LoRA) parameters, with the ``lr_factor`` schedule (which
+    DeepSpeed steps after every optimizer step); reuses an existing process group."""
     import logging
 
     import deepspeed
@@ -231,7 +257,9 @@ def build_engine(model: Any, ds_config: dict[str, Any], *, use_gpu: bool = True)
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)  # its info/warnings are not the user's business
 
     params = [p for p in model.parameters() if p.requires_grad]
-    engine, _, _, scheduler = deepspeed.initialize(model=model, config=ds_config, model_parameters=params)
+    config = {k: v for k, v in ds_config.items() if k != SCHEDULE_KEY}
+    engine, _, _, scheduler = deepspeed.initialize(model=model, config=config, model_parameters=params,
+                                                   lr_scheduler=lr_scheduler(ds_config))
     return engine, scheduler
 
 
