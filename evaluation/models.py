@@ -17,7 +17,7 @@ base model (``base_model``, else the engine's model) is evaluated.
   adapter as a LoRA request (the row's ``model`` column is the adapter's path, or its name under
   ``dynamic_lora_loading_path`` for adapters on object storage). Built here, checked by
   ``pipelines.synthesis.check_vllm_runnable`` before anything runs (never executed on CPU).
-- ``openai``: any OpenAI-compatible endpoint through ``ray.data.llm``'s HTTP processor; the base
+- ``openai``: any OpenAI-compatible endpoint (``OpenAIClientWorker``, an aiohttp client per actor); the base
   is ``engine.openai.model`` and each specialist the served name ``openai_adapter_name`` (e.g.
   ``{phase}`` for ``vllm serve --lora-modules rtl_design=...``, ``{base}:{phase}`` for Ray Serve LLM).
 
@@ -432,48 +432,40 @@ def openai_request(row: dict[str, Any], served: Mapping[str, str]) -> dict[str, 
                         **row_sampling(row)}}
 
 
-def plain(value: Any) -> Any:
-    """``value`` with numpy arrays and scalars turned back into lists and Python values, nested.
+class OpenAIClientWorker:
+    """Actor: the generation rows of every model, sent to one OpenAI-compatible endpoint under each
+    model's served name (``served``: model entry name -> name sent) with the row's sampling.
 
-    Ray Data hands a postprocess its row that way when a stage's block could not be Arrow (a
-    reply holding a lone surrogate): ``payload["messages"]`` was then an array, whose truth value
-    raised and failed the job.
+    ``synthesis.engines.OpenAIChat`` does the HTTP: whatever the server sends for one row (a
+    non-JSON body, an error storm, a reply that never ends or is too large) is that row's
+    ``engine_error``, never a failed batch (``ray.data.llm``'s HTTP processor raised out of the
+    batch and aborted the job), and the key is redacted from what is read back.
     """
-    import numpy as np
 
-    if isinstance(value, np.ndarray):
-        return [plain(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Mapping):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
+    def __init__(self, cfg: Mapping[str, Any], served: Mapping[str, str], api_key: str = "") -> None:
+        from synthesis.engines import OpenAIChat
 
+        self.client = OpenAIChat(cfg, {}, api_key=api_key)
+        self.served = dict(served)
 
-def openai_reply_row(row: dict[str, Any]) -> dict[str, Any]:
-    from synthesis.engines import openai_reply
-
-    row = plain(row)
-    r = openai_reply(row)
-    payload = row.get("payload") if isinstance(row.get("payload"), Mapping) else {}
-    return engine_row(row, completion=r["generated_text"], engine_error=r["engine_error"],
-                      prompt_tokens=r["prompt_tokens"], completion_tokens=r["completion_tokens"],
-                      prompt_sha=prompt_hash(json.dumps(payload.get("messages") or row.get("messages_json"),
-                                                        sort_keys=True)))
-
-
-def build_openai_processor(cfg: Any, specs: Sequence[ModelSpec], environ: Mapping[str, str] | None = None) -> Any:
-    """``ray.data.llm``'s HTTP processor; each row is sent under its model's served name."""
-    from ray.data.llm import HttpRequestProcessorConfig, build_processor
-
-    from synthesis import engines
-
-    config = HttpRequestProcessorConfig(
-        url=engines.chat_url(cfg.url), headers=engines.openai_headers(cfg, environ), qps=cfg.qps,
-        max_retries=cfg.max_retries, base_retry_wait_time_in_s=cfg.base_retry_wait_s, concurrency=cfg.concurrency,
-        batch_size=cfg.batch_size)
-    served = {s.name: s.served_name or cfg.model for s in specs}
-    return build_processor(config, preprocess=functools.partial(openai_request, served=served),
-                           postprocess=openai_reply_row)
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        bodies: list[dict[str, Any] | None] = []
+        errors: dict[int, str] = {}
+        for i, row in enumerate(rows):
+            try:
+                bodies.append(openai_request(row, self.served)["payload"])
+            except Exception as exc:  # noqa: BLE001 - one bad row is one engine error
+                bodies.append(None)
+                errors[i] = f"{type(exc).__name__}: {exc}"
+        replies = self.client.send(bodies)
+        out = []
+        for i, (row, body, reply) in enumerate(zip(rows, bodies, replies)):
+            if body is None:
+                out.append(engine_row(row, engine_error=errors[i]))
+                continue
+            out.append(engine_row(row, completion=reply.get("generated_text"), engine_error=reply.get("engine_error"),
+                                  prompt_tokens=reply.get("prompt_tokens"),
+                                  completion_tokens=reply.get("completion_tokens"),
+                                  prompt_sha=prompt_hash(json.dumps(body["messages"], sort_keys=True))))
+        return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)

@@ -36,7 +36,7 @@ import math
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -52,7 +52,7 @@ from evaluation import benchmarks as bench
 from evaluation import metrics
 from evaluation import smoke as smoke_mod
 from evaluation.checks import check_batch
-from evaluation.models import (OUTPUT_SCHEMA, PROMPT_SCHEMA, ModelSpec, ModelWorker, build_openai_processor,
+from evaluation.models import (OUTPUT_SCHEMA, PROMPT_SCHEMA, ModelSpec, ModelWorker, OpenAIClientWorker,
                                build_vllm_processor, resolve_models, to_output)
 from evaluation.prompts import row_hash, build_rows, dataset_phases
 from evaluation.report import aggregate, random_base, registry_blocks, summary
@@ -229,13 +229,27 @@ def run_engines(cfg: EvaluateConfig, specs: Sequence[ModelSpec], rows: list[dict
             ds = dataset(mine_loss, PROMPT_SCHEMA, 16)
             out.append(map_stage(ds, ModelWorker, pools[f"loss:{b}"], kwargs=hf_kwargs(cfg, base, group)))
     if name == "openai" and gen_rows:
-        processor = build_openai_processor(cfg.engine.openai, specs)
         ds = dataset(sorted(gen_rows, key=key), PROMPT_SCHEMA, cfg.engine.openai.batch_size)
-        out.append(map_stage(processor(ds), to_output, StageResources(num_cpus=0.25)))
+        out.append(openai_stage(cfg.engine.openai, specs)(ds))
     if loss_skipped:
         info["loss_skipped"] = loss_skipped
     info["actor_cpus"] = sum(r.num_cpus * (r.concurrency or 1) for r in pools.values())
     return out, info
+
+
+def openai_stage(cfg: Any, specs: Sequence[ModelSpec], environ: Mapping[str, str] | None = None) -> Any:
+    """``ds -> ds``: ``OpenAIClientWorker`` on an actor pool of ``cfg.concurrency`` clients; the key is
+    read here, on the driver, so a missing variable fails before anything runs."""
+    import ray.data
+
+    key = engines.openai_api_key(cfg, environ) or ""
+    served = {s.name: s.served_name or cfg.model for s in specs}
+    pool = cfg.concurrency
+    compute = (ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1]) if isinstance(pool, tuple)
+               else ray.data.ActorPoolStrategy(size=pool))
+    kwargs = {"cfg": cfg.model_dump(mode="json"), "served": served, "api_key": key}
+    return lambda ds: map_stage(ds, OpenAIClientWorker, StageResources(num_cpus=0.25, batch_size=cfg.batch_size),
+                                kwargs=kwargs, compute=compute)
 
 
 def check_engine(cfg: EvaluateConfig, specs: Sequence[ModelSpec]) -> dict[str, Any]:

@@ -375,34 +375,39 @@ class OpenAIChat:
             await asyncio.sleep(self.cfg.base_retry_wait_s * 2**attempt)
         return {"error": "no attempt made"}  # unreachable: max_retries >= 0
 
-    async def _complete_all(self, chats: list[list[dict[str, str]] | None]) -> list[dict[str, Any]]:
-        """One reply per chat (None: a row whose messages could not be read), requests in flight together."""
+    async def _send_all(self, bodies: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
+        """One reply row per request body (None: a row that could not be built gets ``{}``), the
+        requests in flight together (``qps`` paces their starts)."""
         import asyncio
 
         import aiohttp
 
-        async def one(session: Any, k: int, messages: list[dict[str, str]]) -> dict[str, Any]:
+        async def one(session: Any, k: int, body: dict[str, Any]) -> dict[str, Any]:
             if self.cfg.qps:
                 await asyncio.sleep(k / self.cfg.qps)
-            body = {"model": self.cfg.model, "messages": messages, **self.sampling}
             reply = openai_reply({"http_response": await self.post(session, body)})
             return {k: reply[k] for k in ("generated_text", "engine_error", "prompt_tokens", "completion_tokens")}
 
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as session:
-            started = [one(session, k, m) for k, m in enumerate(c for c in chats if c is not None)]
+            started = [one(session, k, b) for k, b in enumerate(b for b in bodies if b is not None)]
             done = iter(await asyncio.gather(*started))
-        return [next(done) if c is not None else {} for c in chats]
+        return [next(done) if b is not None else {} for b in bodies]
+
+    def send(self, bodies: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
+        """``_send_all`` from synchronous code: chat completions request bodies → reply rows."""
+        import asyncio
+
+        return asyncio.run(self._send_all(bodies))
+
+    def body(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        return {"model": self.cfg.model, "messages": messages, **self.sampling}
 
     def complete(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         """One chat → ``{"generated_text", "engine_error", "prompt_tokens", "completion_tokens"}``."""
-        import asyncio
-
-        return asyncio.run(self._complete_all([messages]))[0]
+        return self.send([self.body(messages)])[0]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import asyncio
-
         rows, chats, errors = batch.to_pylist(), [], {}
         for i, r in enumerate(rows):
             try:
@@ -411,7 +416,7 @@ class OpenAIChat:
                 chats.append(None)
                 errors[i] = f"{type(exc).__name__}: {exc}"
         try:
-            replies = asyncio.run(self._complete_all(chats))
+            replies = self.send([None if c is None else self.body(c) for c in chats])
         except Exception as exc:  # noqa: BLE001 - the client itself failed: every row says why
             replies = [{}] * len(rows)
             errors = {i: errors.get(i, self.redact(f"{type(exc).__name__}: {exc}")) for i in range(len(rows))}

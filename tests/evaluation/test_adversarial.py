@@ -174,25 +174,61 @@ def test_an_answer_flooding_banner_characters_is_judged_at_once() -> None:
     assert time.perf_counter() - t0 < 20  # the old pattern took over a minute over this output
 
 
-def test_a_lone_surrogate_from_a_server_is_stored_not_fatal() -> None:
-    """JSON's "\\ud800" decodes to a lone surrogate, which Arrow refuses: Ray Data then hands the
-    reply's row over as numpy arrays (``payload["messages"]``' truth value raised) and the output
-    table could not hold it either; the job failed."""
-    import numpy as np
+def test_hostile_replies_from_a_server_are_rows_not_a_failed_batch() -> None:
+    """The evaluation's openai client on a real server on 127.0.0.1: a reply holding a lone surrogate
+    (JSON's "\\ud800", which Arrow refuses) is stored as U+FFFD, a non-JSON body and a 429 storm are
+    their rows' engine_error, and the other rows are answered. Before, Ray's HTTP processor raised out
+    of the batch on the last two and the surrogate failed the job."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from evaluation.models import OUTPUT_SCHEMA, openai_reply_row
+    from evaluation.models import OUTPUT_SCHEMA, OpenAIClientWorker
 
-    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
-    reply = json.loads('{"choices": [{"message": {"content": "module \\ud800 m;"}, "finish_reason": "stop"}]}')
-    row = {"row_id": "r", "prompt_id": "p", "kind": "benchmark", "suite": "rtllm", "item_id": "x", "model": "m",
-           "sample": -1, "messages_json": json.dumps(messages), "temperature": 0.0, "top_p": 1.0, "max_tokens": 8,
-           "seed": np.int64(0), "target_json": "{}", "payload": {"messages": np.array(messages, dtype=object)},
-           "http_response": {"choices": np.array(reply["choices"], dtype=object)}}
-    out = openai_reply_row(row)
-    table = pa.Table.from_pylist([out], schema=OUTPUT_SCHEMA)
-    assert table.column("completion")[0].as_py() == "module \ufffd m;"
-    assert out["engine_error"] is None and out["prompt_sha"] == openai_reply_row(
-        {**row, "payload": {"messages": messages}, "http_response": reply})["prompt_sha"]
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked = body["messages"][-1]["content"]
+            status, ctype, text = 200, "application/json", json.dumps(
+                {"choices": [{"message": {"content": f"module ok_{body['model']};"}, "finish_reason": "stop"}]})
+            if asked == "SURROGATE":
+                text = '{"choices": [{"message": {"content": "module \\ud800 m;"}, "finish_reason": "stop"}]}'
+            elif asked == "NONJSON":
+                ctype, text = "text/html", "<html>bad gateway</html>"
+            elif asked == "STORM":
+                status, text = 429, '{"error": "slow down"}'
+            data = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        def row(i: int, asked: str) -> dict[str, Any]:
+            messages = [{"role": "system", "content": "s"}, {"role": "user", "content": asked}]
+            return {"row_id": f"r{i}", "prompt_id": f"p{i}", "kind": "benchmark", "suite": "rtllm", "item_id": "x",
+                    "model": "spec", "sample": -1, "messages_json": json.dumps(messages), "temperature": 0.0,
+                    "top_p": 1.0, "max_tokens": 8, "seed": 0, "target_json": "{}"}
+
+        asked = ["SURROGATE", "NONJSON", "STORM", "fine"]
+        batch = pa.Table.from_pylist([row(i, a) for i, a in enumerate(asked)])
+        worker = OpenAIClientWorker({"url": f"http://127.0.0.1:{server.server_port}/v1", "model": "base",
+                                     "api_key_env": None, "max_retries": 1, "base_retry_wait_s": 0.01},
+                                    {"spec": "served-spec"})
+        out = worker(batch)
+    finally:
+        server.shutdown()
+    assert out.schema == OUTPUT_SCHEMA
+    rows = {r["prompt_id"]: r for r in out.to_pylist()}
+    assert rows["p0"]["completion"] == "module \ufffd m;" and rows["p0"]["engine_error"] is None
+    assert "not a JSON reply (text/html)" in rows["p1"]["engine_error"] and rows["p1"]["completion"] is None
+    assert "429" in rows["p2"]["engine_error"]
+    assert rows["p3"]["completion"] == "module ok_served-spec;" and rows["p3"]["prompt_sha"]
 
 
 # ----------------------------------------------------------------------------- report.json, report.html
