@@ -6,7 +6,8 @@ that carry one, ``testbench``. Code inside ``answer`` sits in fenced blocks tagg
 language (```` ```verilog ````, ```` ```yosys ````, ```` ```tcl ````, ```` ```sdc ````).
 Anything else (prose around the JSON, unknown keys, empty fields, an unterminated or
 untagged fence, code a Markdown renderer shows that these fences do not hold: ```` ```` ````,
-``~~~`` or indented blocks) is malformed: ``ParseError.reason`` names why, and the job counts it.
+``~~~`` or indented blocks, control characters: line breaks other than LF/CR and bidirectional
+overrides) is malformed: ``ParseError.reason`` names why, and the job counts it.
 
 Model output is hostile input: the reply's size and its JSON nesting depth are bounded
 before ``json.loads`` runs (a reply nested 1,000 deep would otherwise raise
@@ -28,6 +29,12 @@ MAX_JSON_DEPTH = 16  # a valid reply is depth 1: one object of strings
 FENCE_OPEN = re.compile(r"^\s*```\s*([A-Za-z0-9_+.-]*)\s*$")
 FENCE_CLOSE = re.compile(r"^\s*```\s*$")
 JSON_FENCE = re.compile(r"^```(?:json)?[ \t]*\n(?P<body>.*)\n```$", re.DOTALL)
+
+# Control characters other than tab/LF/CR: line breaks Python splits on (U+000B, U+000C, U+001C-1E,
+# U+0085, U+2028/9) would make the code the tools check differ from the text a training example
+# holds, and bidirectional overrides (U+202A-E, U+2066-9) make code read otherwise than it runs
+# ("Trojan Source").
+CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x85\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 LANG_ALIASES = {
     "verilog": "verilog", "systemverilog": "verilog", "sv": "verilog", "v": "verilog",
@@ -177,6 +184,9 @@ def parse_answer(text: str | None, *, require_testbench: bool = False) -> Answer
             raise ParseError("empty_field", key)
         if len(value) > MAX_FIELD_CHARS:
             raise ParseError("too_long", f"{key} has {len(value)} chars")
+        odd = CONTROL_CHARS.search(value)
+        if odd:
+            raise ParseError("control_char", f"{key} holds U+{ord(odd.group()):04X} at {odd.start()}")
     testbench = obj.get("testbench")
     if require_testbench and not testbench:
         raise ParseError("missing_testbench")

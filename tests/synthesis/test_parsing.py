@@ -86,3 +86,16 @@ def test_code_a_markdown_renderer_shows_but_the_validator_does_not_read_is_malfo
     assert exc.value.reason == "hidden_code" and "kept unchecked" in exc.value.detail
     nested = "Steps:\n\n- first\n\n  ```tcl\n  puts a\n  ```\n\n```sdc\nset_load 1 [all_outputs]\n```\n"
     assert [b.kind for b in parse_answer(json.dumps({"instruction": "q", "answer": nested})).blocks] == ["tcl", "sdc"]
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\x0c", "\x85", "\u202e", "\u2066", "\x00"],
+                         ids=["line_separator", "form_feed", "next_line", "rlo", "lri", "nul"])
+def test_control_characters_in_a_field_are_malformed(char: str) -> None:
+    """A line break Python splits on but a tool may not (the checked code and the kept text would
+    differ), or a bidirectional override (code that reads otherwise than it runs), is malformed."""
+    answer = f"```verilog\nmodule m(input a, output y);\n  assign y = a;{char} // note\nendmodule\n```\n"
+    with pytest.raises(ParseError) as exc:
+        parse_answer(json.dumps({"instruction": "Write m.", "answer": answer}))
+    assert exc.value.reason == "control_char" and f"U+{ord(char):04X}" in exc.value.detail
+    plain = answer.replace(char, "\t")  # tab, LF and CR stay fine
+    assert parse_answer(json.dumps({"instruction": "Write m.", "answer": plain.replace("\n", "\r\n")})).blocks
