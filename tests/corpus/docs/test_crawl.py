@@ -30,7 +30,7 @@ def _source(site: DocSite, **kw) -> SiteSource:
 
 
 def _cfg(tmp_path: Path, **kw) -> CrawlConfig:
-    args = {"per_host_concurrency": 2, "min_interval_s": 0.0, "timeout_s": 0.5, "retries": 2, "backoff_s": 0.01,
+    args = {"per_host_concurrency": 2, "min_interval_s": 0.0, "timeout_s": 1.0, "retries": 2, "backoff_s": 0.01,
             "max_bytes": 50_000, "cache_dir": str(tmp_path / "cache")}
     return CrawlConfig(**(args | kw))
 
