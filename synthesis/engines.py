@@ -222,9 +222,18 @@ def vllm_request(row: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any
 
 
 def vllm_reply(row: dict[str, Any]) -> dict[str, Any]:
-    """vLLM processor output row → generation row."""
-    return {**_meta(row), "generated_text": row.get("generated_text"), "engine_error": None,
-            "prompt_tokens": row.get("num_input_tokens"), "completion_tokens": row.get("num_generated_tokens")}
+    """vLLM processor output row → generation row. A reply that used all of ``max_tokens`` (the row
+    still holds the ``sampling_params`` it was sent with) was cut at the limit: it is an
+    ``engine_error`` saying so (Ray's output has no ``finish_reason``), not a ``malformed`` reply."""
+    used = _int_or_none(row.get("num_generated_tokens"))
+    sampling = row.get("sampling_params")
+    limit = _int_or_none(sampling.get("max_tokens")) if isinstance(sampling, Mapping) else None
+    text, error = row.get("generated_text"), None
+    if used is not None and limit is not None and used >= limit:
+        text, error = None, (f"reply cut at the token limit ({used} tokens = max_tokens; raise "
+                             "engine.sampling.max_tokens)")
+    return {**_meta(row), "generated_text": text, "engine_error": error,
+            "prompt_tokens": _int_or_none(row.get("num_input_tokens")), "completion_tokens": used}
 
 
 # ------------------------------------------------------------------------------ OpenAI

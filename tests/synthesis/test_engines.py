@@ -45,6 +45,13 @@ def test_vllm_request_and_reply_adapters() -> None:
     assert pre["sampling_params"] == {"temperature": 0.2, "max_tokens": 64}
     post = engines.vllm_reply({**row, "generated_text": "x", "num_input_tokens": 5, "num_generated_tokens": 1})
     assert post["generated_text"] == "x" and post["prompt_id"] == row["prompt_id"] and post["completion_tokens"] == 1
+    assert post["engine_error"] is None
+    # a reply that used every token it was allowed was cut: an engine error naming the limit
+    cut = engines.vllm_reply({**row, **pre, "generated_text": '{"instruction": "q", "ans', "num_input_tokens": 5,
+                              "num_generated_tokens": 64})
+    assert cut["generated_text"] is None and "token limit" in cut["engine_error"] and cut["completion_tokens"] == 64
+    assert engines.vllm_reply({**row, **pre, "generated_text": "x", "num_input_tokens": 5,
+                               "num_generated_tokens": 63})["engine_error"] is None
     assert SamplingConfig(temperature=0.2, max_tokens=64).params() == {"temperature": 0.2, "top_p": 0.95,
                                                                        "max_tokens": 64}
     assert SamplingConfig(seed=3).params()["seed"] == 3
