@@ -852,11 +852,17 @@ def _tree_usage(root_pid: int, work_dev: int) -> tuple[int, int, int]:
             for tid in os.listdir(f"/proc/{pid}/task"):
                 with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
                     stack.extend((int(c), pid) for c in f.read().split())
-            statm = _statm(pid)
+            # Whether ``pid`` shares its parent's memory is decided before its own statm is read: a
+            # vfork child read before its exec and judged after it (a plain child by then) was
+            # counted at its parent's size, twice the tool's memory (seen under load).
             shared = _same_vm(parent, pid) if parent is not None else False
             if shared is None and parent is not None:
                 # a vfork parent sleeps uninterruptibly (D) until its child execs
-                shared = _proc_state(parent) == b"D" and statm == _statm(parent)
+                waits, parent_statm = _proc_state(parent) == b"D", _statm(parent)
+                statm = _statm(pid)
+                shared = waits and statm == parent_statm
+            else:
+                statm = _statm(pid)
             if not shared:
                 rss += int(statm.split()[1]) * _PAGE
         except (OSError, ValueError, IndexError):
