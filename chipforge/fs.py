@@ -118,15 +118,21 @@ def delete(path: str) -> None:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Write a file atomically (temporary sibling, then rename)."""
+    """Write a file atomically (temporary sibling, then rename); on any failure or interruption (Ctrl-C,
+    a stopped job) the temporary file is removed and ``path`` is left as it was."""
     filesystem, p = resolve(path)
     parent = p.rsplit("/", 1)[0]
     if parent:
         filesystem.create_dir(parent, recursive=True)
     tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
-    with filesystem.open_output_stream(tmp) as f:
-        f.write(data)
-    filesystem.move(tmp, p)
+    try:
+        with filesystem.open_output_stream(tmp) as f:
+            f.write(data)
+        filesystem.move(tmp, p)
+    except BaseException:
+        if filesystem.get_file_info(tmp).type == pafs.FileType.File:
+            filesystem.delete_file(tmp)
+        raise
 
 
 def write_text(path: str, text: str) -> None:
@@ -170,13 +176,13 @@ def atomic_dir(path: str) -> Iterator[str]:
     except BaseException:
         delete(tmp)
         raise
-    delete(path)
     filesystem, src = resolve(tmp)
     _, dst = resolve(path)
     try:
+        delete(path)
         _move_tree(filesystem, src, dst)
     finally:
-        delete(tmp)  # gone already after a successful move
+        delete(tmp)  # gone already after a successful move; removed when interrupted before it
 
 
 def _move_tree(filesystem: pafs.FileSystem, src: str, dst: str, threads: int = 16) -> None:

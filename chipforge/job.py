@@ -14,7 +14,15 @@ rest, the same way for every job:
 3. start Ray quietly (its logs stay in its session directory unless ``--verbose``), run the
    body, write ``OUTPUT/report.json`` atomically, then the marker, then one summary;
 4. exit 0 on success, 1 when the job failed or produced no output from a non-empty input
-   (every input rejected), 2 on a config or usage error.
+   (every input rejected), 2 on a config or usage error (also: another run is writing the same
+   local output), 130 on Ctrl-C and 143 on SIGTERM (``ray job stop``, ``kill``, a scheduler).
+
+Stops and collisions: SIGTERM unwinds the job like Ctrl-C (``atomic_dir`` removes its temporary
+directory, nothing is marked finished, one line, no traceback). A local output is held with a lock
+file next to it (``.NAME.chipforge-lock``) for the whole run, so a second run of the same output
+is refused at once instead of mixing its files with the first's; under that lock, temporaries a
+killed run left (``*.tmp-xxxxxxxx`` in OUTPUT, OUTPUT/_chipforge and next to OUTPUT) are removed.
+Object-store outputs (``s3://``) have no lock: two runs into one such output must not overlap.
 
 A downstream job's input fingerprint is the upstream job's marker fingerprint, so changing
 the dataset config reruns the dataset and every job that reads it, and nothing else.
@@ -22,13 +30,17 @@ the dataset config reruns the dataset and every job that reads it, and nothing e
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import re
+import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -42,10 +54,17 @@ C = TypeVar("C", bound=BaseModel)
 MARKER_DIR = "_chipforge"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+EXIT_STOPPED = 143  # 128 + SIGTERM: `ray job stop`, `kill`, a scheduler's stop
 
 
 class JobError(RuntimeError):
     """A failure the user can act on: printed as one line (no traceback), exit code 1."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread while a job runs: it unwinds like Ctrl-C (a KeyboardInterrupt,
+    which Ray, Ray Data and the pipelines already treat as a stop), so ``fs.atomic_dir`` removes its
+    temporary directory and no completion marker is written."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +232,10 @@ def check_paths(spec: JobSpec[Any], cfg: BaseModel, origin: Callable[[str], str]
         errors.append(f"{origin(spec.output_field)}: output {out!r}: {problem}")
     elif kind == pafs.FileType.File:
         errors.append(f"{origin(spec.output_field)}: output {out!r} is a file, not a directory")
+    elif kind == pafs.FileType.NotFound and _file_above(out):
+        errors.append(f"{origin(spec.output_field)}: output {out!r} cannot be created: {_file_above(out)!r} "
+                      "is a file, not a directory")
+    errors += _output_overlaps(spec, cfg, origin)
     for name, what in spec.inputs.items():
         value = _get(cfg, name)
         if not value:
@@ -224,6 +247,45 @@ def check_paths(spec: JobSpec[Any], cfg: BaseModel, origin: Callable[[str], str]
             errors.append(f"{origin(name)}: input {value!r} does not exist (expected {what})")
     if errors:
         raise ConfigError("invalid paths:\n  " + "\n  ".join(errors))
+
+
+def _file_above(path: str) -> str | None:
+    """The nearest existing ancestor of a local ``path`` when it is a file (the output could never be
+    created below it: the job would fail after all its work, writing its report), else None."""
+    if fs.is_uri(path):
+        return None
+    parent = os.path.dirname(fs.resolve(path)[1])
+    while parent and not os.path.lexists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    return parent if os.path.lexists(parent) and not os.path.isdir(parent) else None
+
+
+def _location(path: str) -> str:
+    """A comparable form of a path: a local path resolved (``~``, ``..``, links), a URI without a trailing slash."""
+    if fs.is_uri(path):
+        return path.rstrip("/")
+    return os.path.realpath(fs.resolve(path)[1])
+
+
+def _output_overlaps(spec: JobSpec[Any], cfg: BaseModel, origin: Callable[[str], str]) -> list[str]:
+    """Errors for an output that is one of the job's inputs or lies inside one: the job would replace
+    what it reads, or read (and fingerprint) its own output on the next run, which then reads more
+    than the user's input and is never up to date. An input inside the output is fine (a layout
+    such as OUTPUT/dataset read by a job writing OUTPUT/evaluation)."""
+    out = str(_get(cfg, spec.output_field))
+    named = {origin(name): str(_get(cfg, name)) for name in spec.inputs if _get(cfg, name)}
+    if spec.extra_inputs:
+        named.update({f"input {name}": str(p) for name, p in spec.extra_inputs(cfg).items() if p})
+    target, errors = _location(out), []
+    for who, path in named.items():
+        where = _location(path)
+        if target == where:
+            errors.append(f"{origin(spec.output_field)}: output {out!r} is also the input of {who}: "
+                          "the job would overwrite what it reads; choose another output")
+        elif target.startswith(where.rstrip("/") + "/"):
+            errors.append(f"{origin(spec.output_field)}: output {out!r} lies inside the input of {who} "
+                          f"({path!r}): a rerun would read its own output; choose an output outside it")
+    return errors
 
 
 def _probe(path: str, *, output: bool = False) -> tuple[Any, str | None]:
@@ -448,7 +510,118 @@ def _module_name(spec: JobSpec[Any]) -> str:
 
 def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, *, force: bool = False,
             verbose: bool = False, brief: bool = False) -> int:
-    """Steps 2–4 of the skeleton for an already validated config (tests and the quickstart call this)."""
+    """Steps 2–4 of the skeleton for an already validated config (tests and the quickstart call this).
+
+    Ctrl-C (exit 130) and SIGTERM (exit 143: ``ray job stop`` sends it to the entrypoint and every
+    process below it, then SIGKILL after ``RAY_JOB_STOP_WAIT_TIME_S``, 3 s) end the job the same way,
+    wherever they land: one line, no traceback, temporaries removed, nothing marked finished.
+    """
+    with _sigterm_stops():
+        try:
+            return _execute(spec, body, cfg, force=force, verbose=verbose, brief=brief)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: no traceback; nothing is marked finished
+            if isinstance(exc, Stopped) or _SIGTERM_SEEN.is_set():  # Ray's ray.get re-raises a plain one
+                print(f"error: {spec.name}: stopped (SIGTERM); nothing was marked finished", file=sys.stderr, flush=True)
+                return EXIT_STOPPED
+            print(f"error: {spec.name}: interrupted", file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
+        except SystemExit as exc:  # SIGTERM while ray.init runs: its own handler exits with the signal number
+            if exc.code != signal.SIGTERM:
+                raise
+            print(f"error: {spec.name}: stopped (SIGTERM); nothing was marked finished", file=sys.stderr, flush=True)
+            return EXIT_STOPPED
+
+
+# Set when SIGTERM arrived: Ray's ray.get turns an exception raised by a signal handler during its
+# wait into a plain KeyboardInterrupt, so the type alone does not tell a stop from Ctrl-C.
+_SIGTERM_SEEN = threading.Event()
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    """SIGTERM handler: raise :class:`Stopped` once; later SIGTERMs are ignored so that they cannot cut
+    the clean-up short (``ray job stop`` signals every process of the job, and SIGKILLs what is left)."""
+    _SIGTERM_SEEN.set()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Stopped
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """While active, SIGTERM raises :class:`Stopped` in the main thread (Python's default would end the
+    process on the spot, leaving ``*.tmp-*`` directories; Ray's driver handler, installed by
+    ``ray.init``, exits with code 15 or 1). The previous handler comes back afterwards. A no-op
+    outside the main thread, where signal handlers cannot be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    _SIGTERM_SEEN.clear()
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _reclaim_sigterm() -> None:
+    """Put :func:`_raise_stopped` back after ``ray.init``, which installs its own SIGTERM handler."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) not in (_raise_stopped, signal.SIG_IGN):
+        signal.signal(signal.SIGTERM, _raise_stopped)
+
+
+LOCK_SUFFIX = ".chipforge-lock"
+_TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{8}$")  # what fs.atomic_dir and fs.write_bytes name their temporaries
+
+
+def lock_path(output_dir: str) -> str:
+    """The lock file of a local output: next to it (``.NAME.chipforge-lock``), not inside, since a job
+    may replace its whole output directory (the export job's ``atomic_dir(OUTPUT)``)."""
+    path = fs.resolve(output_dir)[1].rstrip("/") or "/"
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}{LOCK_SUFFIX}")
+
+
+def hold_output(output_dir: str) -> Any:
+    """Hold a local output for one run and return the held lock (``release()`` it when done; None for an
+    object store, which has no lock). A second run of the same output (a re-submitted job) is refused
+    with a ConfigError instead of replacing the first one's files under it, which could leave the
+    completion marker of one config over the data of another."""
+    if fs.is_uri(output_dir):
+        return None
+    import filelock
+
+    path = lock_path(output_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    lock = filelock.FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise ConfigError(f"output {output_dir!r} is being written by another run now (lock {path} is held): "
+                          "wait for it to finish or stop it, or choose another --output") from None
+    return lock
+
+
+def remove_leftovers(output_dir: str) -> list[str]:
+    """Remove the temporaries (``*.tmp-xxxxxxxx``) a killed run left in a local output, in its
+    ``_chipforge/`` and next to it; return their paths. Only safe under :func:`output_lock`: a running
+    job's own temporaries look the same. Object stores are left alone (no lock there)."""
+    if fs.is_uri(output_dir):
+        return []
+    out = fs.resolve(output_dir)[1].rstrip("/") or "/"
+    parent, name = os.path.split(out)
+    found = [os.path.join(d, e) for d in (out, os.path.join(out, MARKER_DIR)) if os.path.isdir(d)
+             for e in os.listdir(d) if _TMP_NAME.search(e)]
+    if os.path.isdir(parent):
+        found += [os.path.join(parent, e) for e in os.listdir(parent)
+                  if _TMP_NAME.search(e) and e[: -len(".tmp-xxxxxxxx")] == name]
+    for path in found:
+        fs.delete(path)
+    return sorted(found)
+
+
+def _execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, *, force: bool,
+             verbose: bool, brief: bool) -> int:
+    """Skip an up-to-date job, run the preflight, then run it holding its output."""
     out = str(_get(cfg, spec.output_field))
     fp, inputs = fingerprint(spec, cfg)
     marker = marker_path(out, spec.name)
@@ -463,14 +636,30 @@ def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, 
         changed = [k for k, v in inputs.items() if done.get("inputs", {}).get(k) != v]
         why = f"inputs changed: {', '.join(changed)}" if changed else "config changed"
         print(f"== {spec.name}: rerunning ({why})", flush=True)
-    if spec.preflight:
-        try:
+    try:
+        if spec.preflight:
             spec.preflight(cfg)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            return EXIT_USAGE
+        lock = hold_output(out)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    try:
+        return _run(spec, body, cfg, out, fp, inputs, force=force, verbose=verbose, brief=brief)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, out: str, fp: str,
+         inputs: dict[str, str], *, force: bool, verbose: bool, brief: bool) -> int:
+    """Run the body (its output held by the caller), write the report, the summary and the marker."""
+    marker = marker_path(out, spec.name)
     run = Run(spec.name, out, verbose=verbose, force=force, brief=brief)
     fs.delete(marker)
+    leftovers = remove_leftovers(out)
+    if leftovers:
+        run.progress(f"removed {len(leftovers)} temporaries of an earlier run that was killed: "
+                     + ", ".join(os.path.basename(p) for p in leftovers[:5]) + (" ..." if len(leftovers) > 5 else ""))
     quiet = spec.uses_ray and not verbose
     log = os.path.join(_local_log_dir(), f"{spec.name}-{os.getpid()}.log")
     try:
@@ -480,6 +669,7 @@ def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, 
                     init_ray(verbose)
             elif spec.uses_ray:
                 init_ray(verbose)
+            _reclaim_sigterm()
             report = body(cfg, run)
     except JobError as exc:
         print(f"error: {spec.name}: {exc}", file=sys.stderr, flush=True)
@@ -487,9 +677,6 @@ def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, 
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
-    except KeyboardInterrupt:  # Ctrl-C: no traceback; nothing is marked finished
-        print(f"error: {spec.name}: interrupted", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
     except Exception:  # noqa: BLE001 - unexpected: the traceback is what a developer needs
         traceback.print_exc()
         print(f"error: {spec.name} failed (traceback above)", file=sys.stderr, flush=True)
