@@ -124,7 +124,10 @@ def prepare(cfg: FinetuneConfig, job: Run) -> PreparedDatasets:
 
 
 def check_inputs(cfg: FinetuneConfig) -> None:
-    """Before Ray starts: the dataset has the phase, and every extra dataset directory exists."""
+    """Before Ray starts: the dataset has the phase, every extra dataset directory exists, and the
+    registry to write (``registry=``) is readable: a hand-broken one fails now, not after training."""
+    from training.registry import RegistryError, check as check_registry
+
     try:
         example_files(cfg.dataset_dirs(), cfg.phase)
     except DatasetError as exc:  # a phase the dataset lacks: a usage error, like a bad flag
@@ -132,6 +135,11 @@ def check_inputs(cfg: FinetuneConfig) -> None:
     for d in cfg.extra_dataset_dirs:
         if not fs.exists(d):
             raise ConfigError(f"extra_dataset_dirs: input {d!r} does not exist (expected a dataset directory)")
+    if cfg.registry:
+        try:
+            check_registry(cfg.registry)
+        except RegistryError as exc:
+            raise ConfigError(f"registry: {exc}") from None
 
 
 def extra_dataset_inputs(cfg: FinetuneConfig) -> dict[str, str]:

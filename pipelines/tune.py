@@ -99,9 +99,10 @@ def check_search(cfg: "TuneJobConfig") -> None:
 
 
 def preflight(cfg: "TuneJobConfig") -> None:
-    """The search space, then the base fine-tune's inputs (``pipelines.finetune.check_inputs``)."""
+    """The search space, then the base fine-tune's inputs and the registry the winner goes to
+    (``pipelines.finetune.check_inputs``): a hand-broken registry fails now, not after the sweep."""
     check_search(cfg)
-    check_inputs(cfg.finetune)
+    check_inputs(cfg.finetune.model_copy(update={"registry": cfg.registry}))  # the registry the sweep writes
 
 
 def _trial_callback(say: Any, metric: str) -> Any:

@@ -17,12 +17,17 @@ Either way there is one line per logging step (rank 0 only) and one per evaluati
 
 A checkpoint directory holds ``ds/`` (DeepSpeed state of the trainable parameters and the
 optimizer, one file per rank), ``adapter/`` (PEFT format), ``meta.json`` (step, epoch, micro
-batches done in the epoch, loss history, token and time counters) and ``tensorboard/``.
+batches done in the epoch, world size, loss history, token and time counters) and
+``tensorboard/``. ``meta.json`` is written last, so a checkpoint without it is unfinished.
+:func:`checkpoint_problem` says what a checkpoint lacks: the torchrun path resumes from the latest
+complete one (naming any it skips), and resuming from an incomplete one (Ray hands over only
+checkpoints every rank finished, so only a damaged one) is a :class:`CheckpointError` naming it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -42,6 +47,10 @@ from training.model import (build_engine, build_lora_model, deepspeed_config, sa
                             warmup_steps)
 
 DS_TAG = "ckpt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from (incomplete, or written by another number of workers)."""
 
 
 @dataclass
@@ -84,6 +93,7 @@ class State:
     epoch_start_wait_s: float = 0.0  # part of data_wait_s spent on each epoch's first batch (pipeline start)
     resumed_from_step: list[int] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per evaluation
+    world_size: int = 0  # workers that wrote the checkpoint (0: a checkpoint from before this field)
 
 
 class Session(Protocol):
@@ -185,7 +195,8 @@ class LocalSession:
 
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[str | None]:
-        yield latest_local_checkpoint(self.root)
+        say = (lambda line: print(line, flush=True)) if self.rank == 0 and not self.quiet else None
+        yield latest_local_checkpoint(self.root, say)
 
     def train_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
         from training.data import iter_table_batches
@@ -198,22 +209,69 @@ class LocalSession:
         return iter_table_batches(self.eval_table, batch_size, self.rank, self.world_size)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str) -> None:
+        """Every rank copies its files into ``step_N.partial``; rank 0 renames it to ``step_N``. A
+        ``.partial`` or an incomplete ``step_N`` left by an earlier, killed run is removed first."""
         import torch.distributed as dist
 
         step = int(metrics["step"])
         dst = os.path.join(self.root, f"step_{step:08d}")
+        if self.rank == 0:
+            shutil.rmtree(dst + ".partial", ignore_errors=True)
+        dist.barrier()
         shutil.copytree(checkpoint_dir, dst + ".partial", dirs_exist_ok=True)
         dist.barrier()
         if self.rank == 0:
+            shutil.rmtree(dst, ignore_errors=True)  # os.replace cannot replace a non-empty directory
             os.replace(dst + ".partial", dst)
         dist.barrier()
 
 
-def latest_local_checkpoint(root: str) -> str | None:
+def checkpoint_problem(d: str) -> str | None:
+    """What checkpoint directory ``d`` lacks to be resumed from (None: complete). Checks that every
+    part exists and is not empty; DeepSpeed's optimizer state needs one file per rank of
+    ``meta.json``'s world size."""
+    meta_path = os.path.join(d, "meta.json")
+    if not os.path.isfile(meta_path):
+        return "no meta.json (the save did not finish)"
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        State(**meta)
+    except (ValueError, TypeError) as exc:
+        return f"meta.json is not a checkpoint's ({exc})"
+    for part in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "ds/latest"):
+        p = os.path.join(d, part)
+        if not os.path.isfile(p) or os.path.getsize(p) == 0:
+            return f"{part} is missing or empty"
+    # DeepSpeed's names: [zero_pp_rank_R_]mp_rank_00_model_states.pt, [bf16_]zero_pp_rank_R_mp_rank_00_optim_states.pt
+    ds = os.path.join(d, "ds", DS_TAG)
+    if not _nonempty(glob.glob(os.path.join(ds, "*mp_rank_*_model_states.pt"))):
+        return f"ds/{DS_TAG}/ holds no model states"
+    for r in range(int(meta.get("world_size") or 1)):
+        if not _nonempty(glob.glob(os.path.join(ds, f"*zero_pp_rank_{r}_mp_rank_*_optim_states.pt"))):
+            return f"ds/{DS_TAG}/ lacks the optimizer state of rank {r} (or it is empty)"
+    return None
+
+
+def _nonempty(paths: list[str]) -> bool:
+    return bool(paths) and all(os.path.getsize(p) > 0 for p in paths)
+
+
+def latest_local_checkpoint(root: str, say: Any = None) -> str | None:
+    """The newest complete ``step_N`` under ``root``: incomplete ones (killed mid-save, damaged) are
+    skipped, each named through ``say`` (a print function), so the run resumes from an older one."""
     if not os.path.isdir(root):
         return None
-    steps = sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".partial"))
-    return os.path.join(root, steps[-1]) if steps else None
+    steps = sorted((d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".partial")),
+                   reverse=True)
+    for name in steps:
+        d = os.path.join(root, name)
+        problem = checkpoint_problem(d)
+        if problem is None:
+            return d
+        if say is not None:
+            say(f"skipping incomplete checkpoint {d}: {problem}")
+    return None
 
 
 class Tracker:
@@ -321,22 +379,34 @@ def evaluate(engine: Any, batches: Iterator[dict[str, Any]], pad_id: int, max_ba
 
 
 def save_checkpoint(engine: Any, d: str, state: State, *, rank: int, zero_stage: int, tracker: Tracker) -> None:
-    """Collective: DeepSpeed state (trainable params + optimizer) on every rank, adapter and meta on rank 0."""
+    """Collective: DeepSpeed state (trainable params + optimizer) on every rank, adapter and meta on rank 0.
+    ``meta.json`` comes last (temporary name, then rename): its presence means the rest is there."""
     engine.save_checkpoint(os.path.join(d, "ds"), tag=DS_TAG, exclude_frozen_parameters=True)
     save_adapter(engine, os.path.join(d, "adapter"), rank=rank, zero_stage=zero_stage)
     if rank == 0:
-        with open(os.path.join(d, "meta.json"), "w") as f:
-            json.dump(asdict(state), f, indent=2)
         tracker.snapshot(d)
+        meta = os.path.join(d, "meta.json")
+        with open(meta + ".tmp", "w") as f:
+            json.dump(asdict(state), f, indent=2)
+        os.replace(meta + ".tmp", meta)
 
 
-def load_checkpoint(engine: Any, d: str) -> State:
+def load_checkpoint(engine: Any, d: str, world_size: int) -> State:
     """Trainable params and optimizer from the checkpoint; the schedule is put at its step (its own
-    state is not read: the schedule is a function of the step, and older checkpoints hold another's)."""
-    engine.load_checkpoint(os.path.join(d, "ds"), tag=DS_TAG, load_module_strict=False,
-                           load_lr_scheduler_states=False)
+    state is not read: the schedule is a function of the step, and older checkpoints hold another's).
+    An incomplete checkpoint, or one written by another number of workers, is a :class:`CheckpointError`
+    naming it (checked before DeepSpeed reads anything)."""
+    problem = checkpoint_problem(d)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {d} is incomplete: {problem}; train from scratch (--force) "
+                              f"or remove the damaged checkpoint")
     with open(os.path.join(d, "meta.json")) as f:
         state = State(**json.load(f))
+    if state.world_size and state.world_size != world_size:
+        raise CheckpointError(f"checkpoint {d} was written by {state.world_size} worker(s), this run has "
+                              f"{world_size}: rerun with {state.world_size}, or train from scratch (--force)")
+    engine.load_checkpoint(os.path.join(d, "ds"), tag=DS_TAG, load_module_strict=False,
+                           load_lr_scheduler_states=False)
     if engine.lr_scheduler is not None:
         set_schedule_step(engine.lr_scheduler, state.step)
     return state
@@ -377,11 +447,12 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
                               warmup_steps=plan.warmup_steps, use_gpu=use_gpu)
     model = build_lora_model(plan.base_path, cfg, ds_cfg)
     engine, scheduler = build_engine(model, ds_cfg, use_gpu=use_gpu)
-    state = State()
+    state = State(world_size=world)
     with session.latest_checkpoint() as d:
         if d is not None:
-            state = load_checkpoint(engine, d)
+            state = load_checkpoint(engine, d, world)
             state.resumed_from_step.append(state.step)
+            state.world_size = world
         tracker = Tracker(cfg, rank, d)
     session.log({"event": "start", "world": world, "threads": torch.get_num_threads(),
                  "steps_per_epoch": plan.steps_per_epoch, "total": plan.total_steps, "warmup": plan.warmup_steps,

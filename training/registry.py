@@ -10,8 +10,17 @@ Evaluation and serving read it. Format (``version: 1``)::
                       "config": {… resolved FinetuneConfig …}, "run": "tune-rtl_design/…",
                       "registered_at": "2026-11-25T03:30:00Z"}}}
 
-Updates are read-modify-write under a lock file (local paths) and land with an atomic rename,
-so a reader never sees a half-written registry and concurrent writers do not drop entries.
+Updates are read-modify-write and land with an atomic rename, so a reader never sees a
+half-written registry. On local (and NFS) paths writers hold ``<path>.lock`` (``filelock``), so
+concurrent writers do not drop entries. Object stores have no locks: there a writer re-reads the
+file just before writing (and starts over if it changed) and reads it back after writing; an
+entry another writer's stale update overwrote is written again, and one still lost after
+:data:`S3_ATTEMPTS` tries is a :class:`RegistryError` naming the file and the phase. That narrows
+the race to the milliseconds between the re-read and the write, without closing it: register
+jobs that may finish together on a local or NFS registry, or one after the other.
+
+A file that is not JSON, or not this format, is a :class:`RegistryError` naming it: jobs that
+register call :func:`check` before training, so a hand-edited registry fails the job at once.
 """
 
 from __future__ import annotations
@@ -19,13 +28,21 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from chipforge import fs
 
 VERSION = 1
+S3_ATTEMPTS = 5  # object stores: tries before a lost update is an error
+S3_SETTLE_S = 1.0  # object stores: wait before reading a write back (a writer that read before it lands within)
+
+
+class RegistryError(ValueError):
+    """The registry file cannot be used (not JSON, another format) or an update to it was lost."""
 
 
 def dataset_version(dataset_dir: str | Sequence[str], phase: str) -> str:
@@ -47,13 +64,33 @@ def dataset_version(dataset_dir: str | Sequence[str], phase: str) -> str:
 
 
 def load(path: str) -> dict[str, Any]:
-    """The registry (an empty one when the file does not exist yet)."""
+    """The registry (an empty one when the file does not exist yet); a file that is not a registry
+    is a :class:`RegistryError` naming it."""
     if not fs.exists(path):
         return {"version": VERSION, "specialists": {}}
-    data = fs.read_json(path)
-    if data.get("version") != VERSION or not isinstance(data.get("specialists"), dict):
-        raise ValueError(f"registry {path}: unsupported format (version {data.get('version')!r})")
+    try:
+        data = json.loads(fs.read_text(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RegistryError(f"registry {path}: not valid JSON ({exc}); fix the file or move it away "
+                            f"(the next registration starts a new one)") from None
+    if not isinstance(data, dict):
+        raise RegistryError(f"registry {path}: expected a JSON object with \"version\" and \"specialists\", "
+                            f"found {type(data).__name__}")
+    if data.get("version") != VERSION:
+        raise RegistryError(f"registry {path}: unsupported format (version {data.get('version')!r}, expected {VERSION})")
+    specialists = data.get("specialists")
+    if not isinstance(specialists, dict):
+        raise RegistryError(f"registry {path}: \"specialists\" must be an object mapping phase -> entry, "
+                            f"found {type(specialists).__name__}")
+    for phase, entry in specialists.items():
+        if not isinstance(entry, dict):
+            raise RegistryError(f"registry {path}: specialist {phase!r} must be an object, found {type(entry).__name__}")
     return data
+
+
+def check(path: str) -> None:
+    """Before training: the registry a job will write is readable (absent is fine)."""
+    load(path)
 
 
 def get(path: str, phase: str) -> dict[str, Any] | None:
@@ -62,20 +99,19 @@ def get(path: str, phase: str) -> dict[str, Any] | None:
 
 @contextlib.contextmanager
 def lock(path: str) -> Iterator[None]:
-    """Exclusive lock (``<path>.lock``, flock) held by every writer of the registry file."""
-    if fs.is_uri(path):  # object stores: last writer wins (each write is still atomic)
+    """Exclusive lock (``<path>.lock``, ``filelock``) held by every writer of a local registry file.
+
+    ``path`` is resolved first, so ``reg.json``, ``./reg.json`` and ``file:///…/reg.json`` take one
+    lock. Object stores have no locks: nothing is held there (see :func:`register`)."""
+    if fs.is_uri(path):
         yield
         return
-    import fcntl
+    from filelock import FileLock
 
-    lock_path = os.path.abspath(os.path.expanduser(path)) + ".lock"
+    lock_path = fs.resolve(path)[1] + ".lock"
     os.makedirs(os.path.dirname(lock_path), exist_ok=True)
-    with open(lock_path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(lock_path):
+        yield
 
 
 def register(
@@ -100,8 +136,34 @@ def register(
         "run": run,
         "registered_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    if fs.is_uri(path):
+        _put_unlocked(path, phase, entry)
+        return entry
     with lock(path):
         data = load(path)
         data["specialists"][phase] = entry
         fs.write_json(path, data)
     return entry
+
+
+def _put_unlocked(path: str, phase: str, entry: dict[str, Any]) -> None:
+    """Object stores: read-modify-write with a re-read before the write and a read-back after it;
+    start over while another writer's update interleaves, :class:`RegistryError` when it never settles."""
+    for _ in range(S3_ATTEMPTS):
+        data = load(path)
+        others = _canonical({k: v for k, v in data["specialists"].items() if k != phase})
+        if _canonical({k: v for k, v in load(path)["specialists"].items() if k != phase}) != others:
+            continue  # another writer landed since we read: start over from their version
+        data["specialists"][phase] = entry
+        fs.write_json(path, data)
+        time.sleep(S3_SETTLE_S)  # a writer that read before our write lands within this
+        landed = load(path)["specialists"].get(phase) or {}
+        if _canonical({k: landed.get(k) for k in entry}) == _canonical(entry):  # blocks others add are fine
+            return
+    raise RegistryError(f"registry {path}: the {phase!r} entry was overwritten by concurrent writers {S3_ATTEMPTS} "
+                        f"times (an object store has no locks); rerun the job, or register into a local/NFS registry")
+
+
+def _canonical(value: Any) -> str:
+    """``value`` as the registry file holds it (NaN metrics compare equal to themselves)."""
+    return json.dumps(value, sort_keys=True, default=str)

@@ -156,3 +156,14 @@ def test_shipped_configs_validate_and_name_their_launch_command(path):
         assert ft.deepspeed.zero_stage in (2, 3) and ft.base_model != "tiny"
         if path.name.startswith("finetune_"):
             assert path.name == f"finetune_{ft.phase}.yaml"
+
+
+def test_broken_registry_fails_before_ray_starts_naming_the_file(tmp_path, capsys, ray_forbidden):
+    """A hand-edited registry.json that is not JSON: exit 2 naming it at once, not a traceback after training."""
+    registry = tmp_path / "registry.json"
+    registry.write_text('{"version": 1, "specialists": {')
+    dataset = write_dataset(tmp_path / "ds", rows(n_train=4, n_val=0))
+    rc = finetune.main(["--dataset", str(dataset), "--output", str(tmp_path / "o"), f"registry={registry}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"registry {registry}: not valid JSON" in err
+    assert registry.read_text() == '{"version": 1, "specialists": {'

@@ -109,3 +109,12 @@ def test_a_failed_trial_never_wins_and_no_finished_trial_is_a_clear_error() -> N
     with pytest.raises(JobError, match=r"no trial of the sweep finished with a eval_loss: trial a \{'lr': 1\}: "
                                        r"RuntimeError\('worker died'\); trial b \{'lr': 2\}: no eval_loss"):
         best_result([crashed, nan], "eval_loss", trials)
+
+
+def test_a_broken_registry_exits_2_before_the_sweep(tmp_path: Path, capsys, ray_forbidden: None) -> None:
+    """The registry the winner is written to is checked before Ray (it used to fail after the sweep)."""
+    registry = tmp_path / "registry.json"
+    registry.write_text("{not json")
+    assert tune.main(["--output", str(tmp_path / "t"), "--registry", str(registry)]) == 2
+    err = capsys.readouterr().err
+    assert str(registry) in err and "Traceback" not in err

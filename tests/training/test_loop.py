@@ -118,3 +118,49 @@ def test_torchrun_trains_with_token_budget_batches_checkpointing_and_eager_atten
     report = json.loads((out / "report.json").read_text())
     assert report["optimizer_steps"] == report["train_rows"] * 8
     assert report["train_loss_last"] < 0.7 * report["train_loss_first"], report
+
+
+def fake_report(out: Path) -> dict:
+    """What ``run_local`` returns on rank 0 (the fields the registration and the summary read)."""
+    return {"phase": "rtl_design", "base_model": str(out / "base_model"), "adapter_path": str(out / "adapter"),
+            "train_loss_first": 2.0, "train_loss_last": 1.0, "eval_loss": 1.1, "eval_perplexity": 3.0,
+            "optimizer_steps": 4, "epochs_done": 1, "tokens": 100, "train_time_s": 1.0, "tokens_per_s": 100.0,
+            "resumed_from_step": [], "history": [], "train_rows": 8,
+            "examples": {"read": 10, "train": 8, "validation": 2, "validation_from": "split=validation"}}
+
+
+def test_torchrun_registers_the_adapter_when_a_registry_is_given(tmp_path, monkeypatch, capsys):
+    """``registry=PATH`` under torchrun makes the adapter its phase's specialist, as ``jobs.finetune`` does
+    (it used to be accepted and ignored)."""
+    import training.loop
+    from jobs import train_torchrun
+
+    out, registry = tmp_path / "out", tmp_path / "registry.json"
+    monkeypatch.setattr(training.loop, "run_local", lambda cfg, run_id=None: fake_report(out))
+    rc = train_torchrun.main(["--dataset", str(REPO / "sample" / "dataset"), "--phase", "rtl_design",
+                              "--output", str(out), f"registry={registry}"])
+    assert rc == 0, capsys.readouterr().err
+    entry = json.loads(registry.read_text())["specialists"]["rtl_design"]
+    assert entry["adapter_path"] == str(out / "adapter") and entry["metrics"]["steps"] == 4
+    assert entry["run"].startswith("finetune-rtl_design-")
+    assert json.loads((out / "report.json").read_text())["registry_entry"] == entry
+    assert capsys.readouterr().out.rstrip().endswith(f"registered as the rtl_design specialist in {registry}")
+
+
+def test_torchrun_checks_phase_and_registry_before_training(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """The same bad inputs as ``jobs.finetune`` fail the same way under torchrun: exit 2 naming them,
+    before any training (a broken registry used to surface only after training, if at all)."""
+    import training.loop
+    from jobs import train_torchrun
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training must not start")
+
+    monkeypatch.setattr(training.loop, "run_local", no_training)
+    registry = tmp_path / "registry.json"
+    registry.write_text("[]")
+    base = ["--dataset", str(tiny_dataset), "--output", str(tmp_path / "o")]
+    assert train_torchrun.main([*base, "--phase", "rtl_design", f"registry={registry}"]) == 2
+    assert f"registry {registry}: expected a JSON object" in capsys.readouterr().err
+    assert train_torchrun.main([*base, "--phase", "placement"]) == 2  # the dataset has rtl_design only
+    assert "'placement'" in capsys.readouterr().err
