@@ -11,16 +11,16 @@ reference and testbench, a comment-and-header prompt as upstream): adding benchm
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.chat_server import ChatServer
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "benchmarks"
 SPEC_DIR = ASSETS / "verilogeval" / "dataset_spec-to-rtl"
@@ -96,22 +96,15 @@ def answer_for(problem: dict[str, Any], how: str) -> str:
 
 # ----------------------------------------------------------------------------- fake models served
 
-class FakeModels:
+class FakeModels(ChatServer):
     """OpenAI-compatible ``/v1/chat/completions`` on 127.0.0.1: the reply depends on the request's
     ``model`` (``behaviour[model]`` names an ``answer_for`` kind) and on the problem its prompt holds."""
 
     def __init__(self, problems: list[dict[str, Any]], behaviour: dict[str, str]) -> None:
+        super().__init__()
         self.problems = problems
         self.behaviour = behaviour
         self.requests: list[dict[str, Any]] = []
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     def reply(self, model: str, user: str) -> str:
         how = self.behaviour.get(model, "none")
@@ -132,33 +125,6 @@ class FakeModels:
                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                                                "finish_reason": "stop"}],
                                   "usage": {"prompt_tokens": len(user.split()), "completion_tokens": 5}})
-
-    def _serve(self) -> None:
-        from aiohttp import web
-
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._handle)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-
-    def start(self) -> "FakeModels":
-        self._thread.start()
-        assert self._ready.wait(10), "fake model server did not start"
-        return self
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 @pytest.fixture()

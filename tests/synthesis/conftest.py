@@ -10,15 +10,15 @@ topics drive failures: ``SERVER-ERROR-500`` (500 with a JSON error body), ``RATE
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.chat_server import ChatServer
 
 # ----------------------------------------------------------------------------- answers
 
@@ -169,21 +169,14 @@ def reply_for(user: str, variant: int | None = None) -> str:
 
 # ----------------------------------------------------------------------------- server
 
-class CannedServer:
+class CannedServer(ChatServer):
     """OpenAI-compatible ``/v1/chat/completions`` on 127.0.0.1, in a background thread."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[dict[str, Any]] = []
         self.seen_429: set[str] = set()
         self.served: dict[str, int] = {}  # answers served per kind: the next variant in turn
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     async def _handle(self, request):
         from aiohttp import web
@@ -215,33 +208,6 @@ class CannedServer:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": len(user.split()), "completion_tokens": len(content.split())},
         })
-
-    def _serve(self) -> None:
-        from aiohttp import web
-
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._handle)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-
-    def start(self) -> CannedServer:
-        self._thread.start()
-        assert self._ready.wait(10), "canned server did not start"
-        return self
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 @pytest.fixture()

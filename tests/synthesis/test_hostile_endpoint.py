@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 from synthesis import engines
 from synthesis.engines import GENERATION_SCHEMA, OpenAIConfig, SamplingConfig
 from synthesis.seeds import PROMPT_SCHEMA
+from tests.chat_server import ChatServer
 from tests.synthesis.test_engines import prompt_rows
 
 KEY = "sk-hostile-test-key-0123456789"
@@ -41,21 +41,15 @@ EXPECT = {
 }
 
 
-class HostileServer:
+class HostileServer(ChatServer):
     """``/v1/chat/completions`` whose misbehaviour is picked by a tag in the user prompt."""
 
+    client_max_size = 1 << 24
+
     def __init__(self, huge_mb: int = 40, slow_s: int = 30) -> None:
+        super().__init__()
         self.hits: dict[str, int] = {}
         self.huge_mb, self.slow_s = huge_mb, slow_s
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     @staticmethod
     def completion(content: Any, finish: str = "stop", **message: Any) -> dict[str, Any]:
@@ -105,29 +99,10 @@ class HostileServer:
             pass
         return resp
 
-    def _serve(self) -> None:
-        from aiohttp import web
-
-        asyncio.set_event_loop(self._loop)
-        app = web.Application(client_max_size=1 << 24)
-        app.router.add_post("/v1/chat/completions", self._handle)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
 
 @pytest.fixture()
 def hostile() -> Iterator[HostileServer]:
-    server = HostileServer()
+    server = HostileServer().start()
     yield server
     server.stop()
 
