@@ -8,10 +8,8 @@ For a single machine that has GPUs but no Ray. Every rank prepares the data in p
 (``training.data.prepare_local``) and runs ``training.loop.run_training``; rank 0 prints one line
 per logging step and writes OUTPUT/adapter, tokenizer/, config.yaml, tensorboard/ and
 report.json. Checkpoints go to OUTPUT/checkpoints/<run_name>-<key of config and dataset>/: the
-same command again resumes an unfinished run; a changed config or dataset starts afresh. With
-``registry=PATH`` rank 0 registers the adapter as its phase's specialist, as ``jobs.finetune`` does;
-the inputs are checked as there before training (``pipelines.finetune.check_inputs``: the phase,
-extra dataset directories, a readable registry), exit 2 naming the one at fault.
+same command again resumes an unfinished run; a changed config or dataset starts afresh. Inputs are
+checked before training and ``registry=PATH`` registers the adapter on rank 0, as in ``jobs.finetune``.
 """
 
 from __future__ import annotations
