@@ -273,7 +273,7 @@ def check_engine(cfg: EvaluateConfig, specs: Sequence[ModelSpec]) -> dict[str, A
         except EngineUnavailable as exc:
             raise ConfigError(str(exc)) from exc
     try:
-        engines.openai_headers(cfg.engine.openai)
+        engines.openai_api_key(cfg.engine.openai)
     except EngineUnavailable as exc:
         raise ConfigError(str(exc)) from exc
     return {}

@@ -12,8 +12,8 @@ checks, ``ray.data.llm`` processors, map stages).
   whole, reply bodies capped); the pipeline runs it as an actor pool, so whatever the server
   sends for one row is that row's ``engine_error``, never a failed batch (``ray.data.llm``'s HTTP
   processor raises out of the batch on a non-JSON body or exhausted retries, which aborted the
-  job). ``openai_payload`` / ``openai_reply`` are the request and reply adapters (the evaluation
-  job's processor uses them too). The key is read from the variable the config names.
+  job); ``send`` takes request bodies, so the evaluation job's client (``evaluation.models``) uses
+  it too. The key is read from the variable the config names.
 - ``hf``: ``HFGenerator``, transformers ``generate`` (model loaded once per instance).
   ``model_path: tiny`` builds a tiny random Llama and tokenizer in-process
   (``training.tiny``): nothing is downloaded, and its replies are noise, so it keeps ~0
@@ -259,15 +259,11 @@ def openai_api_key(cfg: OpenAIConfig, environ: Mapping[str, str] | None = None) 
     return key
 
 
-def openai_headers(cfg: OpenAIConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Request headers; the key comes from ``cfg.api_key_env`` (a missing variable is an error)."""
-    key = openai_api_key(cfg, environ)
+def openai_headers(cfg: OpenAIConfig, environ: Mapping[str, str] | None = None, *,
+                   key: str | None = None) -> dict[str, str]:
+    """Request headers; the key is ``key`` or read from ``cfg.api_key_env`` (a missing variable is an error)."""
+    key = key if key is not None else openai_api_key(cfg, environ)
     return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def openai_payload(row: dict[str, Any], model: str, sampling: dict[str, Any]) -> dict[str, Any]:
-    """Prompt row → ``{"payload": <chat completions request body>}`` (the HTTP processor's input)."""
-    return {"payload": {"model": model, "messages": _messages(row), **sampling}}
 
 
 def openai_reply(row: dict[str, Any]) -> dict[str, Any]:
@@ -328,8 +324,7 @@ class OpenAIChat:
         self.cfg = cfg if isinstance(cfg, OpenAIConfig) else OpenAIConfig(**cfg)
         self.url = chat_url(self.cfg.url)
         self.key = api_key if api_key is not None else openai_api_key(self.cfg, environ)
-        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.key}"}
-                                                                if self.key else {})}
+        self.headers = {"Content-Type": "application/json", **openai_headers(self.cfg, key=self.key or "")}
         params = sampling.params() if isinstance(sampling, SamplingConfig) else dict(sampling)
         self.sampling = {k: v for k, v in params.items() if v is not None}
         self.max_bytes = int(self.cfg.max_reply_mb * (1 << 20))
