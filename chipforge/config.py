@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from chipforge import fs
 
@@ -27,9 +27,36 @@ LAUNCH_RE = re.compile(r"^#\s*launch:\s*(?P<cmd>.+)$", re.IGNORECASE)
 
 
 class Config(BaseModel):
-    """Base for job and stage configs: unknown keys are errors, assignments re-validate."""
+    """Base for job and stage configs: unknown keys are errors, assignments re-validate.
+
+    Every field of every config, at any depth and inside lists and mappings, is checked for
+    object-store URIs with query options (``s3://b/p?endpoint_override=…``): they are an error naming
+    the field (``fs.options_problem`` says why and which environment variables to set instead).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_storage_options_in_paths(cls, value: Any) -> Any:
+        for text in _strings(value):
+            problem = fs.options_problem(text)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """The strings in a field's value: itself, or those in its lists, tuples, sets and mapping values
+    (nested configs check their own fields)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _strings(item)
 
 
 C = TypeVar("C", bound=Config)
@@ -80,7 +107,12 @@ def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key.sub=value")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw != "" else ""
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        why = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({why}); quote the items of a list "
+                          f"(key=['a', 'b'])") from None
 
 
 class CommandLine:
@@ -149,12 +181,13 @@ def load_config(
     for item in args.overrides:
         key, value = parse_override(item)
         set_dotted(data, key, value)
-        origins[key] = f"command-line override {item!r}"
+        shown = f"{item.split('=', 1)[0]}={redact_url(item.split('=', 1)[1])}"  # no secret of a URL in an error
+        origins[key] = f"command-line override {shown!r}"
     for flag, field in flags.items():
         value = getattr(args, "flag__" + field.replace(".", "__"))
         if value is not None:
             set_dotted(data, field, value)
-            origins[field] = f"{flag} {value}"
+            origins[field] = f"{flag} {redact_url(str(value))}"
     line = CommandLine(args.config, origins, {f.lstrip("-").replace("-", "_"): getattr(args, f.lstrip("-").replace("-", "_"))
                                               for f in extra_flags})
     try:

@@ -28,15 +28,20 @@ def _prefix(path: str) -> str:
 
 
 def resolve(path: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path, ``file://`` or any pyarrow-supported URI."""
+    """(filesystem, path inside it) for a local path, ``file://`` or any pyarrow-supported URI.
+
+    A URI with query options (``?endpoint_override=…``) is a ValueError (:func:`options_problem`)."""
     if path.startswith("file://"):
         path = path[len("file://") :]
     if not is_uri(path):
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    problem = options_problem(path)
+    if problem:
+        raise ValueError(problem)
     scheme, rest = path.split("://", 1)
     bucket = rest.split("/", 1)[0]
-    if scheme not in _CACHED_SCHEMES or any(c in rest for c in "?%@#"):
-        return pafs.FileSystem.from_uri(path)  # options, escapes or credentials in the URI: pyarrow's own parsing
+    if scheme not in _CACHED_SCHEMES or any(c in rest for c in "%@#"):
+        return pafs.FileSystem.from_uri(path)  # escapes or credentials in the URI: pyarrow's own parsing
     env = tuple(os.environ.get(k) for k in _STORE_ENV)
     return _bucket_filesystem(scheme, bucket, env), rest.rstrip("/") or bucket
 
@@ -47,6 +52,46 @@ _STORE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REG
               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE",
               "AWS_SHARED_CREDENTIALS_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
               "GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST")
+
+
+# object stores as pyarrow names them in a URI: their storage options come from the environment
+STORE_SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"})
+# where each pyarrow URI option of S3 is set instead (the AWS SDK and pyarrow read these)
+_OPTION_ENV = {"endpoint_override": "AWS_ENDPOINT_URL", "scheme": "AWS_ENDPOINT_URL", "region": "AWS_DEFAULT_REGION",
+               "access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY",
+               "session_token": "AWS_SESSION_TOKEN", "role_arn": "AWS_ROLE_ARN"}
+
+
+def options_problem(path: str) -> str | None:
+    """Why ``path`` cannot be used when it is an object-store URI carrying query options
+    (``s3://b/p?endpoint_override=host:9000&scheme=http``, ``?region=…``), else None.
+
+    pyarrow would honour them for that one path, but every path derived from it would not: a
+    subpath joined onto it lands inside the options (``?scheme=http/sub``), a listed path loses them
+    and goes to the default endpoint, and Ray's and the training libraries' own readers are given
+    plain paths. Options therefore come from the environment, which every process (Ray workers
+    included) reads; the message names the variables to set."""
+    scheme, sep, rest = path.partition("://")
+    if not sep or scheme.lower() not in STORE_SCHEMES or "?" not in rest:
+        return None
+    from urllib.parse import parse_qsl
+
+    options = dict(parse_qsl(rest.split("?", 1)[1], keep_blank_values=True))
+    hints = []
+    if "endpoint_override" in options or "scheme" in options:
+        endpoint = options.get("endpoint_override", "HOST:PORT")
+        if "://" not in endpoint:
+            endpoint = f"{options.get('scheme', 'https')}://{endpoint}"
+        hints.append(f"AWS_ENDPOINT_URL={endpoint}")
+    hints += [f"{_OPTION_ENV[k]}={v if 'key' not in k and 'token' not in k else '...'}"
+              for k, v in options.items() if k in _OPTION_ENV and _OPTION_ENV[k] != "AWS_ENDPOINT_URL"]
+    plain = path.split("?", 1)[0]
+    what = " ".join(hints) if hints and scheme.lower() == "s3" else (
+        "the store's settings (S3: AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_PROFILE, ...; "
+        "GCS: GOOGLE_APPLICATION_CREDENTIALS, STORAGE_EMULATOR_HOST)")
+    return (f"{plain}?{', '.join(sorted(options)) or '...'}: storage options in a URI are not supported "
+            f"(paths joined onto it or listed below it would lose them); use the plain URI {plain!r} and set "
+            f"{what} in the job's environment (on a cluster: its runtime_env env_vars)")
 
 
 @functools.lru_cache(maxsize=64)
@@ -119,7 +164,9 @@ def delete(path: str) -> None:
 
 def write_bytes(path: str, data: bytes) -> None:
     """Write a file atomically (temporary sibling, then rename); on any failure or interruption (Ctrl-C,
-    a stopped job) the temporary file is removed and ``path`` is left as it was."""
+    a stopped job) the temporary file is removed and ``path`` is left as it was, except on an object store
+    for data over :data:`SERVER_COPY_MAX_BYTES`, whose rename is a streamed copy (:func:`_move_file`):
+    one that fails part-way leaves no file at ``path``, never a truncated one."""
     filesystem, p = resolve(path)
     parent = p.rsplit("/", 1)[0]
     if parent:
@@ -128,7 +175,7 @@ def write_bytes(path: str, data: bytes) -> None:
     try:
         with filesystem.open_output_stream(tmp) as f:
             f.write(data)
-        filesystem.move(tmp, p)
+        _move_file(filesystem, tmp, p, len(data))
     except BaseException:
         if filesystem.get_file_info(tmp).type == pafs.FileType.File:
             filesystem.delete_file(tmp)
@@ -186,8 +233,8 @@ def atomic_dir(path: str) -> Iterator[str]:
 
 
 def _move_tree(filesystem: pafs.FileSystem, src: str, dst: str, threads: int = 16) -> None:
-    """Rename a directory; object stores have no directory rename, so there each file moves (a
-    server-side copy, ``threads`` at a time: an S3 copy takes objects up to 5 GiB)."""
+    """Rename a directory; object stores have no directory rename, so there each file moves
+    (:func:`_move_file`, ``threads`` at a time)."""
     from concurrent.futures import ThreadPoolExecutor
 
     if isinstance(filesystem, pafs.LocalFileSystem):
@@ -198,12 +245,43 @@ def _move_tree(filesystem: pafs.FileSystem, src: str, dst: str, threads: int = 1
     for info in filesystem.get_file_info(pafs.FileSelector(src, recursive=True)):
         target = dst + info.path[len(src):]
         if info.type == pafs.FileType.File:
-            moves.append((info.path, target))
+            moves.append((info.path, target, info.size))
         elif info.type == pafs.FileType.Directory:
             filesystem.create_dir(target, recursive=True)
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda m: filesystem.move(*m), moves))  # list(): the first failure raises here
+        list(pool.map(lambda m: _move_file(filesystem, *m), moves))  # list(): the first failure raises here
     filesystem.delete_dir(src)
+
+
+# S3's CopyObject, which pyarrow's S3FileSystem.move is (one request, no multipart copy), refuses a
+# source over 5 GiB; transformers (5.x) saves a merged model in shards of up to 50 GB by default
+SERVER_COPY_MAX_BYTES = 5 * 1024**3
+STREAM_CHUNK_BYTES = 16 * 1024**2
+
+
+def _move_file(filesystem: pafs.FileSystem, src: str, dst: str, size: int | None) -> None:
+    """Move one file: a rename locally, a server-side copy on an object store, and there a file over
+    :data:`SERVER_COPY_MAX_BYTES` (or of unknown size) is streamed instead (``STREAM_CHUNK_BYTES`` at a
+    time, so memory stays flat; the store's multipart upload makes the object appear whole, at the
+    end). A copy that fails part-way removes what it wrote to ``dst`` and raises; ``src`` stays."""
+    if isinstance(filesystem, pafs.LocalFileSystem) or (size is not None and size <= SERVER_COPY_MAX_BYTES):
+        filesystem.move(src, dst)
+        return
+    _stream_copy(filesystem, src, dst)
+    filesystem.delete_file(src)
+
+
+def _stream_copy(filesystem: pafs.FileSystem, src: str, dst: str) -> None:
+    """Copy ``src`` to ``dst`` through this process, a chunk at a time; on failure ``dst`` is removed."""
+    try:
+        with filesystem.open_input_stream(src) as source, filesystem.open_output_stream(dst) as sink:
+            while chunk := source.read(STREAM_CHUNK_BYTES):
+                sink.write(chunk)
+    except BaseException:
+        with contextlib.suppress(OSError):  # closing the stream on the way out completed a partial object
+            if filesystem.get_file_info(dst).type == pafs.FileType.File:
+                filesystem.delete_file(dst)
+        raise
 
 
 def listdir(path: str, *, recursive: bool = False, files_only: bool = False) -> list[str]:

@@ -1,11 +1,11 @@
 """Write evaluation results into the specialist registry (``training.registry``'s file format).
 
 Each evaluated specialist's entry gets an ``evaluation`` block (metrics side by side with its
-base and the report's path); nothing else in the entry changes. The update is a
-read-modify-write under the same lock file ``training.registry.register`` takes
-(``<registry>.lock``, local paths; object stores: last writer wins) and lands with an atomic
-rename (``chipforge.fs.write_json``), so a concurrent registration is never lost and a reader
-never sees half a file. ``training.registry`` is only read here (it is owned by training).
+base and the report's path); nothing else in the entry changes. The update goes through
+``training.registry.update``, the read-modify-write every registry writer uses: under
+``<registry>.lock`` on local paths, and on object stores (no locks) with a re-read before the
+write and a read-back after it, so an evaluation and a registration (or two evaluations) that
+land together both survive. ``training.registry`` is only called here (it is owned by training).
 """
 
 from __future__ import annotations
@@ -13,11 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from chipforge import fs
-from training.registry import lock
-
-
-registry_lock = lock  # the lock training.registry.register holds while it writes
+from training.registry import update
 
 
 def record_evaluations(path: str, evaluations: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -25,17 +21,9 @@ def record_evaluations(path: str, evaluations: Mapping[str, Mapping[str, Any]]) 
 
     A phase no longer in the registry (removed while the evaluation ran) is skipped.
     """
-    from training.registry import load
 
-    with registry_lock(path):
-        data = load(path)
-        updated = []
-        for phase, block in evaluations.items():
-            entry = data["specialists"].get(phase)
-            if entry is None:
-                continue
-            entry["evaluation"] = dict(block)
-            updated.append(phase)
-        if updated:
-            fs.write_json(path, data)
-    return updated
+    def add_evaluations(specialists: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {phase: {**specialists[phase], "evaluation": dict(block)}
+                for phase, block in evaluations.items() if phase in specialists}
+
+    return list(update(path, add_evaluations))

@@ -10,14 +10,15 @@ Evaluation and serving read it. Format (``version: 1``)::
                       "config": {… resolved FinetuneConfig …}, "run": "tune-rtl_design/…",
                       "registered_at": "2026-11-25T03:30:00Z"}}}
 
-Updates are read-modify-write and land with an atomic rename, so a reader never sees a
+Every writer (:func:`register` here, ``evaluation.registry.record_evaluations``) goes through
+:func:`update`: a read-modify-write that lands with an atomic rename, so a reader never sees a
 half-written registry. On local (and NFS) paths writers hold ``<path>.lock`` (``filelock``), so
 concurrent writers do not drop entries. Object stores have no locks: there a writer re-reads the
 file just before writing (and starts over if it changed) and reads it back after writing; an
 entry another writer's stale update overwrote is written again, and one still lost after
 :data:`S3_ATTEMPTS` tries is a :class:`RegistryError` naming the file and the phase. That narrows
-the race to the milliseconds between the re-read and the write, without closing it: register
-jobs that may finish together on a local or NFS registry, or one after the other.
+the race to the milliseconds between the re-read and the write, without closing it: run jobs
+that may finish together against a local or NFS registry, or one after the other.
 
 A file that is not JSON, or not this format, is a :class:`RegistryError` naming it: jobs that
 register call :func:`check` before training, so a hand-edited registry fails the job at once.
@@ -26,12 +27,13 @@ register call :func:`check` before training, so a hand-edited registry fails the
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from chipforge import fs
@@ -136,32 +138,68 @@ def register(
         "run": run,
         "registered_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    if fs.is_uri(path):
-        _put_unlocked(path, phase, entry)
-        return entry
-    with lock(path):
-        data = load(path)
-        data["specialists"][phase] = entry
-        fs.write_json(path, data)
+    update(path, lambda specialists: {phase: entry})
     return entry
 
 
-def _put_unlocked(path: str, phase: str, entry: dict[str, Any]) -> None:
+Change = Callable[[dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]
+
+
+def update(path: str, change: Change) -> dict[str, dict[str, Any]]:
+    """Read-modify-write of the registry, the one way every writer (registration, evaluation) updates it.
+
+    ``change`` gets the current specialists (phase → entry; a copy) and returns the entries to set
+    (phase → the whole new entry; ``{}`` writes nothing); it may be called more than once, each time
+    with the registry as it is then. Returns the entries set. A local registry is updated under
+    :func:`lock`; an object store's as :func:`_update_unlocked` says."""
+    if fs.is_uri(path):
+        return _update_unlocked(path, change)
+    with lock(path):
+        data = load(path)
+        new = change(copy.deepcopy(data["specialists"]))
+        if new:
+            data["specialists"].update(new)
+            fs.write_json(path, data)
+    return new
+
+
+def _update_unlocked(path: str, change: Change) -> dict[str, dict[str, Any]]:
     """Object stores: read-modify-write with a re-read before the write and a read-back after it;
-    start over while another writer's update interleaves, :class:`RegistryError` when it never settles."""
+    start over while another writer's update interleaves, :class:`RegistryError` when it never settles.
+
+    An entry of ours is lost when the read-back shows the entry we replaced (a writer that read before
+    our write landed after it); one that shows a third version was replaced by a later update of that
+    phase (a newer registration), which wins as it would under the lock."""
+    lost: list[str] = []
     for _ in range(S3_ATTEMPTS):
         data = load(path)
-        others = _canonical({k: v for k, v in data["specialists"].items() if k != phase})
-        if _canonical({k: v for k, v in load(path)["specialists"].items() if k != phase}) != others:
+        before = _canonical(data["specialists"])
+        base = copy.deepcopy(data["specialists"])
+        new = change(copy.deepcopy(base))
+        if not new:
+            return new
+        lost = sorted(new)
+        if _canonical(load(path)["specialists"]) != before:
             continue  # another writer landed since we read: start over from their version
-        data["specialists"][phase] = entry
+        data["specialists"].update(new)
         fs.write_json(path, data)
         time.sleep(S3_SETTLE_S)  # a writer that read before our write lands within this
-        landed = load(path)["specialists"].get(phase) or {}
-        if _canonical({k: landed.get(k) for k in entry}) == _canonical(entry):  # blocks others add are fine
-            return
-    raise RegistryError(f"registry {path}: the {phase!r} entry was overwritten by concurrent writers {S3_ATTEMPTS} "
-                        f"times (an object store has no locks); rerun the job, or register into a local/NFS registry")
+        landed = load(path)["specialists"]
+        lost = [phase for phase, entry in new.items() if _overwritten(landed.get(phase), entry, base.get(phase))]
+        if not lost:
+            return new
+    which = ", ".join(repr(p) for p in lost)
+    raise RegistryError(f"registry {path}: the {which} entr{'y was' if len(lost) == 1 else 'ies were'} overwritten "
+                        f"by concurrent writers {S3_ATTEMPTS} times (an object store has no locks); rerun the job, "
+                        f"or use a local/NFS registry")
+
+
+def _overwritten(landed: dict[str, Any] | None, ours: dict[str, Any], replaced: dict[str, Any] | None) -> bool:
+    """Whether our write of an entry was undone: the file holds the entry we replaced (or none, as
+    before) instead of ours. Blocks another writer added to ours (an evaluation) are fine."""
+    if landed is not None and _canonical({k: landed.get(k) for k in ours}) == _canonical(ours):
+        return False
+    return _canonical(landed) == _canonical(replaced)
 
 
 def _canonical(value: Any) -> str:

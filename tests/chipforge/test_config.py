@@ -133,3 +133,41 @@ def test_redact_url(url: str, shown: str) -> None:
     from chipforge.config import redact_url
 
     assert redact_url(url) == shown
+
+
+class Cache(Config):
+    cache_dir: str = "cache"
+
+
+class PathsConfig(Config):
+    output_dir: str = "out"
+    inputs: list[str] = Field(default_factory=list)
+    cache: Cache = Field(default_factory=Cache)
+    endpoint: str = "https://llm.example/v1?api-version=2"
+
+
+def test_storage_options_in_any_path_field_are_an_error_naming_field_and_origin(tmp_path: Path) -> None:
+    """One check for every config: an s3:// or gs:// value with query options, at any depth or in a list,
+    is a config error naming the field, who set it, and the environment variable to set instead."""
+    path = write(tmp_path, "cache:\n  cache_dir: gs://b/cache?endpoint_override=localhost:4443\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(PathsConfig, ["--config", str(path), "--output",
+                                  "s3://b/out?endpoint_override=localhost:9000&scheme=http&secret_key=s3cr3t",
+                                  "inputs=['s3://b/in', 's3://b/in2?region=eu-west-1']"],
+                    prog="x", flags={"--output": "output_dir"})
+    text = str(err.value)
+    assert "  output_dir: " in text and "AWS_ENDPOINT_URL=http://localhost:9000" in text
+    assert "(set by --output s3://b/out?endpoint_override=" in text and "secret_key=REDACTED)" in text
+    assert "s3cr3t" not in text
+    assert "  inputs: " in text and "AWS_DEFAULT_REGION=eu-west-1" in text and "(set by command-line override " in text
+    assert "  cache.cache_dir: " in text and f"(set by {path}: cache.cache_dir)" in text
+    cfg = load_config(PathsConfig, ["--output", "s3://b/out", "inputs=[s3://b/in, gs://b/x]"], prog="x",
+                      flags={"--output": "output_dir"})
+    assert cfg.output_dir == "s3://b/out" and cfg.inputs == ["s3://b/in", "gs://b/x"]
+    with pytest.raises(ValueError, match="storage options in a URI are not supported"):
+        cfg.output_dir = "s3://b/out?region=x"  # assignments are validated too
+
+
+def test_an_override_that_is_not_yaml_is_a_config_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match=r"override 'inputs=\[s3://b/x\?y\]': the value is not valid YAML"):
+        load_config(PathsConfig, ["inputs=[s3://b/x?y]"], prog="x")

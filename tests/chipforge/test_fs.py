@@ -111,3 +111,52 @@ def test_a_failed_final_move_leaves_no_temporary_behind(s3_env, monkeypatch) -> 
         with fs.atomic_dir(fs.join(root, "out")) as tmp:
             fs.write_text(fs.join(tmp, "f.txt"), "x")
     assert fs.listdir(root) == []  # the job fails without a marker; nothing half-named is left
+
+
+def test_storage_options_in_a_uri_are_refused_naming_the_variables_to_set() -> None:
+    """``s3://b/p?endpoint_override=…`` worked for that one path, but a path joined onto it put the
+    subpath inside the options (``…&scheme=http/sub``) and a listed path lost them (the default
+    endpoint): options come from the environment, and such a URI is an error that says which."""
+    with pytest.raises(ValueError, match=r"use the plain URI 's3://cf-opts/run' and set "
+                                         r"AWS_ENDPOINT_URL=http://127\.0\.0\.1:9000 in the job's environment"):
+        fs.resolve("s3://cf-opts/run?endpoint_override=127.0.0.1:9000&scheme=http")
+    with pytest.raises(ValueError, match="AWS_DEFAULT_REGION=eu-west-1"):
+        fs.exists("s3://cf-opts/run?region=eu-west-1")
+    problem = fs.options_problem("s3://cf-opts/run?access_key=AKIA&secret_key=s3cr3t")
+    assert "AWS_SECRET_ACCESS_KEY=..." in problem and "s3cr3t" not in problem and "AKIA" not in problem
+    assert "GCS: GOOGLE_APPLICATION_CREDENTIALS" in fs.options_problem("gs://cf-opts/run?endpoint_override=localhost:4443")
+    for fine in ("s3://cf-opts/run", "s3://cf-opts/a%20b", "https://llm.example/v1?api-key=x", "/tmp/what?",
+                 "file:///tmp/what?"):
+        assert fs.options_problem(fine) is None, fine
+
+
+def test_files_over_the_server_copy_limit_are_streamed_not_copied_by_the_store(s3_env, monkeypatch) -> None:
+    """pyarrow's S3 move is one CopyObject, which S3 refuses over 5 GiB (a merged model's shard: transformers
+    saves up to 50 GB per shard). Above the limit (lowered here) a file is streamed, a chunk at a time."""
+    from tests.conftest import make_bucket
+
+    root = make_bucket(s3_env, "cf-fs-large") + "/run"
+    monkeypatch.setattr(fs, "SERVER_COPY_MAX_BYTES", 1000)
+    monkeypatch.setattr(fs, "STREAM_CHUNK_BYTES", 256)
+    streamed, real = [], fs._stream_copy
+    monkeypatch.setattr(fs, "_stream_copy", lambda filesystem, src, dst: (streamed.append(dst), real(filesystem, src, dst)))
+    big = bytes(range(256)) * 10  # 2,560 bytes: over the limit, 10 chunks
+    out = fs.join(root, "merged")
+    with fs.atomic_dir(out) as tmp:
+        fs.write_bytes(fs.join(tmp, "model.safetensors"), big)  # write_bytes' own rename: streamed
+        fs.write_text(fs.join(tmp, "config.json"), "{}")  # small: the store's copy
+    assert [p.rsplit("/", 1)[-1] for p in streamed] == ["model.safetensors", "model.safetensors"]
+    assert fs.read_bytes(fs.join(out, "model.safetensors")) == big and fs.read_json(fs.join(out, "config.json")) == {}
+    assert fs.listdir(root, recursive=True) == [out, f"{out}/config.json", f"{out}/model.safetensors"]
+
+
+def test_a_streamed_copy_that_fails_leaves_no_partial_file(s3_env, monkeypatch) -> None:
+    from tests.conftest import make_bucket
+
+    root = make_bucket(s3_env, "cf-fs-large-fail") + "/run"
+    fs.write_bytes(fs.join(root, "old.bin"), b"x" * 50)
+    filesystem, src = fs.resolve(fs.join(root, "old.bin"))
+    monkeypatch.setattr(fs, "STREAM_CHUNK_BYTES", "not a size")  # the first read fails, the output stream is open
+    with pytest.raises(TypeError):
+        fs._stream_copy(filesystem, src, src.replace("old.bin", "new.bin"))
+    assert fs.listdir(root) == [f"{root}/old.bin"] and fs.read_bytes(f"{root}/old.bin") == b"x" * 50

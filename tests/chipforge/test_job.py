@@ -257,3 +257,24 @@ def test_credentials_in_a_config_url_never_reach_the_report(tmp_path: Path, inp:
     text = (out / "report.json").read_text()
     assert "s3cr3t" not in text
     assert json.loads(text)["config"]["mode"] == "https://llm.example.invalid:8443/v1?api-key=REDACTED&model=m"
+
+
+def test_storage_options_in_an_output_uri_are_a_usage_error_before_any_work(s3_env, capsys) -> None:
+    """``--output s3://…?endpoint_override=…`` crashed with a traceback (the marker path joined onto it
+    put ``/_chipforge/…`` inside the options); it is exit 2 naming the flag, and the plain URI runs."""
+    from chipforge import fs
+    from tests.conftest import make_bucket
+
+    spec = JobSpec(name="toy", config=ToyConfig, default_config=None, summary=lambda r: "",
+                   flags={"--output": "output_dir"}, uses_ray=False)
+    bucket = make_bucket(s3_env, "cf-job-options")
+    endpoint = s3_env["AWS_ENDPOINT_URL"].split("://", 1)[1]
+    calls: list[str] = []
+    assert job.main(spec, _body(calls), ["--output", f"{bucket}/out?endpoint_override={endpoint}&scheme=http"]) == \
+        job.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"output_dir: Value error, {bucket}/out?endpoint_override, scheme: storage options" in err
+    assert f"AWS_ENDPOINT_URL=http://{endpoint}" in err and "(set by --output " in err
+    assert not calls and fs.listdir(bucket) == []
+    assert job.main(spec, _body(calls), ["--output", f"{bucket}/out"]) == job.EXIT_OK
+    assert fs.exists(f"{bucket}/out/report.json") and fs.exists(f"{bucket}/out/_chipforge/toy.json")
