@@ -516,7 +516,7 @@ def execute(spec: JobSpec[C], body: Callable[[C, Run], dict[str, Any]], cfg: C, 
     process below it, then SIGKILL after ``RAY_JOB_STOP_WAIT_TIME_S``, 3 s) end the job the same way,
     wherever they land: one line, no traceback, temporaries removed, nothing marked finished.
     """
-    with _sigterm_stops():
+    with sigterm_stops():
         try:
             return _execute(spec, body, cfg, force=force, verbose=verbose, brief=brief)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: no traceback; nothing is marked finished
@@ -546,7 +546,7 @@ def _raise_stopped(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_stops() -> Iterator[None]:
+def sigterm_stops() -> Iterator[None]:
     """While active, SIGTERM raises :class:`Stopped` in the main thread (Python's default would end the
     process on the spot, leaving ``*.tmp-*`` directories; Ray's driver handler, installed by
     ``ray.init``, exits with code 15 or 1). The previous handler comes back afterwards. A no-op

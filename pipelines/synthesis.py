@@ -4,7 +4,7 @@ Rounds: build prompts for the phases still under quota (oversampled by the obser
 rate) → engine (``vllm`` | ``openai`` through ``ray.data.llm`` processors, or ``hf`` as an actor
 pool) → parse and validate in a sandbox (actor pool) → decontaminate and near-dedup against
 the instruction dataset and the kept set → keep. Stops when every quota is met or the budget
-(max prompts / max rounds) is spent. Writes ``DIR/synthetic/phase=<p>/split=<s>/part-00000.parquet``
+(max prompts / max rounds / max wall time) is spent. Writes ``DIR/synthetic/phase=<p>/split=<s>/part-00000.parquet``
 (``EXAMPLES_SCHEMA``; the same example builder as the dataset job: its system prompt and id
 formula, ``source`` ``synthetic``) and ``DIR/report.json``, where generated = kept + rejected
 (by reason) for every phase.
@@ -66,6 +66,10 @@ class PhaseConfig(Config):
 class BudgetConfig(Config):
     max_prompts: int = Field(6000, ge=1)  # over all rounds and phases
     max_rounds: int = Field(5, ge=1)
+    # Wall time of the whole job (None: unbounded), like a batch API's completion window: after it no
+    # round starts and the openai engine sends no request and cuts those in flight (rows counted as
+    # engine/deadline); the examples kept so far are written. Other engines finish the round under way.
+    max_wall_s: float | None = Field(None, gt=0)
     oversample: float = Field(2.0, ge=1.0)  # prompts per missing example before any keep rate is known
     max_oversample: float = Field(10.0, ge=1.0)
 
@@ -286,16 +290,17 @@ def build_vllm_processor(cfg: VLLMConfig, sampling: SamplingConfig) -> Any:
                            postprocess=engines.vllm_reply)
 
 
-def openai_stage(cfg: engines.OpenAIConfig, sampling: SamplingConfig,
-                 environ: Mapping[str, str] | None = None) -> tuple[Engine, dict[str, Any]]:
+def openai_stage(cfg: engines.OpenAIConfig, sampling: SamplingConfig, environ: Mapping[str, str] | None = None,
+                 *, deadline: float | None = None) -> tuple[Engine, dict[str, Any]]:
     """The ``openai`` engine: ``engines.OpenAIChat`` on an actor pool (``cfg.concurrency`` clients,
     ``cfg.batch_size`` requests in flight per client). Each row's reply, whatever the server sends,
     is that row's text or ``engine_error``; the key is read here, so a missing variable fails before
-    anything runs."""
+    anything runs. ``deadline`` (epoch seconds) is the job's: no request is sent after it."""
     import ray.data
 
     key = engines.openai_api_key(cfg, environ)
-    kwargs = {"cfg": cfg.model_dump(mode="json"), "sampling": sampling.params(), "api_key": key or ""}
+    kwargs = {"cfg": cfg.model_dump(mode="json"), "sampling": sampling.params(), "api_key": key or "",
+              "deadline": deadline}
     pool = cfg.concurrency
     compute = (ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1]) if isinstance(pool, tuple)
                else ray.data.ActorPoolStrategy(size=pool))
@@ -323,8 +328,10 @@ def validate_resources(cfg: ValidationConfig) -> StageResources:
     return StageResources(num_cpus=cfg.num_cpus, concurrency=cfg.concurrency, batch_size=cfg.batch_size)
 
 
-def make_engine(cfg: EngineConfig, hf: StageResources | None = None) -> tuple[Engine, dict[str, Any]]:
-    """The engine as a Dataset → Dataset function. vllm is checked (fail fast) first."""
+def make_engine(cfg: EngineConfig, hf: StageResources | None = None, *,
+                deadline: float | None = None) -> tuple[Engine, dict[str, Any]]:
+    """The engine as a Dataset → Dataset function. vllm is checked (fail fast) first. ``deadline``
+    (epoch seconds) bounds the openai engine's requests; the others do not look at it."""
     info: dict[str, Any] = {}
     post = StageResources(num_cpus=0.25)
     if cfg.name == "vllm":
@@ -333,7 +340,7 @@ def make_engine(cfg: EngineConfig, hf: StageResources | None = None) -> tuple[En
         info["stages"] = stage_summary(processor)
         return (lambda ds: map_stage(processor(ds), engines.to_generation_rows, post)), info
     if cfg.name == "openai":
-        return openai_stage(cfg.openai, cfg.sampling)
+        return openai_stage(cfg.openai, cfg.sampling, deadline=deadline)
     kwargs = {"model_path": cfg.hf.model_path, "sampling": cfg.sampling.model_dump(), "dtype": cfg.hf.dtype,
               "tiny": cfg.hf.tiny.model_dump(), "allow_download": cfg.hf.allow_download}
     resources = hf or hf_resources(cfg.hf)
@@ -515,6 +522,9 @@ class Tally:
                            "detail": cand.get("detail")})
 
 
+DEADLINE_REASON = "engine/deadline"
+
+
 def collect(candidates: list[dict[str, Any]], prompts: list[dict[str, Any]], tally: Tally, filters: Filters,
             cfg: SynthesizeConfig, split_map: Mapping[str, str]) -> tuple[int, Counter]:
     """Fold one round's candidates into ``tally`` (kept rows with their inherited split, rejections
@@ -525,6 +535,8 @@ def collect(candidates: list[dict[str, Any]], prompts: list[dict[str, Any]], tal
         tally.generated[cand["phase"]] += 1
         try:
             reason = cand.get("reason")
+            if reason == "engine/error" and str(cand.get("detail") or "").startswith(engines.DEADLINE_ERROR):
+                reason = DEADLINE_REASON  # not answered because the job's time was up, not the server's fault
             if reason is None:
                 reason = filters.reason(cand["prompt_id"], cand["instruction"], cand["answer"])
             if reason is None:
@@ -590,6 +602,7 @@ def run(cfg: SynthesizeConfig, job: Run) -> dict[str, Any]:
     import ray
 
     t0 = time.perf_counter()
+    deadline = time.time() + cfg.budget.max_wall_s if cfg.budget.max_wall_s else None  # epoch: actors compare it
     out = cfg.output_dir.rstrip("/")
     try:  # before anything is generated: model-written code runs only in a sandbox (or when allowed)
         isolation_mode = sandbox.require_isolation(cfg.validation.allow_unsandboxed)
@@ -626,7 +639,7 @@ def run(cfg: SynthesizeConfig, job: Run) -> dict[str, Any]:
         stages["generate"] = hf_resources(cfg.engine.hf)
     stages = fit_to_cluster(stages, cluster_cpus(), say=job.progress)
     try:
-        engine, engine_info = make_engine(cfg.engine, stages.get("generate"))
+        engine, engine_info = make_engine(cfg.engine, stages.get("generate"), deadline=deadline)
     except EngineUnavailable as exc:
         raise ConfigError(str(exc)) from exc
     filters = Filters(cfg)
@@ -640,6 +653,9 @@ def run(cfg: SynthesizeConfig, job: Run) -> dict[str, Any]:
     for round_ in range(cfg.budget.max_rounds):
         plan = plan_round(cfg, tally.kept, tally.generated, spent, usable)
         if not plan:
+            break
+        if deadline is not None and time.time() >= deadline:
+            outcome = "deadline"
             break
         tr = time.perf_counter()
         prompts = []
@@ -664,6 +680,9 @@ def run(cfg: SynthesizeConfig, job: Run) -> dict[str, Any]:
                        "rejected": dict(round_counts), "wall_s": round(time.perf_counter() - tr, 2)})
         job.progress(f"round {round_}: kept {round_kept} of {len(prompts)} prompts {dict(sorted(plan.items()))}; "
                      f"rejected {dict(round_counts)}")
+        if round_counts[DEADLINE_REASON] or (deadline is not None and time.time() >= deadline):
+            outcome = "deadline"
+            break
     if outcome != "aborted":
         if all(tally.kept[p] >= pc.quota for p, pc in cfg.phases.items()):
             outcome = "quotas_met"
@@ -691,7 +710,8 @@ def run(cfg: SynthesizeConfig, job: Run) -> dict[str, Any]:
                    "rejected": dict(sorted(totals_rej.items())), "rejected_total": sum(totals_rej.values())},
         "phases": phases_report, "rounds": rounds,
         "budget": {"max_prompts": cfg.budget.max_prompts, "max_rounds": cfg.budget.max_rounds, "spent_prompts": spent,
-                   "rounds_run": len(rounds)},
+                   "rounds_run": len(rounds), "max_wall_s": cfg.budget.max_wall_s,
+                   "deadline_reached": outcome == "deadline", "not_answered_by_deadline": totals_rej[DEADLINE_REASON]},
         "seeds": {"docs": len(doc_seeds), "modules": len(module_seeds), "doc_sources": local_stats},
         "splits": {
             "policy": ("split of the seed's group in dataset_dir's split_of_group; other groups by hash of the group"
@@ -738,7 +758,11 @@ def write_examples(out: str, rows: list[dict[str, Any]]) -> None:
 
 
 def summary(report: dict[str, Any]) -> str:
-    lines = [f"outcome: {report['outcome']}" + (f" ({report['error']})" if report.get("error") else ""),
+    budget = report["budget"]
+    why = report.get("error") or (f"budget.max_wall_s={budget['max_wall_s']:g} s reached: "
+                                  f"{budget['not_answered_by_deadline']} prompts not sent or cut (engine/deadline); "
+                                  "the examples kept so far are written" if report["outcome"] == "deadline" else None)
+    lines = [f"outcome: {report['outcome']}" + (f" ({why})" if why else ""),
              f"{'phase':<16} {'quota':>6} {'kept':>6} {'gen':>6}  top rejections"]
     for phase, r in report["phases"].items():
         top = ", ".join(f"{k}={v}" for k, v in sorted(r["rejected"].items(), key=lambda kv: -kv[1])[:3])

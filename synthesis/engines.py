@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -306,6 +307,10 @@ class ReplyTooLarge(Exception):
     """The server sent more than ``max_reply_mb``."""
 
 
+# The start of the engine_error of a row the job's deadline (``budget.max_wall_s``) left unanswered.
+DEADLINE_ERROR = "deadline budget.max_wall_s"
+
+
 class OpenAIChat:
     """OpenAI-compatible client (aiohttp): ``complete(messages)`` for one chat, ``__call__`` for a
     batch of prompt rows (the synthesis job's ``openai`` engine runs it as an actor pool).
@@ -317,11 +322,18 @@ class OpenAIChat:
     connection errors are retried ``max_retries`` times with exponential backoff. The API key is
     replaced by ``[redacted]`` in everything read back, so a server that echoes it cannot put it
     into a report or an example.
+
+    ``deadline`` (epoch seconds, the job's ``budget.max_wall_s``; None: none) bounds the run as a
+    whole, like a batch API's completion window: no request starts after it (the row's error says
+    ``not sent``) and a request still in flight then, retries included, is cut (``cut in flight``);
+    either error begins with :data:`DEADLINE_ERROR`, so the job counts those rows apart.
     """
 
     def __init__(self, cfg: OpenAIConfig | Mapping[str, Any], sampling: SamplingConfig | Mapping[str, Any],
-                 environ: Mapping[str, str] | None = None, api_key: str | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, api_key: str | None = None,
+                 deadline: float | None = None) -> None:
         self.cfg = cfg if isinstance(cfg, OpenAIConfig) else OpenAIConfig(**cfg)
+        self.deadline = deadline
         self.url = chat_url(self.cfg.url)
         self.key = api_key if api_key is not None else openai_api_key(self.cfg, environ)
         self.headers = {"Content-Type": "application/json", **openai_headers(self.cfg, key=self.key or "")}
@@ -386,11 +398,23 @@ class OpenAIChat:
 
         import aiohttp
 
+        fields = ("generated_text", "engine_error", "prompt_tokens", "completion_tokens")
+
         async def one(session: Any, k: int, body: dict[str, Any]) -> dict[str, Any]:
-            if self.cfg.qps:
-                await asyncio.sleep(k / self.cfg.qps)
-            reply = openai_reply({"http_response": await self.post(session, body)})
-            return {k: reply[k] for k in ("generated_text", "engine_error", "prompt_tokens", "completion_tokens")}
+            wait = k / self.cfg.qps if self.cfg.qps else 0.0
+            if self.deadline is not None:  # pacing never waits past the deadline
+                wait = min(wait, max(0.0, self.deadline - time.time()))
+            if wait:
+                await asyncio.sleep(wait)
+            left = None if self.deadline is None else self.deadline - time.time()
+            if left is not None and left <= 0:
+                return dict.fromkeys(fields) | {"engine_error": f"{DEADLINE_ERROR} reached: not sent"}
+            try:
+                response = await asyncio.wait_for(self.post(session, body), left)
+            except asyncio.TimeoutError:  # post() itself never raises one: it returns its own timeouts
+                return dict.fromkeys(fields) | {"engine_error": f"{DEADLINE_ERROR} reached: cut in flight"}
+            reply = openai_reply({"http_response": response})
+            return {k: reply[k] for k in fields}
 
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as session:

@@ -35,7 +35,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -313,11 +313,13 @@ class Tracker:
             self.writer.flush()
             shutil.copytree(self.logdir, os.path.join(dst, "tensorboard"), dirs_exist_ok=True)
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
+        """Flush and end the trackers and remove the local event directory (also when training was
+        stopped or failed: ``status`` is MLflow's run status then, ``KILLED`` or ``FAILED``)."""
         if self.writer is not None:
             self.writer.close()
         if self.mlflow is not None:
-            self.mlflow.end_run()
+            self.mlflow.end_run(status=status)
         shutil.rmtree(self.logdir, ignore_errors=True)
 
 
@@ -458,6 +460,19 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
                  "steps_per_epoch": plan.steps_per_epoch, "total": plan.total_steps, "warmup": plan.warmup_steps,
                  "start_step": state.step, "setup_s": round(time.perf_counter() - t_setup, 1),
                  "attn": cfg.attn_implementation, **fused_lora_layers(model)})
+    try:
+        _train(cfg, plan, session, engine, scheduler, state, tracker)
+    except BaseException as exc:  # Ctrl-C, SIGTERM (chipforge.job.Stopped) or a failure: no temporaries left
+        tracker.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.close()
+    return state
+
+
+def _train(cfg: FinetuneConfig, plan: Plan, session: Session, engine: Any, scheduler: Any, state: State,
+           tracker: Tracker) -> None:
+    """The optimizer steps of :func:`run_training` from ``state`` on (evaluating and checkpointing)."""
+    rank, world = session.rank, session.world_size
     accum = cfg.optim.grad_accum
     layout = batch_layout(cfg.packing, cfg.attn_implementation)
     micro_per_epoch = plan.steps_per_epoch * accum
@@ -529,8 +544,6 @@ def run_training(cfg: FinetuneConfig, plan: Plan, session: Session) -> State:
         else:
             if micro < micro_per_epoch:
                 raise RuntimeError(f"rank {rank}: data shard ended after {micro} of {micro_per_epoch} micro batches")
-    tracker.close()
-    return state
 
 
 def quiet_library_warnings() -> None:
@@ -571,18 +584,25 @@ def upload_dir(local: str, dest: str) -> None:
 
 def write_outputs(cfg: FinetuneConfig, checkpoint_dir: str, base_path: str, extra: dict[str, Any]) -> dict[str, Any]:
     """OUTPUT/adapter (PEFT), OUTPUT/tokenizer, OUTPUT/config.yaml, OUTPUT/tensorboard; returns the report's
-    training fields (the caller writes OUTPUT/report.json: the job skeleton, or ``run_local``)."""
+    training fields (the caller writes OUTPUT/report.json: the job skeleton, or ``run_local``).
+
+    An earlier run's OUTPUT/report.json is removed first and each directory is replaced whole
+    (``fs.atomic_dir``): a run stopped here leaves the earlier adapter or the new one, never a mix of
+    their files, and no report describing outputs it did not finish."""
     from training.data import load_tokenizer
 
     with open(os.path.join(checkpoint_dir, "meta.json")) as f:
         meta = json.load(f)
     out = cfg.output_dir
-    upload_dir(os.path.join(checkpoint_dir, "adapter"), fs.join(out, "adapter"))
+    fs.delete(fs.join(out, "report.json"))
+    with fs.atomic_dir(fs.join(out, "adapter")) as tmp:
+        upload_dir(os.path.join(checkpoint_dir, "adapter"), tmp)
     if os.path.isdir(os.path.join(checkpoint_dir, "tensorboard")):
-        upload_dir(os.path.join(checkpoint_dir, "tensorboard"), fs.join(out, "tensorboard"))
-    with tempfile.TemporaryDirectory() as tmp:
-        load_tokenizer(base_path, cfg.trust_remote_code).save_pretrained(tmp)
-        upload_dir(tmp, fs.join(out, "tokenizer"))
+        with fs.atomic_dir(fs.join(out, "tensorboard")) as tmp:
+            upload_dir(os.path.join(checkpoint_dir, "tensorboard"), tmp)
+    with tempfile.TemporaryDirectory() as local, fs.atomic_dir(fs.join(out, "tokenizer")) as tmp:
+        load_tokenizer(base_path, cfg.trust_remote_code).save_pretrained(local)
+        upload_dir(local, tmp)
     fs.write_text(fs.join(out, "config.yaml"), dump_yaml(cfg))
     report = {
         "phase": cfg.phase,
@@ -634,11 +654,43 @@ def init_distributed(use_gpu: bool) -> tuple[int, int]:
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 
-def run_local(cfg: FinetuneConfig, run_id: str | None = None) -> dict[str, Any] | None:
+def hold_output_rank0(output_dir: str, rank: int) -> Any:
+    """Collective: rank 0 holds the output for the run (``chipforge.job.hold_output``, the lock the Ray
+    jobs take, so a second torchrun or ``jobs.finetune`` into it is refused) and removes the temporaries
+    a killed run left there (``remove_leftovers``). Returns rank 0's lock (None elsewhere); when the
+    output is held by another run, every rank raises the same ConfigError (no rank trains alone)."""
+    import torch.distributed as dist
+
+    from chipforge.config import ConfigError
+    from chipforge.job import hold_output, remove_leftovers
+
+    lock, problem = None, [None]
+    if rank == 0:
+        try:
+            lock = hold_output(output_dir)
+            gone = remove_leftovers(output_dir)
+            if gone:
+                print(f"removed {len(gone)} temporaries of an earlier run that was killed: "
+                      + ", ".join(os.path.basename(p) for p in gone[:5]), flush=True)
+        except ConfigError as exc:
+            problem = [str(exc)]
+    dist.broadcast_object_list(problem, src=0)
+    if problem[0] is not None:
+        dist.destroy_process_group()
+        raise ConfigError(problem[0])
+    return lock
+
+
+def run_local(cfg: FinetuneConfig, run_id: str | None = None,
+              finish: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """The whole fine-tune without Ray (every rank calls it; rank 0 writes the outputs and returns the report).
 
     Checkpoints go to OUTPUT/checkpoints/<run_id>/step_N (``run_id`` defaults to the run name):
-    the same command again resumes from the latest one.
+    the same command again resumes from the latest one. Rank 0 holds OUTPUT for the whole call
+    (:func:`hold_output_rank0`); ``finish`` (rank 0, after training, still holding it: the registry
+    entry) completes the report before OUTPUT/report.json, written last, marks the outputs complete.
+    A stop (SIGTERM as ``chipforge.job.Stopped``, Ctrl-C) unwinds from anywhere: complete checkpoints
+    stay, a half-copied ``step_N.partial`` is ignored and removed by the next run, no report is written.
     """
     import torch.distributed as dist
 
@@ -647,20 +699,31 @@ def run_local(cfg: FinetuneConfig, run_id: str | None = None) -> dict[str, Any] 
     t0 = time.perf_counter()
     quiet_library_warnings()
     rank, world = init_distributed(cfg.scaling.use_gpu)
-    data = prepare_local(cfg, is_builder=rank == 0, wait=dist.barrier)
-    pad_id = load_tokenizer(data.base_path, cfg.trust_remote_code).pad_token_id
-    plan = Plan.make(cfg, data.train.num_rows, world, pad_id, data.base_path)
-    root = os.path.join(os.path.abspath(cfg.output_dir), "checkpoints", run_id or cfg.resolved_run_name())
-    run_training(cfg, plan, LocalSession(data.train, data.validation, root, rank, world))
-    dist.barrier()
-    report = None
-    if rank == 0:
-        latest = latest_local_checkpoint(root)
-        assert latest is not None
-        report = write_outputs(cfg, latest, data.base_path, {
-            "runner": "torchrun", "world_size": world, **data.info, "plan": asdict(plan),
-            "checkpoint": latest, "wall_s": round(time.perf_counter() - t0, 2)})
-        fs.write_json(fs.join(cfg.output_dir, "report.json"), report)
-    dist.barrier()
-    dist.destroy_process_group()
-    return report
+    lock = hold_output_rank0(cfg.output_dir, rank)
+    try:
+        data = prepare_local(cfg, is_builder=rank == 0, wait=dist.barrier)
+        pad_id = load_tokenizer(data.base_path, cfg.trust_remote_code).pad_token_id
+        plan = Plan.make(cfg, data.train.num_rows, world, pad_id, data.base_path)
+        root = os.path.join(os.path.abspath(cfg.output_dir), "checkpoints", run_id or cfg.resolved_run_name())
+        if rank == 0:  # copies a stopped run left half done (held: no other run is writing them)
+            for partial in glob.glob(os.path.join(glob.escape(root), "step_*.partial")):
+                shutil.rmtree(partial, ignore_errors=True)
+        run_training(cfg, plan, LocalSession(data.train, data.validation, root, rank, world))
+        dist.barrier()
+        report = None
+        if rank == 0:
+            latest = latest_local_checkpoint(root)
+            assert latest is not None
+            report = write_outputs(cfg, latest, data.base_path, {
+                "runner": "torchrun", "world_size": world, **data.info, "plan": asdict(plan),
+                "checkpoint": latest, "wall_s": round(time.perf_counter() - t0, 2)})
+        dist.barrier()
+        dist.destroy_process_group()
+        if report is not None:
+            if finish is not None:
+                report = finish(report)
+            fs.write_json(fs.join(cfg.output_dir, "report.json"), report)
+        return report
+    finally:
+        if lock is not None:
+            lock.release()

@@ -25,8 +25,8 @@ from pipelines import synthesis as pipe
 from pipelines.synthesis import SPEC, SynthesizeConfig
 from synthesis import engines, validate as validate_mod
 from synthesis.engines import SamplingConfig, VLLMConfig
-from tests.synthesis.conftest import SDC, VERILOG, CannedServer, fenced
-from tests.synthesis.conftest import canned_server, tiny_model  # noqa: F401 — fixtures shared with the engine tests
+from tests.synthesis.conftest import SDC, VERILOG, CannedServer, SlowServer, fenced
+from tests.synthesis.conftest import canned_server, slow_server, tiny_model  # noqa: F401 — fixtures shared with the engine tests
 from tests.synthesis.test_seeds import module_row, write_docs
 
 pytestmark = pytest.mark.tools("iverilog", "vvp", "verilator", "yosys", "tclsh", "bwrap")
@@ -407,7 +407,7 @@ def test_asking_to_run_vllm_here_fails_fast(ray_session) -> None:
 @pytest.mark.integration
 def test_an_engine_that_fails_as_a_whole_stops_the_run_with_a_report(ray_session, tmp_path: Path, capsys,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_engine(cfg, hf=None):
+    def broken_engine(cfg, hf=None, deadline=None):
         def engine(ds):
             raise RuntimeError("engine replica died")
         return engine, {}
@@ -419,3 +419,37 @@ def test_an_engine_that_fails_as_a_whole_stops_the_run_with_a_report(ray_session
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed" and report["outcome"] == "aborted" and report["totals"]["generated"] == 0
     assert not (out / "_chipforge" / "synthesize.json").exists()  # not marked done: a rerun redoes it
+
+
+@pytest.mark.integration
+def test_openai_job_against_a_slow_endpoint_ends_within_its_wall_time_budget(
+        ray_session, slow_server: SlowServer, tmp_path: Path, capsys) -> None:  # noqa: F811
+    """400 prompts against an endpoint that takes 2 s a reply, 4 in flight: about 200 s of requests, with
+    no bound but the prompt count (before: no other bound). ``budget.max_wall_s=20`` ends the job soon after
+    20 s (Ray's actor start-up included): what was answered is validated and written, the prompts not sent or cut are ``engine/deadline``
+    (counts still add up), the summary names the bound, and the exit code follows the usual policy."""
+    out = tmp_path / "synth"
+    cfg = SynthesizeConfig(
+        output_dir=str(out), phases={"synthesis": {"quota": 200}, "timing_analysis": {"quota": 200}},
+        engine={"name": "openai", "sampling": {"temperature": 0.0, "max_tokens": 512},
+                "openai": {"url": slow_server.url, "model": "canned-model", "api_key_env": None, "timeout_s": 60,
+                           "max_retries": 3, "concurrency": 1, "batch_size": 4}},
+        validation={"concurrency": 1, "batch_size": 8, "sim_timeout_s": 5},
+        budget={"max_prompts": 400, "max_rounds": 5, "max_wall_s": 20},
+    )
+    t0 = time.perf_counter()
+    code = job.execute(SPEC, pipe.run, cfg)
+    wall = time.perf_counter() - t0
+    report = json.loads((out / "report.json").read_text())
+    check_counts(report)
+    assert wall < 20 + 30, wall  # the bound, then validating what came back and writing it
+    assert report["outcome"] == "deadline" and report["budget"]["deadline_reached"]
+    cut = report["totals"]["rejected"]["engine/deadline"]
+    assert cut == report["budget"]["not_answered_by_deadline"] > 0
+    assert slow_server.arrived <= 4 * 20 / 2  # at most 4 in flight per 2 s, not 400 requests
+    answered = report["totals"]["generated"] - cut
+    assert 0 < answered <= slow_server.arrived
+    assert read_synthetic(out).num_rows == report["totals"]["kept"]
+    assert code == (0 if report["totals"]["kept"] else 1)
+    text = capsys.readouterr().out
+    assert "outcome: deadline (budget.max_wall_s=20 s reached" in text and "engine/deadline" in text

@@ -217,6 +217,29 @@ def canned_server() -> Iterator[CannedServer]:
     server.stop()
 
 
+class SlowServer(CannedServer):
+    """The canned server answering each request after ``delay_s`` (an overloaded or rate-limiting endpoint);
+    ``arrived`` counts the requests that reached it."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s, self.arrived = delay_s, 0
+
+    async def _handle(self, request):
+        import asyncio
+
+        self.arrived += 1
+        await asyncio.sleep(self.delay_s)
+        return await super()._handle(request)
+
+
+@pytest.fixture()
+def slow_server() -> Iterator[SlowServer]:
+    server = SlowServer(delay_s=2.0).start()
+    yield server
+    server.stop()
+
+
 # ----------------------------------------------------------------------------- tiny model
 
 TOKENIZER_TEXTS = [

@@ -197,3 +197,29 @@ def test_a_missing_local_model_is_named_before_anything_downloads(tmp_path) -> N
     problem = engines.local_model_problem("out/no-such-model", False)
     assert "engine.hf.model_path 'out/no-such-model'" in problem and "tiny" in problem and "allow_download" in problem
     assert engines.local_model_problem("out/no-such-model", True) is None
+
+
+def test_openai_client_sends_nothing_after_the_deadline_and_cuts_what_is_in_flight(slow_server) -> None:
+    """The job's deadline (``budget.max_wall_s``) bounds a batch against a server that takes 2 s a reply:
+    requests paced after it are not sent, those in flight are cut at it; each such row's engine_error
+    names the bound (was: every request sent and waited for, however long the server took)."""
+    import time
+
+    rows = prompt_rows([f"topic {k}" for k in range(6)])
+    cfg = OpenAIConfig(url=slow_server.url, api_key_env=None, qps=2, timeout_s=30, max_retries=3)
+    t0 = time.monotonic()
+    client = engines.OpenAIChat(cfg, SamplingConfig(), deadline=time.time() + 1.2)
+    out = client(pa.Table.from_pylist(rows, schema=PROMPT_SCHEMA)).to_pylist()
+    wall = time.monotonic() - t0
+    assert wall < 1.2 + 1.0, wall  # not 2 s per reply, nor the 30 s attempt timeout
+    assert [r["prompt_id"] for r in out] == [r["prompt_id"] for r in rows] and all(r["phase"] for r in out)
+    errors = [r["engine_error"] for r in out]
+    assert all(e.startswith(engines.DEADLINE_ERROR) for e in errors), errors
+    sent = [e for e in errors if e.endswith("cut in flight")]
+    assert len(sent) == slow_server.arrived == 3  # paced at 0, 0.5 and 1.0 s; the other three never sent
+    assert sum(e.endswith("not sent") for e in errors) == 3
+    late = engines.OpenAIChat(cfg, SamplingConfig(), deadline=time.time() - 1)
+    assert late(pa.Table.from_pylist(rows[:2], schema=PROMPT_SCHEMA)).column("engine_error").to_pylist() == \
+        [f"{engines.DEADLINE_ERROR} reached: not sent"] * 2 and slow_server.arrived == 3
+    quick = engines.OpenAIChat(cfg.model_copy(update={"qps": None}), SamplingConfig(), deadline=time.time() + 30)
+    assert quick.complete([{"role": "user", "content": "How do I flatten with Yosys?"}])["engine_error"] is None

@@ -136,14 +136,20 @@ def test_torchrun_registers_the_adapter_when_a_registry_is_given(tmp_path, monke
     from jobs import train_torchrun
 
     out, registry = tmp_path / "out", tmp_path / "registry.json"
-    monkeypatch.setattr(training.loop, "run_local", lambda cfg, run_id=None: fake_report(out))
+    written = []
+
+    def trained(cfg, run_id=None, finish=None):  # run_local's contract: rank 0 completes the report with finish
+        written.append(finish(fake_report(out)))
+        return written[-1]
+
+    monkeypatch.setattr(training.loop, "run_local", trained)
     rc = train_torchrun.main(["--dataset", str(REPO / "sample" / "dataset"), "--phase", "rtl_design",
                               "--output", str(out), f"registry={registry}"])
     assert rc == 0, capsys.readouterr().err
     entry = json.loads(registry.read_text())["specialists"]["rtl_design"]
     assert entry["adapter_path"] == str(out / "adapter") and entry["metrics"]["steps"] == 4
     assert entry["run"].startswith("finetune-rtl_design-")
-    assert json.loads((out / "report.json").read_text())["registry_entry"] == entry
+    assert written[0]["registry_entry"] == entry and written[0]["config"]["registry"] == str(registry)
     assert capsys.readouterr().out.rstrip().endswith(f"registered as the rtl_design specialist in {registry}")
 
 
