@@ -12,15 +12,23 @@ The pipeline itself is ``pipelines.serve``; the application is ``serving.app``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from chipforge import job
 from pipelines.serve import SPEC, ServeConfig, run
+from serving.adapters import preflight
 
 CONFIG_CLASS = ServeConfig
 
 
+def checked_run(cfg: ServeConfig, run_: job.Run) -> dict[str, Any]:
+    """Every specialist checked before Ray starts (exit 2 naming each bad one; ``on_bad_specialist=skip``:
+    the others served, the skipped ones reported), then the pipeline."""
+    return run(preflight(cfg, lambda line: run_.progress(f"warning: {line}")), run_)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return job.main(SPEC, run, argv)
+    return job.main(SPEC, checked_run, argv)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ def describe(cfg: ServeConfig, catalog: Catalog) -> list[str]:
         lines.append(f"  {s.name:<{width}}  LoRA adapter {s.adapter_path} on {catalog.groups[s.group].name}")
     for g in catalog.groups:
         lines.append(f"  {g.name:<{width}}  base model {g.base_model}")
+    for name, why in cfg.skipped_specialists.items():  # on_bad_specialist: skip
+        lines.append(f"  {name:<{width}}  NOT SERVED (failed the startup checks): {why}")
     return lines
 
 
@@ -140,7 +142,8 @@ def run(cfg: ServeConfig, job: Run) -> dict[str, Any]:
           "'{\"model\": \"chipforge\", \"messages\": [{\"role\": \"user\", \"content\": "
           "\"How do I fix a hold violation?\"}]}'", flush=True)
     report: dict[str, Any] = {"url": url, "models": catalog.model_names(), "backend": cfg.backend,
-                              "registry": cfg.registry, "api_key": bool(key_env), "prometheus": metrics}
+                              "registry": cfg.registry, "api_key": bool(key_env), "prometheus": metrics,
+                              "skipped_specialists": dict(cfg.skipped_specialists)}
     if cfg.detach:
         where = "until this process's local Ray exits (ray start --head first to keep it)" if started_ray else \
             "on the cluster (serve status; serve delete or serve shutdown to stop)"
@@ -180,6 +183,8 @@ def _wait(cfg: ServeConfig) -> dict[str, Any] | None:
 
 def summary(r: dict[str, Any]) -> str:
     lines = [f"served {len(r['models'])} models at {r['url']}/v1 ({r['backend']}): {', '.join(r['models'])}"]
+    lines += [f"  not served (failed the startup checks): {name}: {why}"
+              for name, why in (r.get("skipped_specialists") or {}).items()]
     stats = r.get("stats") or {}
     for name, s in (stats.get("specialists") or {}).items():
         lines.append(f"  {name}: {s['requests']} requests ({s['errors']} errors), {s['completion_tokens']} tokens, "

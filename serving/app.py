@@ -21,6 +21,7 @@ With ``backend: vllm`` the builder is ``serving.vllm.build_vllm_app`` (Ray Serve
 # No ``from __future__ import annotations``: FastAPI reads the route signatures' annotations
 # (``request: Request``) through Serve's class-based ingress, which needs real classes.
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -39,7 +40,7 @@ from starlette.requests import ClientDisconnect
 
 from chipforge import fs
 from serving import protocol as P
-from serving.catalog import Catalog, CatalogError, Target, load_catalog, localize
+from serving.catalog import Catalog, CatalogError, Target, localize
 from serving.config import ServeConfig
 
 logger = logging.getLogger("ray.serve")
@@ -364,6 +365,8 @@ class Ingress:
         self._info: dict[int, dict[str, Any]] = {}
         logger.info("chipforge ingress: models %s, router %s (threshold %.2f), api key %s",
                     self.catalog.model_names(), self.router.mode, r.threshold, "on" if self.api_key else "off")
+        for name, why in self.catalog.skipped.items():
+            logger.warning("chipforge ingress: not serving %s: %s", name, why)
 
     # ------------------------------------------------------------------ helpers
 
@@ -409,6 +412,10 @@ class Ingress:
 
     def _not_found(self, model: str) -> P.APIError:
         served = ", ".join(self.catalog.model_names())
+        if model in self.catalog.skipped:
+            return P.APIError(404, f"The model '{model}' is not served: it failed this server's startup checks "
+                                   f"(GET /stats says why). Served models: {served}.", param="model",
+                              code="model_not_found")
         return P.APIError(404, f"The model '{model}' does not exist. Served models: {served}.", param="model",
                           code="model_not_found")
 
@@ -454,8 +461,10 @@ class Ingress:
             except Exception:  # noqa: BLE001
                 checks[g.name] = False
         ok = all(checks.values())
-        return JSONResponse({"status": "ok" if ok else "unhealthy", "model_servers": checks},
-                            status_code=200 if ok else 503)
+        body: dict[str, Any] = {"status": "ok" if ok else "unhealthy", "model_servers": checks}
+        if self.catalog.skipped:  # names only: /health needs no key (the reasons are in /stats and the log)
+            body.update(status="degraded" if ok else "unhealthy", skipped_specialists=sorted(self.catalog.skipped))
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> Response:
@@ -483,7 +492,7 @@ class Ingress:
                 servers[g.name] = (await asyncio.wait_for(h.info.remote(), timeout=5))["stats"]
             except Exception:  # noqa: BLE001
                 servers[g.name] = None
-        return {**snap, "model_servers": servers}
+        return {**snap, "model_servers": servers, "skipped_specialists": dict(self.catalog.skipped)}
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request) -> Response:
@@ -660,8 +669,10 @@ def build_app(args: dict[str, Any]) -> Any:
 
         if (REPO_ROOT / cfg.registry).exists():
             cfg = cfg.model_copy(update={"registry": str(REPO_ROOT / cfg.registry)})
-    try:
-        catalog = load_catalog(cfg.registry, prefix=cfg.names.prefix, base_name=cfg.names.base, phases=cfg.phases)
+    from serving.adapters import load_checked
+
+    try:  # every specialist checked before a replica starts: a bad one is this error, not a crashing replica
+        catalog = load_checked(cfg, warn=logger.warning)
     except CatalogError as exc:
         raise ValueError(str(exc)) from None
     if cfg.backend == "vllm":
@@ -672,6 +683,12 @@ def build_app(args: dict[str, Any]) -> Any:
 
 
 def bind_hf(cfg: ServeConfig, catalog: Catalog) -> Any:
+    """The ``hf`` application of ``catalog``, checked first (``serving.adapters.check_catalog``: a CatalogError
+    naming each bad specialist, or with ``on_bad_specialist: skip`` the others)."""
+    from serving.adapters import check_catalog
+
+    catalog = check_catalog(cfg, catalog, warn=logger.warning)
+    catalog = dataclasses.replace(catalog, skipped={**cfg.skipped_specialists, **catalog.skipped})
     args = cfg.app_args()
     cat = catalog.to_dict()
     env = {"runtime_env": cfg.runtime_env} if cfg.runtime_env else {}

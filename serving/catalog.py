@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from chipforge import fs
@@ -22,6 +22,12 @@ TRIAGE = "triage"
 
 class CatalogError(ValueError):
     """The registry cannot be served (missing, empty, unknown phase asked for)."""
+
+
+def shown(key: str, limit: int = 80) -> str:
+    """A registry key as an error message quotes it: ``repr`` (line breaks visible), cut to ``limit`` characters."""
+    text = repr(key)
+    return text if len(text) <= limit else text[:limit - 5] + "...'"
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,9 @@ class Catalog:
     groups: list[Group]
     specialists: dict[str, Specialist]
     registry: str = ""
+    # Registered specialists left out because they failed the startup checks (``on_bad_specialist: skip``):
+    # model name -> why. Not served; reported by the startup log, ``/health`` and ``/stats``.
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def router_name(self) -> str:
@@ -103,36 +112,56 @@ class Catalog:
 
     def to_dict(self) -> dict[str, Any]:
         return {"prefix": self.prefix, "registry": self.registry, "groups": [asdict(g) for g in self.groups],
-                "specialists": {p: asdict(s) for p, s in self.specialists.items()}}
+                "specialists": {p: asdict(s) for p, s in self.specialists.items()}, "skipped": dict(self.skipped)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Catalog":
         groups = [Group(g["index"], g["base_model"], g["name"], tuple(g["phases"])) for g in d["groups"]]
         specs = {p: Specialist(**s) for p, s in d["specialists"].items()}
-        return cls(d["prefix"], groups, specs, d.get("registry", ""))
+        return cls(d["prefix"], groups, specs, d.get("registry", ""), dict(d.get("skipped") or {}))
+
+    def without(self, phases: set[str], skipped: dict[str, str]) -> "Catalog":
+        """This catalog less the specialists of ``phases``, with ``skipped`` (name -> why) added to its skipped
+        ones; groups left without a specialist go and the rest are numbered and named again (the first keeps
+        the base's name)."""
+        keep = [s for p, s in self.specialists.items() if p not in phases]
+        base_name = self.groups[0].name if self.groups else "base"
+        bases = list(dict.fromkeys(s.base_model for s in keep))
+        specs = {s.phase: replace(s, group=bases.index(s.base_model)) for s in keep}
+        groups = [Group(i, b, base_name if i == 0 else f"{base_name}-{i + 1}",
+                        tuple(p for p, s in specs.items() if s.group == i)) for i, b in enumerate(bases)]
+        return Catalog(self.prefix, groups, specs, self.registry, {**self.skipped, **skipped})
 
 
 def _abs(path: str, relative_to: str | None = None) -> str:
-    """URIs and hub ids stay; a local path that exists relative to the working directory, the registry's
-    directory or the repository root becomes absolute (so two spellings of one base are one group)."""
+    """A relative local path made absolute: relative to the registry file's directory (a registry on an object
+    store: that directory there), else to the repository root (as paths in every config), else to the working
+    directory, whichever holds it. Found in two of them as different files it is ambiguous (a CatalogError);
+    found in none it stays as written (a Hub id, or missing: the startup checks say so). URIs and absolute
+    paths stay."""
     if fs.is_uri(path) or os.path.isabs(path):
         return path
-    if os.path.exists(path):
-        return os.path.abspath(path)
     from chipforge.config import REPO_ROOT
 
-    roots = [str(REPO_ROOT)]  # relative paths in configs are relative to the checkout (as for every job)
-    if relative_to and not fs.is_uri(relative_to):
+    if relative_to and fs.is_uri(relative_to):
+        cand = fs.join(relative_to.rsplit("/", 1)[0], path)
+        return cand if fs.exists(cand) else path
+    roots = [str(REPO_ROOT), os.getcwd()]
+    if relative_to:
         roots.insert(0, os.path.dirname(os.path.abspath(relative_to)))
-    for root in roots:
-        cand = os.path.join(root, path)
-        if os.path.exists(cand):
-            return cand
-    return path
+    found = [os.path.abspath(os.path.join(root, path)) for root in roots if os.path.exists(os.path.join(root, path))]
+    distinct = list(dict.fromkeys(found, None))
+    if len({os.path.realpath(f) for f in distinct}) > 1:
+        raise CatalogError(f"the relative path {path!r} is ambiguous: it exists as {distinct[0]} (beside the "
+                           f"registry or in the repository) and as {distinct[-1]}; write it as an absolute path")
+    return distinct[0] if distinct else path
 
 
 def load_catalog(registry_path: str, *, prefix: str = "chipforge", base_name: str = "chipforge-base",
-                 phases: list[str] | None = None) -> Catalog:
+                 phases: list[str] | None = None, problems: dict[str, str] | None = None) -> Catalog:
+    """The registry's specialists (those of ``phases``, default all). An entry without a base_model or an
+    adapter_path, or with an ambiguous relative path, is a :class:`CatalogError`; with ``problems`` given it is
+    recorded there (phase -> why) and left out instead (the server's ``on_bad_specialist: skip``)."""
     from training import registry as reg
 
     if not fs.exists(registry_path):
@@ -155,42 +184,64 @@ def load_catalog(registry_path: str, *, prefix: str = "chipforge", base_name: st
     specs: dict[str, Specialist] = {}
     for phase in sorted(entries):
         e = entries[phase]
-        for key in ("base_model", "adapter_path"):
-            if not isinstance(e.get(key), str) or not e[key]:
-                raise CatalogError(f"registry {registry_path}: specialist {phase!r} has no {key}")
-        base = _abs(e["base_model"], registry_path)
+        try:
+            for key in ("base_model", "adapter_path"):
+                if not isinstance(e.get(key), str) or not e[key].strip():
+                    raise CatalogError(f"registry {registry_path}: specialist {shown(phase)} has no {key}")
+            base, adapter = _abs(e["base_model"], registry_path), _abs(e["adapter_path"], registry_path)
+        except CatalogError as exc:
+            if problems is None:
+                raise
+            problems[phase] = str(exc)
+            continue
         if base not in bases:
             bases.append(base)
-        specs[phase] = Specialist(phase=phase, name=f"{prefix}-{phase}",
-                                  adapter_path=_abs(e["adapter_path"], registry_path), base_model=base,
-                                  group=bases.index(base), metrics=dict(e.get("metrics") or {}),
-                                  registered_at=e.get("registered_at"))
+        metrics = e.get("metrics") if isinstance(e.get("metrics"), dict) else {}
+        registered = e.get("registered_at") if isinstance(e.get("registered_at"), str) else None
+        specs[phase] = Specialist(phase=phase, name=f"{prefix}-{phase}", adapter_path=adapter, base_model=base,
+                                  group=bases.index(base), metrics=dict(metrics), registered_at=registered)
     groups = [Group(i, b, base_name if i == 0 else f"{base_name}-{i + 1}",
                     tuple(p for p, s in specs.items() if s.group == i)) for i, b in enumerate(bases)]
     return Catalog(prefix, groups, specs, registry_path)
 
 
 def localize(path: str, cache_dir: str) -> str:
-    """A local directory holding ``path``: itself when local (or a hub id), else a cached copy of the URI."""
+    """A local directory holding ``path``: itself when local (or a hub id), else a cached copy of the URI.
+
+    The copy is reused while the files there are the same (relative path, size, modification time): an adapter
+    trained again into the same URI is copied again, not served stale. A URI with no files is a
+    ``FileNotFoundError`` (an empty copy would otherwise be cached as complete)."""
     if not fs.is_uri(path):
         return path
+    import json
+
     import pyarrow.fs as pafs
 
+    filesystem, root = fs.resolve(path)
+    root = root.rstrip("/")
+    infos = [i for i in filesystem.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+             if i.type == pafs.FileType.File]
+    if not infos:
+        raise FileNotFoundError(f"{path}: no files there")
+    files = sorted((i.path[len(root):].lstrip("/"), i.size, i.mtime_ns) for i in infos)
+    for rel, _, _ in files:  # object keys are any strings: one with '..' would be written outside the cache
+        if os.path.isabs(rel) or os.path.normpath(rel).split(os.sep)[0] in ("..", ".") or "\0" in rel:
+            raise ValueError(f"{path}: the object {rel!r} would be copied outside the cache; refusing it")
+    manifest = json.dumps(files)
     key = hashlib.sha256(path.encode()).hexdigest()[:16]
     dest = os.path.join(os.path.expanduser(cache_dir), key)
-    if os.path.exists(os.path.join(dest, ".complete")):
-        return dest
-    filesystem, root = fs.resolve(path)
+    marker = os.path.join(dest, ".complete")
+    if os.path.exists(marker):
+        with open(marker) as f:
+            if f.read() == manifest:
+                return dest
     with fs.atomic_dir(dest) as tmp:
-        infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
-        for info in infos:
-            if info.type != pafs.FileType.File:
-                continue
-            rel = info.path[len(root):].lstrip("/")
+        for rel, _, _ in files:
             target = os.path.join(tmp, rel)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            with filesystem.open_input_stream(info.path) as src, open(target, "wb") as dst:
+            with filesystem.open_input_stream(f"{root}/{rel}") as src, open(target, "wb") as dst:
                 while chunk := src.read(1 << 24):
                     dst.write(chunk)
-        open(os.path.join(tmp, ".complete"), "w").close()
+        with open(os.path.join(tmp, ".complete"), "w") as f:
+            f.write(manifest)
     return dest

@@ -8,18 +8,33 @@ application's ``args`` to :func:`serving.app.build_app`, which validates them wi
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from chipforge.config import Config
+
+# A served model name: letters, digits, '_', '.', '-' (no '/', whitespace or line break: names go into HTTP
+# headers, logs and directory names), starting with a letter or digit.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
+# ``--max-lora-rank`` values vLLM accepts (vllm.config.lora.MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class NameSettings(Config):
     """Model names clients use: ``<prefix>`` routes, ``<prefix>-<phase>`` is a specialist, ``base`` the base."""
 
-    prefix: str = "chipforge"
-    base: str = "chipforge-base"
+    prefix: str = Field("chipforge", max_length=60)
+    base: str = Field("chipforge-base", max_length=60)
+
+    @field_validator("prefix", "base")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not MODEL_NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not a model name (letters, digits, '_', '.', '-', starting with a letter or "
+                             "digit)")
+        return v
 
 
 class RouterSettings(Config):
@@ -68,7 +83,7 @@ class VLLMSettings(Config):
 
     lora_root: str | None = None  # s3:// or gs:// dir; adapters are staged to <lora_root>/<model name>/
     max_loras: int = Field(8, ge=1)  # adapters resident per replica (== max_num_adapters_per_replica)
-    max_lora_rank: int = Field(16, ge=1)
+    max_lora_rank: int = Field(16, ge=1)  # one of VLLM_LORA_RANKS; an adapter of a higher rank fails the start
     max_model_len: int | None = Field(None, ge=16)
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
@@ -78,6 +93,13 @@ class VLLMSettings(Config):
     max_queued_requests: int = Field(256, ge=-1)  # Serve: queued per caller; more: 429
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)  # more vLLM engine arguments
     runtime_env: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _rank(cls, v: int) -> int:
+        if v not in VLLM_LORA_RANKS:
+            raise ValueError(f"vLLM accepts max_lora_rank {', '.join(map(str, VLLM_LORA_RANKS))}; got {v}")
+        return v
 
 
 class IngressSettings(Config):
@@ -98,6 +120,12 @@ class ServeConfig(Config):
     app_name: str = "chipforge"
     route_prefix: str = "/"
     phases: list[str] | None = None  # serve only these registered phases (None: all)
+    # A specialist that fails the startup checks (adapter missing, corrupt, for another base, ...): "fail" stops
+    # the start with an error naming every bad entry; "skip" serves the others and reports the skipped ones
+    # (startup log, /health, /stats); a request for a skipped one is a 404 that says it was skipped.
+    on_bad_specialist: Literal["fail", "skip"] = "fail"
+    # Set by python -m jobs.serve when it skipped specialists (name -> why): reported by the application.
+    skipped_specialists: dict[str, str] = Field(default_factory=dict)
     api_key_env: str | None = "CHIPFORGE_API_KEY"  # when this variable is set, requests need the bearer key
     inject_system_prompt: bool = True  # a specialist gets its phase's system prompt when the request has none
     names: NameSettings = Field(default_factory=NameSettings)

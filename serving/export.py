@@ -29,8 +29,9 @@ from typing import Any
 from chipforge import fs
 from chipforge.config import ConfigError
 from chipforge.job import JobError
-from chipforge.vocab import PHASES, SYSTEM_PROMPTS
-from serving.catalog import Catalog, Specialist, localize
+from chipforge.vocab import SYSTEM_PROMPTS
+from serving.adapters import LINE_BREAK, adapter_problem, entry_problems
+from serving.catalog import Catalog, Specialist, localize, shown
 
 
 # --------------------------------------------------------------------------- chat template → Go template
@@ -277,58 +278,15 @@ class _tempdir:
 
 
 def _upload(local_dir: str, dest: str) -> None:
-    for root, _, files in os.walk(local_dir):
-        for name in files:
-            p = os.path.join(root, name)
-            with open(p, "rb") as f:
-                fs.write_bytes(fs.join(dest, os.path.relpath(p, local_dir)), f.read())
+    """Copy ``local_dir`` to ``dest`` on an object store, each file streamed in 16 MiB chunks (pyarrow's
+    ``copy_files``): a merged model's shard can be tens of GB, more than this process's memory. Each object
+    appears whole when its multipart upload completes; the job's completion marker, written after, says the
+    directory is complete."""
+    import pyarrow.fs as pafs
 
-
-LORA_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])\.weight")
-
-
-def adapter_problem(model: Any, adapter_dir: str) -> str | None:
-    """Why the LoRA adapter in ``adapter_dir`` does not fit ``model`` (None when it does): files
-    missing, not a LoRA, a weight for a module the base does not have or that ``target_modules``
-    does not name, or A/B shapes that disagree with the module's features or the configured rank.
-    Read from the safetensors header only; an ``adapter_model.bin`` is checked by PEFT when merged."""
-    config_path = os.path.join(adapter_dir, "adapter_config.json")
-    weights = os.path.join(adapter_dir, "adapter_model.safetensors")
-    if not os.path.isfile(config_path):
-        return f"{adapter_dir} has no adapter_config.json (not a PEFT adapter directory)"
-    if not os.path.isfile(weights) and not os.path.isfile(os.path.join(adapter_dir, "adapter_model.bin")):
-        return f"{adapter_dir} has no adapter_model.safetensors (or .bin)"
-    cfg = _read_json(config_path)
-    if not isinstance(cfg, dict) or cfg.get("peft_type", "LORA") != "LORA" or not isinstance(cfg.get("r"), int):
-        return f"{config_path} is not a LoRA adapter config (peft_type LORA with an integer r)"
-    if not os.path.isfile(weights):
-        return None
-    from safetensors import safe_open
-
-    modules = dict(model.named_modules())
-    targets = cfg.get("target_modules")
-    names = set(targets) if isinstance(targets, list) else None
-    rank = None if cfg.get("rank_pattern") else cfg["r"]
-    with safe_open(weights, "pt") as f:
-        for key in f.keys():
-            m = LORA_KEY.fullmatch(key)
-            if not m:
-                continue
-            name, shape = m["module"], list(f.get_slice(key).get_shape())
-            module = modules.get(name)
-            if module is None:
-                return f"{key}: the base has no module {name!r} (an adapter for another base model?)"
-            if names is not None and name.rsplit(".", 1)[-1] not in names and name not in names:
-                return f"{key}: module {name!r} is not in the adapter's target_modules {sorted(names)}"
-            feats = getattr(module, "in_features", None), getattr(module, "out_features", None)
-            if None in feats:
-                continue
-            r = rank if rank is not None else shape[0 if m["ab"] == "A" else 1]
-            want = [r, feats[0]] if m["ab"] == "A" else [feats[1], r]
-            if shape != want:
-                return (f"{key}: shape {shape}, but the base's {name} ({feats[0]} -> {feats[1]}) with r={r} "
-                        f"needs {want} (rank or base model do not match)")
-    return None
+    filesystem, path = fs.resolve(dest)
+    pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=filesystem,
+                    chunk_size=16 * 1024**2, use_threads=True)
 
 
 def _check_adapter(s: Specialist, model: Any, adapter_dir: str, base: str) -> None:
@@ -490,10 +448,6 @@ def ollama_readme(out_dir: str, names: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# An exported name is an Ollama model name and a directory under OUTPUT: letters, digits, '_', '.', '-'
-# (no '/', no whitespace, no line break), starting with a letter or digit.
-EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
-LINE_BREAK = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 PARAMETER_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -509,15 +463,8 @@ def select(catalog: Catalog, phase: str) -> list[Specialist]:
     chosen = list(catalog.specialists.values()) if phase == "all" else [catalog.specialists[phase]]
     problems = []
     for s in chosen:
-        where = f"registry {catalog.registry}: specialists[{s.phase!r}]"
-        if s.phase not in PHASES:
-            problems.append(f"{where}: {s.phase!r} is not a phase (one of {', '.join(PHASES)})")
-        elif not EXPORT_NAME.fullmatch(s.name):
-            problems.append(f"{where}: the exported name {s.name!r} is not a valid model name (letters, digits, "
-                            "'_', '.', '-'; at most 80 characters): check prefix")
-        for key, value in (("base_model", s.base_model), ("adapter_path", s.adapter_path)):
-            if LINE_BREAK.search(value):
-                problems.append(f"{where}: {key} {value!r} contains a line break or control character")
+        where = f"registry {catalog.registry}: specialists[{shown(s.phase)}]"
+        problems += [f"{where}: {p}" for p in entry_problems(s.phase, s.name, s.base_model, s.adapter_path)]
     if problems:
         raise ConfigError("cannot export:\n  " + "\n  ".join(problems))
     return chosen

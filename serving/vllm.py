@@ -76,21 +76,35 @@ def serve_args(cfg: ServeConfig, catalog: Catalog) -> dict[str, Any]:
 
 
 def adapter_rank(path: str) -> int | None:
+    """The largest LoRA rank of the adapter at ``path`` as its config states it (``r`` and every ``rank_pattern``
+    value: vLLM compares the largest with ``max_lora_rank``); None when the config cannot be read or has none."""
     try:
-        return int(fs.read_json(fs.join(path, "adapter_config.json")).get("r"))
-    except (FileNotFoundError, TypeError, ValueError):
+        cfg = fs.read_json(fs.join(path, "adapter_config.json"))
+    except (OSError, ValueError):  # missing, unreadable, not JSON
         return None
+    if not isinstance(cfg, dict):
+        return None
+    ranks = [cfg.get("r"), *((cfg.get("rank_pattern") or {}).values() if isinstance(cfg.get("rank_pattern"), dict)
+                             else [])]
+    ranks = [r for r in ranks if isinstance(r, int) and not isinstance(r, bool) and r > 0]
+    return max(ranks) if ranks else None
 
 
 def stage_adapters(cfg: ServeConfig, catalog: Catalog) -> dict[str, str]:
-    """Copy each specialist's adapter to ``<lora dir>/<name>/`` (skipped when already there); checks ranks."""
+    """Copy each specialist's adapter to ``<lora dir>/<name>/`` (skipped when already there). An adapter whose
+    rank cannot be read or is above ``vllm.max_lora_rank`` is a ValueError naming it, before anything is copied
+    (vLLM would refuse it only when the first request for it arrives)."""
     import pyarrow.fs as pafs
 
-    staged = {}
     for s in catalog.specialists.values():
         rank = adapter_rank(s.adapter_path)
-        if rank is not None and rank > cfg.vllm.max_lora_rank:
+        if rank is None:
+            raise ValueError(f"specialist {s.name}: adapter {s.adapter_path} has no readable adapter_config.json "
+                             "with a LoRA rank r")
+        if rank > cfg.vllm.max_lora_rank:
             raise ValueError(f"specialist {s.name}: LoRA rank {rank} > vllm.max_lora_rank {cfg.vllm.max_lora_rank}")
+    staged = {}
+    for s in catalog.specialists.values():
         dest = fs.join(lora_dir(cfg, catalog.groups[s.group]), s.name)
         staged[s.name] = dest
         if s.adapter_path.rstrip("/") == dest:
@@ -110,7 +124,13 @@ def stage_adapters(cfg: ServeConfig, catalog: Catalog) -> dict[str, str]:
 
 
 def build_vllm_app(cfg: ServeConfig, catalog: Catalog) -> Any:
-    """Stage the adapters, then ``build_openai_app`` with the chipforge ingress (imports vLLM)."""
+    """Check and stage the adapters, then ``build_openai_app`` with the chipforge ingress (imports vLLM)."""
+    import dataclasses
+
+    from serving.adapters import check_catalog
+
+    catalog = check_catalog(cfg, catalog)  # every adapter against its base and max_lora_rank (CatalogError)
+    catalog = dataclasses.replace(catalog, skipped={**cfg.skipped_specialists, **catalog.skipped})
     from ray.serve.llm import build_openai_app  # needs vLLM (GPU nodes)
 
     stage_adapters(cfg, catalog)
@@ -188,7 +208,9 @@ def _ingress_class() -> type:
             return {p: (0.0 if p == picked else -1e9) for p in phases} if picked else {p: 0.0 for p in phases}
 
         def _not_found(self, model: str) -> Response:
-            e = P.APIError(404, f"The model '{model}' does not exist. Served models: "
+            what = "is not served: it failed this server's startup checks" if model in self.catalog.skipped else \
+                "does not exist"
+            e = P.APIError(404, f"The model '{model}' {what}. Served models: "
                                 f"{', '.join(self.catalog.model_names())}.", param="model", code="model_not_found")
             return JSONResponse(e.body(), status_code=404)
 

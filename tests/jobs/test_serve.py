@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 
 import pytest
 import requests
@@ -63,3 +62,83 @@ def test_serve_job_deploys_the_registry(ray_session, tiny_registry, tmp_path, ca
     finally:
         serve.delete("job-test")
         os.environ["CHIPFORGE_TEST_SERVE_APP_DELETED"] = "1"  # read by tests/serving/test_server.py
+
+
+def _registry_with_truncated_adapter(tiny_registry, tmp_path) -> tuple[str, str]:
+    """tiny_registry's registry with the timing_analysis adapter copied and its weights cut in half."""
+    import shutil
+
+    bad = tmp_path / "truncated-adapter"
+    shutil.copytree(tiny_registry["adapters"]["timing_analysis"], bad)
+    weights = bad / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    data = json.loads(open(tiny_registry["registry"]).read())
+    data["specialists"]["timing_analysis"]["adapter_path"] = str(bad)
+    reg = tmp_path / "registry.json"
+    reg.write_text(json.dumps(data))
+    return str(reg), str(bad)
+
+
+def test_a_corrupt_adapter_is_a_usage_error_before_ray_starts(tiny_registry, tmp_path, capsys):
+    """Before: the job started Ray and deployed; every replica failed in PEFT (SafetensorError) and Serve
+    retried them until the deploy failed (exit 1 after a minute or more, a traceback per attempt)."""
+    import ray
+
+    reg, bad = _registry_with_truncated_adapter(tiny_registry, tmp_path)
+    ray_before = ray.is_initialized()
+    assert serve_job.main(["--registry", reg, "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"chipforge-timing_analysis: adapter {bad}:" in err and "truncated or corrupt" in err, err
+    assert "1 of 2 specialists cannot be served" in err and "on_bad_specialist=skip" in err and "Traceback" not in err
+    assert ray.is_initialized() == ray_before  # nothing was started
+
+
+@pytest.mark.integration
+def test_serve_job_skips_a_bad_specialist_and_reports_it(ray_session, tiny_registry, tmp_path, capsys):
+    """``on_bad_specialist=skip``: the good specialist is served, the skipped one is in the startup log,
+    ``/health`` (names), ``/stats`` (why) and its own 404."""
+    from ray import serve
+
+    reg, bad = _registry_with_truncated_adapter(tiny_registry, tmp_path)
+    port = fixtures.serve_port()
+    argv = ["--registry", reg, "--port", str(port), "--host", "127.0.0.1", "--output", str(tmp_path / "serve"),
+            "app_name=job-skip", "route_prefix=/skip", "detach=true", "hf.torch_threads=1", "ingress.num_cpus=0",
+            "on_bad_specialist=skip", "api_key_env=null"]
+    try:
+        assert serve_job.main(argv) == 0
+        out = capsys.readouterr().out
+        assert "warning: not serving chipforge-timing_analysis: adapter" in out and "truncated or corrupt" in out
+        assert "chipforge-timing_analysis  NOT SERVED (failed the startup checks)" in out
+        assert "not served (failed the startup checks): chipforge-timing_analysis" in out  # the summary
+        report = json.loads((tmp_path / "serve" / "report.json").read_text())
+        assert list(report["skipped_specialists"]) == ["chipforge-timing_analysis"]
+        assert "truncated or corrupt" in report["skipped_specialists"]["chipforge-timing_analysis"]
+        url = f"http://127.0.0.1:{port}/skip"
+        assert [m["id"] for m in requests.get(f"{url}/v1/models", timeout=60).json()["data"]] == \
+            ["chipforge", "chipforge-rtl_design", "chipforge-base"]
+        health = requests.get(f"{url}/health", timeout=60)
+        assert health.status_code == 200 and health.json()["status"] == "degraded"
+        assert health.json()["skipped_specialists"] == ["chipforge-timing_analysis"]
+        assert bad not in health.text  # paths and reasons only behind the key (GET /stats)
+        assert "truncated or corrupt" in requests.get(f"{url}/stats", timeout=60).json()[
+            "skipped_specialists"]["chipforge-timing_analysis"]
+        r = requests.post(f"{url}/v1/chat/completions", timeout=120, json={
+            "model": "chipforge-timing_analysis", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 404 and "failed this server's startup checks" in r.json()["error"]["message"]
+        r = requests.post(f"{url}/v1/chat/completions", timeout=120, json={
+            "model": "chipforge-rtl_design", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("length", "stop")
+    finally:
+        serve.delete("job-skip")
+        os.environ["CHIPFORGE_TEST_SERVE_APP_DELETED"] = "1"  # read by tests/serving/test_server.py
+
+
+@pytest.mark.parametrize("text, says", [("{not json", "not valid JSON"), ('{"version": 2, "specialists": {}}',
+                                                                           "unsupported format (version 2"),
+                                        ("[]", "expected a JSON object")])
+def test_a_registry_that_is_not_one_is_a_usage_error(tmp_path, capsys, text, says):
+    reg = tmp_path / "registry.json"
+    reg.write_text(text)
+    assert serve_job.main(["--registry", str(reg), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert says in err and str(reg) in err and "Traceback" not in err, err
