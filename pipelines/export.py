@@ -104,6 +104,7 @@ def summary(r: dict[str, Any]) -> str:
 SPEC = JobSpec(
     name="export", config=ExportConfig, default_config="jobs/configs/export_merged.yaml", summary=summary,
     flags={"--registry": "registry", "--phase": "phase", "--format": "format", "--output": "output_dir"},
-    inputs={"registry": "a specialist registry written by jobs.finetune / jobs.tune (registry=PATH)"},
+    inputs={"registry": "a specialist registry written by jobs.finetune / jobs.tune (registry=PATH); "
+                      "python -m jobs.quickstart writes out/quickstart/registry.json"},
     volatile=("cache_dir",), outputs=lambda r: r["n_exports"], uses_ray=False, description=__doc__,
 )

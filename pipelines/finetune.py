@@ -140,6 +140,9 @@ def check_inputs(cfg: FinetuneConfig) -> None:
             check_registry(cfg.registry)
         except RegistryError as exc:
             raise ConfigError(f"registry: {exc}") from None
+        except OSError as exc:  # storage that cannot be reached or read (pyarrow's errors are OSErrors)
+            raise ConfigError(f"registry: {cfg.registry!r} cannot be read: {' '.join(str(exc).split())[:400]} "
+                              "(set registry=PATH to a registry this job can write)") from None
 
 
 def extra_dataset_inputs(cfg: FinetuneConfig) -> dict[str, str]:

@@ -96,6 +96,11 @@ def run(cfg: ServeConfig, job: Run) -> dict[str, Any]:
     from serving.app import bind_hf
 
     catalog = catalog_of(cfg)
+    if cfg.backend == "vllm":
+        from serving.vllm import vllm_import_problem
+
+        if problem := vllm_import_problem():
+            raise ConfigError(problem)  # exit 2 before Ray starts, like the evaluate and synthesize vllm checks
     if len(catalog.groups) > 1:
         job.progress(f"warning: the specialists use {len(catalog.groups)} different base models; each is served "
                      "by its own replicas (more memory). Train them on one base to share it.")
@@ -198,6 +203,7 @@ SPEC = JobSpec(
     name="serve", config=ServeConfig, default_config="jobs/configs/serve_tiny_cpu.yaml", summary=summary,
     flags={"--registry": "registry", "--host": "host", "--port": "port", "--backend": "backend",
            "--output": "output_dir"},
-    inputs={"registry": "a specialist registry written by jobs.finetune / jobs.tune (registry=PATH)"},
+    inputs={"registry": "a specialist registry written by jobs.finetune / jobs.tune (registry=PATH); "
+                      "python -m jobs.quickstart writes out/quickstart/registry.json"},
     uses_ray=False, marker=False, description=__doc__,
 )

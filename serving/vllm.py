@@ -123,6 +123,21 @@ def stage_adapters(cfg: ServeConfig, catalog: Catalog) -> dict[str, str]:
     return staged
 
 
+def vllm_import_problem() -> str | None:
+    """Why this process cannot build the ``vllm`` backend's application, or None. ``build_vllm_app`` imports
+    ``ray.serve.llm``, which needs vLLM in the process that runs the serve job (not only on the GPU nodes);
+    checked before Ray starts, so a CPU machine gets this line instead of a traceback after Ray's start-up."""
+    import importlib
+
+    try:
+        importlib.import_module("ray.serve.llm")  # the import is the check
+    except ImportError as exc:
+        return (f"backend vllm needs vLLM (and GPU nodes) where the serve job runs: importing ray.serve.llm failed "
+                f"({exc}). Install it with pip install -e \".[gpu]\" on a GPU machine or cluster, or serve on CPU "
+                "with --backend hf (transformers + PEFT; the default config jobs/configs/serve_tiny_cpu.yaml)")
+    return None
+
+
 def build_vllm_app(cfg: ServeConfig, catalog: Catalog) -> Any:
     """Check and stage the adapters, then ``build_openai_app`` with the chipforge ingress (imports vLLM)."""
     import dataclasses

@@ -46,6 +46,14 @@ def parse_modelfile(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def test_a_missing_registry_says_which_job_writes_one(tmp_path, capsys):
+    """A fresh clone running ``python -m jobs.export`` before the quickstart: the error says what writes the
+    default registry (before: only jobs.finetune / jobs.tune, not the quickstart the README starts with)."""
+    assert export_job.main(["--registry", str(tmp_path / "nope.json"), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "python -m jobs.quickstart writes out/quickstart/registry.json" in err, err
+
+
 def test_merged_export_matches_the_peft_model(tiny_registry, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

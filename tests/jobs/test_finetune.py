@@ -158,6 +158,19 @@ def test_shipped_configs_validate_and_name_their_launch_command(path):
             assert path.name == f"finetune_{ft.phase}.yaml"
 
 
+def test_unreadable_registry_fails_before_ray_starts_naming_the_field(tmp_path, capsys, ray_forbidden):
+    """A registry that cannot be read (here a directory; on a cluster config, a bucket this machine cannot reach):
+    exit 2 naming ``registry``. Before: the OSError's traceback and exit 1 (the GPU configs' registry is
+    s3://chipforge-runs/..., so without network or credentials that is what a user saw first)."""
+    registry = tmp_path / "registry.json"
+    registry.mkdir()
+    dataset = write_dataset(tmp_path / "ds", rows(n_train=4, n_val=0))
+    rc = finetune.main(["--dataset", str(dataset), "--output", str(tmp_path / "o"), f"registry={registry}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"registry: {str(registry)!r} cannot be read" in err and "registry=PATH" in err, err
+    assert "Traceback" not in err
+
+
 def test_broken_registry_fails_before_ray_starts_naming_the_file(tmp_path, capsys, ray_forbidden):
     """A hand-edited registry.json that is not JSON: exit 2 naming it at once, not a traceback after training."""
     registry = tmp_path / "registry.json"

@@ -21,6 +21,7 @@ def test_missing_registry_and_bad_fields_are_usage_errors(tmp_path, capsys):
     assert serve_job.main(["--registry", str(tmp_path / "nope.json"), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "--registry" in err and "does not exist" in err and "registry" in err
+    assert "python -m jobs.quickstart writes out/quickstart/registry.json" in err, err  # what a fresh clone lacks
     reg = tmp_path / "registry.json"
     reg.write_text(json.dumps({"version": 1, "specialists": {}}))
     assert serve_job.main(["--registry", str(reg), "--port", "99999", "--output", str(tmp_path / "o")]) == 2
@@ -90,6 +91,24 @@ def test_a_corrupt_adapter_is_a_usage_error_before_ray_starts(tiny_registry, tmp
     err = capsys.readouterr().err
     assert f"chipforge-timing_analysis: adapter {bad}:" in err and "truncated or corrupt" in err, err
     assert "1 of 2 specialists cannot be served" in err and "on_bad_specialist=skip" in err and "Traceback" not in err
+    assert ray.is_initialized() == ray_before  # nothing was started
+
+
+def test_backend_vllm_without_vllm_is_a_usage_error_before_ray_starts(tiny_registry, tmp_path, capsys, monkeypatch):
+    """Before: Ray started, then ``import ray.serve.llm`` failed with three chained tracebacks ending in Ray's
+    "pip install ray[llm]" and "error: serve failed (traceback above)", exit 1."""
+    import sys
+
+    import ray
+
+    monkeypatch.setitem(sys.modules, "ray.serve.llm", None)  # vLLM not importable here, even where it is installed
+    ray_before = ray.is_initialized()
+    argv = ["--registry", tiny_registry["registry"], "--backend", "vllm", "vllm.lora_root=s3://b/loras",
+            "--output", str(tmp_path / "o")]
+    assert serve_job.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "backend vllm needs vLLM" in err and "--backend hf" in err and ".[gpu]" in err, err
+    assert "Traceback" not in err
     assert ray.is_initialized() == ray_before  # nothing was started
 
 
