@@ -62,6 +62,33 @@ def _strings(value: Any) -> Iterator[str]:
 C = TypeVar("C", bound=Config)
 
 
+def _field_type(cls: type[BaseModel], dotted: str) -> Any:
+    """The annotation of the dotted field of ``cls`` (``Optional[X]`` as ``X``), None when not found."""
+    import types
+    import typing
+
+    annotation: Any = cls
+    for part in dotted.split("."):
+        fields = getattr(annotation, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+            annotation = args[0]
+    return annotation
+
+
+def _flag_help(cls: type[BaseModel], dotted: str) -> str:
+    """``sets FIELD``, with the values it takes when the field is a choice (a ``Literal``)."""
+    import typing
+
+    annotation = _field_type(cls, dotted)
+    if typing.get_origin(annotation) is typing.Literal:
+        return f"sets {dotted}: {' | '.join(str(a) for a in typing.get_args(annotation))}"
+    return f"sets {dotted}"
+
+
 class ConfigError(SystemExit):
     """Raised (as a clean exit with a message) when a config cannot be loaded or validated."""
 
@@ -168,8 +195,12 @@ def load_config(
         help=f"YAML config (default: {default_config})" if default_config else "YAML config",
     )
     for flag, field in flags.items():
+        if _field_type(cls, field) is bool:  # a switch: the flag alone sets the field true
+            parser.add_argument(flag, dest="flag__" + field.replace(".", "__"), default=None, action="store_const",
+                                const=True, help=f"sets {field}=true")
+            continue
         parser.add_argument(flag, dest="flag__" + field.replace(".", "__"), default=None,
-                            metavar=field.rsplit(".", 1)[-1].upper(), help=f"sets {field}")
+                            metavar=field.rsplit(".", 1)[-1].upper(), help=_flag_help(cls, field))
     for flag in extra_flags:
         parser.add_argument(flag, action="store_true", help=_EXTRA_HELP.get(flag, ""))
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override any config field")

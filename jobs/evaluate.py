@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from chipforge import job
@@ -22,10 +21,7 @@ CONFIG_CLASS = EvaluateConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--reference" in args:  # a switch for the self-check: the override reference=true
-        args = [a for a in args if a != "--reference"] + ["reference=true"]
-    return job.main(SPEC, run, args)
+    return job.main(SPEC, run, argv)
 
 
 if __name__ == "__main__":

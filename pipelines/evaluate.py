@@ -516,7 +516,7 @@ def local_inputs(cfg: EvaluateConfig) -> dict[str, str]:
 SPEC = JobSpec(
     name="evaluate", config=EvaluateConfig, default_config="jobs/configs/evaluate_sample.yaml", summary=summary,
     flags={"--output": "output_dir", "--registry": "registry", "--dataset": "dataset_dir", "--engine": "engine.name",
-           "--phases": "phases"},
+           "--phases": "phases", "--reference": "reference"},
     inputs={"dataset_dir": "the dataset job's output (DIR/examples/)",
             "benchmarks.verilog_eval_v2": "a VerilogEval v2 checkout (dataset_*/ProbNNN_*)",
             "benchmarks.rtllm": "an RTLLM checkout (<design>/design_description.txt)",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from pydantic import Field
@@ -171,3 +172,24 @@ def test_storage_options_in_any_path_field_are_an_error_naming_field_and_origin(
 def test_an_override_that_is_not_yaml_is_a_config_error_naming_it() -> None:
     with pytest.raises(ConfigError, match=r"override 'inputs=\[s3://b/x\?y\]': the value is not valid YAML"):
         load_config(PathsConfig, ["inputs=[s3://b/x?y]"], prog="x")
+
+
+class FlagsConfig(Config):
+    engine: Stage = Field(default_factory=Stage)
+    backend: Literal["hf", "vllm"] = "hf"
+    mode: Literal["a", "b"] | None = None
+    reference: bool = False
+
+
+def test_flags_show_their_choices_and_a_bool_field_is_a_switch(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--backend`` says which values it takes; ``--reference`` alone sets a bool field (it needed a value,
+    or a job's own argv rewriting that kept it out of ``--help``)."""
+    flags = {"--backend": "backend", "--mode": "mode", "--reference": "reference", "--cpus": "engine.num_cpus"}
+    with pytest.raises(SystemExit):
+        load_config(FlagsConfig, ["--help"], prog="t", flags=flags)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--backend BACKEND sets backend: hf | vllm" in text and "--mode MODE sets mode: a | b" in text
+    assert "--reference sets reference=true" in text and "--cpus NUM_CPUS sets engine.num_cpus" in text
+    cfg = load_config(FlagsConfig, ["--reference", "--backend", "vllm"], prog="t", flags=flags)
+    assert cfg.reference is True and cfg.backend == "vllm"
+    assert load_config(FlagsConfig, [], prog="t", flags=flags).reference is False
