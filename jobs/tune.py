@@ -5,8 +5,9 @@
 
 The dataset is prepared once and shared by every trial; the trial with the lowest final
 ``eval_loss`` is written to OUTPUT/adapter and replaces the phase's entry in the specialist
-registry. A rerun with the same config and dataset is skipped (``--force`` redoes it).
-The pipeline itself is ``pipelines.tune``.
+registry. A rerun with the same config and dataset is skipped (``--force`` redoes it); a
+sweep that was stopped part way resumes (``Tuner.restore``: finished trials kept, unfinished
+ones continue from their checkpoints). The pipeline itself is ``pipelines.tune``.
 """
 
 from __future__ import annotations

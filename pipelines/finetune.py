@@ -53,6 +53,7 @@ from training.loop import Plan
 
 # Fields that do not change what is trained (resources, retries, logging, where checkpoints go).
 VOLATILE = ("tokenize", "scaling.cpus_per_worker", "scaling.resources_per_worker", "scaling.accelerator_type",
+            "scaling.resource_wait_s",
             "max_failures", "num_to_keep", "fail_at_step", "fail_marker", "tracking", "storage_path", "run_name",
             "log_every_steps")
 
@@ -124,8 +125,11 @@ def prepare(cfg: FinetuneConfig, job: Run) -> PreparedDatasets:
 
 
 def check_inputs(cfg: FinetuneConfig) -> None:
-    """Before Ray starts: the dataset has the phase, every extra dataset directory exists, and the
+    """Before Ray starts: the dataset has the phase, every extra dataset directory exists, the base
+    model resolves as the workers will load it (``training.data.base_model_problem``: a Hub id that
+    is not in the cache offline fails now, not in the tokeniser after Ray started), and the
     registry to write (``registry=``) is readable: a hand-broken one fails now, not after training."""
+    from training.data import base_model_problem
     from training.registry import RegistryError, check as check_registry
 
     try:
@@ -135,6 +139,9 @@ def check_inputs(cfg: FinetuneConfig) -> None:
     for d in cfg.extra_dataset_dirs:
         if not fs.exists(d):
             raise ConfigError(f"extra_dataset_dirs: input {d!r} does not exist (expected a dataset directory)")
+    problem = base_model_problem(cfg.base_model, cfg.trust_remote_code)
+    if problem:
+        raise ConfigError(problem)
     if cfg.registry:
         try:
             check_registry(cfg.registry)
@@ -182,7 +189,7 @@ def rejected_report(cfg: FinetuneConfig, data: PreparedDatasets) -> dict[str, An
 def run(cfg: FinetuneConfig, job: Run) -> dict[str, Any]:
     """The job's body: prepare, train (resuming this config's checkpoints), write outputs, register."""
     from training.loop import write_outputs
-    from training.trainer import ProgressRelay, build_trainer
+    from training.trainer import ProgressRelay, build_trainer, resource_wait_message
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     data = prepare(cfg, job)
@@ -198,6 +205,9 @@ def run(cfg: FinetuneConfig, job: Run) -> dict[str, Any]:
         try:
             result = build_trainer(cfg, data.datasets, plan, run_name=run_name, relay=relay.queue).fit()
         except Exception as exc:  # ray.train.TrainingFailedError: one line, and how to go on
+            waited = resource_wait_message(cfg, exc)
+            if waited:  # workers never placed (use_gpu on a cluster without GPUs): nothing ran
+                raise JobError(waited) from exc
             raise JobError(f"training failed after {cfg.max_failures} restart(s): {failure_message(exc)}; "
                            f"rerun the same command to resume from the latest checkpoint "
                            f"(in {cfg.resolved_storage_path()}/{run_name})") from exc

@@ -787,6 +787,22 @@ def _kept(report: dict[str, Any]) -> int | None:
     return None if report["engine"].get("random_weights") else report["totals"]["kept"]
 
 
+def preflight(cfg: SynthesizeConfig) -> None:
+    """Before Ray starts: the benchmark paths, the openai engine's key (the variable
+    ``engine.openai.api_key_env`` names must be set, unless it is null: a server without keys) and
+    the hf engine's model (local, in the cache, or downloads allowed): each a ``ConfigError``."""
+    check_benchmark_paths(cfg.decontam.benchmark_paths, "decontam.benchmark_paths")
+    if cfg.engine.name == "openai":
+        try:
+            engines.openai_api_key(cfg.engine.openai)
+        except EngineUnavailable as exc:
+            raise ConfigError(f"engine.openai.api_key_env: {exc}") from None
+    if cfg.engine.name == "hf":
+        problem = engines.local_model_problem(cfg.engine.hf.model_path, cfg.engine.hf.allow_download)
+        if problem:
+            raise ConfigError(problem)
+
+
 SPEC = JobSpec(
     name="synthesize", config=SynthesizeConfig, default_config="jobs/configs/synthesize_tiny_cpu.yaml",
     summary=summary,
@@ -800,6 +816,6 @@ SPEC = JobSpec(
               "engine.openai.qps", "engine.openai.timeout_s"),
     outputs=_kept, inputs_count=lambda r: r["totals"]["generated"],
     extra_inputs=lambda cfg: {f"doc_source:{s.name}": s.path for s in cfg.doc_sources},
-    preflight=lambda cfg: check_benchmark_paths(cfg.decontam.benchmark_paths, "decontam.benchmark_paths"),
+    preflight=preflight,
     description=__doc__,
 )

@@ -74,6 +74,11 @@ class ScalingSettings(Config):
     gpus_per_worker: float | None = None  # default 1 when use_gpu
     resources_per_worker: dict[str, float] = Field(default_factory=dict)
     accelerator_type: str | None = None  # e.g. "H100"
+    # How long training waits, in all, for the cluster (or its autoscaler) to provide num_workers workers'
+    # resources (GPUs when use_gpu); then the job fails naming these fields and what the cluster has,
+    # instead of waiting forever. Ray Train's own start timeout (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S),
+    # split over the 1 + max_failures start attempts.
+    resource_wait_s: float = Field(600.0, gt=0)
 
 
 class TrackingSettings(Config):

@@ -519,6 +519,88 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     return tok
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def hub_offline() -> bool:
+    """Whether Hugging Face downloads are off (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``, as the hub reads them)."""
+    from huggingface_hub import constants
+
+    truthy = {"1", "on", "yes", "true"}
+    return bool(constants.HF_HUB_OFFLINE) or any(os.environ.get(v, "").strip().lower() in truthy
+                                                 for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def base_model_problem(base_model: str, trust_remote_code: bool = False) -> str | None:
+    """Why the workers could not load ``base_model`` (None when they can), checked before Ray starts.
+
+    Resolved as training resolves it (``AutoConfig``/:func:`load_tokenizer` on the same string): a
+    local directory needs config.json, a tokenizer and weights; a Hugging Face id needs its config
+    and tokenizer, from the local cache when downloads are off (``HF_HUB_OFFLINE=1``, which then
+    also needs its weights there) or from the hub (only those small files: training fetches the
+    weights). ``tiny`` is built in-process and needs nothing.
+    """
+    from training.config import TINY
+
+    if base_model == TINY:
+        return None
+    name = f"base_model {base_model!r}"
+    use_local = ("use a local directory holding config.json, the tokenizer files and the weights, "
+                 "or base_model=tiny for a random tiny model built in-process")
+    if fs.is_uri(base_model):
+        return (f"{name}: training loads the base model from a local directory or the Hugging Face Hub, not "
+                f"object storage; copy it to the same local path on every node, or {use_local}")
+    path = os.path.expanduser(base_model)
+    is_path = base_model.startswith(("/", ".", "~")) or base_model.count("/") > 1 or os.path.exists(path)
+    if is_path:
+        if not os.path.isdir(path):
+            return f"{name} is not a directory (a local base model is a directory; or give a Hugging Face id)"
+        files = set(os.listdir(path))
+        missing = [what for what, names in (("config.json", ("config.json",)), ("a tokenizer", TOKENIZER_FILES),
+                                            ("weights", WEIGHT_FILES)) if not files.intersection(names)]
+        if missing:
+            return (f"{name}: the directory lacks {', '.join(missing)} (a base model directory is what "
+                    "save_pretrained writes for the model and its tokenizer)")
+    offline = hub_offline()
+    try:
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+        load_tokenizer(base_model, trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - OSError/ValueError/HTTP errors: one line naming the field
+        if is_path:
+            return f"{name}: its config or tokenizer cannot be loaded: {_first_line(exc)}"
+        if offline:
+            return (f"{name} is not in the local Hugging Face cache ({_hub_cache()}) and downloads are off "
+                    f"(HF_HUB_OFFLINE=1): download it first (`hf download {base_model}` where there is network, "
+                    f"with the same HF_HOME), set HF_HOME to a cache that holds it, or {use_local}")
+        return (f"{name} cannot be loaded from the Hugging Face Hub: {_first_line(exc)} (check the id; a gated "
+                f"model needs HF_TOKEN or `hf auth login`; or {use_local})")
+    if offline and not is_path and not _weights_cached(base_model):
+        return (f"{name}: its config and tokenizer are in the local Hugging Face cache ({_hub_cache()}) but not its "
+                f"weights ({' or '.join(WEIGHT_FILES)}), and downloads are off (HF_HUB_OFFLINE=1): download it "
+                f"(`hf download {base_model}`), set HF_HOME to a cache that holds it, or {use_local}")
+    return None
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def _weights_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in WEIGHT_FILES)
+
+
 class TokenizeStage:
     """EXAMPLES_SCHEMA batch → TOKENS_SCHEMA batch; the tokenizer is loaded once per instance."""
 

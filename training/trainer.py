@@ -13,6 +13,7 @@ through the job's own ``progress`` function, before the job's summary.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -35,18 +36,67 @@ def scaling_config(cfg: FinetuneConfig) -> Any:
     )
 
 
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # read by Train V2's controller (propagated)
+
+
+def start_attempt_timeout_s(cfg: FinetuneConfig) -> float:
+    """Seconds one worker-group start waits for its placement group: ``scaling.resource_wait_s``
+    shared by the 1 + ``max_failures`` attempts Train V2 makes (``controller_failure_limit``)."""
+    return cfg.scaling.resource_wait_s / (cfg.max_failures + 1)
+
+
+def resource_wait_message(cfg: FinetuneConfig, exc: BaseException) -> str | None:
+    """The error of a run whose workers never got their resources (Train V2's
+    ``WorkerGroupStartupTimeoutError``, alone or wrapped), naming the fields and what the cluster has;
+    None for any other failure."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    found = False
+    while todo and not found:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        found = type(e).__name__ == "WorkerGroupStartupTimeoutError"
+        todo += [getattr(e, "controller_failure", None), e.__cause__, e.__context__]
+    if not found:
+        return None
+    s = cfg.scaling
+    per_worker = dict(scaling_config(cfg).resources_per_worker)
+    if s.accelerator_type:
+        per_worker[f"accelerator_type:{s.accelerator_type}"] = 0.001
+    try:
+        import ray
+
+        total = ray.cluster_resources()
+        has = ", ".join(f"{k}: {total.get(k, 0):g}" for k in per_worker)
+    except Exception:  # noqa: BLE001 - Ray already gone: the message still names the fields
+        has = "unknown"
+    wanted = ", ".join(f"{k}: {v:g}" for k, v in per_worker.items())
+    return (f"the cluster did not provide the training workers' resources within scaling.resource_wait_s "
+            f"({s.resource_wait_s:g} s): scaling.num_workers={s.num_workers} workers of {{{wanted}}} each "
+            f"(scaling.use_gpu: {str(s.use_gpu).lower()}); the cluster has {{{has}}} in all. Add nodes (an "
+            f"autoscaling cluster: raise scaling.resource_wait_s), lower scaling.num_workers, "
+            f"{'set scaling.use_gpu=false, ' if s.use_gpu else ''}or lower the per-worker resources")
+
+
 def build_trainer(cfg: FinetuneConfig, datasets: dict[str, Any], plan: Plan, *, run_name: str,
                   callbacks: list[Any] | None = None, relay: Any = None) -> Any:
     """A ``TorchTrainer`` running ``train_loop_per_worker`` on ``datasets`` (``train``, ``validation``).
 
     Checkpoints go to ``storage_path/run_name``: a new ``fit()`` with the same name resumes from
-    the latest one there (Train V2 restores its checkpoint manager from storage).
+    the latest one there (Train V2 restores its checkpoint manager from storage). Workers that
+    cannot be placed (``use_gpu`` on a cluster without GPUs) fail ``fit()`` after
+    ``scaling.resource_wait_s`` (:func:`resource_wait_message` says why), never wait forever:
+    Ray Train's start timeout, which it propagates to its controller from this process's
+    environment, with a finite ``controller_failure_limit`` (Ray's default retries forever).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from training.loop import train_loop_per_worker
 
+    os.environ[START_TIMEOUT_ENV] = f"{start_attempt_timeout_s(cfg):g}"
     storage = cfg.resolved_storage_path()
     storage_filesystem = None
     if fs.is_uri(storage):
@@ -60,7 +110,7 @@ def build_trainer(cfg: FinetuneConfig, datasets: dict[str, Any], plan: Plan, *, 
             name=run_name,
             storage_path=storage,
             storage_filesystem=storage_filesystem,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),
             callbacks=callbacks or [],
         ),

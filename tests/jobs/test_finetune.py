@@ -180,3 +180,40 @@ def test_broken_registry_fails_before_ray_starts_naming_the_file(tmp_path, capsy
     err = capsys.readouterr().err
     assert rc == 2 and f"registry {registry}: not valid JSON" in err
     assert registry.read_text() == '{"version": 1, "specialists": {'
+
+
+def test_a_base_model_that_cannot_be_resolved_fails_before_ray_starts_naming_it(tmp_path, capsys, ray_forbidden):
+    """The GPU configs' Hub id on an offline machine without it in the cache: exit 2 naming ``base_model``
+    and what to do. Before: Ray started and Ray Data's tokeniser failed with a 119-line traceback, exit 1."""
+    dataset = write_dataset(tmp_path / "ds", rows(n_train=4, n_val=0))
+    rc = finetune.main(["--config", str(REPO / "jobs" / "configs" / "finetune_rtl_design.yaml"), "--dataset",
+                        str(dataset), "--output", str(tmp_path / "o"), "registry=null",
+                        f"storage_path={tmp_path / 'ck'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "base_model 'Qwen/Qwen2.5-Coder-7B-Instruct' is not in the local Hugging Face cache" in err
+    assert "HF_HOME" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
+@pytest.mark.integration
+def test_use_gpu_on_a_cluster_without_gpus_fails_within_resource_wait_naming_the_fields(ray_session, tmp_path,
+                                                                                      capsys, monkeypatch):
+    """``scaling.use_gpu: true`` (the GPU configs) on a cluster with no GPUs (this session's Ray has none): exit 1
+    after ``scaling.resource_wait_s`` naming the fields and what the cluster has. Before: Train V2 retried its
+    worker-group start forever (``controller_failure_limit`` -1), a hang."""
+    import time
+
+    from training.trainer import START_TIMEOUT_ENV
+
+    monkeypatch.setenv(START_TIMEOUT_ENV, "60")  # restored after the test (build_trainer sets it)
+    ds = write_dataset(tmp_path / "ds", rows(n_train=8, n_val=0))
+    t0 = time.monotonic()
+    rc = finetune.main(["--dataset", str(ds), "--output", str(tmp_path / "o"), "max_length=128",
+                        "scaling.use_gpu=true", "scaling.resource_wait_s=4", "max_failures=1"])
+    wall = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert rc == 1 and "within scaling.resource_wait_s (4 s)" in err, err[-3000:]
+    assert "scaling.num_workers=2 workers of {CPU: 1, GPU: 1}" in err and "scaling.use_gpu: true" in err
+    assert "GPU: 0}" in err and "set scaling.use_gpu=false" in err and "Traceback" not in err
+    assert wall < 60, wall  # 2 start attempts of 2 s each, plus reading, the tiny base model and tokenising
+    assert not (tmp_path / "o" / "report.json").exists()

@@ -453,3 +453,24 @@ def test_openai_job_against_a_slow_endpoint_ends_within_its_wall_time_budget(
     assert code == (0 if report["totals"]["kept"] else 1)
     text = capsys.readouterr().out
     assert "outcome: deadline (budget.max_wall_s=20 s reached" in text and "engine/deadline" in text
+
+
+def test_openai_engine_without_its_key_exits_2_before_ray_naming_the_variable(tmp_path: Path, capsys, monkeypatch,
+                                                                             ray_forbidden: None) -> None:
+    """``--engine openai`` with ``$OPENAI_API_KEY`` unset: exit 2 naming the variable before Ray starts (before:
+    the same error only after Ray had started, 13 s in). The variable is the one the config names; a server
+    without keys (``api_key_env: null``) needs none."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("CF_OTHER_KEY", raising=False)
+    assert synthesize.main(["--engine", "openai", "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "engine.openai.api_key_env" in err and "$OPENAI_API_KEY, which is not set" in err
+    assert "api_key_env=null" in err and "Traceback" not in err and not (tmp_path / "out").exists()
+
+    assert synthesize.main(["--engine", "openai", "engine.openai.api_key_env=CF_OTHER_KEY",
+                            "--output", str(tmp_path / "out")]) == 2
+    assert "$CF_OTHER_KEY, which is not set" in capsys.readouterr().err
+
+    pipe.preflight(SynthesizeConfig(engine={"name": "openai", "openai": {"api_key_env": None}}))
+    monkeypatch.setenv("CF_OTHER_KEY", "sk-test")
+    pipe.preflight(SynthesizeConfig(engine={"name": "openai", "openai": {"api_key_env": "CF_OTHER_KEY"}}))

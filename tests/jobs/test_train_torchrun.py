@@ -173,3 +173,16 @@ def test_an_output_that_is_or_lies_inside_the_dataset_is_exit_2(tiny_dataset, tm
     for output, problem in ((tiny_dataset, "is also the input of"), (tiny_dataset / "ft", "lies inside the input")):
         assert train_torchrun.main(["--dataset", str(tiny_dataset), "--output", str(output)]) == 2
         assert problem in capsys.readouterr().err
+
+
+def test_a_base_model_that_cannot_be_resolved_is_exit_2_before_training(tiny_dataset, tmp_path, capsys, monkeypatch):
+    """The torchrun entry shares ``check_inputs``: a Hub id not in the cache offline is exit 2 naming
+    ``base_model`` (before: every rank failed loading the tokenizer in ``prepare_local``)."""
+    import training.loop
+    from jobs import train_torchrun
+
+    monkeypatch.setattr(training.loop, "run_local", lambda *a, **k: pytest.fail("training must not start"))
+    rc = train_torchrun.main(["--dataset", str(tiny_dataset), "--output", str(tmp_path / "o"),
+                              "base_model=chipforge-nobody/not-a-model-7B"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "base_model 'chipforge-nobody/not-a-model-7B' is not in the local Hugging Face cache" in err

@@ -1,16 +1,14 @@
-"""jobs.tune: with no arguments it sweeps the bundled sample (offline, tiny model) and registers the better trial."""
+"""jobs.tune before any trial runs: leaves, flags and usage errors (the sweep itself, stopped and resumed, is
+tests/jobs/test_tune_resume.py)."""
 
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 
 import pytest
 
-from chipforge import fs
 from jobs import tune
-from training.registry import dataset_version
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,44 +30,6 @@ def test_help_names_the_flags(capsys):
     out = capsys.readouterr().out
     for flag in ("--dataset DATASET_DIR", "--phase PHASE", "--output OUTPUT_DIR", "--registry REGISTRY", "--force"):
         assert flag in out
-
-
-@pytest.mark.integration
-@pytest.mark.slow
-def test_tune_with_no_arguments_sweeps_the_bundled_sample(ray_session, s3_env, tmp_path, capsys, monkeypatch):
-    from tests.conftest import make_bucket
-
-    monkeypatch.chdir(REPO)  # the shipped config's paths (sample/dataset) are relative to the repository
-    out, registry = tmp_path / "tune", tmp_path / "registry.json"
-    # only where results go is changed: config, dataset and model are the defaults; the trials'
-    # checkpoints go to object storage, as on a cluster (Ray reports their paths without the scheme)
-    trials_uri = make_bucket(s3_env, "cf-tune-trials") + "/trials"
-    argv = ["--output", str(out), "--registry", str(registry), f"finetune.storage_path={trials_uri}"]
-    assert tune.main(argv) == 0
-    printed = capsys.readouterr().out
-    sweep = json.loads((out / "sweep.json").read_text())
-    trials = sweep["trials"]
-    assert len(trials) == 2 and all(t["error"] is None and t["eval_loss"] is not None for t in trials)
-    best = min(trials, key=lambda t: t["eval_loss"])
-    worst = max(trials, key=lambda t: t["eval_loss"])
-    assert best["eval_loss"] < worst["eval_loss"] and best["config"] == {"lr": 0.01}
-    assert sweep["best_trial"] == best["trial_id"]
-    assert all(t["checkpoint_path"].startswith(trials_uri + "/") and fs.exists(t["checkpoint_path"]) for t in trials)
-    assert sum(f"trial {t['trial_id']} finished" in printed for t in trials) == 2
-
-    entry = json.loads(registry.read_text())["specialists"]["rtl_design"]
-    assert entry["metrics"]["eval_loss"] == pytest.approx(best["eval_loss"])
-    assert entry["config"]["optim"]["lr"] == 0.01
-    assert entry["adapter_path"] == str(out / "adapter") and (out / "adapter" / "adapter_model.safetensors").exists()
-    assert entry["base_model"] == str(out / "base_model")
-    assert entry["dataset_version"] == dataset_version("sample/dataset", "rtl_design")
-    report = json.loads((out / "report.json").read_text())
-    assert report["best_trial"] == best["trial_id"] and report["eval_loss"] == pytest.approx(best["eval_loss"])
-    assert report["examples"]["validation"] >= 1 and report["eval_rows"] >= 1
-    assert printed.rstrip().splitlines()[-1].startswith("registered as the rtl_design specialist")
-
-    assert tune.main(argv) == 0  # same inputs: skipped
-    assert "up to date, skipped" in capsys.readouterr().out
 
 
 def test_a_metric_trials_do_not_report_is_a_config_error(tmp_path: Path, capsys) -> None:

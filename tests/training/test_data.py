@@ -387,3 +387,41 @@ def test_token_budget_micro_batches_pack_rows_to_the_budget(tokenizer, tmp_path)
         raw = {"max_length": 128, "optim": {"micro_batch_tokens": 512, "micro_batch_size": 1}, **bad}
         with pytest.raises(ConfigError, match=match):
             validate(FinetuneConfig, raw, source="x.yaml")
+
+
+def test_base_model_problem_resolves_the_base_model_as_training_will(tmp_path):
+    """Before Ray starts: a Hub id that is not in the cache offline (HF_HUB_OFFLINE=1, tests/conftest.py),
+    a directory without a tokenizer or weights, a missing path and an object-store URI are each one line
+    naming ``base_model`` and its value; ``tiny`` and a complete local directory pass. Before: nothing was
+    checked, and the Hub id failed inside Ray Data's tokeniser with a 119-line traceback."""
+    import os
+    import shutil
+
+    from training.data import base_model_problem
+    from training.tiny import save_tiny_model
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # nothing may be downloaded here
+    assert base_model_problem("tiny") is None
+    good = save_tiny_model(str(tmp_path / "base"), ["module a; endmodule"] * 20, vocab_size=300, hidden_size=32,
+                           num_layers=1, num_heads=2)
+    assert base_model_problem(good) is None
+
+    hub = base_model_problem("chipforge-nobody/not-a-model-7B")
+    assert hub and hub.startswith("base_model 'chipforge-nobody/not-a-model-7B'")
+    assert "HF_HUB_OFFLINE=1" in hub and "HF_HOME" in hub and "hf download" in hub and "local directory" in hub
+
+    no_tok = tmp_path / "no_tokenizer"
+    shutil.copytree(good, no_tok)
+    for f in os.listdir(no_tok):
+        if f.startswith(("tokenizer", "special_tokens", "chat_template")):
+            os.remove(no_tok / f)
+    msg = base_model_problem(str(no_tok))
+    assert msg and f"base_model {str(no_tok)!r}" in msg and "lacks a tokenizer" in msg
+
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(good, no_weights)
+    os.remove(no_weights / "model.safetensors")
+    assert "lacks weights" in (base_model_problem(str(no_weights)) or "")
+
+    assert "is not a directory" in (base_model_problem(str(tmp_path / "missing")) or "")
+    assert "not object storage" in (base_model_problem("s3://bucket/models/base") or "")
